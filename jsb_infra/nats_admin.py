@@ -1,0 +1,198 @@
+"""The only module that talks JetStream management: stream and consumer CRUD over `$JS.API`.
+
+It sends and reads the raw API JSON (durations in nanoseconds), so the configs rendered by
+`topology` reach the server byte for byte and come back comparable field by field, with no client
+library dataclass converting units in between. Admin credentials live in `AdminConnection`, which
+providers build inside each call from stack config: they are never resource inputs or outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel, ConfigDict, Field
+
+API = "$JS.API"
+STREAM_NOT_FOUND = 10059
+CONSUMER_NOT_FOUND = 10014
+
+
+class AdminConnection(BaseModel):
+    """How the deploy reaches the server with management rights. Every field but servers is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    servers: list[str] = Field(min_length=1)
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed: str | None = None
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout: float = 5.0
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for `nats.connect`."""
+        opts: dict[str, Any] = {
+            "servers": self.servers,
+            "connect_timeout": self.timeout,
+            "max_reconnect_attempts": 3,
+            "allow_reconnect": False,
+        }
+        if self.user is not None:
+            opts["user"] = self.user
+            opts["password"] = self.password or ""
+        if self.token is not None:
+            opts["token"] = self.token
+        if self.nkey_seed is not None:
+            opts["nkeys_seed_str"] = self.nkey_seed
+        if self.creds_file is not None:
+            opts["user_credentials"] = self.creds_file
+        if self.tls_ca or self.tls_cert:
+            ctx = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert:
+                ctx.load_cert_chain(self.tls_cert, self.tls_key)
+            opts["tls"] = ctx
+        return opts
+
+
+class JetStreamApiError(RuntimeError):
+    """An error the server returned for a management request."""
+
+    def __init__(self, subject: str, error: dict[str, Any]):
+        self.code = int(error.get("code", 0))
+        self.err_code = int(error.get("err_code", 0))
+        self.description = str(error.get("description", ""))
+        super().__init__(f"{subject}: {self.description} (code {self.code}, err_code {self.err_code})")
+
+
+class JetStreamAdmin:
+    """Stream and consumer CRUD over an open admin connection."""
+
+    def __init__(self, nc: NATS, timeout: float = 5.0):
+        self.nc = nc
+        self.timeout = timeout
+
+    async def _request(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        msg = await self.nc.request(subject, payload, timeout=self.timeout)
+        reply: dict[str, Any] = json.loads(msg.data)
+        if "error" in reply:
+            raise JetStreamApiError(subject, reply["error"])
+        return reply
+
+    # -- streams -----------------------------------------------------------------------------------
+    async def stream_info(self, name: str) -> dict[str, Any] | None:
+        """The stream's info (`config`, `state`, `created`), or None when it does not exist."""
+        try:
+            return await self._request(f"{API}.STREAM.INFO.{name}")
+        except JetStreamApiError as err:
+            if err.err_code == STREAM_NOT_FOUND:
+                return None
+            raise
+
+    async def create_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        return await self._request(f"{API}.STREAM.CREATE.{config['name']}", config)
+
+    async def update_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Replace the stream's config; `config` must be whole (the server fills gaps with defaults)."""
+        return await self._request(f"{API}.STREAM.UPDATE.{config['name']}", config)
+
+    async def delete_stream(self, name: str) -> bool:
+        """Delete the stream; False when it was already gone."""
+        try:
+            await self._request(f"{API}.STREAM.DELETE.{name}")
+            return True
+        except JetStreamApiError as err:
+            if err.err_code == STREAM_NOT_FOUND:
+                return False
+            raise
+
+    # -- consumers ---------------------------------------------------------------------------------
+    async def consumer_info(self, stream: str, name: str) -> dict[str, Any] | None:
+        """The consumer's info (`config`, `created`, ...), or None when it (or its stream) does not exist."""
+        try:
+            return await self._request(f"{API}.CONSUMER.INFO.{stream}.{name}")
+        except JetStreamApiError as err:
+            if err.err_code in (CONSUMER_NOT_FOUND, STREAM_NOT_FOUND):
+                return None
+            raise
+
+    async def create_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Create; the server refuses (rather than changes) an existing consumer that differs."""
+        return await self._put_consumer(stream, config, "create")
+
+    async def update_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Update in place; the server refuses changes to fields it cannot update."""
+        return await self._put_consumer(stream, config, "update")
+
+    async def _put_consumer(self, stream: str, config: dict[str, Any], action: str) -> dict[str, Any]:
+        body = {"stream_name": stream, "config": config, "action": action}
+        return await self._request(f"{API}.CONSUMER.CREATE.{stream}.{config['name']}", body)
+
+    async def delete_consumer(self, stream: str, name: str) -> bool:
+        """Delete the consumer; False when it was already gone."""
+        try:
+            await self._request(f"{API}.CONSUMER.DELETE.{stream}.{name}")
+            return True
+        except JetStreamApiError as err:
+            if err.err_code in (CONSUMER_NOT_FOUND, STREAM_NOT_FOUND):
+                return False
+            raise
+
+
+@asynccontextmanager
+async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
+    """An admin connection for the length of one provider call; always closed."""
+    nc = await nats.connect(**conn.connect_options())
+    try:
+        yield JetStreamAdmin(nc, timeout=conn.timeout)
+    finally:
+        await nc.close()
+
+
+def differences(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields of `desired` whose live value differs: {field: (desired, live)}.
+
+    Only desired fields count: the server adds defaults for everything jsb-infra leaves unset, and
+    those are not drift. A field the server omits counts as its zero value (it omits empty values).
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+    for key, want in desired.items():
+        have = live.get(key, _zero_like(want))
+        if _normalize(want) != _normalize(have):
+            out[key] = (want, have)
+    return out
+
+
+def _zero_like(value: Any) -> Any:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return 0
+    if isinstance(value, str):
+        return ""
+    if isinstance(value, list):
+        return []
+    return None
+
+
+def _normalize(value: Any) -> Any:
+    """Numbers compare by value (Pulumi delivers ints as floats); lists and dicts element-wise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [_normalize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalize(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,403 @@
+"""The typed app-pair spec: the one input everything else is derived from.
+
+One YAML shape serves the CLI and the Pulumi stack config (`jsb:pairs`). Every rule the NATS server
+would enforce later (or, worse, silently work around) is checked here, before anything touches a
+server, with a message that names the field and the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from jsb_infra import names
+from jsb_infra.durations import DURATION_PATTERN, format_duration, parse_duration
+
+MAX_NAME_LEN = 255  # nats-server JSMaxNameLen, for streams and consumers alike
+DURABLE_SUFFIX_LEN = len(names.durable_name(""))
+MAX_APP_LEN = MAX_NAME_LEN - DURABLE_SUFFIX_LEN
+
+
+def _duration(value: object) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as err:
+        raise rule(str(err)) from None
+
+
+Duration = Annotated[
+    int,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s", "1m30s", "7d"]},
+                {"type": "number", "minimum": 0, "description": "seconds"},
+            ]
+        }
+    ),
+]
+"""A duration held as integer nanoseconds, written as `500ms`, `30s`, `1m30s`, `2h`, `7d` or seconds."""
+
+GEM_BACKOFF = ["1s", "5s", "15s", "30s", "60s"]
+DEFAULT_ACK_WAIT_NS = 30 * 1_000_000_000
+
+
+def rule(message: str) -> PydanticCustomError:
+    """A validation error whose text is the rule itself (no `Value error,` prefix)."""
+    return PydanticCustomError("jsb_rule", message)
+
+
+def _check_nats_name(kind: str, value: str, max_len: int) -> str:
+    if not value:
+        raise rule(f"{kind} name must not be empty")
+    if len(value) > max_len:
+        raise rule(f"{kind} name {value!r} is {len(value)} characters; the limit is {max_len}")
+    bad = [
+        ch
+        for ch in value
+        if ch in ".*>/\\" or ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or not ch.isprintable()
+    ]
+    if bad:
+        shown = ", ".join(sorted({repr(ch) for ch in bad}))
+        raise rule(
+            f"{kind} name {value!r} contains {shown}; NATS names may not contain '.', '*', '>', "
+            "path separators, whitespace or control characters"
+        )
+    return value
+
+
+def _check_app_name(value: str) -> str:
+    _check_nats_name("app", value, MAX_APP_LEN)
+    if value == names.DLQ_TOKEN:
+        raise rule(
+            f"app name {value!r} is reserved: every app's DLQ subject is '<app>.sync.{names.DLQ_TOKEN}'"
+        )
+    if value.startswith("$") or value.startswith("_INBOX"):
+        raise rule(
+            f"app name {value!r} starts with a reserved prefix "
+            "('$' belongs to the server, '_INBOX' to reply inboxes)"
+        )
+    return value
+
+
+def _check_positive(field: str, ns: int) -> int:
+    if ns <= 0:
+        raise rule(f"{field} must be a positive duration, got {format_duration(ns)}")
+    return ns
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a config must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ConsumerFieldRules(StrictModel):
+    """Single-field rules shared by the pair's settings and per-app overrides (None = not given)."""
+
+    @field_validator("max_deliver", "max_ack_pending", check_fields=False)
+    @classmethod
+    def _at_least_one(cls, v: int | None, info: Any) -> int | None:
+        if v is not None and v < 1:
+            raise rule(f"{info.field_name} must be at least 1, got {v}")
+        return v
+
+    @field_validator("ack_wait", check_fields=False)
+    @classmethod
+    def _ack_wait_positive(cls, v: int | None) -> int | None:
+        return None if v is None else _check_positive("ack_wait", v)
+
+    @field_validator("backoff", check_fields=False)
+    @classmethod
+    def _backoff_positive(cls, v: list[int] | None) -> list[int] | None:
+        for i, ns in enumerate(v or []):
+            _check_positive(f"backoff[{i}]", ns)
+        return v
+
+
+class ConsumerSettings(_ConsumerFieldRules):
+    """How a durable consumer redelivers. Defaults are the jetstream_bridge gem's.
+
+    `ack_wait` is derived from `backoff[0]` when a backoff is set, because the server replaces ack_wait
+    with backoff[0] anyway; an explicit ack_wait that differs is refused rather than silently changed.
+    """
+
+    max_deliver: int = Field(5, description="Deliveries before a message goes to the DLQ (>= 1).")
+    ack_wait: Duration | None = Field(
+        None, description="Omit when a backoff is set: it is then backoff[0]. Without a backoff: default 30s."
+    )
+    backoff: list[Duration] = Field(
+        default_factory=lambda: [parse_duration(d) for d in GEM_BACKOFF],
+        description="Redelivery delays by delivery count; no longer than max_deliver.",
+    )
+    max_ack_pending: int = Field(25000, description="Unacknowledged messages in flight (>= 1).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConsumerSettings:
+        check_consumer_rules(self.max_deliver, self.ack_wait, self.backoff)
+        return self
+
+
+class ConsumerOverride(_ConsumerFieldRules):
+    """A per-app change to the pair's consumer settings; fields left out keep the pair's value."""
+
+    max_deliver: int | None = None
+    ack_wait: Duration | None = None
+    backoff: list[Duration] | None = None
+    max_ack_pending: int | None = None
+
+
+def check_consumer_rules(max_deliver: int, ack_wait: int | None, backoff: list[int]) -> None:
+    """Rules that involve more than one consumer field (the server's, plus the ack_wait trap)."""
+    if len(backoff) > max_deliver:
+        raise rule(
+            f"backoff has {len(backoff)} entries but max_deliver is {max_deliver}; "
+            "the server refuses a backoff longer than max_deliver"
+        )
+    if backoff and ack_wait is not None and ack_wait != backoff[0]:
+        raise rule(
+            f"ack_wait {format_duration(ack_wait)} contradicts backoff[0] {format_duration(backoff[0])}: "
+            "with a backoff the server replaces ack_wait by backoff[0]; leave ack_wait out (it is derived) "
+            "or start the backoff with it"
+        )
+
+
+class ResolvedConsumer(StrictModel):
+    """The settings one app's durable really runs with: what the server holds, nothing derived left."""
+
+    max_deliver: int
+    ack_wait: int
+    backoff: tuple[int, ...]
+    max_ack_pending: int
+
+
+class StreamOptions(StrictModel):
+    """Stream-level options. Storage and retention cannot change in place (a change replaces the stream)."""
+
+    replicas: int = Field(1, description="1 to 5.")
+    storage: Literal["file", "memory"] = "file"
+    retention: Literal["workqueue", "limits", "interest"] = "workqueue"
+    duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
+    max_age: Duration = Field(0, description="Oldest message kept; 0 keeps them until consumed.")
+    max_bytes: int = Field(-1, description="-1 for unlimited.")
+    max_msgs: int = Field(-1, description="-1 for unlimited.")
+    max_msg_size: int = Field(-1, description="-1 for unlimited.")
+    description: str = ""
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_range(cls, v: int) -> int:
+        if not 1 <= v <= 5:
+            raise rule(f"replicas must be between 1 and 5, got {v}")
+        return v
+
+    @field_validator("duplicate_window")
+    @classmethod
+    def _window_positive(cls, v: int) -> int:
+        return _check_positive("duplicate_window", v)
+
+    @field_validator("max_bytes", "max_msgs", "max_msg_size")
+    @classmethod
+    def _limit(cls, v: int, info: Any) -> int:
+        if v == 0 or v < -1:
+            raise rule(f"{info.field_name} must be -1 (unlimited) or positive, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _window_within_age(self) -> StreamOptions:
+        if self.max_age and self.duplicate_window > self.max_age:
+            raise rule(
+                f"duplicate_window {format_duration(self.duplicate_window)} is longer than max_age "
+                f"{format_duration(self.max_age)}; the server refuses a dedupe window longer than max_age"
+            )
+        return self
+
+
+class Pair(StrictModel):
+    """Two apps that sync over one stream."""
+
+    stream: str = Field(description="Stream name, unique across pairs.")
+    apps: tuple[str, str] = Field(description="Exactly two distinct app names.")
+    dlq: bool = Field(True, description="Give each app a `<app>.sync.dlq` subject in the stream.")
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    consumer_overrides: dict[str, ConsumerOverride] = Field(
+        default_factory=dict, description="Per-app changes to `consumer`, keyed by app name."
+    )
+    stream_options: StreamOptions = Field(default_factory=StreamOptions)
+    adopt: bool = Field(
+        False, description="Update an existing stream/consumer that differs, instead of refusing to adopt it."
+    )
+    allow_destroy_with_messages: bool = Field(
+        False, description="Allow replacing or deleting the stream while it still holds messages."
+    )
+    protect: bool = Field(True, description="Set Pulumi's protect on the stream.")
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, v: str) -> str:
+        return _check_nats_name("stream", v, MAX_NAME_LEN)
+
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, v: tuple[str, str]) -> tuple[str, str]:
+        for app in v:
+            _check_app_name(app)
+        if v[0] == v[1]:
+            raise rule(f"apps must be two distinct apps, got {v[0]!r} twice")
+        return v
+
+    @model_validator(mode="after")
+    def _overrides(self) -> Pair:
+        for app in self.consumer_overrides:
+            if app not in self.apps:
+                raise rule(
+                    f"consumer_overrides names {app!r}, which is not one of this pair's apps "
+                    f"{list(self.apps)}"
+                )
+            try:
+                self.consumer_for(app)
+            except PydanticCustomError as err:
+                raise rule(f"consumer_overrides.{app}: {err.message()}") from None
+        return self
+
+    # -- derived names -----------------------------------------------------------------------------
+    def destination(self, app: str) -> str:
+        """The other app of the pair."""
+        a, b = self.apps
+        if app not in self.apps:
+            raise KeyError(f"{app!r} is not an app of stream {self.stream!r}")
+        return b if app == a else a
+
+    def subjects(self) -> list[str]:
+        """Every subject the stream captures, in a fixed order."""
+        a, b = self.apps
+        subjects = [names.publish_subject(a, b), names.publish_subject(b, a)]
+        if self.dlq:
+            subjects += [names.dlq_subject(a), names.dlq_subject(b)]
+        return subjects
+
+    def consumer_for(self, app: str) -> ResolvedConsumer:
+        """The pair's consumer settings with `app`'s override applied and ack_wait derived."""
+        override = self.consumer_overrides.get(app)
+        given = override.model_dump(exclude_none=True) if override else {}
+        settings = self.consumer.model_copy(update=given)
+        check_consumer_rules(settings.max_deliver, settings.ack_wait, settings.backoff)
+        if settings.backoff:
+            ack_wait = settings.backoff[0]
+        else:
+            ack_wait = settings.ack_wait if settings.ack_wait is not None else DEFAULT_ACK_WAIT_NS
+        return ResolvedConsumer(
+            max_deliver=settings.max_deliver,
+            ack_wait=ack_wait,
+            backoff=tuple(settings.backoff),
+            max_ack_pending=settings.max_ack_pending,
+        )
+
+
+class Config(StrictModel):
+    """All pairs of a deployment; checks that pairs cannot collide on one server."""
+
+    pairs: list[Pair] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_collisions(self) -> Config:
+        check_pairs_disjoint(self.pairs)
+        return self
+
+
+def check_pairs_disjoint(pairs: Iterable[Pair]) -> None:
+    """No two pairs share a stream name or a subject (the server would refuse the second stream)."""
+    stream_owner: dict[str, int] = {}
+    subject_owner: dict[str, tuple[int, str]] = {}
+    for i, pair in enumerate(pairs):
+        if pair.stream in stream_owner:
+            raise rule(
+                f"pairs[{i}].stream: {pair.stream!r} is already the stream of "
+                f"pairs[{stream_owner[pair.stream]}]"
+            )
+        stream_owner[pair.stream] = i
+        for subject in pair.subjects():
+            if subject in subject_owner:
+                j, other = subject_owner[subject]
+                hint = (
+                    " (an app in two pairs may have its DLQ on in only one)"
+                    if subject.endswith(".dlq")
+                    else ""
+                )
+                raise rule(
+                    f"pairs[{i}] (stream {pair.stream!r}) overlaps pairs[{j}] (stream {other!r}) on subject "
+                    f"{subject!r}{hint}; subjects of different streams must not overlap"
+                )
+            subject_owner[subject] = (i, pair.stream)
+
+
+class ConfigError(ValueError):
+    """A config that breaks a rule; `problems` lists `field: rule` lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid jsb-infra config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _loc(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def problems_of(err: ValidationError, root: str = "") -> list[str]:
+    """`field: rule` lines for every error in `err`, fields written as `pairs[0].consumer.backoff`."""
+    lines = []
+    for e in err.errors():
+        where = _loc(([root] if root else []) + list(e["loc"]))
+        lines.append(f"{where}: {e['msg']}" if where else e["msg"])
+    return lines
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a config mapping (`{"pairs": [...]}`); raises ConfigError naming every bad field."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(problems_of(err)) from None
+
+
+def parse_pairs(pairs: Any) -> Config:
+    """Validate the stack config value `jsb:pairs` (the bare list)."""
+    return parse_config({"pairs": pairs})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config YAML file."""
+    text = Path(path).read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+    return parse_config(data)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (and of `jsb:pairs` under `properties.pairs`)."""
+    return Config.model_json_schema()

@@ -1,0 +1,62 @@
+"""Spec -> JetStream API configs: the stream and the two durable consumers, as the server holds them.
+
+The dicts are exactly what `nats stream add --config` / `nats consumer add --config` accept and what
+`$JS.API.STREAM.INFO` / `CONSUMER.INFO` return under `config` (durations in integer nanoseconds), so
+the providers can compare desired and live field by field. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsb_infra import names
+from jsb_infra.spec import Pair
+
+StreamConfig = dict[str, Any]
+ConsumerConfig = dict[str, Any]
+
+
+def stream_config(pair: Pair) -> StreamConfig:
+    """The stream's config. An update must send all of it: the server treats it as a replacement."""
+    opts = pair.stream_options
+    config: StreamConfig = {
+        "name": pair.stream,
+        "subjects": pair.subjects(),
+        "retention": opts.retention,
+        "storage": opts.storage,
+        "num_replicas": opts.replicas,
+        "duplicate_window": opts.duplicate_window,
+        "max_age": opts.max_age,
+        "max_bytes": opts.max_bytes,
+        "max_msgs": opts.max_msgs,
+        "max_msg_size": opts.max_msg_size,
+        "discard": "old",
+    }
+    if opts.description:
+        config["description"] = opts.description
+    return config
+
+
+def consumer_config(pair: Pair, app: str) -> ConsumerConfig:
+    """`app`'s durable pull consumer, reading what the other app publishes to it."""
+    settings = pair.consumer_for(app)
+    durable = names.durable_name(app)
+    config: ConsumerConfig = {
+        "durable_name": durable,
+        "name": durable,
+        "filter_subject": names.publish_subject(pair.destination(app), app),
+        "deliver_policy": "all",
+        "ack_policy": "explicit",
+        "replay_policy": "instant",
+        "max_deliver": settings.max_deliver,
+        "ack_wait": settings.ack_wait,
+        "max_ack_pending": settings.max_ack_pending,
+    }
+    if settings.backoff:
+        config["backoff"] = list(settings.backoff)
+    return config
+
+
+def consumer_configs(pair: Pair) -> dict[str, ConsumerConfig]:
+    """Both consumers, keyed by durable name."""
+    return {names.durable_name(app): consumer_config(pair, app) for app in pair.apps}
