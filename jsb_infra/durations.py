@@ -6,8 +6,9 @@ nanoseconds, so a value is parsed once at the edge and never converted by hand a
 
 from __future__ import annotations
 
+import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 NS_PER_UNIT: dict[str, int] = {
     "ns": 1,
@@ -19,6 +20,7 @@ NS_PER_UNIT: dict[str, int] = {
     "h": 3600 * 1_000_000_000,
     "d": 86400 * 1_000_000_000,
 }
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")  # plain seconds only: no exponent, `_`, NaN or Infinity
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 DURATION_PATTERN = r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$|^\d+(\.\d+)?$"
 
@@ -32,6 +34,8 @@ def parse_duration(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; write e.g. 500ms, 30s, 1m30s, 2h, 7d or seconds")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"duration {value!r} is not a finite number of seconds")
         if value < 0:
             raise ValueError(f"duration {value!r} is negative; durations must not be negative")
         return int(Decimal(str(value)) * NS_PER_UNIT["s"])
@@ -40,10 +44,8 @@ def parse_duration(value: object) -> int:
     text = value.strip()
     if text.startswith("-"):
         raise ValueError(f"duration {value!r} is negative; durations must not be negative")
-    try:
+    if _SECONDS.fullmatch(text):
         return int(Decimal(text) * NS_PER_UNIT["s"])
-    except InvalidOperation:
-        pass
     pos, total = 0, Decimal(0)
     for match in _PART.finditer(text):
         if match.start() != pos:
