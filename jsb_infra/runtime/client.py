@@ -1,0 +1,322 @@
+"""BridgeClient: one app's connection, publishing and consuming with nothing but its generated permissions.
+
+No code path here calls a JetStream management API. Publishing is a request to the app's own subject
+(the PubAck comes back on the app's inbox prefix); consuming binds to the durable the deploy created
+(`pull_subscribe_bind` makes no API call) and pulls with `fetch`. Provisioning is the deploy's job;
+there is deliberately no switch to turn it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import PubAck
+from nats.js.client import JetStreamContext
+
+from jsb_infra.outputs import BridgeOutputs
+from jsb_infra.runtime.config import Credentials
+from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
+
+log = logging.getLogger("jsb_infra.runtime")
+
+PERMISSION_VIOLATION = "permissions violation"
+
+# Failures after which the same publish may simply be tried again: the reply did not come, or the
+# stream was not there for a moment (server restarting), or the buffer was full while reconnecting.
+RETRYABLE_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    asyncio.CancelledError,  # only for futures cancelled by publish_batch itself, never our own task
+)
+
+
+class PublishError(RuntimeError):
+    """A publish that got no PubAck within the bounded attempts."""
+
+
+class BridgeClient:
+    """Connect with `await client.connect()` or `async with BridgeClient(...) as client`."""
+
+    def __init__(
+        self,
+        bridge: BridgeOutputs,
+        credentials: Credentials | None = None,
+        *,
+        name: str | None = None,
+        publish_timeout: float = 5.0,
+        publish_attempts: int = 3,
+        retry_wait: float = 0.25,
+        reconnect_time_wait: float = 1.0,
+        connect_timeout: float = 2.0,
+        connect_attempts: int = 3,
+        error_cb: Callable[[Exception], Awaitable[None]] | None = None,
+    ):
+        if publish_attempts < 1:
+            raise ValueError(f"publish_attempts: must be at least 1, got {publish_attempts}")
+        self.bridge = bridge
+        self.credentials = credentials or Credentials()
+        self.name = name or f"jsb-{bridge.app}@{bridge.stream}"
+        self.publish_timeout = publish_timeout
+        self.publish_attempts = publish_attempts
+        self.retry_wait = retry_wait
+        self.reconnect_time_wait = reconnect_time_wait
+        self.connect_timeout = connect_timeout
+        self.connect_attempts = connect_attempts
+        self._user_error_cb = error_cb
+        self.errors: deque[Exception] = deque(maxlen=200)
+        self.permission_violations: list[str] = []
+        self.reconnects = 0
+        self._nc: NATS | None = None
+        self._closing = False
+        self._js: JetStreamContext | None = None
+        self._async_js: dict[int, JetStreamContext] = {}
+        self._msg_id_header = MSG_ID_HEADER
+
+    # -- connection ------------------------------------------------------------------------------
+    async def connect(self) -> BridgeClient:
+        """Connect with the bridge's inbox prefix; reconnect forever, logging every transition.
+
+        The first connect gives up after `connect_attempts` tries (a wrong URL or password should fail
+        the app's start, not hang it); once connected, reconnecting never stops.
+        """
+        self._nc = await nats.connect(
+            self.bridge.servers,
+            name=self.name,
+            inbox_prefix=self.bridge.inbox_prefix,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+            allow_reconnect=True,
+            max_reconnect_attempts=self.connect_attempts,
+            reconnect_time_wait=self.reconnect_time_wait,
+            connect_timeout=self.connect_timeout,
+            **self.credentials.connect_options(),
+        )
+        self._nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
+        self._js = self._nc.jetstream(timeout=self.publish_timeout)
+        log.info("connected to %s as %s (%s)", self._nc.connected_url, self.name, self.credentials.describe())
+        return self
+
+    async def close(self) -> None:
+        """Flush what is buffered (acks included) and close."""
+        if self._nc is not None and not self._nc.is_closed:
+            self._closing = True
+            try:
+                await self._nc.drain()
+            except Exception as err:  # drain fails when the server is gone; closing is all that is left
+                log.warning("drain failed (%s); closing", err)
+                await self._nc.close()
+
+    async def __aenter__(self) -> BridgeClient:
+        return await self.connect()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("BridgeClient is not connected; call `await client.connect()` first")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("BridgeClient is not connected; call `await client.connect()` first")
+        return self._js
+
+    async def _on_error(self, err: Exception) -> None:
+        self.errors.append(err)
+        text = str(err)
+        if PERMISSION_VIOLATION in text.lower():
+            self.permission_violations.append(text)
+            log.error("%s: denied by the server: %s", self.name, text)
+        else:
+            log.warning("%s: connection error: %r", self.name, err)
+        if self._user_error_cb is not None:
+            await self._user_error_cb(err)
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        log.warning("%s: disconnected; reconnecting every %.1fs", self.name, self.reconnect_time_wait)
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        log.warning("%s: reconnected to %s", self.name, self._nc.connected_url if self._nc else "?")
+
+    async def _on_closed(self) -> None:
+        log.info("%s: connection closed", self.name)
+
+    # -- publishing ------------------------------------------------------------------------------
+    def event(
+        self,
+        event_type: str,
+        resource_type: str,
+        resource_id: str | int,
+        payload: Any,
+        *,
+        trace_id: str | None = None,
+        event_id: str | None = None,
+    ) -> Event:
+        """An envelope produced by this app (for `publish_batch`)."""
+        return new_event(
+            event_type,
+            resource_type,
+            resource_id,
+            payload,
+            producer=self.bridge.app,
+            trace_id=trace_id,
+            event_id=event_id,
+        )
+
+    async def publish(
+        self,
+        event_type: str,
+        resource_type: str,
+        resource_id: str | int,
+        payload: Any,
+        *,
+        trace_id: str | None = None,
+        event_id: str | None = None,
+    ) -> PubAck:
+        """Publish one event to the peer and wait for the PubAck (seq, duplicate)."""
+        event = self.event(
+            event_type, resource_type, resource_id, payload, trace_id=trace_id, event_id=event_id
+        )
+        return await self.publish_event(event)
+
+    async def publish_event(self, event: Event, headers: Mapping[str, str] | None = None) -> PubAck:
+        """Publish a built envelope; a publish that times out is retried with the same `Nats-Msg-Id`."""
+        hdrs = {self._msg_id_header: event.event_id}
+        if headers:
+            hdrs.update(headers)
+        return await self.publish_raw(self.bridge.publish_subject, encode(event), hdrs)
+
+    async def publish_raw(self, subject: str, body: bytes, headers: dict[str, str]) -> PubAck:
+        """A JetStream publish with bounded retries; the headers must carry a stable `Nats-Msg-Id`."""
+        js = self.js
+        last: BaseException | None = None
+        for attempt in range(1, self.publish_attempts + 1):
+            try:
+                return await js.publish(subject, body, timeout=self.publish_timeout, headers=headers)
+            except RETRYABLE_PUBLISH_ERRORS[:-1] as err:
+                last = err
+                log.warning(
+                    "publish to %s (msg id %s) attempt %d/%d failed: %r",
+                    subject,
+                    headers.get(self._msg_id_header),
+                    attempt,
+                    self.publish_attempts,
+                    err,
+                )
+                if attempt < self.publish_attempts:
+                    await asyncio.sleep(self.retry_wait * 2 ** (attempt - 1))
+        raise PublishError(
+            f"publish to {subject} (msg id {headers.get(self._msg_id_header)}) got no PubAck after "
+            f"{self.publish_attempts} attempts: {last!r}"
+        ) from last
+
+    def _pipelining_js(self, max_in_flight: int) -> JetStreamContext:
+        """A JetStream context whose own semaphore bounds in-flight publishes (one context per bound)."""
+        js = self._async_js.get(max_in_flight)
+        if js is None:
+            js = self.nc.jetstream(timeout=self.publish_timeout, publish_async_max_pending=max_in_flight)
+            self._async_js[max_in_flight] = js
+        return js
+
+    async def _cancel_stalled(self, futures: list[asyncio.Future[PubAck] | None]) -> None:
+        """Watchdog: when the oldest pending PubAck has not come for `publish_timeout`, give up on all
+        pending ones (freeing their in-flight slots); `publish_batch` retries them one by one."""
+        oldest = 0
+        while True:
+            seen_at = oldest
+            await asyncio.sleep(self.publish_timeout)
+            while oldest < len(futures) and (futures[oldest] is None or futures[oldest].done()):  # type: ignore[union-attr]
+                oldest += 1
+            if oldest == seen_at and oldest < len(futures):
+                log.warning(
+                    "publish_batch: no PubAck for %.1fs; retrying the pending ones", self.publish_timeout
+                )
+                for future in futures[oldest:]:
+                    if future is not None and not future.done():
+                        future.cancel()
+
+    async def publish_batch(
+        self, events: Iterable[Event], max_in_flight: int = 512
+    ) -> list[PubAck | BaseException]:
+        """Pipeline `events` (`js.publish_async`), at most `max_in_flight` unacknowledged at once.
+
+        Returns one result per event, in order: its PubAck, or the error that remained after the
+        bounded retries (replies that never came are retried one by one with the same msg id).
+        """
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight: must be at least 1, got {max_in_flight}")
+        js = self._pipelining_js(max_in_flight)
+        subject = self.bridge.publish_subject
+        header = self._msg_id_header
+        items: list[tuple[bytes, dict[str, str]]] = []
+        futures: list[asyncio.Future[PubAck] | None] = []
+        errors: dict[int, BaseException] = {}
+        watchdog = asyncio.create_task(self._cancel_stalled(futures))
+        try:
+            for event in events:
+                body = encode(event)
+                headers = {header: event.event_id}
+                items.append((body, headers))
+                try:
+                    futures.append(await js.publish_async(subject, body, headers=headers))
+                except RETRYABLE_PUBLISH_ERRORS[:-1] as err:
+                    errors[len(futures)] = err
+                    futures.append(None)
+            for future in futures:  # replies come roughly in order: few of these actually wait
+                if future is not None and not future.done():
+                    await asyncio.wait([future])
+        finally:
+            watchdog.cancel()
+        results: list[PubAck | BaseException] = []
+        for index, future in enumerate(futures):
+            if future is None:
+                results.append(errors[index])
+            elif future.cancelled():
+                results.append(asyncio.CancelledError())
+            elif future.exception() is not None:
+                results.append(future.exception())  # type: ignore[arg-type]
+            else:
+                results.append(future.result())
+        for index, result in enumerate(results):
+            if isinstance(result, RETRYABLE_PUBLISH_ERRORS):
+                body, headers = items[index]
+                try:
+                    results[index] = await self.publish_raw(subject, body, headers)
+                except PublishError as err:
+                    results[index] = err
+        return results
+
+    # -- consuming -------------------------------------------------------------------------------
+    def consumer(self, handler: Any, **options: Any) -> Any:
+        """A `Consumer` of this app's durable; see `jsb_infra.runtime.consumer.Consumer`."""
+        from jsb_infra.runtime.consumer import Consumer
+
+        return Consumer(self, handler, **options)
+
+    async def consume(self, handler: Any, **options: Any) -> Any:
+        """Run a consumer until it is stopped (or this task is cancelled); returns its stats."""
+        consumer = self.consumer(handler, **options)
+        await consumer.run()
+        return consumer.stats

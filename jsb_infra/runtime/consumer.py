@@ -1,0 +1,331 @@
+"""Consuming one app's durable: decode, handle, then ack, nak with the bridge's backoff, or dead-letter.
+
+Redelivery timing, derived from what nats-server really does (REFERENCE §3, server/consumer.go):
+after delivery n fails we want the next delivery `backoff[n-1]` later (the last entry repeats), the
+same schedule the server applies when an ack wait runs out. A bare `-NAK` is redelivered at once, so
+we send `nak(delay=d)`; but on a consumer with a backoff the server backdates the message by ack_wait
+(= backoff[0]) and then measures it against backoff[n-1], so the real wait is
+`d + backoff[n-1] - ack_wait`. We therefore send `d = intended - (backoff[n-1] - ack_wait)`, at least 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from jsb_infra.outputs import ConsumerOutputs
+from jsb_infra.runtime.envelope import MSG_ID_HEADER, EnvelopeError, Event, decode
+
+if TYPE_CHECKING:
+    from jsb_infra.runtime.client import BridgeClient
+
+log = logging.getLogger("jsb_infra.runtime")
+
+# DLQ headers: the original body is kept, these say why and where it came from.
+DLQ_REASON = "Jsb-Dlq-Reason"
+DLQ_DELIVERY_COUNT = "Jsb-Delivery-Count"
+DLQ_ORIGINAL_SUBJECT = "Jsb-Original-Subject"
+DLQ_STREAM_SEQUENCE = "Jsb-Stream-Sequence"
+DLQ_CONSUMER = "Jsb-Consumer"
+DLQ_ERROR = "Jsb-Error"
+REASON_MAX_DELIVER = "max_deliver"
+REASON_MALFORMED = "malformed"
+MAX_ERROR_HEADER = 512
+
+
+# -- redelivery arithmetic (pure) ------------------------------------------------------------------
+def backoff_index(consumer: ConsumerOutputs, delivery_count: int) -> int:
+    """The backoff entry the server uses for a message delivered `delivery_count` times."""
+    return max(0, min(delivery_count - 1, len(consumer.backoff_ns) - 1))
+
+
+def intended_redelivery_ns(consumer: ConsumerOutputs, delivery_count: int) -> int:
+    """How long after failed delivery n the next one should come: backoff[n-1], else ack_wait."""
+    if consumer.backoff_ns:
+        return consumer.backoff_ns[backoff_index(consumer, delivery_count)]
+    return consumer.ack_wait_ns
+
+
+def server_nak_extra_ns(consumer: ConsumerOutputs, delivery_count: int) -> int:
+    """What the server adds to a delayed nak's delay: backoff[n-1] - ack_wait (0 without backoff)."""
+    if not consumer.backoff_ns:
+        return 0
+    return consumer.backoff_ns[backoff_index(consumer, delivery_count)] - consumer.ack_wait_ns
+
+
+def nak_delay_ns(consumer: ConsumerOutputs, delivery_count: int) -> int:
+    """The delay to put in the nak so that the total wait is the intended one (clamped at 0)."""
+    intended = intended_redelivery_ns(consumer, delivery_count)
+    return max(0, intended - server_nak_extra_ns(consumer, delivery_count))
+
+
+def progress_interval_s(consumer: ConsumerOutputs) -> float:
+    """How often to send `in_progress` for held messages: half the shortest ack deadline."""
+    shortest = min([consumer.ack_wait_ns, *consumer.backoff_ns])
+    return max(shortest / 2 / 1e9, 0.05)
+
+
+# -- idempotency -----------------------------------------------------------------------------------
+class IdempotencyStore(Protocol):
+    """Remembers handled event ids; methods may be sync or async."""
+
+    def seen(self, event_id: str) -> bool | Awaitable[bool]: ...
+
+    def mark(self, event_id: str) -> Awaitable[None] | None: ...
+
+
+class InMemoryIdempotency:
+    """The default: the last `capacity` handled event ids of this process (lost on restart)."""
+
+    def __init__(self, capacity: int = 100_000):
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def mark(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+# -- the loop --------------------------------------------------------------------------------------
+class Delivery:
+    """Where a message came from; parsed from the ack subject only when asked (kept off the hot path)."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg):
+        self._msg = msg
+
+    @property
+    def count(self) -> int:
+        return self._msg.metadata.num_delivered
+
+    @property
+    def stream_sequence(self) -> int:
+        return self._msg.metadata.sequence.stream
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def msg(self) -> Msg:
+        return self._msg
+
+
+Handler = Callable[[Event, Delivery], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    acked: int = 0
+    naked: int = 0
+    dead_lettered: int = 0
+    terminated: int = 0
+    duplicates: int = 0
+    dlq_failures: int = 0
+
+
+class Consumer:
+    """Pulls the app's durable in batches and answers every message; `await stop()` drains."""
+
+    def __init__(
+        self,
+        client: BridgeClient,
+        handler: Handler,
+        *,
+        batch: int = 100,
+        fetch_timeout: float = 1.0,
+        idempotency: IdempotencyStore | None = None,
+        progress_interval: float | None = None,
+    ):
+        if batch < 1:
+            raise ValueError(f"batch: must be at least 1, got {batch}")
+        self.client = client
+        self.bridge = client.bridge
+        self.handler = handler
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.idempotency: IdempotencyStore = idempotency if idempotency is not None else InMemoryIdempotency()
+        self.progress_interval = progress_interval or progress_interval_s(self.bridge.consumer)
+        self.stats = ConsumerStats()
+        self._held: list[Msg] = []
+        self._async_idempotency = inspect.iscoroutinefunction(
+            self.idempotency.seen
+        ) or inspect.iscoroutinefunction(self.idempotency.mark)
+        self._stopping = False
+        self._fetching: asyncio.Future[list[Msg]] | None = None
+        self._finished = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def run(self) -> ConsumerStats:
+        """Bind to the durable (no API call) and process until `stop()`."""
+        self._finished.clear()
+        sub = await self.client.js.pull_subscribe_bind(durable=self.bridge.durable, stream=self.bridge.stream)
+        ticker = asyncio.create_task(self._keep_alive())
+        self.started.set()
+        try:
+            while not self._stopping:
+                msgs = await self._fetch(sub)
+                self._held = msgs  # the keep-alive skips the ones already answered
+                for msg in msgs:
+                    await self._process(msg)
+                self._held = []
+        finally:
+            ticker.cancel()
+            self._held = []
+            try:
+                await sub.unsubscribe()
+            except Exception as err:  # closed connection: nothing left to unsubscribe from
+                log.debug("unsubscribe after consume: %r", err)
+            self._finished.set()
+        return self.stats
+
+    async def stop(self) -> None:
+        """Stop fetching, finish and answer the messages already in hand, then return."""
+        self._stopping = True
+        if self._fetching is not None and not self._fetching.done():
+            self._fetching.cancel()
+        if self.started.is_set():
+            await self._finished.wait()
+
+    async def _fetch(self, sub: Any) -> list[Msg]:
+        self._fetching = asyncio.ensure_future(sub.fetch(self.batch, timeout=self.fetch_timeout))
+        try:
+            return await self._fetching
+        except asyncio.CancelledError:
+            if self._stopping:
+                return []
+            raise
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.ConnectionClosedError:
+            log.error("%s: connection closed; consumer stops", self.bridge.app)
+            self._stopping = True
+            return []
+        except Exception as err:  # a status from the server (e.g. 409 while reconnecting): retry
+            log.warning("%s: fetch from %s failed: %r", self.bridge.app, self.bridge.durable, err)
+            await asyncio.sleep(min(self.fetch_timeout, 0.5))
+            return []
+        finally:
+            self._fetching = None
+
+    async def _keep_alive(self) -> None:
+        """Send `in_progress` for every held message each tick, so a slow batch is not redelivered."""
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            for msg in self._held:
+                if msg.is_acked:
+                    continue
+                try:
+                    await msg.in_progress()
+                except Exception as err:
+                    log.debug("in_progress failed: %r", err)
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+        except EnvelopeError as err:
+            await self._dead_letter(msg, REASON_MALFORMED, str(err))
+            return
+        idempotency = self.idempotency
+        sync = not self._async_idempotency
+        if idempotency.seen(event.event_id) if sync else await _maybe_await(idempotency.seen(event.event_id)):
+            self.stats.duplicates += 1
+            await msg.ack()
+            return
+        try:
+            await self.handler(event, Delivery(msg))
+        except Exception as err:
+            count = msg.metadata.num_delivered
+            if count >= self.bridge.consumer.max_deliver:
+                await self._dead_letter(msg, REASON_MAX_DELIVER, f"{type(err).__name__}: {err}")
+            else:
+                delay = nak_delay_ns(self.bridge.consumer, count)
+                log.info(
+                    "%s: event %s failed on delivery %d/%d (%r); redelivery in %.3fs",
+                    self.bridge.app,
+                    event.event_id,
+                    count,
+                    self.bridge.consumer.max_deliver,
+                    err,
+                    intended_redelivery_ns(self.bridge.consumer, count) / 1e9,
+                )
+                await msg.nak(delay=delay / 1e9)
+                self.stats.naked += 1
+            return
+        if sync:
+            idempotency.mark(event.event_id)
+        else:
+            await _maybe_await(idempotency.mark(event.event_id))
+        await msg.ack()
+        self.stats.acked += 1
+
+    async def _dead_letter(self, msg: Msg, reason: str, error: str) -> None:
+        """Park the message on the DLQ subject (body kept, context in headers), then ack it."""
+        meta = msg.metadata
+        dlq = self.bridge.dlq_subject
+        if dlq is None:
+            log.error(
+                "%s: DLQ is off; terminating message %s seq %d after %d deliveries (%s): %s",
+                self.bridge.app,
+                msg.subject,
+                meta.sequence.stream,
+                meta.num_delivered,
+                reason,
+                error,
+            )
+            await msg.term()
+            self.stats.terminated += 1
+            return
+        headers = {
+            DLQ_REASON: reason,
+            DLQ_DELIVERY_COUNT: str(meta.num_delivered),
+            DLQ_ORIGINAL_SUBJECT: msg.subject,
+            DLQ_STREAM_SEQUENCE: str(meta.sequence.stream),
+            DLQ_CONSUMER: meta.consumer,
+            DLQ_ERROR: " ".join(error.split())[:MAX_ERROR_HEADER] or "-",
+            # Stable per stored message, so a retried DLQ publish is dropped as a duplicate.
+            MSG_ID_HEADER: f"dlq:{meta.stream}:{meta.sequence.stream}",
+        }
+        try:
+            await self.client.publish_raw(dlq, msg.data, headers)
+        except Exception as err:
+            # Not acked: the message stays in the stream (num_ack_pending shows it) rather than vanish.
+            self.stats.dlq_failures += 1
+            log.error(
+                "%s: could not dead-letter %s seq %d to %s: %r; message left unacknowledged",
+                self.bridge.app,
+                msg.subject,
+                meta.sequence.stream,
+                dlq,
+                err,
+            )
+            return
+        log.warning(
+            "%s: dead-lettered %s seq %d to %s after %d deliveries (%s): %s",
+            self.bridge.app,
+            msg.subject,
+            meta.sequence.stream,
+            dlq,
+            meta.num_delivered,
+            reason,
+            error,
+        )
+        await msg.ack()
+        self.stats.dead_lettered += 1

@@ -1,0 +1,172 @@
+"""The runtime client against a real nats-server that enforces the generated permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from nats.js.api import PubAck
+
+import jsb_infra.runtime as runtime_pkg
+from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, health_check
+
+RUNTIME_DIR = Path(runtime_pkg.__file__).parent
+FORBIDDEN = ["$JS.API.STREAM", "CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "$JS.API.INFO",
+             "pull_subscribe(", "add_stream", "add_consumer", "_jsm", "consumer_info"]  # fmt: skip
+
+
+def app_client(pp, app: str, **options) -> BridgeClient:
+    options.setdefault("reconnect_time_wait", 0.2)
+    return BridgeClient(pp.bridges[app], Credentials(nkey_seed=pp.seeds[app]), **options)
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached within the timeout")
+        await asyncio.sleep(0.02)
+
+
+def test_client_source_has_no_management_api():
+    for module in sorted(RUNTIME_DIR.glob("*.py")):
+        text = module.read_text()
+        for needle in FORBIDDEN:
+            assert needle not in text, f"{module.name} mentions {needle!r}"
+    # and it does use only the data-path calls
+    client_text = (RUNTIME_DIR / "client.py").read_text() + (RUNTIME_DIR / "consumer.py").read_text()
+    for call in ("pull_subscribe_bind(", "publish_async(", ".fetch(", ".nak(", ".in_progress(", ".term("):
+        assert call in client_text
+
+
+async def test_two_apps_exchange_both_ways_with_only_their_permissions(provisioned_pair):
+    pp = provisioned_pair
+    seen_errors: list[Exception] = []
+
+    async def record(err: Exception) -> None:
+        seen_errors.append(err)
+
+    orders = await app_client(pp, "orders", error_cb=record).connect()
+    billing = await app_client(pp, "billing", error_cb=record).connect()
+    received: dict[str, list[Event]] = {"orders": [], "billing": []}
+
+    def handler_for(app: str):
+        async def handle(event: Event, delivery: Delivery) -> None:
+            assert delivery.count == 1 and delivery.subject == pp.bridges[app].consume_subject
+            received[app].append(event)
+
+        return handle
+
+    consumers = [orders.consumer(handler_for("orders")), billing.consumer(handler_for("billing"))]
+    tasks = [asyncio.create_task(c.run()) for c in consumers]
+    try:
+        acks = [await orders.publish("order.created", "order", i, {"n": i}, trace_id="tr") for i in range(10)]
+        assert all(isinstance(a, PubAck) and not a.duplicate for a in acks)
+        assert [a.seq for a in acks] == sorted(a.seq for a in acks)
+        batch = [billing.event("invoice.sent", "invoice", i, {"n": i}) for i in range(50)]
+        results = await billing.publish_batch(batch, max_in_flight=8)
+        assert all(isinstance(r, PubAck) for r in results) and len({r.seq for r in results}) == 50
+        await wait_for(lambda: len(received["billing"]) == 10 and len(received["orders"]) == 50)
+        report = await health_check(orders)
+    finally:
+        for c in consumers:
+            await c.stop()
+        await asyncio.gather(*tasks)
+    assert {e.producer for e in received["billing"]} == {"orders"}
+    assert [e.payload["n"] for e in received["orders"]] == list(range(50))
+    assert [e.event_id for e in received["orders"]] == [e.event_id for e in batch]
+    assert received["billing"][0].trace_id == "tr" and received["billing"][0].resource_id == "0"
+    assert report.healthy and report.connection == "connected" and report.rtt_ms is not None
+    assert (
+        report.config["publish_subject"] == "orders.sync.billing" and report.config["auto_provision"] is False
+    )
+    await orders.close()
+    await billing.close()
+    assert consumers[0].stats.acked == 50 and consumers[1].stats.acked == 10
+    assert orders.permission_violations == [] and billing.permission_violations == []
+    assert not [e for e in seen_errors if "violation" in str(e).lower()], seen_errors
+    # everything was acked: the work queue is empty on both sides
+    admin = await pp.admin()
+    js = admin.jetstream()
+    for durable in ("orders-workers", "billing-workers"):
+        info = await js.consumer_info(pp.pair.stream, durable)
+        assert info.num_pending == 0 and info.num_ack_pending == 0
+    await admin.close()
+
+
+async def test_a_denied_operation_is_recorded(provisioned_pair):
+    """The violation collector really sees denials, so the zero-violation assertions mean something."""
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders", publish_attempts=1, publish_timeout=0.5).connect()
+    with pytest.raises(runtime_pkg.PublishError):
+        await orders.publish_raw("billing.sync.orders", b"{}", {"Nats-Msg-Id": "x"})
+    await orders.nc.flush()
+    await wait_for(lambda: orders.permission_violations)
+    assert 'publish to "billing.sync.orders"' in orders.permission_violations[0].lower()
+    report = await health_check(orders)
+    assert not report.healthy and report.permission_violations
+    await orders.close()
+
+
+async def test_same_event_twice_is_stored_once(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    event = orders.event("order.created", "order", "A-1", {"total": 3})
+    first = await orders.publish_event(event)
+    second = await orders.publish_event(event)
+    batch_again = await orders.publish_batch([event])
+    await orders.close()
+    assert not first.duplicate
+    assert second.duplicate and second.seq == first.seq
+    assert isinstance(batch_again[0], PubAck) and batch_again[0].duplicate
+    admin = await pp.admin()
+    info = await admin.jetstream().stream_info(pp.pair.stream)
+    await admin.close()
+    assert info.state.messages == 1
+
+
+async def test_publish_header_is_exact_case(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    event = orders.event("order.created", "order", "A-2", None)
+    ack = await orders.publish_event(event)
+    await orders.close()
+    admin = await pp.admin()
+    stored = await admin.jetstream().get_msg(pp.pair.stream, ack.seq)
+    await admin.close()
+    assert stored.headers == {"Nats-Msg-Id": event.event_id}
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", runtime_pkg.decode(stored.data).occurred_at
+    )
+
+
+async def test_graceful_stop_answers_the_batch_in_hand(provisioned_pair, caplog):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    billing = await app_client(pp, "billing").connect()
+    await orders.publish_batch([orders.event("e", "r", i, None) for i in range(20)])
+    handled: list[str] = []
+    consumer = billing.consumer(None, batch=20)
+    started = asyncio.Event()
+
+    async def slow(event: Event, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(0.02)
+        handled.append(event.event_id)
+
+    consumer.handler = slow
+    task = asyncio.create_task(consumer.run())
+    await started.wait()
+    with caplog.at_level(logging.INFO):
+        await consumer.stop()
+    await task
+    await billing.close()
+    await orders.close()
+    assert len(handled) == 20 and consumer.stats.acked == 20
+    admin = await pp.admin()
+    info = await admin.jetstream().consumer_info(pp.pair.stream, "billing-workers")
+    await admin.close()
+    assert info.num_ack_pending == 0 and info.num_pending == 0
