@@ -7,7 +7,7 @@ Bump SCHEMA_VERSION on any change an older client could misread.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,3 +79,21 @@ def bridge_outputs(pair: Pair, app: str, servers: list[str]) -> BridgeOutputs:
             max_ack_pending=settings.max_ack_pending,
         ),
     )
+
+
+def bridge_outputs_from_live(
+    pair: Pair, app: str, servers: list[str], consumer_config: dict[str, Any]
+) -> BridgeOutputs:
+    """`app`'s bridge config with the consumer settings the server reports (a Consumer's live `config`).
+
+    Names come from the spec; redelivery settings come from the server, so the bridge says what the
+    durable really runs with. Numbers may arrive as floats (Pulumi outputs); they are integral.
+    """
+    base = bridge_outputs(pair, app, servers)
+    live = ConsumerOutputs(
+        max_deliver=int(consumer_config["max_deliver"]),
+        ack_wait_ns=int(consumer_config["ack_wait"]),
+        backoff_ns=[int(ns) for ns in consumer_config.get("backoff") or []],
+        max_ack_pending=int(consumer_config["max_ack_pending"]),
+    )
+    return base.model_copy(update={"consumer": live})

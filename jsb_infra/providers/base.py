@@ -1,0 +1,233 @@
+"""Shared, pure logic of the jsb-infra dynamic providers: normalize, compare, decide update vs replace.
+
+Each resource module names its server-immutable fields (REFERENCE §3); everything here turns a
+desired config and the live config last read from the server into a Pulumi `DiffResult`, an adopt
+decision or a clear error. Only `JsbProvider.run` does I/O (it runs one coroutine per call: provider
+methods are called synchronously from the host's worker threads, pulumi#13153).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceProvider
+from pulumi.output import Unknown
+from pulumi.runtime import rpc
+
+from jsb_infra.nats_admin import differences
+from jsb_infra.providers import settings
+from jsb_infra.spec import ConfigError, Pair, parse_pairs
+
+T = TypeVar("T")
+Changes = dict[str, tuple[Any, Any]]
+
+
+class ProviderError(RuntimeError):
+    """A refusal the user must act on (data-loss guard, adopt conflict, object gone)."""
+
+
+# -- values ------------------------------------------------------------------------------------------
+def normalize(value: Any) -> Any:
+    """Integral floats become ints (the gRPC Struct carries every number as a double), recursively."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [normalize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def is_unknown(value: Any) -> bool:
+    """True when `value` is, or contains, a preview-time unknown (the host decodes them as `Unknown`)."""
+    if isinstance(value, Unknown) or (isinstance(value, str) and value == rpc.UNKNOWN):
+        return True
+    if isinstance(value, dict):
+        return any(is_unknown(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(is_unknown(v) for v in value)
+    return False
+
+
+def with_defaults(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The desired config plus the zero values of optional keys the renderer leaves out.
+
+    Without them, removing a description or a backoff would never show as a difference.
+    """
+    return normalize({**defaults, **config})
+
+
+def restrict(live: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The live config cut down to the keys jsb-infra manages (the server adds many defaults)."""
+    return normalize({k: live[k] for k in keys if k in live})
+
+
+def config_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Changes:
+    """{field: (desired, live)} for every managed field whose live value differs."""
+    return differences(normalize(dict(desired)), normalize(dict(live)))
+
+
+def describe_changes(changes: Changes) -> str:
+    return "; ".join(f"{k}: desired {want!r}, server has {have!r}" for k, (want, have) in changes.items())
+
+
+# -- update or replace -------------------------------------------------------------------------------
+Transitions = Mapping[str, frozenset[tuple[Any, Any]]]
+
+
+def immutable_paths(
+    changes: Changes, immutable: Mapping[str, str], in_place: Transitions | None = None
+) -> list[str]:
+    """The replace keys for `changes`: immutable fields, except transitions the server allows in place.
+
+    `immutable` maps a config field to the input path reported to Pulumi; `in_place` lists the
+    (live, desired) value pairs of an immutable field that may still change in place.
+    """
+    out: list[str] = []
+    for field_name, (want, have) in changes.items():
+        if field_name not in immutable:
+            continue
+        if in_place and (have, want) in in_place.get(field_name, frozenset()):
+            continue
+        if immutable[field_name] not in out:
+            out.append(immutable[field_name])
+    return out
+
+
+@dataclass
+class Plan:
+    """What a diff found: changed config fields, other changed inputs, and what forces a replace."""
+
+    config: Changes = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    replaces: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.config or self.inputs or self.replaces)
+
+    def result(self) -> DiffResult:
+        """Names are fixed on the server, so a replacement must delete first (create would collide)."""
+        return DiffResult(
+            changes=self.changed,
+            replaces=self.replaces,
+            delete_before_replace=True if self.replaces else None,
+        )
+
+
+def plan_diff(
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any],
+    *,
+    immutable: Mapping[str, str],
+    in_place: Transitions | None = None,
+    identity: Mapping[str, tuple[Any, Any]] | None = None,
+    inputs: Mapping[str, tuple[Any, Any]] | None = None,
+) -> Plan:
+    """Compare a desired config with the last-read live one, plus inputs that are not config.
+
+    `identity` {path: (old, new)}: a known change replaces; an unknown new value (preview) is shown
+    as a change only, and the real `up`, where the value is known, decides. `inputs` {path: (old, new)}:
+    a change updates in place.
+    """
+    plan = Plan()
+    plan.config = config_changes(desired, live)
+    plan.replaces = immutable_paths(plan.config, immutable, in_place)
+    for path, (old, new) in (identity or {}).items():
+        if is_unknown(new):
+            plan.inputs.append(path)
+        elif normalize(old) != normalize(new) and path not in plan.replaces:
+            plan.replaces.append(path)
+    for path, (old, new) in (inputs or {}).items():
+        if is_unknown(new) or normalize(old) != normalize(new):
+            plan.inputs.append(path)
+    return plan
+
+
+def adopt_decision(
+    kind: str,
+    name: str,
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any],
+    *,
+    adopt: bool,
+    immutable: Mapping[str, str],
+    in_place: Transitions | None = None,
+) -> Changes:
+    """Decide whether `create` may take over an existing object; returns the fields to update.
+
+    Equal: adopt as is ({}). Different: refuse with every differing field, unless `adopt` is set,
+    then update in place; a difference the server cannot update is refused either way.
+    """
+    changes = config_changes(desired, live)
+    if not changes:
+        return {}
+    if not adopt:
+        raise ProviderError(
+            f"{kind} {name!r} already exists on the server with a different config "
+            f"({describe_changes(changes)}); "
+            "set `adopt: true` on the pair to update it in place, or change the spec to match"
+        )
+    fixed = {k: v for k, v in changes.items() if immutable_paths({k: v}, immutable, in_place)}
+    if fixed:
+        raise ProviderError(
+            f"cannot adopt {kind} {name!r}: the server cannot change {describe_changes(fixed)} in place; "
+            "delete or migrate it by hand, or change the spec to match"
+        )
+    return changes
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+def pair_failures(value: Any, prop: str = "pair") -> tuple[Pair | None, list[CheckFailure]]:
+    """Validate a `pair` input through the spec; failures name the field and the rule."""
+    if is_unknown(value):
+        return None, []
+    if not isinstance(value, dict):
+        return None, [CheckFailure(prop, f"{prop}: must be a pair object (Pair.model_dump(mode='json'))")]
+    try:
+        return parse_pairs([normalize(value)]).pairs[0], []
+    except ConfigError as err:
+        return None, [CheckFailure(prop, p.replace("pairs[0]", prop, 1)) for p in err.problems]
+
+
+def canonical_pair(pair: Pair) -> dict[str, Any]:
+    """The pair as the provider stores it: defaults filled in, durations as text."""
+    return pair.model_dump(mode="json")
+
+
+def parse_pair(value: Any) -> Pair:
+    """The validated pair of a checked input (check already reported bad input)."""
+    pair, failures = pair_failures(value)
+    if pair is None:
+        reasons = "; ".join(f.reason for f in failures) or "pair is not known yet"
+        raise ProviderError(f"invalid pair: {reasons}")
+    return pair
+
+
+def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFailure]:
+    if is_unknown(app):
+        return []
+    if not isinstance(app, str) or not app:
+        return [CheckFailure(prop, f"{prop}: must be an app name")]
+    if pair is not None and app not in pair.apps:
+        return [CheckFailure(prop, f"{prop}: {app!r} is not one of the pair's apps {list(pair.apps)}")]
+    return []
+
+
+# -- the provider base ---------------------------------------------------------------------------------
+class JsbProvider(ResourceProvider):
+    """Holds no state of its own: it is pickled into every resource's state."""
+
+    serialize_as_secret_always = False
+
+    def configure(self, req: ConfigureRequest) -> None:
+        settings.configure(req.config)
+
+    @staticmethod
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run(coro)

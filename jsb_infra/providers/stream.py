@@ -1,0 +1,216 @@
+"""The `Stream` dynamic resource: one JetStream stream per pair, kept equal to `topology.stream_config`.
+
+Replaces (delete first) on name, storage, and retention to or from workqueue; updates everything
+else in place, sending the whole config. Refuses to destroy a stream that still holds messages
+unless the pair sets `allow_destroy_with_messages`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+
+from jsb_infra.nats_admin import JetStreamAdmin, admin_session
+from jsb_infra.providers import settings
+from jsb_infra.providers.base import (
+    JsbProvider,
+    ProviderError,
+    Transitions,
+    adopt_decision,
+    canonical_pair,
+    config_changes,
+    pair_failures,
+    parse_pair,
+    plan_diff,
+    restrict,
+    with_defaults,
+)
+from jsb_infra.spec import Pair
+from jsb_infra.topology import stream_config
+
+IMMUTABLE = {
+    "name": "pair.stream",
+    "storage": "pair.stream_options.storage",
+    "retention": "pair.stream_options.retention",
+}
+"""Stream fields the server refuses to update (REFERENCE §3), among those jsb-infra renders."""
+
+IN_PLACE: Transitions = {"retention": frozenset({("limits", "interest"), ("interest", "limits")})}
+"""The one immutable-field change the server does allow in place."""
+
+OPTIONAL_DEFAULTS = {"description": ""}
+"""Keys the renderer may leave out, with the value that means "unset"."""
+
+
+def desired_config(pair: Pair) -> dict[str, Any]:
+    """The config compared with the server's (the renderer's output plus explicit unset values)."""
+    return with_defaults(stream_config(pair), OPTIONAL_DEFAULTS)
+
+
+def live_config(info: dict[str, Any], pair: Pair) -> dict[str, Any]:
+    return restrict(info["config"], desired_config(pair).keys())
+
+
+def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any]) -> dict[str, Any]:
+    """Every output, from what the server reported (never from what was sent)."""
+    return {
+        "pair": pair_input,
+        "name": info["config"]["name"],
+        "config": live_config(info, pair),
+        "created": info["created"],
+        "messages": int(info["state"]["messages"]),
+    }
+
+
+def destroy_guard(pair: Pair, messages: int, action: str) -> None:
+    if messages and not pair.allow_destroy_with_messages:
+        raise ProviderError(
+            f"refusing to {action} stream {pair.stream!r}: it still holds {messages} message(s). "
+            "Drain it, or set `allow_destroy_with_messages: true` on the pair (and run `pulumi up` once "
+            "so the setting is stored) to accept losing them"
+        )
+
+
+class StreamProvider(JsbProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        pair, failures = pair_failures(news.get("pair"))
+        inputs = dict(news)
+        if pair is not None:
+            inputs["pair"] = canonical_pair(pair)
+        return CheckResult(inputs, failures)
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        pair = parse_pair(news["pair"])
+        old_pair = parse_pair(olds["pair"])
+        plan = plan_diff(
+            desired_config(pair),
+            olds.get("config") or {},
+            immutable=IMMUTABLE,
+            in_place=IN_PLACE,
+            inputs={
+                "pair.allow_destroy_with_messages": (
+                    old_pair.allow_destroy_with_messages,
+                    pair.allow_destroy_with_messages,
+                )
+            },
+        )
+        if plan.replaces:
+            self._guard_replace(old_pair, pair, plan.replaces)
+        return plan.result()
+
+    def _guard_replace(self, old_pair: Pair, pair: Pair, replaces: list[str]) -> None:
+        """Fail the preview, not the `up` halfway: a replace deletes the stream and its messages."""
+        messages = self.run(_message_count(old_pair.stream))
+        why = ", ".join(replaces)
+        destroy_guard(pair, messages, f"replace (because {why} changed)")
+        if messages and not old_pair.allow_destroy_with_messages:
+            raise ProviderError(
+                f"refusing to replace stream {old_pair.stream!r} (because {why} changed): it holds "
+                f"{messages} message(s) and the stored pair does not allow destroying them yet. Run "
+                "`pulumi up` with `allow_destroy_with_messages: true` and the old settings first "
+                "(an in-place update), then make this change"
+            )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        pair = parse_pair(props["pair"])
+        info = self.run(_create_or_adopt(pair))
+        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        info = self.run(_info(id_))
+        if info is None or "pair" not in props:
+            return ReadResult("", {})
+        pair = parse_pair(props["pair"])
+        return ReadResult(id_, stream_outputs(props["pair"], pair, info))
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        pair = parse_pair(news["pair"])
+        info = self.run(_update(pair))
+        return UpdateResult(stream_outputs(news["pair"], pair, info))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        pair = parse_pair(props["pair"])
+        self.run(_delete(id_, pair))
+
+
+# -- server I/O (one admin session per provider call) --------------------------------------------
+def _session() -> Any:
+    return admin_session(settings.current().admin_connection())
+
+
+async def _info(name: str) -> dict[str, Any] | None:
+    async with _session() as js:
+        return await js.stream_info(name)
+
+
+async def _message_count(name: str) -> int:
+    info = await _info(name)
+    return int(info["state"]["messages"]) if info else 0
+
+
+async def _read_back(js: JetStreamAdmin, name: str) -> dict[str, Any]:
+    info = await js.stream_info(name)
+    if info is None:
+        raise ProviderError(f"stream {name!r} vanished right after it was written")
+    return info
+
+
+async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
+    desired = desired_config(pair)
+    async with _session() as js:
+        existing = await js.stream_info(pair.stream)
+        if existing is None:
+            await js.create_stream(stream_config(pair))
+        elif adopt_decision(
+            "stream",
+            pair.stream,
+            desired,
+            live_config(existing, pair),
+            adopt=pair.adopt,
+            immutable=IMMUTABLE,
+            in_place=IN_PLACE,
+        ):
+            await js.update_stream(stream_config(pair))
+        return await _read_back(js, pair.stream)
+
+
+async def _update(pair: Pair) -> dict[str, Any]:
+    async with _session() as js:
+        existing = await js.stream_info(pair.stream)
+        if existing is None:
+            raise ProviderError(
+                f"stream {pair.stream!r} no longer exists on the server; run `pulumi refresh` "
+                "and the next `pulumi up` recreates it"
+            )
+        if config_changes(desired_config(pair), live_config(existing, pair)):
+            await js.update_stream(stream_config(pair))  # whole config: the server treats it as a replacement
+        return await _read_back(js, pair.stream)
+
+
+async def _delete(name: str, pair: Pair) -> None:
+    async with _session() as js:
+        info = await js.stream_info(name)
+        if info is None:
+            return
+        destroy_guard(pair, int(info["state"]["messages"]), "delete")
+        await js.delete_stream(name)
+
+
+class Stream(Resource, module="jsb", name="Stream"):
+    """A JetStream stream for one pair. Outputs: name, config (live), created, messages."""
+
+    name: pulumi.Output[str]
+    config: pulumi.Output[dict[str, Any]]
+    created: pulumi.Output[str]
+    messages: pulumi.Output[int]
+
+    def __init__(
+        self,
+        resource_name: str,
+        pair: pulumi.Input[dict[str, Any]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {"pair": pair, "name": None, "config": None, "created": None, "messages": None}
+        super().__init__(StreamProvider(), resource_name, props, opts)

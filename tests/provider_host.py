@@ -1,0 +1,207 @@
+"""Drive the real Pulumi dynamic-provider host (`python -u -m pulumi.dynamic`) over gRPC, as the engine does.
+
+Properties are serialized with `pulumi.runtime.rpc.serialize_properties`, the pickled provider goes
+in `__provider` (as `pulumi.dynamic.Resource` puts it there), and every response the host returns
+is kept as text in `transcript`, so a test can prove that no admin secret ever comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from pulumi.dynamic import ResourceProvider
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime import rpc
+from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
+
+PROVIDER_KEY = "__provider"
+UNKNOWN = rpc.UNKNOWN
+
+
+class ProviderCallError(RuntimeError):
+    """The host aborted the call (the provider raised); `details` holds its traceback text."""
+
+    def __init__(self, method: str, details: str):
+        self.details = details
+        super().__init__(f"{method} failed:\n{details}")
+
+
+@dataclass
+class DiffOutcome:
+    changes: str  # "DIFF_NONE" | "DIFF_SOME" | "DIFF_UNKNOWN"
+    replaces: list[str]
+    delete_before_replace: bool
+
+
+def _struct(props: dict[str, Any]) -> struct_pb2.Struct:
+    return asyncio.run(rpc.serialize_properties(props, {}))
+
+
+def _props(struct: struct_pb2.Struct) -> dict[str, Any]:
+    out = rpc.deserialize_properties(struct, keep_unknowns=True)
+    out.pop(PROVIDER_KEY, None)
+    return dict(out)
+
+
+class ProviderHost:
+    """One host process; `configure` it once (like the engine), then call the resource methods."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "pulumi.dynamic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.process.stdout is not None
+        port = int(self.process.stdout.readline().decode().strip())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = provider_pb2_grpc.ResourceProviderStub(self.channel)
+        self.transcript: list[str] = []
+
+    def close(self) -> None:
+        self.channel.close()
+        self.process.kill()
+        self.process.wait(timeout=10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def __enter__(self) -> ProviderHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            response = getattr(self.stub, method)(request, timeout=60)
+        except grpc.RpcError as err:
+            details = err.details() or str(err)
+            self.transcript.append(details)
+            raise ProviderCallError(method, details) from None
+        self.transcript.append(json_format.MessageToJson(response))
+        return response
+
+    @staticmethod
+    def _with_provider(provider: ResourceProvider, props: dict[str, Any]) -> dict[str, Any]:
+        return {**props, PROVIDER_KEY: serialize_provider(provider)}
+
+    # -- the ResourceProvider service ----------------------------------------------------------------
+    def configure(self, config: dict[str, Any]) -> None:
+        """Stack config as the engine sends it: full keys (`jsb:servers`), values as given."""
+        self._call("Configure", provider_pb2.ConfigureRequest(args=_struct(config), acceptSecrets=False))
+
+    def check(
+        self, provider: ResourceProvider, news: dict[str, Any], olds: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        request = provider_pb2.CheckRequest(
+            urn=urn(provider),
+            olds=_struct(self._with_provider(provider, olds or {})),
+            news=_struct(self._with_provider(provider, news)),
+        )
+        response = self._call("Check", request)
+        return _props(response.inputs), [(f.property, f.reason) for f in response.failures]
+
+    def diff(
+        self, provider: ResourceProvider, id_: str, olds: dict[str, Any], news: dict[str, Any]
+    ) -> DiffOutcome:
+        request = provider_pb2.DiffRequest(
+            id=id_,
+            urn=urn(provider),
+            olds=_struct(self._with_provider(provider, olds)),
+            news=_struct(self._with_provider(provider, news)),
+        )
+        response = self._call("Diff", request)
+        return DiffOutcome(
+            changes=provider_pb2.DiffResponse.DiffChanges.Name(response.changes),
+            replaces=list(response.replaces),
+            delete_before_replace=response.deleteBeforeReplace,
+        )
+
+    def create(self, provider: ResourceProvider, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        request = provider_pb2.CreateRequest(
+            urn=urn(provider), properties=_struct(self._with_provider(provider, props))
+        )
+        response = self._call("Create", request)
+        return response.id, _props(response.properties)
+
+    def read(self, provider: ResourceProvider, id_: str, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        request = provider_pb2.ReadRequest(
+            id=id_, urn=urn(provider), properties=_struct(self._with_provider(provider, props))
+        )
+        response = self._call("Read", request)
+        return response.id, _props(response.properties)
+
+    def update(
+        self, provider: ResourceProvider, id_: str, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        request = provider_pb2.UpdateRequest(
+            id=id_,
+            urn=urn(provider),
+            olds=_struct(self._with_provider(provider, olds)),
+            news=_struct(self._with_provider(provider, news)),
+        )
+        return _props(self._call("Update", request).properties)
+
+    def delete(self, provider: ResourceProvider, id_: str, props: dict[str, Any]) -> None:
+        request = provider_pb2.DeleteRequest(
+            id=id_, urn=urn(provider), properties=_struct(self._with_provider(provider, props))
+        )
+        self._call("Delete", request)
+
+    # -- the engine's sequences ----------------------------------------------------------------------
+    def checked(self, provider: ResourceProvider, news: dict[str, Any]) -> dict[str, Any]:
+        """Check that must pass; returns the inputs the engine would carry on."""
+        inputs, failures = self.check(provider, news)
+        assert not failures, failures
+        return inputs
+
+    def up(self, provider: ResourceProvider, news: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Check + Create, as a first `pulumi up` does."""
+        return self.create(provider, self.checked(provider, news))
+
+    def change(
+        self, provider: ResourceProvider, id_: str, olds: dict[str, Any], news: dict[str, Any]
+    ) -> tuple[DiffOutcome, dict[str, Any]]:
+        """Check + Diff + Update, as a later `pulumi up` does for an in-place change."""
+        inputs = self.checked(provider, news)
+        outcome = self.diff(provider, id_, olds, inputs)
+        return outcome, self.update(provider, id_, olds, inputs)
+
+
+def urn(provider: ResourceProvider) -> str:
+    return f"urn:pulumi:test::jsb::pulumi-python:dynamic/jsb:{type(provider).__name__}::test"
+
+
+# -- a server with an admin user whose password must never come back from the host ------------------
+ADMIN_USER = "jsb-admin"
+ADMIN_PASSWORD = "pw-7Qx9-distinctive-admin-secret"
+
+
+def admin_server_config() -> str:
+    from jsb_infra.local_server import accounts_config
+
+    return accounts_config([], ADMIN_USER, ADMIN_PASSWORD)
+
+
+def stack_config(url: str, output_dir: str | None = None) -> dict[str, Any]:
+    """The stack config as the engine hands it to a provider: full keys, objects as JSON text."""
+    import json
+
+    config: dict[str, Any] = {
+        "jsb:servers": json.dumps([url]),
+        "jsb:admin": json.dumps({"user": ADMIN_USER, "password": ADMIN_PASSWORD}),
+    }
+    if output_dir:
+        config["jsb:outputDir"] = output_dir
+    return config
+
+
+def assert_no_secret(host: ProviderHost) -> None:
+    leaked = [text for text in host.transcript if ADMIN_PASSWORD in text]
+    assert not leaked, f"the admin password came back in {len(leaked)} response(s)"

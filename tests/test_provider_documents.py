@@ -1,0 +1,177 @@
+"""AppCredential and PermissionDocument through the real provider host; provider settings from config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from provider_host import UNKNOWN, ProviderCallError, ProviderHost
+
+from jsb_infra.credentials import public_key_of
+from jsb_infra.permissions import app_permissions, render_claims_json
+from jsb_infra.providers.credential import AppCredentialProvider
+from jsb_infra.providers.permission_document import PermissionDocumentProvider
+from jsb_infra.providers.settings import ProviderSettingsError, settings_from_config
+from jsb_infra.providers.stream import StreamProvider
+from jsb_infra.spec import parse_pairs
+
+CRED = AppCredentialProvider()
+DOC = PermissionDocumentProvider()
+
+
+def pair(**changes: Any) -> dict[str, Any]:
+    spec = {"stream": "orders-billing", "apps": ["orders", "billing"], **changes}
+    return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "render"
+
+
+@pytest.fixture
+def host(out_dir: Path) -> Iterator[ProviderHost]:
+    """No server at all: credentials and documents need none."""
+    with ProviderHost() as h:
+        h.configure({"jsb:outputDir": str(out_dir)})
+        yield h
+
+
+def test_credential_is_a_fresh_user_key_pair_kept_until_its_owner_changes(host: ProviderHost) -> None:
+    id_, outs = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
+    assert outs["public_key"].startswith("U") and outs["seed"].startswith("SU")
+    assert public_key_of(outs["seed"]) == outs["public_key"] == id_
+    same = host.diff(CRED, id_, outs, {"stream": "orders-billing", "app": "orders"})
+    assert same.changes == "DIFF_NONE"
+    moved = host.diff(CRED, id_, outs, {"stream": "orders-billing", "app": "shipping"})
+    assert moved.replaces == ["app"]
+    _, other = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
+    assert other["seed"] != outs["seed"], "every credential gets its own key"
+    assert host.read(CRED, id_, outs) == (id_, outs)
+
+
+def test_credential_class_declares_the_seed_secret() -> None:
+    from jsb_infra.providers import credential
+
+    assert credential.SECRET_OUTPUTS == ["seed"]
+
+
+def doc_props(public_key: str, spec: dict[str, Any] | None = None, app: str = "orders") -> dict[str, Any]:
+    return {"pair": spec or pair(), "app": app, "public_key": public_key}
+
+
+def test_document_renders_and_writes_files_then_updates_and_removes_them(
+    host: ProviderHost, out_dir: Path
+) -> None:
+    _, cred = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
+    key = cred["public_key"]
+    id_, outs = host.up(DOC, doc_props(key))
+    json_path = out_dir / "orders-billing" / "permissions" / "orders.json"
+    conf_path = json_path.with_suffix(".conf")
+    assert outs["files"] == [str(json_path), str(conf_path)]
+    expected_claims = app_permissions(parse_pairs([pair()]).pairs[0], "orders").claims()
+    assert outs["claims"] == expected_claims
+    assert json.loads(json_path.read_text()) == expected_claims
+    assert conf_path.read_text() == outs["conf"] and f'nkey: "{key}"' in outs["conf"]
+    assert "orders.sync.dlq" in outs["conf"]
+    assert host.diff(DOC, id_, outs, host.checked(DOC, doc_props(key))).changes == "DIFF_NONE"
+
+    no_dlq = pair(dlq=False)
+    outcome, new_outs = host.change(DOC, id_, outs, doc_props(key, no_dlq))
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    assert "orders.sync.dlq" not in new_outs["conf"] and "orders.sync.dlq" not in json_path.read_text()
+    assert json_path.read_text() == render_claims_json(
+        app_permissions(parse_pairs([no_dlq]).pairs[0], "orders")
+    )
+
+    consumer_only = pair(dlq=False, consumer={"max_deliver": 9})
+    assert (
+        host.diff(DOC, id_, new_outs, host.checked(DOC, doc_props(key, consumer_only))).changes == "DIFF_NONE"
+    )
+
+    host.delete(DOC, id_, new_outs)
+    assert not json_path.exists() and not conf_path.exists()
+
+
+def test_document_read_notices_a_deleted_or_edited_file(host: ProviderHost, out_dir: Path) -> None:
+    _, cred = host.up(CRED, {"stream": "orders-billing", "app": "billing"})
+    id_, outs = host.up(DOC, doc_props(cred["public_key"], app="billing"))
+    conf = Path(outs["files"][1])
+    conf.write_text("# edited by hand\n")
+    _, refreshed = host.read(DOC, id_, outs)
+    assert refreshed["files"] == [outs["files"][0]]
+    outcome, fixed = host.change(DOC, id_, refreshed, doc_props(cred["public_key"], app="billing"))
+    assert outcome.changes == "DIFF_SOME"
+    assert conf.read_text() == fixed["conf"] and fixed["files"] == outs["files"]
+
+
+def test_document_with_an_unknown_key_at_preview_is_an_update(host: ProviderHost) -> None:
+    _, cred = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
+    id_, outs = host.up(DOC, doc_props(cred["public_key"]))
+    inputs, failures = host.check(DOC, doc_props(UNKNOWN))
+    assert failures == []
+    outcome = host.diff(DOC, id_, outs, inputs)
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+
+
+def test_document_check_names_field_and_rule(host: ProviderHost) -> None:
+    _, failures = host.check(DOC, {"pair": pair(), "app": "orders", "public_key": "not-a-key"})
+    assert failures == [("public_key", "public_key: must be an NKey user public key (U...)")]
+    _, failures = host.check(DOC, {"pair": {**pair(), "apps": ["a", "a"]}, "app": "a", "public_key": "U1"})
+    assert failures and failures[0][1].startswith("pair.apps:") and "two distinct apps" in failures[0][1]
+
+
+def test_without_an_output_dir_nothing_is_written(tmp_path: Path) -> None:
+    with ProviderHost() as h:
+        h.configure({})
+        _, cred = h.up(CRED, {"stream": "s", "app": "a"})
+        _, outs = h.up(
+            DOC,
+            doc_props(
+                cred["public_key"],
+                parse_pairs([{"stream": "s", "apps": ["a", "b"]}]).pairs[0].model_dump(mode="json"),
+                "a",
+            ),
+        )
+        assert outs["files"] == [] and outs["claims"]["sub"] == {"allow": ["_INBOX_a.>"]}
+
+
+def test_stream_without_servers_configured_says_which_key_to_set() -> None:
+    with ProviderHost() as h:
+        h.configure({})
+        with pytest.raises(ProviderCallError, match="jsb:servers is not set"):
+            h.up(StreamProvider(), {"pair": pair()})
+
+
+# -- settings from the stack config (pure) ---------------------------------------------------------
+class _Config(dict):  # type: ignore[type-arg]
+    """Stands in for pulumi.dynamic.Config: `get` by full key."""
+
+
+def test_settings_accept_json_text_and_decoded_values() -> None:
+    as_text = settings_from_config(
+        _Config({"jsb:servers": '["nats://a:4222"]', "jsb:admin": '{"user": "u", "password": "p"}'})
+    )
+    decoded = settings_from_config(
+        _Config(
+            {
+                "jsb:servers": ["nats://a:4222"],
+                "jsb:admin": {"user": "u", "password": "p"},
+                "jsb:outputDir": "x",
+            }
+        )
+    )
+    assert as_text.admin_connection() == decoded.admin_connection()
+    assert decoded.admin_connection().password == "p" and decoded.output_dir == "x"
+
+
+def test_settings_errors_name_the_key_and_never_the_value() -> None:
+    with pytest.raises(ProviderSettingsError) as err:
+        settings_from_config(_Config({"jsb:admin": '{"pasword": "hunter2-secret"}'}))
+    assert "jsb:admin: unknown key(s) pasword" in str(err.value) and "hunter2" not in str(err.value)
+    with pytest.raises(ProviderSettingsError) as err:
+        settings_from_config(_Config({"jsb:admin": '{"password": 12345}'}))
+    assert "password must be text" in str(err.value) and "12345" not in str(err.value)

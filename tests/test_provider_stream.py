@@ -1,0 +1,343 @@
+"""The Stream provider, driven through the real dynamic-provider host against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import nats
+import pytest
+from provider_host import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    UNKNOWN,
+    ProviderCallError,
+    ProviderHost,
+    admin_server_config,
+    assert_no_secret,
+    stack_config,
+)
+from pulumi.output import Unknown
+
+from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.providers.stream import StreamProvider
+from jsb_infra.spec import parse_pairs
+from jsb_infra.topology import stream_config
+
+STREAM = "orders-billing"
+
+
+def pair(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"stream": STREAM, "apps": ["orders", "billing"], "dlq": False, "protect": False}
+    for key, value in changes.items():
+        if key == "stream_options":
+            spec["stream_options"] = value
+        else:
+            spec[key] = value
+    return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
+    return make_server(admin_server_config())
+
+
+@pytest.fixture
+def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
+    with ProviderHost() as h:
+        h.configure(stack_config(server.url))
+        yield h
+        assert_no_secret(h)
+
+
+P = StreamProvider()
+
+
+def admin_call(url: str, fn: Callable[[JetStreamAdmin], Any]) -> Any:
+    async def go() -> Any:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        try:
+            return await fn(JetStreamAdmin(nc))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def publish(url: str, subject: str, count: int) -> None:
+    async def go() -> None:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        js = nc.jetstream()
+        for i in range(count):
+            await js.publish(subject, f"m{i}".encode())
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def info(url: str, name: str = STREAM) -> dict[str, Any] | None:
+    return admin_call(url, lambda js: js.stream_info(name))
+
+
+def test_create_reads_back_and_a_rerun_is_a_no_op(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    live = info(server.url)
+    assert id_ == STREAM and live is not None
+    assert outs["name"] == STREAM
+    assert outs["created"] == live["created"]
+    assert outs["messages"] == 0
+    assert outs["config"]["subjects"] == ["orders.sync.billing", "billing.sync.orders"]
+    assert outs["config"]["retention"] == "workqueue" and outs["config"]["storage"] == "file"
+    assert set(outs["config"]) == set(stream_config(parse_pairs([pair()]).pairs[0]))
+    outcome = host.diff(P, id_, outs, host.checked(P, {"pair": pair()}))
+    assert outcome.changes == "DIFF_NONE" and outcome.replaces == []
+
+
+@pytest.mark.parametrize(
+    ("field", "new_pair", "check"),
+    [
+        (
+            "description",
+            pair(stream_options={"description": "orders <-> billing"}),
+            ("description", "orders <-> billing"),
+        ),
+        ("max_age", pair(stream_options={"max_age": "1h"}), ("max_age", 3600 * 10**9)),
+        (
+            "duplicate_window",
+            pair(stream_options={"duplicate_window": "30s"}),
+            ("duplicate_window", 30 * 10**9),
+        ),
+        (
+            "subjects (dlq on)",
+            pair(dlq=True),
+            (
+                "subjects",
+                ["orders.sync.billing", "billing.sync.orders", "orders.sync.dlq", "billing.sync.dlq"],
+            ),
+        ),
+        ("max_msgs", pair(stream_options={"max_msgs": 1000}), ("max_msgs", 1000)),
+    ],
+)
+def test_in_place_change_updates_and_keeps_messages(
+    host: ProviderHost, server: LocalNatsServer, field: str, new_pair: dict[str, Any], check: tuple[str, Any]
+) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    publish(server.url, "orders.sync.billing", 3)
+    outcome, new_outs = host.change(P, id_, outs, {"pair": new_pair})
+    assert outcome.changes == "DIFF_SOME", field
+    assert outcome.replaces == [] and not outcome.delete_before_replace
+    key, value = check
+    live = info(server.url)
+    assert live is not None
+    assert live["config"][key] == value and new_outs["config"][key] == value
+    assert live["state"]["messages"] == 3 and new_outs["messages"] == 3
+    assert new_outs["created"] == outs["created"], "an in-place update must not recreate the stream"
+    assert new_outs["config"]["retention"] == "workqueue", "the whole config is sent, retention included"
+    again = host.diff(P, id_, new_outs, host.checked(P, {"pair": new_pair}))
+    assert again.changes == "DIFF_NONE"
+
+
+def test_removing_the_description_is_a_change(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair(stream_options={"description": "temporary"})})
+    outcome, new_outs = host.change(P, id_, outs, {"pair": pair()})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = info(server.url)
+    assert live is not None and "description" not in live["config"]
+    assert new_outs["config"].get("description", "") == ""
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "replace_key"),
+    [
+        ({"storage": "file"}, {"storage": "memory"}, "pair.stream_options.storage"),
+        ({"retention": "workqueue"}, {"retention": "limits"}, "pair.stream_options.retention"),
+        ({"retention": "interest"}, {"retention": "workqueue"}, "pair.stream_options.retention"),
+    ],
+)
+def test_server_immutable_fields_replace_delete_first(
+    host: ProviderHost,
+    server: LocalNatsServer,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    replace_key: str,
+) -> None:
+    id_, outs = host.up(P, {"pair": pair(stream_options=before)})
+    outcome = host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options=after)}))
+    assert outcome.changes == "DIFF_SOME"
+    assert outcome.replaces == [replace_key]
+    assert outcome.delete_before_replace is True
+    # and the engine's replacement (delete, then create) really lands the new setting
+    host.delete(P, id_, outs)
+    _, new_outs = host.up(P, {"pair": pair(stream_options=after)})
+    field, value = next(iter(after.items()))
+    live = info(server.url)
+    assert live is not None and live["config"][field] == value == new_outs["config"][field]
+
+
+def test_stream_rename_replaces(host: ProviderHost) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    renamed = parse_pairs([{**pair(), "stream": "renamed"}]).pairs[0].model_dump(mode="json")
+    outcome = host.diff(P, id_, outs, host.checked(P, {"pair": renamed}))
+    assert outcome.replaces == ["pair.stream"] and outcome.delete_before_replace
+
+
+def test_limits_to_interest_is_in_place(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair(stream_options={"retention": "limits"})})
+    outcome, new_outs = host.change(P, id_, outs, {"pair": pair(stream_options={"retention": "interest"})})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = info(server.url)
+    assert live is not None and live["config"]["retention"] == "interest"
+    assert new_outs["created"] == outs["created"]
+
+
+def test_guard_refuses_replacing_a_stream_with_messages(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    publish(server.url, "billing.sync.orders", 2)
+    memory = {"storage": "memory"}
+    with pytest.raises(ProviderCallError, match="still holds 2 message"):
+        host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options=memory)}))
+    # opting in together with the destructive change is refused too: the stored pair must allow it first
+    with pytest.raises(ProviderCallError, match="stored pair does not allow"):
+        host.diff(
+            P,
+            id_,
+            outs,
+            host.checked(P, {"pair": pair(stream_options=memory, allow_destroy_with_messages=True)}),
+        )
+    # step 1: store the opt-in (an in-place update that touches nothing on the server)
+    outcome, outs = host.change(P, id_, outs, {"pair": pair(allow_destroy_with_messages=True)})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    # step 2: the replace is now accepted
+    outcome = host.diff(
+        P, id_, outs, host.checked(P, {"pair": pair(stream_options=memory, allow_destroy_with_messages=True)})
+    )
+    assert outcome.replaces == ["pair.stream_options.storage"]
+    live = info(server.url)
+    assert live is not None and live["state"]["messages"] == 2, "the guard must not touch the stream"
+
+
+def test_guard_refuses_deleting_a_stream_with_messages(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    publish(server.url, "orders.sync.billing", 1)
+    with pytest.raises(ProviderCallError, match="refusing to delete stream 'orders-billing'"):
+        host.delete(P, id_, outs)
+    assert info(server.url) is not None
+    _, outs = host.change(P, id_, outs, {"pair": pair(allow_destroy_with_messages=True)})
+    host.delete(P, id_, outs)
+    assert info(server.url) is None
+
+
+def test_delete_cleans_the_server_and_tolerates_a_missing_stream(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    host.delete(P, id_, outs)
+    assert info(server.url) is None
+    host.delete(P, id_, outs)  # already gone: nothing to do
+
+
+def test_adopt_an_equal_stream(host: ProviderHost, server: LocalNatsServer) -> None:
+    desired = stream_config(parse_pairs([pair()]).pairs[0])
+    made = admin_call(server.url, lambda js: js.create_stream(desired))
+    publish(server.url, "orders.sync.billing", 2)
+    id_, outs = host.up(P, {"pair": pair()})
+    assert id_ == STREAM
+    assert outs["created"] == made["created"], "adopted, not recreated"
+    assert outs["messages"] == 2
+
+
+def test_adopt_refuses_a_different_stream_naming_each_field(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    other = {
+        **stream_config(parse_pairs([pair()]).pairs[0]),
+        "max_age": 7200 * 10**9,
+        "description": "by hand",
+    }
+    admin_call(server.url, lambda js: js.create_stream(other))
+    with pytest.raises(ProviderCallError) as err:
+        host.up(P, {"pair": pair()})
+    assert "already exists on the server with a different config" in err.value.details
+    assert "max_age: desired 0, server has 7200000000000" in err.value.details
+    assert "description: desired '', server has 'by hand'" in err.value.details
+    assert "adopt: true" in err.value.details
+    live = info(server.url)
+    assert live is not None and live["config"]["max_age"] == 7200 * 10**9, (
+        "refusal must not change the stream"
+    )
+
+
+def test_adopt_true_updates_in_place(host: ProviderHost, server: LocalNatsServer) -> None:
+    other = {**stream_config(parse_pairs([pair()]).pairs[0]), "max_age": 7200 * 10**9}
+    made = admin_call(server.url, lambda js: js.create_stream(other))
+    publish(server.url, "orders.sync.billing", 4)
+    _, outs = host.up(P, {"pair": pair(adopt=True)})
+    live = info(server.url)
+    assert live is not None and live["config"]["max_age"] == 0 == outs["config"]["max_age"]
+    assert outs["created"] == made["created"] and live["state"]["messages"] == 4
+
+
+def test_adopt_true_still_refuses_what_the_server_cannot_change(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    other = {**stream_config(parse_pairs([pair()]).pairs[0]), "storage": "memory"}
+    admin_call(server.url, lambda js: js.create_stream(other))
+    with pytest.raises(
+        ProviderCallError, match=r"cannot adopt stream 'orders-billing'.*storage: desired 'file'"
+    ):
+        host.up(P, {"pair": pair(adopt=True)})
+
+
+def test_read_reports_an_out_of_band_change_and_the_next_up_fixes_it(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    drifted = {**stream_config(parse_pairs([pair()]).pairs[0]), "max_msgs": 50}
+    admin_call(server.url, lambda js: js.update_stream(drifted))
+    read_id, refreshed = host.read(P, id_, outs)
+    assert read_id == id_ and refreshed["config"]["max_msgs"] == 50
+    assert refreshed["pair"] == outs["pair"], "read keeps the inputs"
+    outcome, fixed = host.change(P, id_, refreshed, {"pair": pair()})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = info(server.url)
+    assert live is not None and live["config"]["max_msgs"] == -1 == fixed["config"]["max_msgs"]
+
+
+def test_read_reports_an_out_of_band_delete_as_gone(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    admin_call(server.url, lambda js: js.delete_stream(STREAM))
+    read_id, props = host.read(P, id_, outs)
+    assert read_id == "" and props == {}
+    _, again = host.up(P, {"pair": pair()})  # the next up creates it anew
+    assert info(server.url) is not None and again["created"] != outs["created"]
+
+
+def test_check_names_the_field_and_the_rule(host: ProviderHost) -> None:
+    bad = {**pair(), "consumer": {"max_deliver": 2, "backoff": ["1s", "2s", "3s"]}}
+    _, failures = host.check(P, {"pair": bad})
+    assert failures
+    prop, reason = failures[0]
+    assert prop == "pair"
+    assert reason.startswith("pair.consumer")
+    assert "backoff has 3 entries but max_deliver is 2" in reason
+    _, failures = host.check(P, {"pair": {**pair(), "stream": "a.b"}})
+    assert failures and failures[0][1].startswith("pair.stream:") and "'.'" in failures[0][1]
+
+
+def test_check_passes_unknowns_through_at_preview(host: ProviderHost) -> None:
+    inputs, failures = host.check(P, {"pair": UNKNOWN})
+    assert failures == [] and isinstance(inputs["pair"], Unknown)
+
+
+def test_no_admin_secret_in_any_response_even_errors(host: ProviderHost, server: LocalNatsServer) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    publish(server.url, "orders.sync.billing", 1)
+    host.read(P, id_, outs)
+    with pytest.raises(ProviderCallError):
+        host.delete(P, id_, outs)
+    with pytest.raises(ProviderCallError):
+        host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options={"storage": "memory"})}))
+    assert len(host.transcript) >= 5
+    assert_no_secret(host)
