@@ -24,8 +24,17 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The Pulumi CLI (scripts/ensure-pulumi builds it from the Go module proxy when missing; minutes, once).
+PULUMI_PATH = $$(scripts/ensure-pulumi):$(CURDIR)/$(VENV)/bin:$$PATH
+
 test: install lint
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(PULUMI_PATH)" $(PY) -m pytest -q
+
+up: install
+	PATH="$(PULUMI_PATH)" $(PY) -m jsb_infra.dev up
+
+down: install
+	PATH="$(PULUMI_PATH)" $(PY) -m jsb_infra.dev down
 
 bench: install
 	$(PY) benchmarks/runtime.py

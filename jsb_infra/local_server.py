@@ -59,6 +59,7 @@ class LocalNatsServer:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     log_file: Path | None = None
+    detach: bool = False  # outlive this process (make up); tests keep it attached
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -85,7 +86,10 @@ class LocalNatsServer:
         log = self.log_file or self.store_dir / "nats-server.log"
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
-                [nats_server_binary(), "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
+                [nats_server_binary(), "-c", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.detach,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

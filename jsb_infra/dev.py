@@ -1,0 +1,200 @@
+"""The main job on the embedded default: `make up` / `make down` (python -m jsb_infra.dev up|down).
+
+`up` starts a loopback nats-server with an admin user (store under `.jsb/`), logs the Pulumi CLI in to a
+file backend under `.jsb/state`, runs `pulumi up --yes` on the `dev` stack, reloads the server with the
+app users whose permission documents the stack wrote, and writes each app's bridge config and
+credentials next to them. `down` destroys the stack and stops the server. Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jsb_infra.local_server import LocalNatsServer, accounts_config
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".jsb"
+STACK = "dev"
+DEV_PORT = 4222
+DEV_ADMIN_USER = "admin"
+# The dev server listens on loopback only; this password is also the (encrypted) jsb:admin of the dev stack.
+DEV_ADMIN_PASSWORD = "jsb-dev-admin"
+DEV_PASSPHRASE = "jsb-local-dev"
+
+
+def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
+    """The environment for an offline Pulumi CLI: local file backend, no update check, no plugin downloads."""
+    env = dict(os.environ)
+    env.setdefault("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
+    env.update(
+        {
+            "PULUMI_BACKEND_URL": f"file://{state_dir / 'state'}",
+            "PULUMI_HOME": str(state_dir / "pulumi-home"),
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        }
+    )
+    (state_dir / "state").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def app_user_entries(out_dir: Path) -> list[str]:
+    """The `users` entries the stack wrote (`<out>/<stream>/permissions/<app>.conf`), in a stable order."""
+    return [p.read_text() for p in sorted(out_dir.glob("*/permissions/*.conf"))]
+
+
+def server_config(out_dir: Path) -> str:
+    return accounts_config(app_user_entries(out_dir), DEV_ADMIN_USER, DEV_ADMIN_PASSWORD)
+
+
+def dev_server(out_dir: Path) -> LocalNatsServer:
+    return LocalNatsServer(store_dir=STATE / "nats", extra_config=server_config(out_dir), port=DEV_PORT)
+
+
+def _pid_file() -> Path:
+    return STATE / "nats.pid"
+
+
+def _running_pid() -> int | None:
+    try:
+        pid = int(_pid_file().read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
+def start_server(out_dir: Path) -> None:
+    """Start the dev server in the background (it outlives this process); a no-op when it runs."""
+    if _running_pid():
+        print(f"nats-server already running (pid {_running_pid()}) on nats://127.0.0.1:{DEV_PORT}")
+        return
+    server = dev_server(out_dir)
+    server.detach = True
+    server.start()
+    assert server.process is not None
+    _pid_file().write_text(str(server.process.pid))
+    print(f"nats-server started on {server.url} (pid {server.process.pid}, store {server.store_dir})")
+
+
+def reload_server(out_dir: Path) -> None:
+    """Rewrite the dev server's config with the app users the stack wrote, and SIGHUP it."""
+    pid = _running_pid()
+    if pid is None:
+        raise SystemExit("the dev nats-server is not running; run `make up`")
+    dev_server(out_dir).write_config()
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(0.3)
+
+
+def stop_server() -> None:
+    pid = _running_pid()
+    if pid is None:
+        print("nats-server not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    _pid_file().unlink(missing_ok=True)
+    print(f"nats-server stopped (pid {pid})")
+
+
+def pulumi(args: list[str], env: dict[str, str], capture: bool = False) -> str:
+    """Run the Pulumi CLI in the repo root; raise SystemExit with its status when it fails."""
+    cmd = ["pulumi", *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=capture)
+    if result.returncode != 0:
+        if capture:
+            sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"`{' '.join(cmd)}` failed with status {result.returncode}")
+    return result.stdout if capture else ""
+
+
+def select_stack(env: dict[str, str]) -> None:
+    stacks = json.loads(pulumi(["stack", "ls", "--json"], env, capture=True) or "[]")
+    if not any(s.get("name") == STACK for s in stacks):
+        pulumi(["stack", "init", STACK], env, capture=True)
+    pulumi(["stack", "select", STACK], env, capture=True)
+
+
+def write_app_files(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Each app's bridge config and credentials, beside its permission documents."""
+    written = []
+    for stream, apps in outputs.get("bridges", {}).items():
+        for app, bridge in apps.items():
+            path = out_dir / stream / "bridges" / f"{app}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(bridge, indent=2, sort_keys=True) + "\n")
+            written.append(path)
+            creds = outputs.get("credentials", {}).get(stream, {}).get(app)
+            if creds:
+                cpath = out_dir / stream / "credentials" / f"{app}.json"
+                cpath.parent.mkdir(parents=True, exist_ok=True)
+                cpath.touch(mode=0o600)
+                cpath.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
+                written.append(cpath)
+    return written
+
+
+def up(out_dir: Path) -> None:
+    env = pulumi_env()
+    start_server(out_dir)
+    select_stack(env)
+    pulumi(["up", "--yes", "--skip-preview=false", "--stack", STACK], env)
+    reload_server(out_dir)
+    outputs = json.loads(pulumi(["stack", "output", "--json", "--show-secrets"], env, capture=True))
+    files = write_app_files(outputs, out_dir)
+    print("\nProvisioned on the dev nats-server:")
+    for stream, apps in outputs.get("bridges", {}).items():
+        print(f"  stream {stream}")
+        for app, bridge in apps.items():
+            print(
+                f"    app {app}: publishes {bridge['publish_subject']}, consumes {bridge['consume_subject']} "
+                f"through {bridge['durable']}"
+            )
+    print("\nFiles for the apps (bridge config, credentials, permission documents):")
+    for path in sorted([*files, *out_dir.glob("*/permissions/*")]):
+        print(f"  {path.relative_to(ROOT)}")
+    print("\nThe server now knows each app's NKey user; `make down` destroys the stack and stops the server.")
+
+
+def down(out_dir: Path) -> None:
+    env = pulumi_env()
+    if _running_pid() is None:
+        start_server(out_dir)
+    stacks = json.loads(pulumi(["stack", "ls", "--json"], env, capture=True) or "[]")
+    if any(s.get("name") == STACK for s in stacks):
+        pulumi(["stack", "select", STACK], env, capture=True)
+        pulumi(["destroy", "--yes", "--stack", STACK], env)
+    stop_server()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jsb_infra.dev", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "start-server", "stop-server"])
+    parser.add_argument("--out", type=Path, default=STATE / "out", help="where the stack writes documents")
+    args = parser.parse_args(argv)
+    out_dir: Path = args.out.resolve()
+    {
+        "up": up,
+        "down": down,
+        "start-server": start_server,
+        "stop-server": lambda _out: stop_server(),
+    }[args.command](out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

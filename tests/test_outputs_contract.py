@@ -1,0 +1,163 @@
+"""The deploy/app contract (`bridges`, `credentials`): what the program exports is what the client reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from jsb_infra import topology
+from jsb_infra.credentials import new_user_keypair
+from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, bridge_outputs
+from jsb_infra.spec import Pair
+
+SERVERS = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+
+GEM_PAIR = Pair.model_validate(
+    {
+        "stream": "orders-billing-sync",
+        "apps": ["orders", "billing"],
+        "consumer": {
+            "max_deliver": 5,
+            "backoff": ["1s", "5s", "15s", "30s", "60s"],
+            "max_ack_pending": 25000,
+        },
+    }
+)
+NO_BACKOFF_NO_DLQ = Pair.model_validate(
+    {
+        "stream": "billing-shipping-sync",
+        "apps": ["billing", "shipping"],
+        "dlq": False,
+        "consumer": {"max_deliver": 3, "ack_wait": "45s", "backoff": []},
+        "consumer_overrides": {"shipping": {"max_ack_pending": 1000, "max_deliver": 7}},
+    }
+)
+
+
+def _example_bridge() -> dict[str, Any]:
+    return bridge_outputs(GEM_PAIR, "orders", SERVERS).model_dump(mode="json")
+
+
+def test_bridge_outputs_round_trip_through_json() -> None:
+    bridge = bridge_outputs(GEM_PAIR, "orders", SERVERS)
+    text = bridge.model_dump_json()
+    assert BridgeOutputs.model_validate_json(text) == bridge
+    assert BridgeOutputs.model_validate(json.loads(text)) == bridge
+
+
+def test_bridge_outputs_example_is_the_documented_one() -> None:
+    """docs/outputs.md shows this exact object; a change here must change the docs (and maybe the version)."""
+    assert _example_bridge() == {
+        "schema_version": 1,
+        "auto_provision": False,
+        "servers": SERVERS,
+        "stream": "orders-billing-sync",
+        "app": "orders",
+        "destination": "billing",
+        "publish_subject": "orders.sync.billing",
+        "consume_subject": "billing.sync.orders",
+        "dlq_subject": "orders.sync.dlq",
+        "durable": "orders-workers",
+        "inbox_prefix": "_INBOX_orders",
+        "consumer": {
+            "max_deliver": 5,
+            "ack_wait_ns": 1_000_000_000,
+            "backoff_ns": [1_000_000_000, 5_000_000_000, 15_000_000_000, 30_000_000_000, 60_000_000_000],
+            "max_ack_pending": 25000,
+        },
+    }
+
+
+def test_app_credentials_round_trip_through_json() -> None:
+    seed, public = new_user_keypair()
+    creds = AppCredentials(public_key=public, seed=seed)
+    again = AppCredentials.model_validate_json(creds.model_dump_json())
+    assert again == creds
+    assert again.seed.startswith("SU") and again.public_key.startswith("U")
+
+
+def test_bridge_outputs_refuse_auto_provision_true() -> None:
+    data = _example_bridge() | {"auto_provision": True}
+    with pytest.raises(ValidationError) as err:
+        BridgeOutputs.model_validate(data)
+    assert err.value.errors()[0]["loc"] == ("auto_provision",)
+
+
+@pytest.mark.parametrize("version", [0, SCHEMA_VERSION + 1, "1x"])
+def test_bridge_outputs_refuse_unknown_schema_version(version: object) -> None:
+    data = _example_bridge() | {"schema_version": version}
+    with pytest.raises(ValidationError) as err:
+        BridgeOutputs.model_validate(data)
+    assert err.value.errors()[0]["loc"] == ("schema_version",)
+
+
+@pytest.mark.parametrize(
+    "missing", ["servers", "stream", "app", "publish_subject", "consume_subject", "durable", "inbox_prefix"]
+)
+def test_bridge_outputs_refuse_missing_fields(missing: str) -> None:
+    data = _example_bridge()
+    del data[missing]
+    with pytest.raises(ValidationError) as err:
+        BridgeOutputs.model_validate(data)
+    assert err.value.errors()[0]["loc"] == (missing,)
+
+
+def test_bridge_outputs_refuse_missing_consumer_setting_and_unknown_fields() -> None:
+    data = _example_bridge()
+    del data["consumer"]["ack_wait_ns"]
+    with pytest.raises(ValidationError) as err:
+        BridgeOutputs.model_validate(data)
+    assert err.value.errors()[0]["loc"] == ("consumer", "ack_wait_ns")
+
+    with pytest.raises(ValidationError) as err:
+        BridgeOutputs.model_validate(_example_bridge() | {"stream_name": "typo"})
+    assert err.value.errors()[0]["loc"] == ("stream_name",)
+
+
+def test_app_credentials_refuse_missing_seed() -> None:
+    with pytest.raises(ValidationError) as err:
+        AppCredentials.model_validate({"public_key": "UABC"})
+    assert err.value.errors()[0]["loc"] == ("seed",)
+
+
+@pytest.mark.parametrize("pair", [GEM_PAIR, NO_BACKOFF_NO_DLQ], ids=["gem", "no-backoff-no-dlq"])
+def test_bridge_outputs_equal_the_topology(pair: Pair) -> None:
+    """What the app is told is exactly what the consumer is provisioned with (the gem only hoped so)."""
+    stream = topology.stream_config(pair)
+    for app in pair.apps:
+        bridge = bridge_outputs(pair, app, SERVERS)
+        consumer = topology.consumer_config(pair, app)
+        other = pair.destination(app)
+        assert bridge.stream == stream["name"] == pair.stream
+        assert bridge.app == app and bridge.destination == other
+        assert bridge.durable == consumer["durable_name"]
+        assert bridge.consume_subject == consumer["filter_subject"]
+        assert bridge.publish_subject == topology.consumer_config(pair, other)["filter_subject"]
+        assert bridge.publish_subject in stream["subjects"]
+        assert bridge.consume_subject in stream["subjects"]
+        assert bridge.consumer.max_deliver == consumer["max_deliver"]
+        assert bridge.consumer.ack_wait_ns == consumer["ack_wait"]
+        assert bridge.consumer.backoff_ns == consumer.get("backoff", [])
+        assert bridge.consumer.max_ack_pending == consumer["max_ack_pending"]
+        assert bridge.servers == SERVERS
+
+
+def test_bridge_outputs_follow_per_app_overrides_and_explicit_ack_wait() -> None:
+    shipping = bridge_outputs(NO_BACKOFF_NO_DLQ, "shipping", SERVERS).consumer
+    billing = bridge_outputs(NO_BACKOFF_NO_DLQ, "billing", SERVERS).consumer
+    assert (shipping.max_ack_pending, shipping.max_deliver) == (1000, 7)
+    assert (billing.max_ack_pending, billing.max_deliver) == (25000, 3)
+    assert shipping.ack_wait_ns == billing.ack_wait_ns == 45_000_000_000
+    assert shipping.backoff_ns == billing.backoff_ns == []
+
+
+def test_dlq_subject_is_none_when_the_dlq_is_off() -> None:
+    for app in NO_BACKOFF_NO_DLQ.apps:
+        bridge = bridge_outputs(NO_BACKOFF_NO_DLQ, app, SERVERS)
+        assert bridge.dlq_subject is None
+        assert bridge.model_dump(mode="json")["dlq_subject"] is None
+    assert bridge_outputs(GEM_PAIR, "billing", SERVERS).dlq_subject == "billing.sync.dlq"
+    assert "billing.sync.dlq" in topology.stream_config(GEM_PAIR)["subjects"]
