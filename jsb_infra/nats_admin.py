@@ -149,10 +149,29 @@ class JetStreamAdmin:
             raise
 
 
+class AdminConnectError(ConnectionError):
+    """The admin connection failed; says where and as whom, never with a secret."""
+
+
+def _identity(conn: AdminConnection) -> str:
+    if conn.user is not None:
+        return f"user {conn.user!r}"
+    for field, label in (("nkey_seed", "an nkey"), ("creds_file", "a creds file"), ("token", "a token")):
+        if getattr(conn, field) is not None:
+            return label
+    return "no credentials (set jsb:admin)"
+
+
 @asynccontextmanager
 async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
     """An admin connection for the length of one provider call; always closed."""
-    nc = await nats.connect(**conn.connect_options())
+    try:
+        nc = await nats.connect(**conn.connect_options())
+    except Exception as err:
+        raise AdminConnectError(
+            f"cannot connect to {', '.join(conn.servers)} as {_identity(conn)}: {err}; "
+            "check the stack config jsb:servers and the secret jsb:admin"
+        ) from None
     try:
         yield JetStreamAdmin(nc, timeout=conn.timeout)
     finally:

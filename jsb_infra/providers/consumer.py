@@ -13,7 +13,6 @@ import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
 from jsb_infra import names
-from jsb_infra.nats_admin import admin_session
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     JsbProvider,
@@ -124,18 +123,14 @@ class ConsumerProvider(JsbProvider):
         self.run(_delete(pair.stream, names.durable_name(props["app"])))
 
 
-def _session() -> Any:
-    return admin_session(settings.current().admin_connection())
-
-
 async def _info(stream: str, durable: str) -> dict[str, Any] | None:
-    async with _session() as js:
+    async with settings.admin_session() as js:
         return await js.consumer_info(stream, durable)
 
 
 async def _create_or_adopt(pair: Pair, app: str) -> dict[str, Any]:
     durable = names.durable_name(app)
-    async with _session() as js:
+    async with settings.admin_session() as js:
         existing = await js.consumer_info(pair.stream, durable)
         if existing is None:
             await js.create_consumer(pair.stream, consumer_config(pair, app))
@@ -156,7 +151,7 @@ async def _create_or_adopt(pair: Pair, app: str) -> dict[str, Any]:
 
 async def _update(pair: Pair, app: str) -> dict[str, Any]:
     durable = names.durable_name(app)
-    async with _session() as js:
+    async with settings.admin_session() as js:
         existing = await js.consumer_info(pair.stream, durable)
         if existing is None:
             raise ProviderError(
@@ -172,7 +167,7 @@ async def _update(pair: Pair, app: str) -> dict[str, Any]:
 
 
 async def _delete(stream: str, durable: str) -> None:
-    async with _session() as js:
+    async with settings.admin_session() as js:
         await js.delete_consumer(stream, durable)
 
 

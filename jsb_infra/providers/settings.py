@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jsb_infra.nats_admin import AdminConnection
+from jsb_infra import nats_admin
+from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
 
 PROJECT = "jsb"
 SERVERS_KEY = f"{PROJECT}:servers"
@@ -108,3 +110,8 @@ def current() -> ProviderSettings:
     """The settings of this host process; empty settings when the engine sent no config."""
     with _lock:
         return _current if _current is not None else ProviderSettings()
+
+
+def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
+    """An admin session with the configured connection, for the length of one provider call."""
+    return nats_admin.admin_session(current().admin_connection())

@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
-from jsb_infra.nats_admin import JetStreamAdmin, admin_session
+from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     JsbProvider,
@@ -136,12 +136,8 @@ class StreamProvider(JsbProvider):
 
 
 # -- server I/O (one admin session per provider call) --------------------------------------------
-def _session() -> Any:
-    return admin_session(settings.current().admin_connection())
-
-
 async def _info(name: str) -> dict[str, Any] | None:
-    async with _session() as js:
+    async with settings.admin_session() as js:
         return await js.stream_info(name)
 
 
@@ -159,7 +155,7 @@ async def _read_back(js: JetStreamAdmin, name: str) -> dict[str, Any]:
 
 async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
     desired = desired_config(pair)
-    async with _session() as js:
+    async with settings.admin_session() as js:
         existing = await js.stream_info(pair.stream)
         if existing is None:
             await js.create_stream(stream_config(pair))
@@ -177,7 +173,7 @@ async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
 
 
 async def _update(pair: Pair) -> dict[str, Any]:
-    async with _session() as js:
+    async with settings.admin_session() as js:
         existing = await js.stream_info(pair.stream)
         if existing is None:
             raise ProviderError(
@@ -190,7 +186,7 @@ async def _update(pair: Pair) -> dict[str, Any]:
 
 
 async def _delete(name: str, pair: Pair) -> None:
-    async with _session() as js:
+    async with settings.admin_session() as js:
         info = await js.stream_info(name)
         if info is None:
             return
