@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy jsb_infra
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -7,14 +7,14 @@ Bump SCHEMA_VERSION on any change an older client could misread.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from jsb_infra import names
 from jsb_infra.spec import Pair
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 class ConsumerOutputs(BaseModel):
