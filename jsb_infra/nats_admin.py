@@ -187,7 +187,7 @@ def differences(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, tupl
     out: dict[str, tuple[Any, Any]] = {}
     for key, want in desired.items():
         have = live.get(key, _zero_like(want))
-        if _normalize(want) != _normalize(have):
+        if normalize(want) != normalize(have):
             out[key] = (want, have)
     return out
 
@@ -204,14 +204,17 @@ def _zero_like(value: Any) -> Any:
     return None
 
 
-def _normalize(value: Any) -> Any:
-    """Numbers compare by value (Pulumi delivers ints as floats); lists and dicts element-wise."""
+def normalize(value: Any) -> Any:
+    """Integral floats become ints, recursively, and None entries of dicts are dropped.
+
+    Pulumi carries every number as a double and drops None properties; the server answers ints.
+    """
     if isinstance(value, bool):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, list | tuple):
-        return [_normalize(v) for v in value]
+        return [normalize(v) for v in value]
     if isinstance(value, dict):
-        return {k: _normalize(v) for k, v in value.items()}
+        return {k: normalize(v) for k, v in value.items() if v is not None}
     return value

@@ -17,7 +17,7 @@ from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceP
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
-from jsb_infra.nats_admin import differences
+from jsb_infra.nats_admin import differences, normalize
 from jsb_infra.providers import settings
 from jsb_infra.spec import ConfigError, Pair, parse_pairs
 
@@ -30,19 +30,6 @@ class ProviderError(RuntimeError):
 
 
 # -- values ------------------------------------------------------------------------------------------
-def normalize(value: Any) -> Any:
-    """Integral floats become ints (the gRPC Struct carries every number as a double), recursively."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list | tuple):
-        return [normalize(v) for v in value]
-    if isinstance(value, dict):
-        return {k: normalize(v) for k, v in value.items() if v is not None}
-    return value
-
-
 def is_unknown(value: Any) -> bool:
     """True when `value` is, or contains, a preview-time unknown (the host decodes them as `Unknown`)."""
     if isinstance(value, Unknown) or (isinstance(value, str) and value == rpc.UNKNOWN):
