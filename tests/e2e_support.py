@@ -1,0 +1,141 @@
+"""The harness of the end-to-end tests: the real Pulumi CLI, a throwaway project and a local file backend.
+
+Nothing here writes into the repo: the project (Pulumi.yaml and the program) is copied into a temp
+directory, with `virtualenv` pointing at the repo's venv; the state, PULUMI_HOME and the permission
+documents live in temp directories too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pulumi.automation as auto
+import pytest
+from semver import VersionInfo
+
+from jsb_infra.nats_admin import AdminConnection
+
+REPO = Path(__file__).resolve().parent.parent
+ENSURE_PULUMI = REPO / "scripts" / "ensure-pulumi"
+PLUGINS = ("pulumi-language-python", "pulumi-resource-pulumi-python")
+"""Besides `pulumi` itself, what `pulumi up` of a Python program with dynamic resources runs."""
+SDK_VERSION = VersionInfo.parse(metadata.version("pulumi"))
+"""The Python SDK; the CLI must be v3 and not older."""
+
+
+def _usable_on_path() -> Path | None:
+    """The bin dir of a `pulumi` on PATH that is v3, not older than the SDK, with the Python plugins."""
+    found = shutil.which("pulumi")
+    if not found or not all(shutil.which(plugin) for plugin in PLUGINS):
+        return None
+    try:
+        out = subprocess.run(
+            [found, "version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+        ).stdout.strip()
+        version = VersionInfo.parse(out.removeprefix("v"))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if version.major != SDK_VERSION.major or version.compare(SDK_VERSION) < 0:
+        return None
+    return Path(found).resolve().parent
+
+
+def pulumi_bin_dir() -> Path:
+    """The CLI on PATH when it fits, else `scripts/ensure-pulumi` (which may build it); never a skip.
+
+    CI must fail, not skip, when the CLI is missing: the end-to-end tests are the only proof that
+    `pulumi up` works.
+    """
+    on_path = _usable_on_path()
+    if on_path is not None:
+        return on_path
+    result = subprocess.run([str(ENSURE_PULUMI)], capture_output=True, text=True, cwd=REPO)
+    bin_dir = Path(result.stdout.strip()) if result.stdout.strip() else None
+    if result.returncode != 0 or bin_dir is None or not (bin_dir / "pulumi").exists():
+        pytest.fail(
+            f"the Pulumi CLI is missing and scripts/ensure-pulumi failed (status {result.returncode}):\n"
+            f"{result.stderr}",
+            pytrace=False,
+        )
+    return bin_dir
+
+
+def pulumi_command(bin_dir: Path, scratch: Path) -> auto.PulumiCommand:
+    """`PulumiCommand(root=...)` runs `<root>/bin/pulumi`; link a differently named bin dir into place.
+
+    Its version check (major 3, at least 3.1.0) accepts the CLI v3.274.1 this project builds for the
+    3.272.0 SDK, so the check stays on.
+    """
+    if bin_dir.name == "bin":
+        return auto.PulumiCommand(root=str(bin_dir.parent))
+    root = scratch / "pulumi-root"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bin").symlink_to(bin_dir, target_is_directory=True)
+    return auto.PulumiCommand(root=str(root))
+
+
+def copy_project(target: Path) -> Path:
+    """Pulumi.yaml and the program (not the dev stack file), with `virtualenv` made absolute."""
+    (target / "stacks").mkdir(parents=True)
+    shutil.copy(REPO / "stacks" / "__main__.py", target / "stacks" / "__main__.py")
+    project = (REPO / "Pulumi.yaml").read_text()
+    assert "virtualenv: .venv" in project, "Pulumi.yaml's runtime options changed; update the e2e harness"
+    (target / "Pulumi.yaml").write_text(project.replace("virtualenv: .venv", f"virtualenv: {sys.prefix}"))
+    return target
+
+
+def offline_env(scratch: Path, bin_dir: Path, passphrase: str) -> dict[str, str]:
+    """A local file backend, a private PULUMI_HOME, no update check, no plugin downloads."""
+    (scratch / "state").mkdir(parents=True, exist_ok=True)
+    return {
+        "PULUMI_BACKEND_URL": f"file://{scratch / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": passphrase,
+        "PULUMI_HOME": str(scratch / "home"),
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.prefix) / "bin"), os.environ.get("PATH", "")]),
+    }
+
+
+def set_plain_config(stack: auto.Stack, values: dict[str, Any]) -> None:
+    """Structured values (lists, objects) as YAML in the stack file, as a user would write them."""
+    payload = {
+        key: (
+            {"value": value, "secret": False}
+            if isinstance(value, str)
+            else {"value": json.dumps(value), "objectValue": value, "secret": False}
+        )
+        for key, value in values.items()
+    }
+    stack.workspace.set_all_config_json(stack.name, json.dumps(payload))
+
+
+def set_admin(stack: auto.Stack, user: str, password: str) -> None:
+    """`pulumi config set --secret --path jsb:admin.user ...`, as docs/stack-config.md says."""
+    stack.set_config("jsb:admin.user", auto.ConfigValue(user, secret=True), path=True)
+    stack.set_config("jsb:admin.password", auto.ConfigValue(password, secret=True), path=True)
+
+
+def run_cli(stack: auto.Stack, *args: str) -> str:
+    """A plain `pulumi <args> --stack <name>` in the stack's workspace; its stdout."""
+    workspace = stack.workspace
+    assert isinstance(workspace, auto.LocalWorkspace)
+    result = workspace.pulumi_command.run(
+        [*args, "--stack", stack.name], workspace.work_dir, workspace.env_vars
+    )
+    return result.stdout
+
+
+def admin_connection(url: str, user: str, password: str) -> AdminConnection:
+    return AdminConnection(servers=[url], user=user, password=password)

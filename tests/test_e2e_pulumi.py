@@ -1,0 +1,474 @@
+"""End-to-end: the real Pulumi CLI (Automation API) deploys the jsb program against a real nats-server.
+
+One stack per module, one story: the tests run in order and each builds on the previous one
+(up, no-op, in-place update, refused replace, drift, out-of-band delete, outputs and secrets, a
+smoke run with an app's generated identity, destroy). Only the real engine shows preview, replace
+ordering, secret handling, stack outputs and refresh, which mock and provider-host tests cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pulumi.automation as auto
+import pytest
+from conftest import ADMIN_PASSWORD, ADMIN_USER
+from e2e_support import (
+    admin_connection,
+    copy_project,
+    offline_env,
+    pulumi_bin_dir,
+    pulumi_command,
+    run_cli,
+    set_admin,
+    set_plain_config,
+)
+
+from jsb_infra import names
+from jsb_infra.credentials import public_key_of
+from jsb_infra.local_server import LocalNatsServer, accounts_config
+from jsb_infra.nats_admin import admin_session, differences
+from jsb_infra.outputs import AppCredentials, BridgeOutputs, bridge_outputs
+from jsb_infra.spec import Pair, parse_pairs
+from jsb_infra.topology import consumer_config, stream_config
+
+pytestmark = pytest.mark.e2e
+
+STACK = "e2e"
+STREAM = "e2e-orders-billing"
+APPS = ("orders", "billing")
+PASSPHRASE = "e2e-test-passphrase"
+SECOND_NS = 1_000_000_000
+
+BASE_PAIR: dict[str, Any] = {
+    "stream": STREAM,
+    "apps": list(APPS),
+    "dlq": True,
+    "protect": False,
+    "consumer": {"max_deliver": 3, "backoff": ["1s", "2s"], "max_ack_pending": 100},
+    "stream_options": {"retention": "workqueue", "max_age": "1h", "duplicate_window": "1m"},
+}
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    """BASE_PAIR with nested sections merged: with_changes(stream_options={"max_age": "2h"})."""
+    pair = json.loads(json.dumps(BASE_PAIR))
+    for key, value in changes.items():
+        pair[key] = {**pair[key], **value} if isinstance(value, dict) else value
+    return pair
+
+
+# -- module fixtures: one CLI, one server, one project, one stack ------------------------------------
+@pytest.fixture(scope="module")
+def bin_dir() -> Path:
+    return pulumi_bin_dir()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
+    store = tmp_path_factory.mktemp("e2e-nats")
+    nats_server = LocalNatsServer(
+        store_dir=store, extra_config=accounts_config([], ADMIN_USER, ADMIN_PASSWORD)
+    )
+    nats_server.start()
+    yield nats_server
+    nats_server.stop()
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e-pulumi")
+
+
+@pytest.fixture(scope="module")
+def out_dir(scratch: Path) -> Path:
+    return scratch / "out"
+
+
+@pytest.fixture(scope="module")
+def workspace_options(scratch: Path, bin_dir: Path) -> auto.LocalWorkspaceOptions:
+    project = copy_project(scratch / "project")
+    return auto.LocalWorkspaceOptions(
+        work_dir=str(project),
+        env_vars=offline_env(scratch, bin_dir, PASSPHRASE),
+        pulumi_home=str(scratch / "home"),
+        pulumi_command=pulumi_command(bin_dir, scratch),
+    )
+
+
+def new_stack(
+    name: str, options: auto.LocalWorkspaceOptions, url: str, pairs: list[dict[str, Any]], out: Path
+) -> auto.Stack:
+    """A stack in the shared workspace: servers, pairs and outputDir in the stack file, jsb:admin secret."""
+    stack = auto.create_or_select_stack(stack_name=name, work_dir=options.work_dir, opts=options)
+    set_plain_config(stack, {"jsb:servers": [url], "jsb:pairs": pairs, "jsb:outputDir": str(out)})
+    set_admin(stack, ADMIN_USER, ADMIN_PASSWORD)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(
+    workspace_options: auto.LocalWorkspaceOptions, server: LocalNatsServer, out_dir: Path
+) -> auto.Stack:
+    return new_stack(STACK, workspace_options, server.url, [BASE_PAIR], out_dir)
+
+
+@pytest.fixture(scope="module")
+def memo() -> dict[str, Any]:
+    """What one test hands to the next (created timestamps, seeds)."""
+    return {}
+
+
+def set_pair(stack: auto.Stack, pair: dict[str, Any]) -> Pair:
+    set_plain_config(stack, {"jsb:pairs": [pair]})
+    return parse_pairs([pair]).pairs[0]
+
+
+# -- talking to the server as the admin --------------------------------------------------------------
+def admin_js(server: LocalNatsServer) -> Any:
+    """An admin session (async context manager) on the test server."""
+    return admin_session(admin_connection(server.url, ADMIN_USER, ADMIN_PASSWORD))
+
+
+async def api(server: LocalNatsServer, subject: str) -> dict[str, Any]:
+    """A raw $JS.API request as the admin."""
+    async with admin_js(server) as js:
+        reply = await js.nc.request(subject, b"", timeout=5)
+    result: dict[str, Any] = json.loads(reply.data)
+    return result
+
+
+async def stream_names(server: LocalNatsServer) -> list[str]:
+    return list((await api(server, "$JS.API.STREAM.NAMES")).get("streams") or [])
+
+
+async def consumer_names(server: LocalNatsServer, stream: str) -> list[str]:
+    return sorted((await api(server, f"$JS.API.CONSUMER.NAMES.{stream}")).get("consumers") or [])
+
+
+async def stream_info(server: LocalNatsServer) -> dict[str, Any]:
+    async with admin_js(server) as js:
+        info = await js.stream_info(STREAM)
+    assert info is not None, f"stream {STREAM} is missing on the server"
+    return info
+
+
+async def consumer_info(server: LocalNatsServer, app: str) -> dict[str, Any] | None:
+    async with admin_js(server) as js:
+        return await js.consumer_info(STREAM, names.durable_name(app))
+
+
+async def server_matches(server: LocalNatsServer, pair: Pair) -> None:
+    """The server holds exactly the rendered stream and consumers (raw INFO, field by field)."""
+    assert await stream_names(server) == [pair.stream]
+    assert differences(stream_config(pair), (await stream_info(server))["config"]) == {}
+    assert await consumer_names(server, pair.stream) == sorted(names.durable_name(a) for a in pair.apps)
+    for app in pair.apps:
+        info = await consumer_info(server, app)
+        assert info is not None
+        assert differences(consumer_config(pair, app), info["config"]) == {}, app
+
+
+async def publish_as_admin(server: LocalNatsServer, subject: str, payloads: list[bytes]) -> None:
+    nc = await nats.connect(server.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+    try:
+        js = nc.jetstream()
+        for payload in payloads:
+            await js.publish(subject, payload, timeout=5)
+    finally:
+        await nc.close()
+
+
+def changes(summary: dict[str, int] | None) -> set[str]:
+    """The kinds of change in a preview/up summary, without "same"."""
+    return {op for op, count in (summary or {}).items() if count and op != "same"}
+
+
+# -- the story -----------------------------------------------------------------------------------------
+async def test_01_up_from_nothing_creates_exactly_the_rendered_topology(stack, server, out_dir, memo):
+    assert await stream_names(server) == []
+    result = stack.up(color="never")
+    assert result.summary.resource_changes == {
+        "create": 9
+    }  # stack, AppPair, stream, 2 x (consumer, cred, doc)
+    pair = parse_pairs([BASE_PAIR]).pairs[0]
+    await server_matches(server, pair)
+    written = sorted(p.name for p in (out_dir / STREAM / "permissions").iterdir())
+    assert written == ["billing.conf", "billing.json", "orders.conf", "orders.json"]
+
+
+async def test_02_second_preview_and_up_change_nothing(stack, server):
+    before = await stream_info(server)
+    preview = stack.preview(color="never")
+    assert changes(preview.change_summary) == set(), preview.stdout
+    up = stack.up(color="never")
+    assert changes(up.summary.resource_changes) == set(), up.stdout
+    assert (await stream_info(server))["created"] == before["created"]
+
+
+async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
+    pair = parse_pairs([BASE_PAIR]).pairs[0]
+    billing = pair.consumer_for("billing")
+    await publish_as_admin(server, names.publish_subject("orders", "billing"), [b"m1", b"m2", b"m3"])
+    stream_before = await stream_info(server)
+    assert stream_before["state"]["messages"] == 3
+    consumers_before = {app: await consumer_info(server, app) for app in APPS}
+
+    # backoff [1s, 2s] -> [2s, 3s]: the server's ack_wait (= backoff[0]) goes 1s -> 2s.
+    changed = set_pair(
+        stack, with_changes(consumer={"backoff": ["2s", "3s"]}, stream_options={"max_age": "2h"})
+    )
+    assert changed.consumer_for("billing").ack_wait == 2 * SECOND_NS != billing.ack_wait
+    preview = stack.preview(color="never")
+    assert changes(preview.change_summary) == {"update"}, preview.stdout
+    up = stack.up(color="never")
+    assert changes(up.summary.resource_changes) == {"update"}, up.stdout
+
+    await server_matches(server, changed)
+    stream_after = await stream_info(server)
+    assert stream_after["config"]["max_age"] == 2 * 3600 * SECOND_NS
+    assert stream_after["created"] == stream_before["created"]
+    assert stream_after["state"]["messages"] == 3  # not recreated: the messages are still there
+    for app in APPS:
+        after = await consumer_info(server, app)
+        assert after is not None and consumers_before[app] is not None
+        assert after["created"] == consumers_before[app]["created"], f"{app}'s consumer was recreated"
+        assert after["config"]["ack_wait"] == 2 * SECOND_NS
+        assert after["config"]["backoff"] == [2 * SECOND_NS, 3 * SECOND_NS]
+    memo["pair"] = with_changes(consumer={"backoff": ["2s", "3s"]}, stream_options={"max_age": "2h"})
+    memo["stream_created"] = stream_before["created"]
+
+
+async def test_04_retention_change_is_a_replace_refused_while_messages_remain(stack, server, memo):
+    current: dict[str, Any] = memo["pair"]
+    limits = {**current, "stream_options": {**current["stream_options"], "retention": "limits"}}
+
+    # With messages in the stream and no opt-in, the preview already fails (diff runs the guard) ...
+    set_pair(stack, limits)
+    with pytest.raises(auto.CommandError) as refused_preview:
+        stack.preview(color="never")
+    guard = f"refusing to replace (because pair.stream_options.retention changed) stream {STREAM!r}"
+    assert guard in str(refused_preview.value)
+    assert "still holds 3 message(s)" in str(refused_preview.value)
+    # ... and so does the up, before it deletes anything.
+    with pytest.raises(auto.CommandError) as refused_up:
+        stack.up(color="never")
+    assert guard in str(refused_up.value)
+    assert sorted(stack.outputs()) == ["bridges", "credentials", "permissions"]  # kept by a failed up
+
+    set_pair(stack, current)
+    info = await stream_info(server)
+    assert (info["config"]["retention"], info["created"]) == ("workqueue", memo["stream_created"])
+    assert info["state"]["messages"] == 3
+    await server_matches(server, parse_pairs([current]).pairs[0])
+    assert changes(stack.preview(color="never").change_summary) == set()
+
+    # The documented two-step opt-in: store allow_destroy_with_messages first (in place), then the
+    # preview of the retention change shows the replace the guard was refusing.
+    opted_in = {**current, "allow_destroy_with_messages": True}
+    set_pair(stack, opted_in)
+    up = stack.up(color="never")
+    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("update") == 1
+    set_pair(stack, {**limits, "allow_destroy_with_messages": True})
+    preview = stack.preview(color="never")
+    assert preview.change_summary.get("replace") == 1, preview.stdout
+    assert "jsb:Stream" in preview.stdout and "replace" in preview.stdout
+
+    set_pair(stack, opted_in)  # restore: nothing was replaced
+    assert changes(stack.preview(color="never").change_summary) == set()
+    info = await stream_info(server)
+    assert (info["config"]["retention"], info["created"]) == ("workqueue", memo["stream_created"])
+    assert info["state"]["messages"] == 3
+    memo["pair"] = opted_in
+
+
+async def test_05_out_of_band_edit_shows_in_refresh_and_up_puts_it_back(stack, server, memo):
+    pair = parse_pairs([memo["pair"]]).pairs[0]
+    rendered = consumer_config(pair, "billing")
+    async with admin_js(server) as js:
+        await js.update_consumer(STREAM, {**rendered, "max_ack_pending": 7})
+    assert (await consumer_info(server, "billing") or {})["config"]["max_ack_pending"] == 7
+
+    refresh = stack.refresh(color="never")
+    assert refresh.summary.resource_changes is not None
+    assert refresh.summary.resource_changes.get("update") == 1, refresh.stdout
+    preview = stack.preview(color="never")
+    assert preview.change_summary.get("update") == 1, preview.stdout
+    assert "billing-consumer" in preview.stdout
+
+    up = stack.up(color="never")
+    assert changes(up.summary.resource_changes) == {"update"}
+    after = await consumer_info(server, "billing")
+    assert after is not None and after["config"]["max_ack_pending"] == rendered["max_ack_pending"] == 100
+    await server_matches(server, pair)
+
+
+async def test_06_out_of_band_delete_is_recreated(stack, server, memo):
+    pair = parse_pairs([memo["pair"]]).pairs[0]
+    old = await consumer_info(server, "orders")
+    async with admin_js(server) as js:
+        assert await js.delete_consumer(STREAM, names.durable_name("orders"))
+
+    # Pulumi diffs against its state, not the server: a plain preview does not see the delete ...
+    assert changes(stack.preview(color="never").change_summary) == set()
+    # ... `up --refresh` (Pulumi's way to see drift) reads the consumer as gone and recreates it.
+    up = stack.up(color="never", refresh=True)
+    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("create") == 1, (
+        up.stdout
+    )
+    new = await consumer_info(server, "orders")
+    assert new is not None and old is not None and new["created"] != old["created"]
+    await server_matches(server, pair)
+
+
+async def test_07_outputs_bridges_and_secret_credentials(stack, server, scratch, memo):
+    pair = parse_pairs([memo["pair"]]).pairs[0]
+    outputs = stack.outputs()
+    assert not outputs["bridges"].secret
+    assert outputs["credentials"].secret
+    for app in APPS:
+        bridge = BridgeOutputs.model_validate(outputs["bridges"].value[STREAM][app])
+        live = await consumer_info(server, app)
+        assert live is not None
+        assert bridge.durable == live["name"] and bridge.stream == live["stream_name"] == STREAM
+        assert bridge.consumer.max_deliver == live["config"]["max_deliver"]
+        assert bridge.consumer.ack_wait_ns == live["config"]["ack_wait"] == 2 * SECOND_NS
+        assert bridge.consumer.backoff_ns == live["config"]["backoff"]
+        assert bridge.consumer.max_ack_pending == live["config"]["max_ack_pending"]
+        assert bridge == bridge_outputs(pair, app, [server.url])
+
+    plain = json.loads(run_cli(stack, "stack", "output", "--json"))
+    assert plain["credentials"] == "[secret]"
+    assert plain["bridges"] == outputs["bridges"].value
+    shown = json.loads(run_cli(stack, "stack", "output", "--json", "--show-secrets"))
+    assert shown["credentials"] == outputs["credentials"].value
+    seeds = {}
+    for app in APPS:
+        creds = AppCredentials.model_validate(shown["credentials"][STREAM][app])
+        assert creds.seed.startswith("SU") and public_key_of(creds.seed) == creds.public_key
+        seeds[app] = creds.seed
+    memo["seeds"] = seeds
+
+    # `pulumi stack export` (what a state file holds) has the public keys, so this is the right place
+    # to look, but no seed and no admin password; the seeds are there only as encrypted secrets.
+    # (The Automation API's export_stack() passes --show-secrets: there the seed is a decrypted secret.)
+    exported = run_cli(stack, "stack", "export")
+    assert public_key_of(seeds["orders"]) in exported
+    decrypted = stack.export_stack().deployment
+    assert f'"plaintext": "\\"{seeds["orders"]}\\""' in json.dumps(decrypted)  # a secret envelope
+    state_files = [p for p in (scratch / "state").rglob("*") if p.is_file()]
+    stack_file = scratch / "project" / "stacks" / f"Pulumi.{STACK}.yaml"
+    assert any(p.name == f"{STACK}.json" for p in state_files) and stack_file.exists()
+    texts = {"pulumi stack export": exported, str(stack_file): stack_file.read_text()}
+    state_texts = {str(p): p.read_bytes().decode("utf-8", "replace") for p in state_files}
+    assert any(public_key_of(seeds["orders"]) in text for text in state_texts.values())
+    texts.update(state_texts)
+    for where, text in texts.items():
+        for secret in [*seeds.values(), ADMIN_PASSWORD]:
+            assert secret not in text, f"a secret appears in plain text in {where}"
+
+
+class Errors:
+    """Async errors nats-py hands to error_cb (permission violations arrive only there)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, err: Exception) -> None:
+        self.seen.append(str(err).lower())
+
+    def violations(self) -> list[str]:
+        return [e for e in self.seen if "permissions violation" in e]
+
+
+async def connect_app(url: str, seed: str, bridge: BridgeOutputs, errors: Errors, within: float = 5.0) -> Any:
+    """Connect as the app; retried while the server applies the reloaded config (SIGHUP is async)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                nkeys_seed_str=seed,
+                inbox_prefix=bridge.inbox_prefix,
+                error_cb=errors.record,
+                allow_reconnect=False,
+                connect_timeout=2,
+            )
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def test_08_smoke_run_with_generated_credentials_and_permissions(stack, server, out_dir, memo):
+    entries = [p.read_text() for p in sorted((out_dir / STREAM / "permissions").glob("*.conf"))]
+    assert len(entries) == 2
+    server.extra_config = accounts_config(entries, ADMIN_USER, ADMIN_PASSWORD)
+    server.reload()
+
+    bridge = BridgeOutputs.model_validate(stack.outputs()["bridges"].value[STREAM]["orders"])
+    await publish_as_admin(server, bridge.consume_subject, [b"smoke-in"])
+    errors = Errors()
+    nc = await connect_app(server.url, memo["seeds"]["orders"], bridge, errors)
+    try:
+        js = nc.jetstream()
+        ack = await js.publish(bridge.publish_subject, b"smoke-out", timeout=5)
+        assert ack.stream == STREAM
+        sub = await js.pull_subscribe_bind(durable=bridge.durable, stream=bridge.stream)
+        [msg] = await sub.fetch(1, timeout=5)
+        assert (msg.subject, msg.data) == (bridge.consume_subject, b"smoke-in")
+        await msg.ack_sync(timeout=5)
+        await nc.flush()
+        await asyncio.sleep(0.1)
+        assert errors.violations() == [], errors.seen
+
+        # The permissions are enforced, not just loaded: the peer's subject is refused.
+        await nc.publish(names.publish_subject("billing", "orders"), b"not mine")
+        await nc.flush()
+        await asyncio.sleep(0.2)
+        assert any('"billing.sync.orders"' in v for v in errors.violations()), errors.seen
+    finally:
+        await nc.close()
+    info = await consumer_info(server, "orders")
+    assert info is not None and info["num_ack_pending"] == 0 and info["num_pending"] == 0
+    assert info["ack_floor"]["consumer_seq"] == 1
+
+
+async def test_09_destroy_leaves_the_server_empty(stack, server, out_dir):
+    # The stream still holds messages; the opt-in stored in test_04 lets destroy delete it.
+    assert (await stream_info(server))["state"]["messages"] >= 3
+    result = stack.destroy(color="never")
+    assert result.summary.resource_changes == {"delete": 9}
+    assert await stream_names(server) == []
+    assert not list(out_dir.rglob("*.conf")) and not list(out_dir.rglob("*.json"))
+
+
+async def test_10_invalid_stack_config_fails_naming_the_field_and_creates_nothing(
+    workspace_options, server, scratch
+):
+    out = scratch / "invalid-out"
+    other = {"stream": "e2e-other", "apps": ["billing", "orders"], "dlq": False}  # same subjects as BASE_PAIR
+    stack = new_stack("e2e-invalid", workspace_options, server.url, [BASE_PAIR, other], out)
+    try:
+        with pytest.raises(auto.CommandError) as overlap:
+            stack.up(color="never")
+        assert "jsb:pairs[1] (stream 'e2e-other') overlaps pairs[0]" in str(overlap.value)
+        assert "Traceback" not in str(overlap.value)
+
+        set_plain_config(stack, {"jsb:pairs": [{**BASE_PAIR, "stream_options": {"max_age": "soon"}}]})
+        with pytest.raises(auto.CommandError) as bad_duration:
+            stack.preview(color="never")
+        assert "jsb:pairs[0].stream_options.max_age: 'soon' is not a duration" in str(bad_duration.value)
+
+        assert await stream_names(server) == []
+        assert not out.exists()
+        resources = stack.export_stack().deployment.get("resources") or []
+        assert [r["type"] for r in resources if r["type"].startswith("pulumi-python")] == []
+    finally:
+        stack.workspace.remove_stack(stack.name, force=True)
