@@ -20,10 +20,11 @@ from typing import Any
 
 from jsb_infra.local_server import LocalNatsServer, accounts_config
 
-ROOT = Path(__file__).resolve().parent.parent
+# The project dir (Pulumi.yaml) and the dev server's port; tests point them at a throwaway copy.
+ROOT = Path(os.environ.get("JSB_DEV_ROOT") or Path(__file__).resolve().parent.parent)
 STATE = ROOT / ".jsb"
 STACK = "dev"
-DEV_PORT = 4222
+DEV_PORT = int(os.environ.get("JSB_DEV_PORT", "4222"))  # must match jsb:servers of the dev stack
 DEV_ADMIN_USER = "admin"
 # The dev server listens on loopback only; this password is also the (encrypted) jsb:admin of the dev stack.
 DEV_ADMIN_PASSWORD = "jsb-dev-admin"
@@ -152,7 +153,7 @@ def up(out_dir: Path) -> None:
     env = pulumi_env()
     start_server(out_dir)
     select_stack(env)
-    pulumi(["up", "--yes", "--skip-preview=false", "--stack", STACK], env)
+    pulumi(["up", "--yes", "--refresh", "--stack", STACK], env)  # --refresh: repair drift too
     reload_server(out_dir)
     outputs = json.loads(pulumi(["stack", "output", "--json", "--show-secrets"], env, capture=True))
     files = write_app_files(outputs, out_dir)

@@ -1,0 +1,81 @@
+"""The main job (`make up` / `make down`, i.e. python -m jsb_infra.dev) on a throwaway copy of the project.
+
+It runs the real Pulumi CLI on the committed dev stack config (only the port is moved to a free one),
+then checks what an app would rely on, and that `down` leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_support import copy_project, pulumi_bin_dir
+
+from jsb_infra.local_server import free_port
+from jsb_infra.runtime import doctor
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def _project_copy(tmp: Path, port: int) -> Path:
+    """The project plus the committed dev stack file, its server moved to `port`."""
+    root = copy_project(tmp / "project")
+    dev = (REPO / "stacks" / "Pulumi.dev.yaml").read_text()
+    assert "nats://127.0.0.1:4222" in dev
+    (root / "stacks" / "Pulumi.dev.yaml").write_text(dev.replace(":4222", f":{port}"))
+    return root
+
+
+def _dev(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jsb_infra.dev", command], env=env, text=True, capture_output=True, timeout=300
+    )
+
+
+def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> None:
+    port = free_port()
+    root = _project_copy(tmp_path, port)
+    env = dict(os.environ)
+    env.update(
+        JSB_DEV_ROOT=str(root),
+        JSB_DEV_PORT=str(port),
+        PATH=f"{pulumi_bin_dir()}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+    )
+    up = _dev("up", env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "Provisioned on the dev nats-server" in up.stdout
+    out = root / ".jsb" / "out" / "orders-billing-sync"
+    for app in ("orders", "billing"):
+        assert f"app {app}: publishes {app}.sync." in up.stdout
+        bridge = json.loads((out / "bridges" / f"{app}.json").read_text())
+        assert bridge["servers"] == [f"nats://127.0.0.1:{port}"] and bridge["durable"] == f"{app}-workers"
+        assert (out / "permissions" / f"{app}.conf").exists()
+        assert ((out / "credentials" / f"{app}.json").stat().st_mode & 0o777) == 0o600
+    pid = int((root / ".jsb" / "nats.pid").read_text())
+
+    # The reloaded server knows the app: doctor connects, publishes and pulls with its files alone.
+    args = [
+        "--bridge",
+        str(out / "bridges" / "orders.json"),
+        "--credentials",
+        str(out / "credentials" / "orders.json"),
+    ]
+    parser = argparse.ArgumentParser()
+    doctor.add_arguments(parser)
+    assert doctor.run(parser.parse_args(args)) == 0
+
+    again = _dev("up", env)
+    assert again.returncode == 0 and "9 unchanged" in again.stdout, again.stdout + again.stderr
+
+    down = _dev("down", env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not (root / ".jsb" / "nats.pid").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not list(out.glob("permissions/*"))
