@@ -253,7 +253,7 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     set_pair(stack, limits)
     with pytest.raises(auto.CommandError) as refused_preview:
         stack.preview(color="never")
-    guard = f"refusing to replace (because pair.stream_options.retention changed) stream {STREAM!r}"
+    guard = f"refusing to replace stream {STREAM!r} (because pair.stream_options.retention changed)"
     assert guard in str(refused_preview.value)
     assert "still holds 3 message(s)" in str(refused_preview.value)
     # ... and so does the up, before it deletes anything.

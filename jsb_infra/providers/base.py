@@ -217,4 +217,9 @@ class JsbProvider(ResourceProvider):
 
     @staticmethod
     def run(coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run(coro)
+        """Run one call's I/O. A refusal is raised afresh here: the host prints the whole traceback
+        before the message, and the asyncio frames add nothing a user can act on."""
+        try:
+            return asyncio.run(coro)
+        except ProviderError as err:
+            raise ProviderError(str(err)) from None

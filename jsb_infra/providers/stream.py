@@ -64,10 +64,10 @@ def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any]) -> dict[st
     }
 
 
-def destroy_guard(pair: Pair, messages: int, action: str) -> None:
+def destroy_guard(pair: Pair, messages: int, action: str, because: str = "") -> None:
     if messages and not pair.allow_destroy_with_messages:
         raise ProviderError(
-            f"refusing to {action} stream {pair.stream!r}: it still holds {messages} message(s). "
+            f"refusing to {action} stream {pair.stream!r}{because}: it still holds {messages} message(s). "
             "Drain it, or set `allow_destroy_with_messages: true` on the pair (and run `pulumi up` once "
             "so the setting is stored) to accept losing them"
         )
@@ -103,11 +103,11 @@ class StreamProvider(JsbProvider):
     def _guard_replace(self, old_pair: Pair, pair: Pair, replaces: list[str]) -> None:
         """Fail the preview, not the `up` halfway: a replace deletes the stream and its messages."""
         messages = self.run(_message_count(old_pair.stream))
-        why = ", ".join(replaces)
-        destroy_guard(pair, messages, f"replace (because {why} changed)")
+        because = f" (because {', '.join(replaces)} changed)"
+        destroy_guard(pair, messages, "replace", because)
         if messages and not old_pair.allow_destroy_with_messages:
             raise ProviderError(
-                f"refusing to replace stream {old_pair.stream!r} (because {why} changed): it holds "
+                f"refusing to replace stream {old_pair.stream!r}{because}: it holds "
                 f"{messages} message(s) and the stored pair does not allow destroying them yet. Run "
                 "`pulumi up` with `allow_destroy_with_messages: true` and the old settings first "
                 "(an in-place update), then make this change"
