@@ -440,9 +440,34 @@ async def test_08_smoke_run_with_generated_credentials_and_permissions(stack, se
     assert info["ack_floor"]["consumer_seq"] == 1
 
 
+async def test_08b_opted_in_replace_recreates_the_stream_and_its_consumers(stack, server, memo):
+    """A real replace (storage file -> memory): delete first, then create, and the consumers follow the
+    new stream incarnation (stream_created) instead of being left pointing at a stream that is gone."""
+    before = await stream_info(server)
+    consumers_before = {app: await consumer_info(server, app) for app in APPS}
+    memory = {**memo["pair"], "stream_options": {**memo["pair"]["stream_options"], "storage": "memory"}}
+    pair = set_pair(stack, memory)
+
+    up = stack.up(color="never")
+    assert (up.summary.resource_changes or {}).get("replace") == 3, up.stdout  # stream + 2 consumers
+    after = await stream_info(server)
+    assert after["config"]["storage"] == "memory" and after["created"] != before["created"]
+    assert after["state"]["messages"] == 0  # the opt-in said losing them was fine
+    for app in APPS:
+        old, new = consumers_before[app], await consumer_info(server, app)
+        assert old is not None and new is not None and new["created"] != old["created"], app
+    await server_matches(server, pair)
+    assert changes(stack.preview(color="never").change_summary) == set()
+    bridges = stack.outputs()["bridges"].value[STREAM]
+    assert BridgeOutputs.model_validate(bridges["orders"]) == bridge_outputs(pair, "orders", [server.url])
+
+    await publish_as_admin(server, names.publish_subject("orders", "billing"), [b"after-replace"])
+    memo["pair"] = memory
+
+
 async def test_09_destroy_leaves_the_server_empty(stack, server, out_dir):
     # The stream still holds messages; the opt-in stored in test_04 lets destroy delete it.
-    assert (await stream_info(server))["state"]["messages"] >= 3
+    assert (await stream_info(server))["state"]["messages"] >= 1
     result = stack.destroy(color="never")
     assert result.summary.resource_changes == {"delete": 9}
     assert await stream_names(server) == []
