@@ -1,13 +1,15 @@
 """Fixtures: a real nats-server per test (or module), with whatever config the test needs.
 
-- `nats_server`: a plain JetStream server (the `NATS_URL` server instead, when that is set).
-- `make_server`: a factory for servers with accounts, users and permissions; stopped at teardown.
-- `JSB_NATS_BACKEND=container` serves the plain server from a testcontainers NATS container where a
-  Docker engine answers (configured servers always use the embedded binary: they need files).
+- `nats_server`: a plain JetStream server: the `NATS_URL` server when that is set; a testcontainers
+  NATS container when the test is marked `container` and a Docker engine answers (or for every plain
+  test with `JSB_NATS_BACKEND=container`, which then requires Docker); else the embedded binary.
+- `make_server`: a factory for servers with accounts, users and permissions; stopped at teardown
+  (always the embedded binary: their config is a file).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,13 +59,32 @@ def _container_url() -> Iterator[str]:
         yield container.nats_uri()
 
 
+@functools.cache
+def docker_answers() -> bool:
+    """True when a Docker engine answers a ping within two seconds."""
+    try:
+        import docker  # testcontainers' own client
+
+        return bool(docker.from_env(timeout=2).ping())
+    except Exception:
+        return False
+
+
+def wants_container(request: pytest.FixtureRequest) -> bool:
+    if os.environ.get("JSB_NATS_BACKEND") == "container":
+        if not docker_answers():
+            pytest.fail("JSB_NATS_BACKEND=container, but no Docker engine answers")
+        return True
+    return request.node.get_closest_marker("container") is not None and docker_answers()
+
+
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[ServerHandle]:
+def nats_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerHandle]:
     url = env_nats_url()
     if url:
         yield ServerHandle(url)
         return
-    if os.environ.get("JSB_NATS_BACKEND") == "container":
+    if wants_container(request):
         yield from (ServerHandle(u) for u in _container_url())
         return
     with LocalNatsServer(store_dir=tmp_path / "nats") as server:

@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, StreamConfig
 
+from jsb_infra.local_server import env_nats_url
 from jsb_infra.spec import Pair, parse_pairs
 from jsb_infra.topology import consumer_configs, stream_config
 
@@ -63,6 +64,7 @@ def assert_holds(rendered: dict[str, Any], live: dict[str, Any]) -> None:
     assert not mismatched, f"server holds something else: {{field: (rendered, live)}} = {mismatched}"
 
 
+@pytest.mark.container
 @pytest.mark.parametrize(
     "spec", [GEM_DEFAULTS, NON_DEFAULT, INTEREST_NO_BACKOFF], ids=["gem", "custom", "interest"]
 )
@@ -143,3 +145,14 @@ async def test_server_refuses_a_backoff_longer_than_max_deliver_which_the_spec_c
         assert "error" in reply and "backoff" in reply["error"]["description"].lower(), reply
     finally:
         await nc.close()
+
+
+@pytest.mark.container
+def test_a_container_test_runs_on_the_embedded_server_where_no_docker_answers(nats_server):
+    from conftest import docker_answers
+
+    if env_nats_url():
+        assert nats_server.server is None
+    else:
+        # Docker here: a container serves (no local process); no Docker: the embedded binary does.
+        assert (nats_server.server is None) == docker_answers()
