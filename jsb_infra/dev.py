@@ -144,6 +144,7 @@ def write_app_files(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
                 cpath = out_dir / stream / "credentials" / f"{app}.json"
                 cpath.parent.mkdir(parents=True, exist_ok=True)
                 cpath.touch(mode=0o600)
+                cpath.chmod(0o600)  # also when an older file was there: it holds the app's seed
                 cpath.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
                 written.append(cpath)
     return written

@@ -65,6 +65,12 @@ def _check_servers(value: Any, problems: list[str]) -> tuple[str, ...]:
             problems.append(f"{key}[{i}]: must be a non-empty string, got {url!r}")
             continue
         parts = urlsplit(url)
+        if parts.username or parts.password:  # the URL is not echoed: it holds a secret
+            problems.append(
+                f"{key}[{i}]: must not contain credentials (they would reach every app's bridge config, "
+                f"which is not secret); put the admin's in the secret {CONFIG_NAMESPACE}:admin"
+            )
+            continue
         if parts.scheme not in SERVER_SCHEMES or not parts.hostname:
             problems.append(
                 f"{key}[{i}]: {url!r} is not a server URL; write scheme://host:port with scheme one of "

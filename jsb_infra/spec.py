@@ -189,13 +189,14 @@ class ResolvedConsumer(StrictModel):
 
 
 class StreamOptions(StrictModel):
-    """Stream-level options. Storage and retention cannot change in place (a change replaces the stream)."""
+    """Stream-level options. Storage, and retention to or from workqueue, cannot change in place: such a
+    change replaces the stream (limits <-> interest is in place)."""
 
     replicas: int = Field(1, description="1 to 5.")
     storage: Literal["file", "memory"] = "file"
     retention: Literal["workqueue", "limits", "interest"] = "workqueue"
     duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
-    max_age: Duration = Field(0, description="Oldest message kept; 0 keeps them until consumed.")
+    max_age: Duration = Field(0, description="Oldest message kept; 0 sets no age limit.")
     max_bytes: int = Field(-1, description="-1 for unlimited.")
     max_msgs: int = Field(-1, description="-1 for unlimited.")
     max_msg_size: int = Field(-1, description="-1 for unlimited.")
@@ -275,6 +276,16 @@ class Pair(StrictModel):
                 self.consumer_for(app)
             except PydanticCustomError as err:
                 raise rule(f"consumer_overrides.{app}: {err.message()}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _dlq_needs_a_retaining_stream(self) -> Pair:
+        if self.dlq and self.stream_options.retention == "interest":
+            raise rule(
+                "stream_options.retention: interest keeps a message only while a consumer is interested "
+                "in it, and no consumer reads the DLQ subjects, so every dead-lettered message would be "
+                "dropped; use workqueue or limits, or set dlq: false"
+            )
         return self
 
     # -- derived names -----------------------------------------------------------------------------

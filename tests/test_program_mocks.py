@@ -432,6 +432,11 @@ BAD_CONFIGS = {
     "missing servers": (TWO_PAIRS, None, ["jsb:servers: required"]),
     "empty servers": (TWO_PAIRS, [], ["jsb:servers: must be a non-empty list"]),
     "server without scheme": (TWO_PAIRS, ["127.0.0.1:4222"], ["jsb:servers[0]: '127.0.0.1:4222' is not"]),
+    "server with credentials": (
+        TWO_PAIRS,
+        ["nats://admin:s3cret@10.0.0.1:4222"],
+        ["jsb:servers[0]: must not contain credentials"],
+    ),
     "missing pairs": (None, SERVERS, ["jsb:pairs: required"]),
     "pairs not a list": ({"stream": "x"}, SERVERS, ["jsb:pairs: must be a list"]),
     "bad duration and bad server together": (
@@ -461,6 +466,7 @@ def test_invalid_stack_config_fails_before_any_resource_registers(
     text = str(raised[0])
     for fragment in expected:
         assert fragment in text, text
+    assert "s3cret" not in text  # a URL holding a password is refused without being echoed
 
 
 def test_pairs_given_as_a_plain_string_are_refused_with_the_key(monitor: RecordingMonitor) -> None:

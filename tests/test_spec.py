@@ -295,6 +295,15 @@ def test_duplicate_window_equal_to_max_age_and_unlimited_age_are_fine():
     parse_pairs([pair(stream_options={"duplicate_window": "7d", "max_age": 0})])
 
 
+def test_interest_retention_with_a_dlq_is_refused():
+    """Nothing consumes the DLQ subjects, so an interest stream would drop every parked message."""
+    problem = only_problem(pair(stream_options={"retention": "interest"}))
+    assert problem.startswith("pairs[0]: stream_options.retention: interest keeps a message only while")
+    assert "use workqueue or limits, or set dlq: false" in problem
+    parse_pairs([pair(dlq=False, stream_options={"retention": "interest"})])
+    parse_pairs([pair(stream_options={"retention": "limits"})])
+
+
 @pytest.mark.parametrize("replicas", [0, 6, -1])
 def test_replicas_range(replicas):
     problem = only_problem(pair(stream_options={"replicas": replicas}))

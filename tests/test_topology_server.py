@@ -41,6 +41,7 @@ NON_DEFAULT = {
 INTEREST_NO_BACKOFF = {
     "stream": "a-b",
     "apps": ["a", "b"],
+    "dlq": False,
     "consumer": {"backoff": [], "ack_wait": "1m30s", "max_deliver": 1},
     "stream_options": {"retention": "interest", "duplicate_window": "1s"},
 }
