@@ -1,9 +1,12 @@
 """`AppPair`: everything one pair needs on a server, as one Pulumi component (type `jsb:index:AppPair`).
 
 Children: the stream (protected unless told otherwise; names are fixed, so replacements delete
-first), each app's durable consumer (tied to the stream incarnation through `stream_created`), each
-app's NKey credential and permission document. Outputs: `bridges` (from the consumers' live config,
-so an app is told what the server holds), `credentials_output` (secret) and `permissions`.
+first), each app's durable consumer (tied to the stream incarnation through `stream_created`, and
+protected with the stream: removing a pair must not delete the durables its apps read from, which on
+an interest stream also drops their messages), each app's NKey credential and permission document
+(never protected: nothing in them is lost by making them again). Outputs: `bridges` (from the
+consumers' live config, so an app is told what the server holds), `credentials_output` (secret) and
+`permissions`.
 """
 
 from __future__ import annotations
@@ -39,19 +42,17 @@ class AppPair(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         protect: bool | None = None,
     ) -> None:
-        """`protect` overrides `pair.protect` for the stream (None: follow the spec)."""
+        """`protect` overrides `pair.protect` for the stream and the consumers (None: follow the spec)."""
         super().__init__(COMPONENT_TYPE, name, None, opts)
         spec = pair.model_dump(mode="json")
         child = pulumi.ResourceOptions(parent=self)
+        protected = pair.protect if protect is None else protect
 
         self.stream = Stream(
             f"{name}-stream",
             spec,
             opts=pulumi.ResourceOptions.merge(
-                child,
-                pulumi.ResourceOptions(
-                    protect=pair.protect if protect is None else protect, delete_before_replace=True
-                ),
+                child, pulumi.ResourceOptions(protect=protected, delete_before_replace=True)
             ),
         )
         self.consumers = {}
@@ -64,7 +65,10 @@ class AppPair(pulumi.ComponentResource):
                 app,
                 stream_created=self.stream.created,
                 opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=[self.stream], delete_before_replace=True)
+                    child,
+                    pulumi.ResourceOptions(
+                        protect=protected, depends_on=[self.stream], delete_before_replace=True
+                    ),
                 ),
             )
             self.credentials[app] = AppCredential(f"{name}-{app}-credential", pair.stream, app, opts=child)

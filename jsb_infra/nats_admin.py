@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -178,7 +178,7 @@ async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
         await nc.close()
 
 
-def differences(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def differences(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Fields of `desired` whose live value differs: {field: (desired, live)}.
 
     Only desired fields count: the server adds defaults for everything jsb-infra leaves unset, and
@@ -186,13 +186,14 @@ def differences(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, tupl
     """
     out: dict[str, tuple[Any, Any]] = {}
     for key, want in desired.items():
-        have = live.get(key, _zero_like(want))
+        have = live.get(key, zero_like(want))
         if normalize(want) != normalize(have):
             out[key] = (want, have)
     return out
 
 
-def _zero_like(value: Any) -> Any:
+def zero_like(value: Any) -> Any:
+    """What the server means by leaving a key out: it omits empty values."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int | float):

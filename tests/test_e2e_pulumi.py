@@ -220,15 +220,23 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
     assert stream_before["state"]["messages"] == 3
     consumers_before = {app: await consumer_info(server, app) for app in APPS}
 
+    # The stream alone updating in place leaves its outputs (`created` too) unknown at preview; the
+    # consumers, whose stream is not replaced, must still preview as unchanged.
+    set_pair(stack, with_changes(stream_options={"max_age": "2h"}))
+    stream_only = stack.preview(color="never")
+    assert changes(stream_only.change_summary) == {"update"}, stream_only.stdout
+    assert stream_only.change_summary["update"] == 1, stream_only.stdout
+    assert "jsb:Stream" in stream_only.stdout and "jsb:Consumer" not in stream_only.stdout
+
     # backoff [1s, 2s] -> [2s, 3s]: the server's ack_wait (= backoff[0]) goes 1s -> 2s.
     changed = set_pair(
         stack, with_changes(consumer={"backoff": ["2s", "3s"]}, stream_options={"max_age": "2h"})
     )
     assert changed.consumer_for("billing").ack_wait == 2 * SECOND_NS != billing.ack_wait
     preview = stack.preview(color="never")
-    assert changes(preview.change_summary) == {"update"}, preview.stdout
+    assert preview.change_summary == {"same": 6, "update": 3}, preview.stdout  # the stream + 2 consumers
     up = stack.up(color="never")
-    assert changes(up.summary.resource_changes) == {"update"}, up.stdout
+    assert up.summary.resource_changes == {"same": 6, "update": 3}, up.stdout
 
     await server_matches(server, changed)
     stream_after = await stream_info(server)
@@ -274,10 +282,12 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     opted_in = {**current, "allow_destroy_with_messages": True}
     set_pair(stack, opted_in)
     up = stack.up(color="never")
-    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("update") == 1
+    # stored on the stream and on both consumers (their delete reads it on an interest stream)
+    assert up.summary.resource_changes == {"same": 6, "update": 3}, up.stdout
     set_pair(stack, {**limits, "allow_destroy_with_messages": True})
     preview = stack.preview(color="never")
-    assert preview.change_summary.get("replace") == 1, preview.stdout
+    # the preview already knows the consumers go with the stream (its incarnation key changes)
+    assert preview.change_summary == {"same": 6, "replace": 3}, preview.stdout
     assert "jsb:Stream" in preview.stdout and "replace" in preview.stdout
 
     set_pair(stack, opted_in)  # restore: nothing was replaced

@@ -286,6 +286,39 @@ def test_stream_protection_consumer_dependency_and_secret_seed_declared(monitor:
             assert "seed" not in reg.secret_outputs
 
 
+def test_a_protected_pair_protects_its_consumers_too_but_not_credentials_or_documents(
+    monitor: RecordingMonitor,
+) -> None:
+    """Removing a protected pair must not delete its consumers: the apps would stop, and on an
+    interest stream the messages only they were interested in would go."""
+    set_stack_config(TWO_PAIRS, SERVERS)
+
+    async def check() -> None:
+        build()
+
+    run_program(check)
+
+    by_urn = {c.urn: c.name for c in monitor.of_type(COMPONENT_TYPE)}
+    consumers = Counter((by_urn[c.parent], c.protect) for c in monitor.of_type(CONSUMER_T))
+    assert consumers == {("orders-billing-sync", True): 2, ("billing-shipping-sync", False): 2}
+    for typ in (CREDENTIAL_T, DOCUMENT_T):
+        assert [r.protect for r in monitor.of_type(typ)] == [False] * 4, typ
+
+
+@pytest.mark.parametrize("override", [True, False])
+def test_the_protect_override_covers_the_stream_and_its_consumers(
+    monitor: RecordingMonitor, override: bool
+) -> None:
+    pair = Pair.model_validate({**ORDERS_BILLING, "protect": not override})
+
+    async def check() -> None:
+        AppPair(pair.stream, pair=pair, servers=SERVERS, protect=override)
+
+    run_program(check)
+    assert [r.protect for r in monitor.of_type(STREAM_T) + monitor.of_type(CONSUMER_T)] == [override] * 3
+    assert [r.protect for r in monitor.of_type(CREDENTIAL_T) + monitor.of_type(DOCUMENT_T)] == [False] * 4
+
+
 # -- the stack outputs ------------------------------------------------------------------------------------
 def test_bridges_export_validates_against_the_contract_and_is_not_secret(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)

@@ -102,7 +102,7 @@ def assert_outputs_match_server(outs: dict[str, Any], url: str) -> None:
     live = server_config(url)
     assert live is not None
     for key, value in outs["config"].items():
-        assert live.get(key, [] if key == "backoff" else None) == value, key
+        assert live.get(key, MANAGED_UNSET.get(key, [] if key == "backoff" else None)) == value, key
 
 
 def test_create_outputs_what_the_server_holds_and_a_rerun_is_a_no_op(
@@ -205,12 +205,13 @@ def test_a_new_stream_incarnation_replaces_the_consumer(
     assert_outputs_match_server(recreated, server.url)
 
 
-def test_unknown_stream_incarnation_at_preview_is_a_change_not_a_replace(
+def test_unknown_stream_incarnation_at_preview_alone_is_no_change(
     host: ProviderHost, stream: dict[str, Any]
 ) -> None:
+    """The stream updating in place makes its `created` unknown at preview; the consumer stays as it is."""
     id_, outs = host.up(C, props(stream))
-    outcome = host.diff(C, id_, outs, {**props(stream), "stream_created": UNKNOWN})
-    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    outcome = host.diff(C, id_, outs, {**host.checked(C, props(stream)), "stream_created": UNKNOWN})
+    assert outcome.changes == "DIFF_NONE" and outcome.replaces == []
 
 
 def test_moving_to_another_stream_replaces(host: ProviderHost, stream: dict[str, Any]) -> None:
@@ -285,3 +286,222 @@ def test_delete_cleans_the_server(
 def test_check_rejects_an_app_outside_the_pair(host: ProviderHost, stream: dict[str, Any]) -> None:
     _, failures = host.check(C, props(stream, app="shipping"))
     assert failures == [("app", "app: 'shipping' is not one of the pair's apps ['orders', 'billing']")]
+
+
+# -- interest retention: a consumer's pending messages go with it ------------------------------------
+INTEREST = {"stream_options": {"retention": "interest"}, "dlq": False}
+
+
+def stream_messages(url: str) -> int:
+    got = admin_call(url, lambda js: js.stream_info(STREAM))
+    return int(got["state"]["messages"])
+
+
+def test_deleting_a_consumer_with_pending_messages_on_an_interest_stream_is_refused(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    _, stream_outs = host.up(S, {"pair": pair(**INTEREST)})
+    id_, outs = host.up(C, props(stream_outs, pair(**INTEREST)))
+    publish(server.url, "billing.sync.orders", 3)
+    with pytest.raises(ProviderCallError) as err:
+        host.delete(C, id_, outs)
+    assert (
+        "refusing to delete consumer 'orders-workers' on interest stream 'orders-billing': "
+        "3 message(s) would be dropped" in err.value.details
+    )
+    assert "allow_destroy_with_messages: true" in err.value.details
+    assert server_config(server.url) is not None and stream_messages(server.url) == 3
+    # the stored pair's opt-in lets it go (and the server drops what only it was interested in);
+    # storing it is a change of its own, or the flag would never reach the state delete reads
+    outcome, outs = host.change(
+        C, id_, outs, props(stream_outs, pair(**INTEREST, allow_destroy_with_messages=True))
+    )
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    host.delete(C, id_, outs)
+    assert server_config(server.url) is None and stream_messages(server.url) == 0
+
+
+def test_deleting_a_consumer_of_a_workqueue_stream_keeps_the_messages_without_a_guard(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    id_, outs = host.up(C, props(stream))
+    publish(server.url, "billing.sync.orders", 2)
+    host.delete(C, id_, outs)
+    assert server_config(server.url) is None and stream_messages(server.url) == 2
+
+
+def test_replacing_a_consumer_with_pending_messages_on_an_interest_stream_is_refused_at_preview(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    _, stream_outs = host.up(S, {"pair": pair(**INTEREST)})
+    id_, outs = host.up(C, props(stream_outs, pair(**INTEREST)))
+    publish(server.url, "billing.sync.orders", 2)
+    by_hand = {**outs, "config": {**outs["config"], "replay_policy": "original"}}
+    with pytest.raises(ProviderCallError) as err:
+        host.diff(C, id_, by_hand, host.checked(C, props(stream_outs, pair(**INTEREST))))
+    assert (
+        "refusing to replace consumer 'orders-workers' on interest stream 'orders-billing' "
+        "(because replay_policy changed): 2 message(s) would be dropped" in err.value.details
+    )
+    # opting in together with the replace would fail at the delete, which sees the stored pair
+    allowing = pair(**INTEREST, allow_destroy_with_messages=True)
+    with pytest.raises(ProviderCallError, match="stored pair does not allow"):
+        host.diff(C, id_, by_hand, host.checked(C, props(stream_outs, allowing)))
+    _, outs = host.change(C, id_, outs, props(stream_outs, allowing))
+    by_hand = {**outs, "config": {**outs["config"], "replay_policy": "original"}}
+    outcome = host.diff(C, id_, by_hand, host.checked(C, props(stream_outs, allowing)))
+    assert outcome.replaces == ["replay_policy"] and outcome.delete_before_replace
+    assert stream_messages(server.url) == 2, "the guard reads, never deletes"
+
+
+def test_an_interest_consumer_with_nothing_pending_replaces_without_opt_in(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    _, stream_outs = host.up(S, {"pair": pair(**INTEREST)})
+    id_, outs = host.up(C, props(stream_outs, pair(**INTEREST)))
+    publish(server.url, "orders.sync.billing", 2)  # for billing's consumer, not this one
+    by_hand = {**outs, "config": {**outs["config"], "ack_policy": "all"}}
+    outcome = host.diff(C, id_, by_hand, host.checked(C, props(stream_outs, pair(**INTEREST))))
+    assert outcome.replaces == ["ack_policy"]
+    host.delete(C, id_, outs)
+    assert server_config(server.url) is None
+
+
+# -- fields jsb-infra does not render but manages: adopt and drift see them -------------------------
+MUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
+    ({"headers_only": True}, "headers_only: desired False, server has True"),
+    ({"inactive_threshold": 60 * SECOND}, "inactive_threshold: desired 0, server has 60000000000"),
+    (
+        {"filter_subjects": ["billing.sync.orders", "orders.sync.billing"], "filter_subject": None},
+        "filter_subjects: desired [], server has ['billing.sync.orders', 'orders.sync.billing']",
+    ),
+]
+IMMUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
+    ({"deliver_subject": "push.orders"}, "deliver_subject: desired '', server has 'push.orders'"),
+    ({"mem_storage": True}, "mem_storage: desired False, server has True"),
+    ({"max_waiting": 100}, "max_waiting: desired 512, server has 100"),
+]
+
+
+def by_hand_config(extra: dict[str, Any]) -> dict[str, Any]:
+    config = {**consumer_config(typed(pair()), "orders"), **extra}
+    return {k: v for k, v in config.items() if v is not None}
+
+
+@pytest.mark.parametrize(("extra", "described"), MUTABLE_EXTRAS + IMMUTABLE_EXTRAS)
+def test_adopt_refuses_a_consumer_that_differs_in_a_field_jsb_does_not_render(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any], extra: dict[str, Any], described: str
+) -> None:
+    admin_call(server.url, lambda js: js.create_consumer(STREAM, by_hand_config(extra)))
+    with pytest.raises(ProviderCallError) as err:
+        host.up(C, props(stream))
+    assert "consumer 'orders-billing/orders-workers' already exists" in err.value.details
+    assert described in err.value.details
+
+
+@pytest.mark.parametrize(("extra", "described"), IMMUTABLE_EXTRAS)
+def test_adopt_true_refuses_clearly_what_the_server_cannot_update(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any], extra: dict[str, Any], described: str
+) -> None:
+    admin_call(server.url, lambda js: js.create_consumer(STREAM, by_hand_config(extra)))
+    with pytest.raises(ProviderCallError) as err:
+        host.up(C, props(stream, pair(adopt=True)))
+    assert "cannot adopt consumer 'orders-billing/orders-workers'" in err.value.details
+    assert described in err.value.details
+    assert "err_code" not in err.value.details, "refused before the server is asked"
+
+
+@pytest.mark.parametrize(("extra", "described"), MUTABLE_EXTRAS)
+def test_adopt_true_resets_a_field_jsb_does_not_render(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any], extra: dict[str, Any], described: str
+) -> None:
+    made = admin_call(server.url, lambda js: js.create_consumer(STREAM, by_hand_config(extra)))
+    id_, outs = host.up(C, props(stream, pair(adopt=True)))
+    assert outs["created"] == made["created"]
+    live = server_config(server.url)
+    assert live is not None
+    for key in (k for k, v in extra.items() if v is not None):
+        assert key not in live, f"{key} is back to its unset value"
+    assert_outputs_match_server(outs, server.url)
+    assert host.diff(C, id_, outs, host.checked(C, props(stream, pair(adopt=True)))).changes == "DIFF_NONE"
+
+
+def test_config_output_has_the_managed_fields_and_the_bridge_still_validates(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    _, outs = host.up(C, props(stream))
+    assert {k: outs["config"][k] for k in MANAGED_UNSET} == MANAGED_UNSET
+    bridge = bridge_outputs_from_live(typed(pair()), "orders", [server.url], outs["config"])
+    assert bridge.consumer.max_deliver == 5 and bridge.durable == DURABLE
+
+
+MANAGED_UNSET: dict[str, Any] = {
+    "deliver_subject": "",
+    "headers_only": False,
+    "inactive_threshold": 0,
+    "mem_storage": False,
+    "filter_subjects": [],
+    "max_waiting": 512,
+}
+
+
+def test_refresh_sees_a_push_consumer_put_in_place_by_hand_and_the_diff_replaces_it(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    id_, outs = host.up(C, props(stream))
+    admin_call(server.url, lambda js: js.delete_consumer(STREAM, DURABLE))
+    admin_call(server.url, lambda js: js.create_consumer(STREAM, by_hand_config({"deliver_subject": "p.o"})))
+    _, refreshed = host.read(C, id_, outs)
+    assert refreshed["config"]["deliver_subject"] == "p.o"
+    outcome = host.diff(C, id_, refreshed, host.checked(C, props(stream)))
+    # a push consumer has no max_waiting either; both are fields the server cannot update
+    assert outcome.replaces == ["deliver_subject", "max_waiting"] and outcome.delete_before_replace
+
+
+def test_refresh_sees_headers_only_set_by_hand_and_up_resets_it_in_place(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    id_, outs = host.up(C, props(stream))
+    admin_call(server.url, lambda js: js.update_consumer(STREAM, by_hand_config({"headers_only": True})))
+    _, refreshed = host.read(C, id_, outs)
+    outcome, fixed = host.change(C, id_, refreshed, props(stream))
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = server_config(server.url)
+    assert live is not None and "headers_only" not in live and fixed["config"]["headers_only"] is False
+
+
+def test_state_written_before_the_managed_fields_existed_shows_no_diff(
+    host: ProviderHost, stream: dict[str, Any]
+) -> None:
+    id_, outs = host.up(C, props(stream))
+    older = {**outs, "config": {k: v for k, v in outs["config"].items() if k not in MANAGED_UNSET}}
+    assert host.diff(C, id_, older, host.checked(C, props(stream))).changes == "DIFF_NONE"
+
+
+# -- the stream incarnation, known at preview ------------------------------------------------------
+@pytest.mark.parametrize(
+    "stream_options",
+    [{"storage": "memory"}, {"retention": "limits"}],
+    ids=["storage", "retention-from-workqueue"],
+)
+def test_a_stream_replace_in_the_pair_replaces_the_consumer_already_at_preview(
+    host: ProviderHost, stream: dict[str, Any], stream_options: dict[str, Any]
+) -> None:
+    id_, outs = host.up(C, props(stream))
+    preview = {
+        **host.checked(C, props(stream, pair(stream_options=stream_options))),
+        "stream_created": UNKNOWN,
+    }
+    outcome = host.diff(C, id_, outs, preview)
+    assert outcome.replaces == ["stream_created"] and outcome.delete_before_replace
+
+
+def test_an_in_place_stream_update_leaves_the_consumer_alone_at_preview(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    limits = pair(stream_options={"retention": "limits", "max_age": "1h"})
+    _, stream_outs = host.up(S, {"pair": limits})
+    id_, outs = host.up(C, props(stream_outs, limits))
+    changed = pair(stream_options={"retention": "interest", "max_age": "2h"}, dlq=False)
+    preview = {**host.checked(C, props(stream_outs, changed)), "stream_created": UNKNOWN}
+    assert host.diff(C, id_, outs, preview).changes == "DIFF_NONE"

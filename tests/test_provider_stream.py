@@ -90,7 +90,10 @@ def test_create_reads_back_and_a_rerun_is_a_no_op(host: ProviderHost, server: Lo
     assert outs["messages"] == 0
     assert outs["config"]["subjects"] == ["orders.sync.billing", "billing.sync.orders"]
     assert outs["config"]["retention"] == "workqueue" and outs["config"]["storage"] == "file"
-    assert set(outs["config"]) == set(stream_config(parse_pairs([pair()]).pairs[0]))
+    assert set(outs["config"]) == set(stream_config(parse_pairs([pair()]).pairs[0])) | {
+        "description",
+        *MANAGED_UNSET,
+    }
     outcome = host.diff(P, id_, outs, host.checked(P, {"pair": pair()}))
     assert outcome.changes == "DIFF_NONE" and outcome.replaces == []
 
@@ -341,3 +344,141 @@ def test_no_admin_secret_in_any_response_even_errors(host: ProviderHost, server:
         host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options={"storage": "memory"})}))
     assert len(host.transcript) >= 5
     assert_no_secret(host)
+
+
+# -- fields jsb-infra does not render but manages: adopt and drift see them -------------------------
+MANAGED_UNSET: dict[str, Any] = {
+    "sealed": False,
+    "no_ack": False,
+    "max_msgs_per_subject": -1,
+    "sources": [],
+    "deny_delete": False,
+    "deny_purge": False,
+    "allow_msg_ttl": False,
+}
+"""The managed keys and their unset values (`mirror` is unset when absent)."""
+
+SOURCE = "upstream"
+
+
+def rendered() -> dict[str, Any]:
+    return stream_config(parse_pairs([pair()]).pairs[0])
+
+
+def make_by_hand(url: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Create the pair's stream as someone with the NATS CLI might have, with `extra` set."""
+    config = {**rendered(), **extra}
+    if "mirror" in extra:
+        config.pop("subjects")
+    admin_call(url, lambda js: js.create_stream({"name": SOURCE, "subjects": ["upstream.>"]}))
+    if config.get("sealed"):  # the server only seals through an update
+        made = admin_call(url, lambda js: js.create_stream({**config, "sealed": False}))
+        admin_call(url, lambda js: js.update_stream(config))
+        return made  # type: ignore[no-any-return]
+    return admin_call(url, lambda js: js.create_stream(config))  # type: ignore[no-any-return]
+
+
+STREAM_MUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
+    ({"no_ack": True}, "no_ack: desired False, server has True"),
+    ({"max_msgs_per_subject": 10}, "max_msgs_per_subject: desired -1, server has 10"),
+    ({"sources": [{"name": SOURCE}]}, "sources: desired [], server has [{'name': 'upstream'}]"),
+]
+STREAM_IMMUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
+    ({"sealed": True}, "sealed: desired False, server has True"),
+    ({"mirror": {"name": SOURCE}}, "mirror: desired None, server has {'name': 'upstream'}"),
+    ({"deny_delete": True}, "deny_delete: desired False, server has True"),
+    ({"deny_purge": True}, "deny_purge: desired False, server has True"),
+    ({"allow_msg_ttl": True}, "allow_msg_ttl: desired False, server has True"),
+]
+
+
+def test_create_outputs_the_managed_fields_with_their_unset_values(host: ProviderHost) -> None:
+    _, outs = host.up(P, {"pair": pair()})
+    assert {k: outs["config"].get(k) for k in MANAGED_UNSET} == MANAGED_UNSET
+    assert "mirror" not in outs["config"]
+
+
+@pytest.mark.parametrize(("extra", "described"), STREAM_MUTABLE_EXTRAS + STREAM_IMMUTABLE_EXTRAS)
+def test_adopt_refuses_a_stream_that_differs_in_a_field_jsb_does_not_render(
+    host: ProviderHost, server: LocalNatsServer, extra: dict[str, Any], described: str
+) -> None:
+    make_by_hand(server.url, extra)
+    with pytest.raises(ProviderCallError) as err:
+        host.up(P, {"pair": pair()})
+    assert "stream 'orders-billing' already exists on the server with a different config" in err.value.details
+    assert described in err.value.details
+
+
+@pytest.mark.parametrize(("extra", "described"), STREAM_IMMUTABLE_EXTRAS)
+def test_adopt_true_refuses_clearly_a_stream_field_the_server_cannot_reset(
+    host: ProviderHost, server: LocalNatsServer, extra: dict[str, Any], described: str
+) -> None:
+    make_by_hand(server.url, extra)
+    with pytest.raises(ProviderCallError) as err:
+        host.up(P, {"pair": pair(adopt=True)})
+    assert "cannot adopt stream 'orders-billing'" in err.value.details and described in err.value.details
+    assert "err_code" not in err.value.details, "refused before the server is asked"
+
+
+@pytest.mark.parametrize(("extra", "described"), STREAM_MUTABLE_EXTRAS)
+def test_adopt_true_resets_a_stream_field_jsb_does_not_render(
+    host: ProviderHost, server: LocalNatsServer, extra: dict[str, Any], described: str
+) -> None:
+    made = make_by_hand(server.url, extra)
+    id_, outs = host.up(P, {"pair": pair(adopt=True)})
+    live = info(server.url)
+    assert live is not None and outs["created"] == made["created"]
+    for key in extra:
+        assert live["config"].get(key, MANAGED_UNSET[key]) == MANAGED_UNSET[key] == outs["config"][key]
+    assert host.diff(P, id_, outs, host.checked(P, {"pair": pair(adopt=True)})).changes == "DIFF_NONE"
+
+
+def test_refresh_sees_deny_delete_set_by_hand_and_the_diff_replaces(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    admin_call(server.url, lambda js: js.update_stream({**rendered(), "deny_delete": True}))
+    _, refreshed = host.read(P, id_, outs)
+    assert refreshed["config"]["deny_delete"] is True
+    outcome = host.diff(P, id_, refreshed, host.checked(P, {"pair": pair()}))
+    assert outcome.replaces == ["deny_delete"] and outcome.delete_before_replace
+
+
+def test_refresh_sees_max_msgs_per_subject_set_by_hand_and_up_resets_it_in_place(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    admin_call(server.url, lambda js: js.update_stream({**rendered(), "max_msgs_per_subject": 3}))
+    _, refreshed = host.read(P, id_, outs)
+    outcome, fixed = host.change(P, id_, refreshed, {"pair": pair()})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = info(server.url)
+    assert live is not None and live["config"]["max_msgs_per_subject"] == -1
+    assert fixed["config"]["max_msgs_per_subject"] == -1
+
+
+def test_stream_state_written_before_the_managed_fields_existed_shows_no_diff(host: ProviderHost) -> None:
+    id_, outs = host.up(P, {"pair": pair()})
+    older = {**outs, "config": {k: v for k, v in outs["config"].items() if k not in MANAGED_UNSET}}
+    assert host.diff(P, id_, older, host.checked(P, {"pair": pair()})).changes == "DIFF_NONE"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "same"),
+    [
+        ({"storage": "file"}, {"storage": "memory"}, False),
+        ({"retention": "workqueue"}, {"retention": "limits"}, False),
+        ({"retention": "interest"}, {"retention": "workqueue"}, False),
+        ({"retention": "limits"}, {"retention": "interest"}, True),
+        ({"max_age": "1h"}, {"max_age": "2h", "description": "x", "max_msgs": 9}, True),
+    ],
+)
+def test_incarnation_key_changes_exactly_when_the_stream_is_replaced(
+    before: dict[str, Any], after: dict[str, Any], same: bool
+) -> None:
+    from jsb_infra.providers.stream import stream_incarnation_key
+
+    old, new = (parse_pairs([pair(stream_options=o)]).pairs[0] for o in (before, after))
+    assert (stream_incarnation_key(old) == stream_incarnation_key(new)) is same
+    renamed = parse_pairs([{**pair(), "stream": "renamed"}]).pairs[0]
+    assert stream_incarnation_key(renamed) != stream_incarnation_key(parse_pairs([pair()]).pairs[0])

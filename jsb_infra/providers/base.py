@@ -9,7 +9,7 @@ methods are called synchronously from the host's worker threads, pulumi#13153).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceP
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
-from jsb_infra.nats_admin import differences, normalize
+from jsb_infra.nats_admin import differences, normalize, zero_like
 from jsb_infra.providers import settings
 from jsb_infra.spec import ConfigError, Pair, parse_pairs
 
@@ -42,21 +42,39 @@ def is_unknown(value: Any) -> bool:
 
 
 def with_defaults(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The desired config plus the zero values of optional keys the renderer leaves out.
+    """The desired config plus the "unset" values of the optional keys jsb-infra manages.
 
-    Without them, removing a description or a backoff would never show as a difference.
+    Without them, removing a description or a backoff would never show as a difference, and a field
+    set by hand (a push consumer's deliver_subject, a stream's deny_delete) would be adopted silently.
+    An unset value of None ("absent", like a stream's mirror) is kept, so it is compared too.
     """
-    return normalize({**defaults, **config})
+    return {k: normalize(v) for k, v in {**defaults, **config}.items()}
 
 
-def restrict(live: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """The live config cut down to the keys jsb-infra manages (the server adds many defaults)."""
-    return normalize({k: live[k] for k in keys if k in live})
+def observed(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The live config cut down to the keys jsb-infra manages (the server adds many defaults).
+
+    The server omits empty values, so a managed key it leaves out holds its zero value; it is filled
+    in, so the `config` output shows every managed key (None ones aside: Pulumi drops them).
+    """
+    return normalize({k: live[k] if k in live else zero_like(want) for k, want in desired.items()})
+
+
+def stored_live(stored: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The live config from state, with the unset values for keys it lacks.
+
+    State written before a key was managed, or a None that Pulumi dropped, must not read as a
+    change (a missing max_waiting read as 0 would replace every consumer).
+    """
+    return {**defaults, **(stored or {})}
 
 
 def config_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Changes:
-    """{field: (desired, live)} for every managed field whose live value differs."""
-    return differences(normalize(dict(desired)), normalize(dict(live)))
+    """{field: (desired, live)} for every managed field whose live value differs.
+
+    A field missing from `live` counts as its zero value; a desired None means "absent".
+    """
+    return differences(desired, live)
 
 
 def describe_changes(changes: Changes) -> str:
@@ -79,8 +97,8 @@ def immutable_paths(
     for field_name, (want, have) in changes.items():
         if field_name not in immutable:
             continue
-        if in_place and (have, want) in in_place.get(field_name, frozenset()):
-            continue
+        if in_place and any((have, want) == allowed for allowed in in_place.get(field_name, ())):
+            continue  # compared, not hashed: a live value may be a dict (a mirror) or a list
         if immutable[field_name] not in out:
             out.append(immutable[field_name])
     return out

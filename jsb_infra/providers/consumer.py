@@ -1,8 +1,11 @@
 """The `Consumer` dynamic resource: an app's durable pull consumer, kept equal to `topology.consumer_config`.
 
-Replaces (delete first) when its identity changes (durable name, stream, the stream incarnation
-`stream_created`) or a policy the server cannot update (deliver, ack, replay); everything else
-(max_deliver, ack_wait, backoff, max_ack_pending, filter subject) updates in place.
+Replaces (delete first) when its identity changes (durable name, stream, the stream incarnation:
+`stream_incarnation_key` of the pair, known at preview, and `stream_created` once known) or a field
+the server cannot update (deliver/ack/replay policy, pull <-> push, max_waiting, mem_storage);
+everything else (max_deliver, ack_wait, backoff, max_ack_pending, filter subject(s), headers_only,
+inactive_threshold) updates in place. On an interest stream, deleting a consumer drops the messages
+only it was interested in: delete and replace refuse that unless the pair allows destroying messages.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
 from jsb_infra import names
+from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     JsbProvider,
@@ -22,12 +26,14 @@ from jsb_infra.providers.base import (
     canonical_pair,
     config_changes,
     is_unknown,
+    observed,
     pair_failures,
     parse_pair,
     plan_diff,
-    restrict,
+    stored_live,
     with_defaults,
 )
+from jsb_infra.providers.stream import stream_incarnation_key
 from jsb_infra.spec import Pair
 from jsb_infra.topology import consumer_config
 
@@ -37,14 +43,29 @@ IMMUTABLE = {
     "deliver_policy": "deliver_policy",
     "ack_policy": "ack_policy",
     "replay_policy": "replay_policy",
+    "deliver_subject": "deliver_subject",
+    "max_waiting": "max_waiting",
+    "mem_storage": "mem_storage",
 }
-"""Consumer fields the server refuses to update (REFERENCE §3), among those jsb-infra renders.
+"""Consumer fields the server refuses to update (REFERENCE §3), among those jsb-infra manages.
 
-The spec pins deliver all / ack explicit / replay instant, so today only a consumer adopted or
-changed outside jsb-infra can differ in a policy; the diff still replaces it rather than fail."""
+The spec pins deliver all / ack explicit / replay instant and a default pull consumer, so only a
+consumer adopted or changed outside jsb-infra can differ in these; the diff replaces it rather than
+fail, and `adopt` refuses it. (A deliver_subject difference is always pull <-> push: desired is pull.)"""
 
-OPTIONAL_DEFAULTS: dict[str, Any] = {"backoff": []}
-"""Keys the renderer may leave out, with the value that means "unset"."""
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "backoff": [],
+    "deliver_subject": "",
+    "headers_only": False,
+    "inactive_threshold": 0,
+    "mem_storage": False,
+    "filter_subjects": [],
+    "max_waiting": 512,
+}
+"""Keys the renderer leaves out, with the value that means "unset".
+
+Compared, not sent: nats-server 2.15.1 gives a durable pull consumer max_waiting 512 and omits the
+others when unset, and an update with the rendered config resets the mutable ones to these values."""
 
 
 def desired_config(pair: Pair, app: str) -> dict[str, Any]:
@@ -52,7 +73,33 @@ def desired_config(pair: Pair, app: str) -> dict[str, Any]:
 
 
 def live_config(info: dict[str, Any], pair: Pair, app: str) -> dict[str, Any]:
-    return restrict(info["config"], desired_config(pair, app).keys())
+    return observed(info["config"], desired_config(pair, app))
+
+
+def stream_recreated(old_pair: Pair, pair: Pair, old_created: Any, new_created: Any) -> bool:
+    """Whether the stream this consumer lives on is (or was) recreated, which takes the consumer with it.
+
+    Known at preview from the pair (a change that replaces the stream); at `up` also from the stream's
+    `created`, when known on both sides (a stream recreated out of band). An unknown `created` alone is
+    no change: the stream updating in place leaves its outputs unknown at preview, too.
+    """
+    if stream_incarnation_key(old_pair) != stream_incarnation_key(pair):
+        return True
+    if old_created is None or new_created is None or is_unknown(old_created) or is_unknown(new_created):
+        return False
+    return bool(old_created != new_created)
+
+
+def interest_guard(
+    pair: Pair, stream: str, durable: str, at_stake: int, action: str, because: str = ""
+) -> None:
+    if at_stake and not pair.allow_destroy_with_messages:
+        raise ProviderError(
+            f"refusing to {action} consumer {durable!r} on interest stream {stream!r}{because}: "
+            f"{at_stake} message(s) would be dropped (on an interest stream a message only this consumer "
+            "still wants goes with it). Let the app drain them, or set `allow_destroy_with_messages: true` "
+            "on the pair (and run `pulumi up` once so the setting is stored) to accept losing them"
+        )
 
 
 def consumer_id(stream: str, durable: str) -> str:
@@ -88,16 +135,40 @@ class ConsumerProvider(JsbProvider):
         pair = parse_pair(news["pair"])
         old_pair = parse_pair(olds["pair"])
         app = news["app"]
-        return plan_diff(
+        plan = plan_diff(
             desired_config(pair, app),
-            olds.get("config") or {},
+            stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
             immutable=IMMUTABLE,
-            identity={
-                "pair.stream": (old_pair.stream, pair.stream),
-                "app": (olds.get("app"), app),
-                "stream_created": (olds.get("stream_created"), news.get("stream_created")),
+            identity={"pair.stream": (old_pair.stream, pair.stream), "app": (olds.get("app"), app)},
+            inputs={  # delete reads the flag from state: it must be stored even when nothing else changes
+                "pair.allow_destroy_with_messages": (
+                    old_pair.allow_destroy_with_messages,
+                    pair.allow_destroy_with_messages,
+                )
             },
-        ).result()
+        )
+        if "pair.stream" not in plan.replaces and stream_recreated(
+            old_pair, pair, olds.get("stream_created"), news.get("stream_created")
+        ):
+            plan.replaces.append("stream_created")
+        if plan.replaces:
+            self._guard_replace(old_pair, pair, olds.get("app") or app, plan.replaces)
+        return plan.result()
+
+    def _guard_replace(self, old_pair: Pair, pair: Pair, old_app: str, replaces: list[str]) -> None:
+        """Fail the preview, not the `up` halfway: the replace deletes the consumer first, and that
+        delete sees only the stored pair."""
+        durable = names.durable_name(old_app)
+        at_stake = self.run(_messages_at_stake(old_pair.stream, durable))
+        because = f" (because {', '.join(replaces)} changed)"
+        interest_guard(pair, old_pair.stream, durable, at_stake, "replace", because)
+        if at_stake and not old_pair.allow_destroy_with_messages:
+            raise ProviderError(
+                f"refusing to replace consumer {durable!r} on interest stream {old_pair.stream!r}{because}: "
+                f"{at_stake} message(s) would be dropped and the stored pair does not allow destroying "
+                "them yet. Run `pulumi up` with `allow_destroy_with_messages: true` and the old settings "
+                "first (an in-place update), then make this change"
+            )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         pair, app = parse_pair(props["pair"]), props["app"]
@@ -120,7 +191,7 @@ class ConsumerProvider(JsbProvider):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = parse_pair(props["pair"])
-        self.run(_delete(pair.stream, names.durable_name(props["app"])))
+        self.run(_delete(pair, names.durable_name(props["app"])))
 
 
 async def _info(stream: str, durable: str) -> dict[str, Any] | None:
@@ -166,9 +237,25 @@ async def _update(pair: Pair, app: str) -> dict[str, Any]:
     return info
 
 
-async def _delete(stream: str, durable: str) -> None:
+async def _messages_at_stake(stream: str, durable: str) -> int:
     async with settings.admin_session() as js:
-        await js.delete_consumer(stream, durable)
+        return await _at_stake(js, stream, durable)
+
+
+async def _at_stake(js: JetStreamAdmin, stream: str, durable: str) -> int:
+    """Messages deleting the consumer would drop: its pending and unacked ones, on an interest stream
+    only (workqueue and limits streams keep their messages when a consumer goes)."""
+    stream_info = await js.stream_info(stream)
+    if stream_info is None or stream_info["config"].get("retention") != "interest":
+        return 0
+    info = await js.consumer_info(stream, durable)
+    return 0 if info is None else int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
+
+
+async def _delete(pair: Pair, durable: str) -> None:
+    async with settings.admin_session() as js:
+        interest_guard(pair, pair.stream, durable, await _at_stake(js, pair.stream, durable), "delete")
+        await js.delete_consumer(pair.stream, durable)
 
 
 class Consumer(Resource, module="jsb", name="Consumer"):

@@ -1,8 +1,9 @@
 """The `Stream` dynamic resource: one JetStream stream per pair, kept equal to `topology.stream_config`.
 
-Replaces (delete first) on name, storage, and retention to or from workqueue; updates everything
-else in place, sending the whole config. Refuses to destroy a stream that still holds messages
-unless the pair sets `allow_destroy_with_messages`.
+Replaces (delete first) on name, storage, and retention to or from workqueue (`stream_incarnation_key`),
+and when a field the server cannot reset was set by hand (sealed, mirror, deny_delete, deny_purge,
+allow_msg_ttl); updates everything else in place, sending the whole config. Refuses to destroy a
+stream that still holds messages unless the pair sets `allow_destroy_with_messages`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from jsb_infra.providers.base import (
     adopt_decision,
     canonical_pair,
     config_changes,
+    observed,
     pair_failures,
     parse_pair,
     plan_diff,
-    restrict,
+    stored_live,
     with_defaults,
 )
 from jsb_infra.spec import Pair
@@ -34,14 +36,36 @@ IMMUTABLE = {
     "name": "pair.stream",
     "storage": "pair.stream_options.storage",
     "retention": "pair.stream_options.retention",
+    "sealed": "sealed",
+    "mirror": "mirror",
+    "deny_delete": "deny_delete",
+    "deny_purge": "deny_purge",
+    "allow_msg_ttl": "allow_msg_ttl",
 }
-"""Stream fields the server refuses to update (REFERENCE §3), among those jsb-infra renders."""
+"""Stream fields the server refuses to update (REFERENCE §3), among those jsb-infra manages.
+
+The spec never sets the last five, so only a stream sealed, mirrored or locked by hand differs
+there, always in the direction the server refuses (true -> false, mirror -> none): a replace."""
 
 IN_PLACE: Transitions = {"retention": frozenset({("limits", "interest"), ("interest", "limits")})}
 """The one immutable-field change the server does allow in place."""
 
-OPTIONAL_DEFAULTS = {"description": ""}
-"""Keys the renderer may leave out, with the value that means "unset"."""
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "sealed": False,
+    "no_ack": False,
+    "max_msgs_per_subject": -1,
+    "mirror": None,
+    "sources": [],
+    "deny_delete": False,
+    "deny_purge": False,
+    "allow_msg_ttl": False,
+}
+"""Keys the renderer leaves out, with the value that means "unset" (None: absent).
+
+Compared, not sent: an update sends the rendered config and the server resets these to exactly
+these values (nats-server 2.15.1 reports max_msgs_per_subject -1 and the booleans false, and omits
+no_ack, mirror and sources), so a default stream shows no difference."""
 
 
 def desired_config(pair: Pair) -> dict[str, Any]:
@@ -50,7 +74,18 @@ def desired_config(pair: Pair) -> dict[str, Any]:
 
 
 def live_config(info: dict[str, Any], pair: Pair) -> dict[str, Any]:
-    return restrict(info["config"], desired_config(pair).keys())
+    return observed(info["config"], desired_config(pair))
+
+
+def stream_incarnation_key(pair: Pair) -> str:
+    """What identifies one incarnation of the pair's stream: it changes exactly when a change of the
+    pair replaces the stream (name, storage, retention to or from workqueue).
+
+    Consumers compare it to know at preview, when the stream's `created` is still unknown, whether
+    the stream they live on is about to be recreated (and they with it)."""
+    opts = pair.stream_options
+    retention = "workqueue" if opts.retention == "workqueue" else "limits|interest"
+    return f"{pair.stream}/{opts.storage}/{retention}"
 
 
 def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +121,7 @@ class StreamProvider(JsbProvider):
         old_pair = parse_pair(olds["pair"])
         plan = plan_diff(
             desired_config(pair),
-            olds.get("config") or {},
+            stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
             inputs={
