@@ -6,7 +6,9 @@ and the same `Nats-Msg-Id` header on both sides, so the ratio measures the clien
 - pipelined publish: `js.publish_async` + `publish_async_completed` vs `client.publish_batch`
 - consume+ack: `fetch(100)` + decode + `ack` vs the client's consumer loop with a no-op handler
 Each runs in rounds that alternate which side goes first; the best round of each side is reported
-(the machine may be shared, so the best round is the least disturbed one).
+(the machine may be shared, so the best round is the least disturbed one). A pipelined publish is
+credited only with the publishes that got a PubAck. The client consumer's `stop()`, which lets its last
+fetch run out (up to fetch_timeout) rather than drop what it brings, is teardown and is not timed.
 
     .venv/bin/python benchmarks/runtime.py [--seq N] [--pipe N] [--consume N] [--rounds R]
 """
@@ -25,13 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+from nats.js.api import PubAck
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
-from jsb_infra.runtime import BridgeClient, Delivery, Event
+from jsb_infra.runtime import BridgeClient, Consumer, ConsumerStats, Delivery, Event
 from jsb_infra.spec import parse_pairs
 from jsb_infra.topology import consumer_configs, stream_config
 
@@ -63,10 +66,14 @@ def raw_envelope(i: int) -> tuple[bytes, dict[str, str]]:
     return body, {"Nats-Msg-Id": event_id}
 
 
-async def timed(fn: Callable[[], Awaitable[None]], n: int) -> float:
+async def timed(fn: Callable[[], Awaitable[int | None]], n: int) -> float:
+    """Messages per second; a workload that returns a count is credited only with that many (PubAcks)."""
     start = time.perf_counter()
-    await fn()
-    return n / (time.perf_counter() - start)
+    done = await fn()
+    elapsed = time.perf_counter() - start
+    if done is not None and done != n:
+        print(f"  warning: {fn.__name__}: only {done} of {n} publishes got a PubAck", file=sys.stderr)
+    return (n if done is None else done) / elapsed
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -96,16 +103,19 @@ async def main(args: argparse.Namespace) -> None:
             for i in range(args.seq):
                 await pub.publish("bench.event", "bench", i, payload(i))
 
-        async def raw_pipe() -> None:
+        async def raw_pipe() -> int:
+            futures = []
             for i in range(args.pipe):
                 body, headers = raw_envelope(i)
-                await raw_js.publish_async(subject, body, headers=headers)
+                futures.append(await raw_js.publish_async(subject, body, headers=headers))
             await raw_js.publish_async_completed()
+            return sum(1 for f in futures if not f.cancelled() and f.exception() is None)
 
-        async def client_pipe() -> None:
+        async def client_pipe() -> int:
             events = (pub.event("bench.event", "bench", i, payload(i)) for i in range(args.pipe))
             results = await pub.publish_batch(events, max_in_flight=args.in_flight)
             assert len(results) == args.pipe
+            return sum(1 for r in results if isinstance(r, PubAck))
 
         async def prefill() -> None:
             await purge()
@@ -126,6 +136,12 @@ async def main(args: argparse.Namespace) -> None:
             await raw_nc.flush()
             await psub.unsubscribe()
 
+        stopping: list[asyncio.Task[None]] = []  # client consumers being stopped, outside the timing
+
+        async def stop(consumer: Consumer, task: asyncio.Task[ConsumerStats]) -> None:
+            await consumer.stop()  # lets the last (empty) fetch run out: up to fetch_timeout
+            await task
+
         async def client_consume() -> None:
             got = 0
             done = asyncio.Event()
@@ -140,8 +156,7 @@ async def main(args: argparse.Namespace) -> None:
             task = asyncio.create_task(consumer.run())
             await done.wait()
             await sub.nc.flush()
-            await consumer.stop()
-            await task
+            stopping.append(asyncio.create_task(stop(consumer, task)))
 
         workloads = [
             ("sequential publish", args.seq, raw_seq, client_seq, purge),
@@ -155,6 +170,8 @@ async def main(args: argparse.Namespace) -> None:
             best_raw = best_client = 0.0
             for round_no in range(args.rounds):
                 for side in ("raw", "client") if round_no % 2 == 0 else ("client", "raw"):
+                    while stopping:  # no consumer may still be pulling when the next round starts
+                        await stopping.pop()
                     await before()
                     if side == "raw":
                         best_raw = max(best_raw, await timed(raw, n))
@@ -162,6 +179,8 @@ async def main(args: argparse.Namespace) -> None:
                         best_client = max(best_client, await timed(client, n))
             rates[name] = (best_raw, best_client)
             print(f"{name:<20}{n:>8}{best_raw:>12,.0f}{best_client:>14,.0f}{best_client / best_raw:>8.2f}")
+        while stopping:
+            await stopping.pop()
         speedup = rates["pipelined publish"][1] / rates["sequential publish"][1]
         print(f"client pipelined / sequential publish: {speedup:.1f}x")
         await pub.close()

@@ -11,11 +11,20 @@ import pytest
 from nats.js.api import PubAck
 
 import jsb_infra.runtime as runtime_pkg
+from jsb_infra.local_server import free_port
+from jsb_infra.outputs import BridgeOutputs, bridge_outputs
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, health_check
+from jsb_infra.runtime.client import KEPT_PERMISSION_VIOLATIONS
+from jsb_infra.spec import parse_pairs
 
 RUNTIME_DIR = Path(runtime_pkg.__file__).parent
 FORBIDDEN = ["$JS.API.STREAM", "CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "$JS.API.INFO",
              "pull_subscribe(", "add_stream", "add_consumer", "_jsm", "consumer_info"]  # fmt: skip
+
+
+def bridge_doc() -> dict:
+    pair = parse_pairs([{"stream": "orders-billing-sync", "apps": ["orders", "billing"]}]).pairs[0]
+    return bridge_outputs(pair, "orders", ["nats://127.0.0.1:4222"]).model_dump(mode="json")
 
 
 def app_client(pp, app: str, **options) -> BridgeClient:
@@ -60,7 +69,10 @@ async def test_two_apps_exchange_both_ways_with_only_their_permissions(provision
 
         return handle
 
-    consumers = [orders.consumer(handler_for("orders")), billing.consumer(handler_for("billing"))]
+    consumers = [
+        orders.consumer(handler_for("orders"), fetch_timeout=0.5),
+        billing.consumer(handler_for("billing"), fetch_timeout=0.5),
+    ]
     tasks = [asyncio.create_task(c.run()) for c in consumers]
     try:
         acks = [await orders.publish("order.created", "order", i, {"n": i}, trace_id="tr") for i in range(10)]
@@ -170,3 +182,45 @@ async def test_graceful_stop_answers_the_batch_in_hand(provisioned_pair, caplog)
     info = await admin.jetstream().consumer_info(pp.pair.stream, "billing-workers")
     await admin.close()
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+async def test_first_connect_tries_exactly_connect_attempts_times(attempts):
+    refused: list[Exception] = []
+
+    async def record(err: Exception) -> None:
+        refused.append(err)
+
+    bridge = BridgeOutputs.model_validate({**bridge_doc(), "servers": [f"nats://127.0.0.1:{free_port()}"]})
+    client = BridgeClient(bridge, connect_attempts=attempts, reconnect_time_wait=0.05, error_cb=record)
+    with pytest.raises(runtime_pkg.ConnectGaveUp, match=f"after {attempts} attempt"):
+        await asyncio.wait_for(client.connect(), 10)
+    assert len(refused) == attempts, refused
+    assert all(isinstance(err, ConnectionRefusedError) for err in refused)
+
+
+@pytest.mark.parametrize("attempts", [0, -1])
+def test_connect_attempts_below_one_is_refused(attempts):
+    with pytest.raises(ValueError, match="connect_attempts: must be at least 1"):
+        BridgeClient(BridgeOutputs.model_validate(bridge_doc()), connect_attempts=attempts)
+
+
+async def test_violations_are_bounded_and_health_recovers_after_the_window(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    denied = 150
+    for _ in range(denied):
+        await orders.nc.publish("billing.sync.orders", b"{}")  # billing's subject: denied to orders
+    await orders.nc.flush()
+    await wait_for(lambda: orders.permission_violation_count == denied)
+    assert len(orders.permission_violations) == KEPT_PERMISSION_VIOLATIONS < denied
+    report = await health_check(orders, violation_window=1.0)
+    assert (
+        not report.healthy and report.permission_violations and report.permission_violations_total == denied
+    )
+    await asyncio.sleep(1.3)  # the window passes without a new denial
+    report = await health_check(orders, violation_window=1.0)
+    assert (
+        report.healthy and report.permission_violations == [] and report.permission_violations_total == denied
+    )
+    await orders.close()

@@ -109,6 +109,31 @@ def test_schema_version_2_is_refused():
         load_bridge(doc, env={})
 
 
+@pytest.mark.parametrize(
+    ("consumer", "field"),
+    [
+        ({"max_deliver": -1}, "bridge.consumer.max_deliver: must be at least 1"),
+        ({"max_deliver": 0}, "bridge.consumer.max_deliver: must be at least 1"),
+        ({"ack_wait_ns": 30 * S}, "bridge.consumer.ack_wait_ns: must equal backoff_ns[0]"),
+        ({"max_deliver": 2}, "bridge.consumer.backoff_ns: has 5 entries but max_deliver is 2"),
+        ({"backoff_ns": [S, 0]}, "bridge.consumer.backoff_ns[1]: must be a positive"),
+        ({"backoff_ns": [], "ack_wait_ns": 0}, "bridge.consumer.ack_wait_ns: must be a positive"),
+    ],
+)
+def test_consumer_settings_the_client_would_misuse_are_refused(consumer, field):
+    doc = bridge_doc()
+    doc["consumer"].update(consumer)
+    with pytest.raises(BridgeConfigError) as err:
+        parse_bridge(doc)
+    assert any(p.startswith(field) for p in err.value.problems), err.value.problems
+
+
+def test_consumer_without_backoff_may_have_any_positive_ack_wait():
+    doc = bridge_doc()
+    doc["consumer"].update(backoff_ns=[], ack_wait_ns=45 * S, max_deliver=1)
+    assert parse_bridge(doc).consumer.ack_wait_ns == 45 * S
+
+
 def test_bridge_for_another_app_is_refused():
     with pytest.raises(BridgeConfigError, match="app: asked for 'billing' but the bridge is for 'orders'"):
         load_bridge(bridge_doc("orders"), app="billing", env={})

@@ -71,7 +71,7 @@ async def test_redeliveries_follow_the_backoff(provisioned_pair):
         if delivery.count < 3:
             raise RuntimeError(f"not yet ({delivery.count})")
 
-    consumer = billing.consumer(fail_twice)
+    consumer = billing.consumer(fail_twice, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     await orders.publish("order.created", "order", 1, {})
     await wait_for(lambda: consumer.stats.acked == 1)
@@ -100,7 +100,7 @@ async def test_always_failing_goes_to_dlq_after_max_deliver(provisioned_pair):
         counts.append(delivery.count)
         raise ValueError("cannot bill\nthis order")
 
-    consumer = billing.consumer(always_fail)
+    consumer = billing.consumer(always_fail, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     ack = await orders.publish("order.created", "order", 7, {"total": 1})
     await wait_for(lambda: consumer.stats.dead_lettered == 1)
@@ -133,7 +133,7 @@ async def test_malformed_message_goes_to_dlq_at_once(provisioned_pair):
     async def handler(event: Event, delivery: Delivery) -> None:
         called.append(event)
 
-    consumer = billing.consumer(handler)
+    consumer = billing.consumer(handler, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: consumer.stats.dead_lettered == 1)
     await consumer.stop()
@@ -160,7 +160,7 @@ async def test_without_dlq_the_message_is_terminated_with_a_log_line(provisioned
     async def handler(event: Event, delivery: Delivery) -> None:
         raise AssertionError("never called for garbage")
 
-    consumer = billing.consumer(handler)
+    consumer = billing.consumer(handler, fetch_timeout=0.5)
     with caplog.at_level(logging.ERROR, logger="jsb_infra.runtime"):
         task = asyncio.create_task(consumer.run())
         await wait_for(lambda: consumer.stats.terminated == 1)
@@ -174,23 +174,29 @@ async def test_without_dlq_the_message_is_terminated_with_a_log_line(provisioned
 
 @pytest.mark.parametrize("provisioned_pair", [SHORT], indirect=True)
 async def test_slow_handler_sends_in_progress_and_is_not_redelivered(provisioned_pair):
+    """Two instances on the same durable: while one works slowly, the other keeps a pull open, so a
+    missing `in_progress` would show up as a second delivery to it after the 1 s ack wait."""
     pp = provisioned_pair
     orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing").connect()
+    instances = [await app_client(pp, "billing").connect() for _ in range(2)]
     counts: list[int] = []
 
     async def slow(event: Event, delivery: Delivery) -> None:
         counts.append(delivery.count)
         await asyncio.sleep(2.5)  # 2.5x the 1s ack wait
 
-    consumer = billing.consumer(slow)
-    task = asyncio.create_task(consumer.run())
+    consumers = [client.consumer(slow, fetch_timeout=0.5) for client in instances]
+    tasks = [asyncio.create_task(c.run()) for c in consumers]
+    await asyncio.gather(*(c.started.wait() for c in consumers))
     await orders.publish("order.created", "order", 1, {})
-    await wait_for(lambda: consumer.stats.acked == 1)
-    await asyncio.sleep(0.5)
-    await consumer.stop()
-    await task
+    await wait_for(lambda: sum(c.stats.acked for c in consumers) >= 1)
+    await asyncio.sleep(1.5)  # a redelivery would have started by now (and appended to counts)
+    for consumer in consumers:
+        await consumer.stop()
+    await asyncio.gather(*tasks)
     await orders.close()
-    await billing.close()
-    assert counts == [1] and billing.permission_violations == []
+    for client in instances:
+        await client.close()
+    assert counts == [1] and sum(c.stats.acked for c in consumers) == 1
+    assert all(client.permission_violations == [] for client in instances)
     assert await work_queue_is_empty(pp, "billing-workers")

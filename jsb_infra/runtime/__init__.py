@@ -1,6 +1,6 @@
 """The thin runtime client apps use: configured by the stack's `bridges` output, least privilege only."""
 
-from jsb_infra.runtime.client import BridgeClient, PublishError
+from jsb_infra.runtime.client import BridgeClient, ConnectGaveUp, PublishError
 from jsb_infra.runtime.config import (
     BridgeConfigError,
     Credentials,
@@ -22,6 +22,7 @@ from jsb_infra.runtime.health import HealthReport, health_check
 __all__ = [
     "BridgeClient",
     "BridgeConfigError",
+    "ConnectGaveUp",
     "Consumer",
     "ConsumerStats",
     "Credentials",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -29,6 +30,11 @@ from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
 log = logging.getLogger("jsb_infra.runtime")
 
 PERMISSION_VIOLATION = "permissions violation"
+KEPT_PERMISSION_VIOLATIONS = 100  # the newest ones; `permission_violation_count` counts them all
+# nats-py's own bound on pipelined publishes is a semaphore that leaks a slot whenever the publish under
+# it raises (nats.js.client.publish_async); `publish_batch` bounds in-flight messages with its own
+# semaphore instead, so nats-py's is made too large to matter.
+_UNBOUNDED_PENDING = 1 << 30
 
 # Failures after which the same publish may simply be tried again: the reply did not come, or the
 # stream was not there for a moment (server restarting), or the buffer was full while reconnecting.
@@ -43,7 +49,24 @@ RETRYABLE_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class PublishError(RuntimeError):
-    """A publish that got no PubAck within the bounded attempts."""
+    """A publish that got no PubAck within the bounded attempts, or that could never be sent."""
+
+
+class ConnectGaveUp(ConnectionError):
+    """The first connect failed `connect_attempts` times on every server; `client.errors` says why."""
+
+
+class _StopConnecting(Exception):
+    """Raised from the error callback to leave nats-py's first-connect loop (deliberately no OSError,
+    which that loop would catch and retry)."""
+
+
+def headers_size(headers: Mapping[str, str]) -> int:
+    """Bytes the header block takes on the wire (`NATS/1.0` line, `Key: value` lines, blank line).
+
+    The server's max_payload limits headers and body together; nats-py checks only the body.
+    """
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 class BridgeClient:
@@ -65,6 +88,11 @@ class BridgeClient:
     ):
         if publish_attempts < 1:
             raise ValueError(f"publish_attempts: must be at least 1, got {publish_attempts}")
+        if connect_attempts < 1:
+            raise ValueError(
+                f"connect_attempts: must be at least 1 (tries per server of the first connect), "
+                f"got {connect_attempts}"
+            )
         self.bridge = bridge
         self.credentials = credentials or Credentials()
         self.name = name or f"jsb-{bridge.app}@{bridge.stream}"
@@ -76,36 +104,56 @@ class BridgeClient:
         self.connect_attempts = connect_attempts
         self._user_error_cb = error_cb
         self.errors: deque[Exception] = deque(maxlen=200)
-        self.permission_violations: list[str] = []
+        self.permission_violation_count = 0
+        self._violations: deque[tuple[float, str]] = deque(maxlen=KEPT_PERMISSION_VIOLATIONS)
         self.reconnects = 0
         self._nc: NATS | None = None
         self._closing = False
         self._js: JetStreamContext | None = None
-        self._async_js: dict[int, JetStreamContext] = {}
+        self._async_js: JetStreamContext | None = None
         self._msg_id_header = MSG_ID_HEADER
+        self._first_connect_failures: int | None = None  # counted only while the first connect runs
 
     # -- connection ------------------------------------------------------------------------------
     async def connect(self) -> BridgeClient:
         """Connect with the bridge's inbox prefix; reconnect forever, logging every transition.
 
-        The first connect gives up after `connect_attempts` tries (a wrong URL or password should fail
-        the app's start, not hang it); once connected, reconnecting never stops.
+        The first connect gives up after `connect_attempts` tries per server (a wrong URL or password
+        should fail the app's start, not hang it) with `ConnectGaveUp`; once connected, reconnecting
+        never stops.
         """
-        self._nc = await nats.connect(
-            self.bridge.servers,
-            name=self.name,
-            inbox_prefix=self.bridge.inbox_prefix,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            closed_cb=self._on_closed,
-            allow_reconnect=True,
-            max_reconnect_attempts=self.connect_attempts,
-            reconnect_time_wait=self.reconnect_time_wait,
-            connect_timeout=self.connect_timeout,
-            **self.credentials.connect_options(),
-        )
-        self._nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
+        nc = NATS()
+        # nats-py tries each server max_reconnect_attempts + 1 times, but reads 0 as "forever"; the
+        # error callback therefore also counts the failures and gives up itself (connect_attempts=1).
+        self._first_connect_failures = 0
+        try:
+            await nc.connect(
+                self.bridge.servers,
+                name=self.name,
+                inbox_prefix=self.bridge.inbox_prefix,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_closed,
+                allow_reconnect=True,
+                max_reconnect_attempts=max(self.connect_attempts - 1, 1),
+                reconnect_time_wait=self.reconnect_time_wait,  # type: ignore[arg-type]  # float works
+                connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
+                **self.credentials.connect_options(),
+            )
+        except (_StopConnecting, nats.errors.NoServersError) as err:
+            self._closing = True
+            await nc.close()
+            last = self.errors[-1] if self.errors else err
+            raise ConnectGaveUp(
+                f"could not connect to {', '.join(self.bridge.servers)} as {self.credentials.describe()} "
+                f"after {self.connect_attempts} attempt(s) per server: {last!r}"
+            ) from None
+        finally:
+            self._first_connect_failures = None
+        self._nc = nc
+        self._closing = False
+        nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
         log.info("connected to %s as %s (%s)", self._nc.connected_url, self.name, self.credentials.describe())
         return self
@@ -140,16 +188,31 @@ class BridgeClient:
             raise RuntimeError("BridgeClient is not connected; call `await client.connect()` first")
         return self._js
 
+    @property
+    def permission_violations(self) -> list[str]:
+        """The newest permission violations (at most KEPT_PERMISSION_VIOLATIONS), oldest first."""
+        return [text for _, text in self._violations]
+
+    def recent_permission_violations(self, window: float) -> list[str]:
+        """The kept violations reported within the last `window` seconds."""
+        since = time.monotonic() - window
+        return [text for at, text in self._violations if at >= since]
+
     async def _on_error(self, err: Exception) -> None:
         self.errors.append(err)
         text = str(err)
         if PERMISSION_VIOLATION in text.lower():
-            self.permission_violations.append(text)
+            self.permission_violation_count += 1
+            self._violations.append((time.monotonic(), text))
             log.error("%s: denied by the server: %s", self.name, text)
         else:
             log.warning("%s: connection error: %r", self.name, err)
         if self._user_error_cb is not None:
             await self._user_error_cb(err)
+        if self._first_connect_failures is not None:
+            self._first_connect_failures += 1
+            if self._first_connect_failures >= self.connect_attempts * len(self.bridge.servers):
+                raise _StopConnecting()  # leaves nats-py's retry loop; connect() reports it
 
     async def _on_disconnected(self) -> None:
         if self._closing:
@@ -232,13 +295,29 @@ class BridgeClient:
             f"{self.publish_attempts} attempts: {last!r}"
         ) from last
 
-    def _pipelining_js(self, max_in_flight: int) -> JetStreamContext:
-        """A JetStream context whose own semaphore bounds in-flight publishes (one context per bound)."""
-        js = self._async_js.get(max_in_flight)
-        if js is None:
-            js = self.nc.jetstream(timeout=self.publish_timeout, publish_async_max_pending=max_in_flight)
-            self._async_js[max_in_flight] = js
-        return js
+    def _pipelining_js(self) -> JetStreamContext:
+        """The JetStream context for `publish_async`; its own bound is off (see `_UNBOUNDED_PENDING`)."""
+        if self._async_js is None:
+            self._async_js = self.nc.jetstream(
+                timeout=self.publish_timeout, publish_async_max_pending=_UNBOUNDED_PENDING
+            )
+        return self._async_js
+
+    @staticmethod
+    def _drop_orphaned_future(js: JetStreamContext, last_sent: asyncio.Future[PubAck] | None) -> None:
+        """After `publish_async` raised, cancel the future it registered but never returned.
+
+        nats-py adds the future to its reply table before sending and leaves it there when the send
+        fails; nothing would ever complete it. The send fails before yielding to the loop, so it is the
+        newest entry (unless the failure came before registering: then the newest is `last_sent`, left
+        alone). Cancelling a concurrent batch's future by mistake would only make that batch retry that
+        event with its msg id (the dedupe window drops a double).
+        """
+        table = js._publish_async_futures
+        if table:
+            newest = next(reversed(table.values()))
+            if newest is not last_sent and not newest.done():
+                newest.cancel()
 
     async def _cancel_stalled(self, futures: list[asyncio.Future[PubAck] | None]) -> None:
         """Watchdog: when the oldest pending PubAck has not come for `publish_timeout`, give up on all
@@ -257,56 +336,89 @@ class BridgeClient:
                     if future is not None and not future.done():
                         future.cancel()
 
+    def _prepare(self, events: Iterable[Event]) -> list[tuple[bytes, dict[str, str]] | BaseException]:
+        """Encode and size-check every event before sending any: an event that cannot be sent gets its
+        error as its result, the others still go."""
+        limit = self.nc.max_payload
+        header = self._msg_id_header
+        prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
+        for event in events:
+            try:
+                body = encode(event)
+                headers = {header: event.event_id}
+                size = len(body) + headers_size(headers)
+                if size > limit:
+                    raise PublishError(
+                        f"event {event.event_id}: {size} bytes (body and headers) exceed the server's "
+                        f"max_payload of {limit} bytes"
+                    )
+                prepared.append((body, headers))
+            except Exception as err:
+                prepared.append(err)
+        return prepared
+
     async def publish_batch(
         self, events: Iterable[Event], max_in_flight: int = 512
     ) -> list[PubAck | BaseException]:
         """Pipeline `events` (`js.publish_async`), at most `max_in_flight` unacknowledged at once.
 
-        Returns one result per event, in order: its PubAck, or the error that remained after the
-        bounded retries (replies that never came are retried one by one with the same msg id).
+        Returns one result per event, in order: its PubAck, or the error that remained for that event
+        (one that cannot be encoded or is too large, a refusal by the stream, or a publish still
+        unanswered after the bounded retries, which are done one by one with the same msg id). It never
+        raises for a single event.
         """
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be at least 1, got {max_in_flight}")
-        js = self._pipelining_js(max_in_flight)
+        prepared = self._prepare(events)
+        js = self._pipelining_js()
         subject = self.bridge.publish_subject
-        header = self._msg_id_header
-        items: list[tuple[bytes, dict[str, str]]] = []
+        slots = asyncio.Semaphore(max_in_flight)  # this batch's own: nothing outlives the call
+
+        def free_slot(_: asyncio.Future[PubAck]) -> None:
+            slots.release()
+
         futures: list[asyncio.Future[PubAck] | None] = []
-        errors: dict[int, BaseException] = {}
+        last_sent: asyncio.Future[PubAck] | None = None
+        results: list[PubAck | BaseException | None] = [None] * len(prepared)
         watchdog = asyncio.create_task(self._cancel_stalled(futures))
         try:
-            for event in events:
-                body = encode(event)
-                headers = {header: event.event_id}
-                items.append((body, headers))
-                try:
-                    futures.append(await js.publish_async(subject, body, headers=headers))
-                except RETRYABLE_PUBLISH_ERRORS[:-1] as err:
-                    errors[len(futures)] = err
+            for index, item in enumerate(prepared):
+                if isinstance(item, BaseException):
+                    results[index] = item
                     futures.append(None)
+                    continue
+                await slots.acquire()
+                try:
+                    sent = await js.publish_async(subject, item[0], headers=item[1])
+                except Exception as err:
+                    slots.release()
+                    self._drop_orphaned_future(js, last_sent)
+                    results[index] = err
+                    futures.append(None)
+                    continue
+                sent.add_done_callback(free_slot)
+                futures.append(sent)
+                last_sent = sent
             for future in futures:  # replies come roughly in order: few of these actually wait
                 if future is not None and not future.done():
                     await asyncio.wait([future])
         finally:
             watchdog.cancel()
-        results: list[PubAck | BaseException] = []
         for index, future in enumerate(futures):
             if future is None:
-                results.append(errors[index])
-            elif future.cancelled():
-                results.append(asyncio.CancelledError())
-            elif future.exception() is not None:
-                results.append(future.exception())  # type: ignore[arg-type]
+                continue
+            if future.cancelled():
+                results[index] = asyncio.CancelledError()
             else:
-                results.append(future.result())
+                results[index] = future.exception() or future.result()
         for index, result in enumerate(results):
             if isinstance(result, RETRYABLE_PUBLISH_ERRORS):
-                body, headers = items[index]
+                body, headers = prepared[index]  # type: ignore[misc]
                 try:
                     results[index] = await self.publish_raw(subject, body, headers)
-                except PublishError as err:
+                except Exception as err:  # PublishError, or a refusal the retry got instead
                     results[index] = err
-        return results
+        return results  # type: ignore[return-value]
 
     # -- consuming -------------------------------------------------------------------------------
     def consumer(self, handler: Any, **options: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import nkeys
 from pydantic import ValidationError
 
-from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs
+from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, ConsumerOutputs
 from jsb_infra.spec import problems_of
 
 ENV_BRIDGE_FILE = "JSB_BRIDGE_FILE"
@@ -101,9 +101,49 @@ def parse_bridge(data: Any, where: str = "bridge") -> BridgeOutputs:
     if problems:
         raise BridgeConfigError(problems)
     try:
-        return BridgeOutputs.model_validate(dict(data))
+        bridge = BridgeOutputs.model_validate(dict(data))
     except ValidationError as err:
         raise BridgeConfigError(problems_of(err, root=where)) from None
+    problems = consumer_problems(bridge.consumer, f"{where}.consumer")
+    if problems:
+        raise BridgeConfigError(problems)
+    return bridge
+
+
+def consumer_problems(consumer: ConsumerOutputs, where: str = "bridge.consumer") -> list[str]:
+    """Consumer settings the client's redelivery logic could not honour, as `field: rule` lines.
+
+    The client dead-letters on delivery `max_deliver` and computes nak delays from `ack_wait_ns` and
+    `backoff_ns` as the server holds them (with a backoff, the server's ack wait is backoff[0]).
+    """
+    problems = []
+    if consumer.max_deliver < 1:
+        problems.append(
+            f"{where}.max_deliver: must be at least 1, got {consumer.max_deliver}: the client dead-letters "
+            "on the last delivery, so an unlimited max_deliver (-1) would retry a failing message forever"
+        )
+    if consumer.ack_wait_ns <= 0:
+        problems.append(
+            f"{where}.ack_wait_ns: must be a positive number of nanoseconds, got {consumer.ack_wait_ns}"
+        )
+    for index, ns in enumerate(consumer.backoff_ns):
+        if ns <= 0:
+            problems.append(
+                f"{where}.backoff_ns[{index}]: must be a positive number of nanoseconds, got {ns}"
+            )
+    if consumer.backoff_ns:
+        if consumer.ack_wait_ns != consumer.backoff_ns[0]:
+            problems.append(
+                f"{where}.ack_wait_ns: must equal backoff_ns[0] ({consumer.backoff_ns[0]}) when a backoff is "
+                f"set, got {consumer.ack_wait_ns}: the server runs its ack wait at backoff[0], and the nak "
+                "delays are computed from it"
+            )
+        if consumer.max_deliver >= 1 and len(consumer.backoff_ns) > consumer.max_deliver:
+            problems.append(
+                f"{where}.backoff_ns: has {len(consumer.backoff_ns)} entries but max_deliver is "
+                f"{consumer.max_deliver}; the server refuses a backoff longer than max_deliver"
+            )
+    return problems
 
 
 def load_bridge(

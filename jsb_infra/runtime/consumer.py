@@ -11,6 +11,7 @@ we send `nak(delay=d)`; but on a consumer with a backoff the server backdates th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections import OrderedDict
@@ -139,10 +140,17 @@ class ConsumerStats:
     terminated: int = 0
     duplicates: int = 0
     dlq_failures: int = 0
+    answered_by_handler: int = 0
+    answer_failures: int = 0
+    idempotency_failures: int = 0
 
 
 class Consumer:
-    """Pulls the app's durable in batches and answers every message; `await stop()` drains."""
+    """Pulls the app's durable in batches and answers every message; `await stop()` drains.
+
+    Nothing that goes wrong with one message ends the loop (a failed ack, nak or term is logged and the
+    server redelivers after the ack wait); only a closed connection does.
+    """
 
     def __init__(
         self,
@@ -153,9 +161,16 @@ class Consumer:
         fetch_timeout: float = 1.0,
         idempotency: IdempotencyStore | None = None,
         progress_interval: float | None = None,
+        dlq_retry_wait: float = 1.0,
+        dlq_retry_max_wait: float = 30.0,
     ):
         if batch < 1:
             raise ValueError(f"batch: must be at least 1, got {batch}")
+        if dlq_retry_wait <= 0 or dlq_retry_max_wait < dlq_retry_wait:
+            raise ValueError(
+                f"dlq_retry_wait: must be > 0 and <= dlq_retry_max_wait, got {dlq_retry_wait} and "
+                f"{dlq_retry_max_wait}"
+            )
         self.client = client
         self.bridge = client.bridge
         self.handler = handler
@@ -163,18 +178,20 @@ class Consumer:
         self.fetch_timeout = fetch_timeout
         self.idempotency: IdempotencyStore = idempotency if idempotency is not None else InMemoryIdempotency()
         self.progress_interval = progress_interval or progress_interval_s(self.bridge.consumer)
+        self.dlq_retry_wait = dlq_retry_wait
+        self.dlq_retry_max_wait = dlq_retry_max_wait
         self.stats = ConsumerStats()
         self._held: list[Msg] = []
         self._async_idempotency = inspect.iscoroutinefunction(
             self.idempotency.seen
         ) or inspect.iscoroutinefunction(self.idempotency.mark)
         self._stopping = False
-        self._fetching: asyncio.Future[list[Msg]] | None = None
+        self._stop_requested = asyncio.Event()
         self._finished = asyncio.Event()
         self.started = asyncio.Event()
 
     async def run(self) -> ConsumerStats:
-        """Bind to the durable (no API call) and process until `stop()`."""
+        """Bind to the durable (no API call) and process until `stop()` or a closed connection."""
         self._finished.clear()
         sub = await self.client.js.pull_subscribe_bind(durable=self.bridge.durable, stream=self.bridge.stream)
         ticker = asyncio.create_task(self._keep_alive())
@@ -184,6 +201,8 @@ class Consumer:
                 msgs = await self._fetch(sub)
                 self._held = msgs  # the keep-alive skips the ones already answered
                 for msg in msgs:
+                    if self.client.nc.is_closed:
+                        break  # nothing can be answered any more; the server redelivers the rest
                     await self._process(msg)
                 self._held = []
         finally:
@@ -197,21 +216,20 @@ class Consumer:
         return self.stats
 
     async def stop(self) -> None:
-        """Stop fetching, finish and answer the messages already in hand, then return."""
+        """Stop fetching and return once the messages in hand are answered.
+
+        The fetch under way is not cancelled (messages it already pulled would be lost to this client and
+        cost a delivery): it ends within `fetch_timeout`, and what it brings is processed like the rest.
+        A DLQ publish being retried (see `_dead_letter`) gives up at once.
+        """
         self._stopping = True
-        if self._fetching is not None and not self._fetching.done():
-            self._fetching.cancel()
+        self._stop_requested.set()
         if self.started.is_set():
             await self._finished.wait()
 
     async def _fetch(self, sub: Any) -> list[Msg]:
-        self._fetching = asyncio.ensure_future(sub.fetch(self.batch, timeout=self.fetch_timeout))
         try:
-            return await self._fetching
-        except asyncio.CancelledError:
-            if self._stopping:
-                return []
-            raise
+            return await sub.fetch(self.batch, timeout=self.fetch_timeout)
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         except nats.errors.ConnectionClosedError:
@@ -222,8 +240,6 @@ class Consumer:
             log.warning("%s: fetch from %s failed: %r", self.bridge.app, self.bridge.durable, err)
             await asyncio.sleep(min(self.fetch_timeout, 0.5))
             return []
-        finally:
-            self._fetching = None
 
     async def _keep_alive(self) -> None:
         """Send `in_progress` for every held message each tick, so a slow batch is not redelivered."""
@@ -237,6 +253,34 @@ class Consumer:
                 except Exception as err:
                     log.debug("in_progress failed: %r", err)
 
+    async def _answer(self, msg: Msg, kind: str, answer: Awaitable[None]) -> bool:
+        """Send one reply (`ack`, `nak`, `term`); a failure is logged, never raised."""
+        try:
+            await answer
+            return True
+        except Exception as err:
+            self._answer_failed(msg, kind, err)
+            return False
+
+    def _answer_failed(self, msg: Msg, kind: str, err: Exception) -> None:
+        self.stats.answer_failures += 1
+        seq = msg.metadata.sequence.stream
+        if isinstance(err, nats.errors.ConnectionClosedError) or self.client.nc.is_closed:
+            self._stopping = True
+            log.error(
+                "%s: connection closed; could not %s seq %d; consumer stops", self.bridge.app, kind, seq
+            )
+            return
+        log.warning(
+            "%s: could not %s %s seq %d: %r; the server redelivers it after the ack wait unless it was "
+            "answered already",
+            self.bridge.app,
+            kind,
+            msg.subject,
+            seq,
+            err,
+        )
+
     async def _process(self, msg: Msg) -> None:
         try:
             event = decode(msg.data)
@@ -245,39 +289,79 @@ class Consumer:
             return
         idempotency = self.idempotency
         sync = not self._async_idempotency
-        if idempotency.seen(event.event_id) if sync else await _maybe_await(idempotency.seen(event.event_id)):
+        event_id = event.event_id
+        try:
+            duplicate = idempotency.seen(event_id) if sync else await _maybe_await(idempotency.seen(event_id))
+        except Exception as err:  # the store is down: like a failed handler, try again later
+            self.stats.idempotency_failures += 1
+            log.error("%s: idempotency store: seen(%s) failed: %r", self.bridge.app, event_id, err)
+            await self._failed(msg, event_id, err)
+            return
+        if duplicate:
             self.stats.duplicates += 1
-            await msg.ack()
+        else:
+            try:
+                await self.handler(event, Delivery(msg))
+            except Exception as err:
+                await self._failed(msg, event_id, err)
+                return
+            try:
+                if sync:
+                    idempotency.mark(event_id)
+                else:
+                    await _maybe_await(idempotency.mark(event_id))
+            except Exception as err:  # handled all the same: ack it, a redelivery would only repeat it
+                self.stats.idempotency_failures += 1
+                log.error(
+                    "%s: idempotency store: mark(%s) failed: %r; acking anyway",
+                    self.bridge.app,
+                    event_id,
+                    err,
+                )
+        if msg.is_acked:
+            self.stats.answered_by_handler += 1
             return
         try:
-            await self.handler(event, Delivery(msg))
+            await msg.ack()
         except Exception as err:
-            count = msg.metadata.num_delivered
-            if count >= self.bridge.consumer.max_deliver:
-                await self._dead_letter(msg, REASON_MAX_DELIVER, f"{type(err).__name__}: {err}")
-            else:
-                delay = nak_delay_ns(self.bridge.consumer, count)
-                log.info(
-                    "%s: event %s failed on delivery %d/%d (%r); redelivery in %.3fs",
-                    self.bridge.app,
-                    event.event_id,
-                    count,
-                    self.bridge.consumer.max_deliver,
-                    err,
-                    intended_redelivery_ns(self.bridge.consumer, count) / 1e9,
-                )
-                await msg.nak(delay=delay / 1e9)
-                self.stats.naked += 1
+            self._answer_failed(msg, "ack", err)
             return
-        if sync:
-            idempotency.mark(event.event_id)
-        else:
-            await _maybe_await(idempotency.mark(event.event_id))
-        await msg.ack()
-        self.stats.acked += 1
+        if not duplicate:
+            self.stats.acked += 1
+
+    async def _failed(self, msg: Msg, event_id: str, err: Exception) -> None:
+        """A failed delivery: nak for the backoff's redelivery, or dead-letter the last one."""
+        count = msg.metadata.num_delivered
+        if count >= self.bridge.consumer.max_deliver:
+            await self._dead_letter(msg, REASON_MAX_DELIVER, f"{type(err).__name__}: {err}")
+            return
+        delay = nak_delay_ns(self.bridge.consumer, count)
+        log.info(
+            "%s: event %s failed on delivery %d/%d (%r); redelivery in %.3fs",
+            self.bridge.app,
+            event_id,
+            count,
+            self.bridge.consumer.max_deliver,
+            err,
+            intended_redelivery_ns(self.bridge.consumer, count) / 1e9,
+        )
+        if await self._answer(msg, "nak", msg.nak(delay=delay / 1e9)):
+            self.stats.naked += 1
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when `stop()` is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), timeout=seconds)
 
     async def _dead_letter(self, msg: Msg, reason: str, error: str) -> None:
-        """Park the message on the DLQ subject (body kept, context in headers), then ack it."""
+        """Park the message on the DLQ subject (body kept, context in headers), then ack it.
+
+        If the DLQ publish fails at an earlier delivery (a malformed message), the message is nak'd for
+        the backoff's redelivery, which tries again. At the last delivery the server would never deliver
+        it again, so it is kept in hand (the keep-alive sends `in_progress`) and the DLQ publish retried
+        with a doubling pause up to `dlq_retry_max_wait`, until it succeeds or `stop()` is called; then
+        it is left unacknowledged and an ERROR names its stream sequence.
+        """
         meta = msg.metadata
         dlq = self.bridge.dlq_subject
         if dlq is None:
@@ -290,8 +374,8 @@ class Consumer:
                 reason,
                 error,
             )
-            await msg.term()
-            self.stats.terminated += 1
+            if await self._answer(msg, "term", msg.term()):
+                self.stats.terminated += 1
             return
         headers = {
             DLQ_REASON: reason,
@@ -303,20 +387,57 @@ class Consumer:
             # Stable per stored message, so a retried DLQ publish is dropped as a duplicate.
             MSG_ID_HEADER: f"dlq:{meta.stream}:{meta.sequence.stream}",
         }
-        try:
-            await self.client.publish_raw(dlq, msg.data, headers)
-        except Exception as err:
-            # Not acked: the message stays in the stream (num_ack_pending shows it) rather than vanish.
-            self.stats.dlq_failures += 1
-            log.error(
-                "%s: could not dead-letter %s seq %d to %s: %r; message left unacknowledged",
-                self.bridge.app,
-                msg.subject,
-                meta.sequence.stream,
-                dlq,
-                err,
-            )
-            return
+        last_delivery = meta.num_delivered >= self.bridge.consumer.max_deliver
+        pause = self.dlq_retry_wait
+        while True:
+            try:
+                await self.client.publish_raw(dlq, msg.data, headers)
+                break
+            except Exception as err:
+                self.stats.dlq_failures += 1
+                failure = err
+            if not last_delivery:
+                delay = nak_delay_ns(self.bridge.consumer, meta.num_delivered)
+                log.error(
+                    "%s: could not dead-letter %s seq %d to %s: %r; nak: delivery %d/%d in %.3fs tries again",
+                    self.bridge.app,
+                    msg.subject,
+                    meta.sequence.stream,
+                    dlq,
+                    failure,
+                    meta.num_delivered + 1,
+                    self.bridge.consumer.max_deliver,
+                    intended_redelivery_ns(self.bridge.consumer, meta.num_delivered) / 1e9,
+                )
+                if await self._answer(msg, "nak", msg.nak(delay=delay / 1e9)):
+                    self.stats.naked += 1
+                return
+            if not self._stopping and not self.client.nc.is_closed:
+                log.error(
+                    "%s: could not dead-letter %s seq %d to %s: %r; holding it (in_progress), retry in %.1fs",
+                    self.bridge.app,
+                    msg.subject,
+                    meta.sequence.stream,
+                    dlq,
+                    failure,
+                    pause,
+                )
+                await self._pause(pause)
+                pause = min(pause * 2, self.dlq_retry_max_wait)
+            if self._stopping or self.client.nc.is_closed:
+                log.error(
+                    "%s: stopping with message %s stream seq %d (stream %s) NOT dead-lettered and left "
+                    "unacknowledged after its last delivery (%d/%d): the server will not deliver it again; "
+                    "it stays in the stream until handled by hand. Last DLQ error: %r",
+                    self.bridge.app,
+                    msg.subject,
+                    meta.sequence.stream,
+                    meta.stream,
+                    meta.num_delivered,
+                    self.bridge.consumer.max_deliver,
+                    failure,
+                )
+                return
         log.warning(
             "%s: dead-lettered %s seq %d to %s after %d deliveries (%s): %s",
             self.bridge.app,
@@ -327,5 +448,5 @@ class Consumer:
             reason,
             error,
         )
-        await msg.ack()
         self.stats.dead_lettered += 1
+        await self._answer(msg, "ack", msg.ack())

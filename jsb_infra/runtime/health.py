@@ -13,6 +13,8 @@ from jsb_infra.durations import format_duration
 from jsb_infra.outputs import BridgeOutputs
 from jsb_infra.runtime.client import BridgeClient
 
+VIOLATION_WINDOW_S = 60.0  # a denial makes the app unhealthy for this long after it happened
+
 
 @dataclass
 class HealthReport:
@@ -22,7 +24,9 @@ class HealthReport:
     server: str | None
     config: dict[str, Any]
     reconnects: int = 0
-    permission_violations: list[str] = field(default_factory=list)
+    permission_violations: list[str] = field(default_factory=list)  # those within the window
+    permission_violations_total: int = 0  # since the client was created
+    violation_window_s: float = VIOLATION_WINDOW_S
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,8 +67,11 @@ def _connection_state(client: BridgeClient) -> str:
     return "disconnected"
 
 
-async def health_check(client: BridgeClient, timeout: float = 2.0) -> HealthReport:
-    """PING the server; healthy when connected, the PONG came back, and nothing was denied."""
+async def health_check(
+    client: BridgeClient, timeout: float = 2.0, violation_window: float = VIOLATION_WINDOW_S
+) -> HealthReport:
+    """PING the server; healthy when connected, the PONG came back, and nothing was denied within the
+    last `violation_window` seconds (one old denial should not mark an app unhealthy forever)."""
     state = _connection_state(client)
     rtt_ms: float | None = None
     error: str | None = None
@@ -76,7 +83,7 @@ async def health_check(client: BridgeClient, timeout: float = 2.0) -> HealthRepo
     server = None
     if client._nc is not None and client._nc.connected_url is not None:
         server = client._nc.connected_url.geturl()
-    violations = list(client.permission_violations)
+    violations = client.recent_permission_violations(violation_window)
     return HealthReport(
         healthy=state == "connected" and rtt_ms is not None and not violations,
         connection=state,
@@ -85,5 +92,7 @@ async def health_check(client: BridgeClient, timeout: float = 2.0) -> HealthRepo
         config=config_summary(client.bridge),
         reconnects=client.reconnects,
         permission_violations=violations,
+        permission_violations_total=client.permission_violation_count,
+        violation_window_s=violation_window,
         error=error,
     )
