@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -62,6 +63,19 @@ DEFAULT_ACK_WAIT_NS = 30 * 1_000_000_000
 def rule(message: str) -> PydanticCustomError:
     """A validation error whose text is the rule itself (no `Value error,` prefix)."""
     return PydanticCustomError("jsb_rule", message)
+
+
+STORED_CONTEXT = {"stored": True}
+"""Validation context of a pair an earlier run stored: `Pair.model_validate(v, context=STORED_CONTEXT)`."""
+
+
+def enforcing_rules(info: ValidationInfo) -> bool:
+    """False when re-reading a stored pair (`STORED_CONTEXT`): then only types are parsed.
+
+    The pair was valid under the rules of the version that stored it; a rule added since must not
+    stop a diff, refresh or destroy of what already exists. New input is always validated in full.
+    """
+    return not (isinstance(info.context, dict) and info.context.get("stored"))
 
 
 def _check_nats_name(kind: str, value: str, max_len: int) -> str:
@@ -114,20 +128,22 @@ class _ConsumerFieldRules(StrictModel):
 
     @field_validator("max_deliver", "max_ack_pending", check_fields=False)
     @classmethod
-    def _at_least_one(cls, v: int | None, info: Any) -> int | None:
-        if v is not None and v < 1:
+    def _at_least_one(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1 and enforcing_rules(info):
             raise rule(f"{info.field_name} must be at least 1, got {v}")
         return v
 
     @field_validator("ack_wait", check_fields=False)
     @classmethod
-    def _ack_wait_positive(cls, v: int | None) -> int | None:
-        return None if v is None else _check_positive("ack_wait", v)
+    def _ack_wait_positive(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return v if v is None or not enforcing_rules(info) else _check_positive("ack_wait", v)
 
     @field_validator("backoff", check_fields=False)
     @classmethod
-    def _backoff_positive(cls, v: list[int] | None) -> list[int] | None:
-        for i, ns in enumerate(v or []):
+    def _backoff_positive(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None or not enforcing_rules(info):
+            return v
+        for i, ns in enumerate(v):
             _check_positive(f"backoff[{i}]", ns)
         return v
 
@@ -150,8 +166,9 @@ class ConsumerSettings(_ConsumerFieldRules):
     max_ack_pending: int = Field(25000, description="Unacknowledged messages in flight (>= 1).")
 
     @model_validator(mode="after")
-    def _consistent(self) -> ConsumerSettings:
-        check_consumer_rules(self.max_deliver, self.ack_wait, self.backoff)
+    def _consistent(self, info: ValidationInfo) -> ConsumerSettings:
+        if enforcing_rules(info):
+            check_consumer_rules(self.max_deliver, self.ack_wait, self.backoff)
         return self
 
 
@@ -204,26 +221,26 @@ class StreamOptions(StrictModel):
 
     @field_validator("replicas")
     @classmethod
-    def _replicas_range(cls, v: int) -> int:
-        if not 1 <= v <= 5:
+    def _replicas_range(cls, v: int, info: ValidationInfo) -> int:
+        if not 1 <= v <= 5 and enforcing_rules(info):
             raise rule(f"replicas must be between 1 and 5, got {v}")
         return v
 
     @field_validator("duplicate_window")
     @classmethod
-    def _window_positive(cls, v: int) -> int:
-        return _check_positive("duplicate_window", v)
+    def _window_positive(cls, v: int, info: ValidationInfo) -> int:
+        return _check_positive("duplicate_window", v) if enforcing_rules(info) else v
 
     @field_validator("max_bytes", "max_msgs", "max_msg_size")
     @classmethod
-    def _limit(cls, v: int, info: Any) -> int:
-        if v == 0 or v < -1:
+    def _limit(cls, v: int, info: ValidationInfo) -> int:
+        if (v == 0 or v < -1) and enforcing_rules(info):
             raise rule(f"{info.field_name} must be -1 (unlimited) or positive, got {v}")
         return v
 
     @model_validator(mode="after")
-    def _window_within_age(self) -> StreamOptions:
-        if self.max_age and self.duplicate_window > self.max_age:
+    def _window_within_age(self, info: ValidationInfo) -> StreamOptions:
+        if enforcing_rules(info) and self.max_age and self.duplicate_window > self.max_age:
             raise rule(
                 f"duplicate_window {format_duration(self.duplicate_window)} is longer than max_age "
                 f"{format_duration(self.max_age)}; the server refuses a dedupe window longer than max_age"
@@ -252,12 +269,14 @@ class Pair(StrictModel):
 
     @field_validator("stream")
     @classmethod
-    def _stream_name(cls, v: str) -> str:
-        return _check_nats_name("stream", v, MAX_NAME_LEN)
+    def _stream_name(cls, v: str, info: ValidationInfo) -> str:
+        return _check_nats_name("stream", v, MAX_NAME_LEN) if enforcing_rules(info) else v
 
     @field_validator("apps")
     @classmethod
-    def _app_names(cls, v: tuple[str, str]) -> tuple[str, str]:
+    def _app_names(cls, v: tuple[str, str], info: ValidationInfo) -> tuple[str, str]:
+        if not enforcing_rules(info):
+            return v
         for app in v:
             _check_app_name(app)
         if v[0] == v[1]:
@@ -265,7 +284,9 @@ class Pair(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _overrides(self) -> Pair:
+    def _overrides(self, info: ValidationInfo) -> Pair:
+        if not enforcing_rules(info):
+            return self
         for app in self.consumer_overrides:
             if app not in self.apps:
                 raise rule(
@@ -279,8 +300,8 @@ class Pair(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _dlq_needs_a_retaining_stream(self) -> Pair:
-        if self.dlq and self.stream_options.retention == "interest":
+    def _dlq_needs_a_retaining_stream(self, info: ValidationInfo) -> Pair:
+        if enforcing_rules(info) and self.dlq and self.stream_options.retention == "interest":
             raise rule(
                 "stream_options.retention: interest keeps a message only while a consumer is interested "
                 "in it, and no consumer reads the DLQ subjects, so every dead-lettered message would be "

@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
+from pydantic import ValidationError
 
 from jsb_infra.nats_admin import differences, normalize, zero_like
 from jsb_infra.providers import settings
-from jsb_infra.spec import ConfigError, Pair, parse_pairs
+from jsb_infra.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
 
 T = TypeVar("T")
 Changes = dict[str, tuple[Any, Any]]
@@ -212,6 +213,22 @@ def parse_pair(value: Any) -> Pair:
         reasons = "; ".join(f.reason for f in failures) or "pair is not known yet"
         raise ProviderError(f"invalid pair: {reasons}")
     return pair
+
+
+def stored_pair(value: Any, prop: str = "pair") -> Pair:
+    """The pair an earlier run stored (`olds` / `props` of diff, read and delete), read leniently.
+
+    Types are parsed, the spec's rules are not applied: the pair was valid under the rules of the
+    version that wrote it, and a rule added since (the host runs today's code on yesterday's state)
+    must not make an existing stack fail to diff, refresh or destroy. New inputs still go through
+    `pair_failures` / `parse_pair` in full. State that is not a pair at all is still an error.
+    """
+    if not isinstance(value, dict):
+        raise ProviderError(f"invalid stored {prop}: must be a pair object (Pair.model_dump(mode='json'))")
+    try:
+        return Pair.model_validate(normalize(value), context=STORED_CONTEXT)
+    except ValidationError as err:
+        raise ProviderError(f"invalid stored {prop}: {'; '.join(problems_of(err, prop))}") from None
 
 
 def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFailure]:

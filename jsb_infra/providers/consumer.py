@@ -31,6 +31,7 @@ from jsb_infra.providers.base import (
     parse_pair,
     plan_diff,
     stored_live,
+    stored_pair,
     with_defaults,
 )
 from jsb_infra.providers.stream import stream_incarnation_key
@@ -133,7 +134,7 @@ class ConsumerProvider(JsbProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         pair = parse_pair(news["pair"])
-        old_pair = parse_pair(olds["pair"])
+        old_pair = stored_pair(olds["pair"])
         app = news["app"]
         plan = plan_diff(
             desired_config(pair, app),
@@ -178,7 +179,7 @@ class ConsumerProvider(JsbProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         if "pair" not in props:
             return ReadResult("", {})
-        pair, app = parse_pair(props["pair"]), props["app"]
+        pair, app = stored_pair(props["pair"]), props["app"]
         info = self.run(_info(pair.stream, names.durable_name(app)))
         if info is None:
             return ReadResult("", {})
@@ -190,7 +191,7 @@ class ConsumerProvider(JsbProvider):
         return UpdateResult(consumer_outputs(news, pair, app, info))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        pair = parse_pair(props["pair"])
+        pair = stored_pair(props["pair"])
         self.run(_delete(pair, names.durable_name(props["app"])))
 
 

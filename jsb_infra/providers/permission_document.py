@@ -34,6 +34,7 @@ from jsb_infra.providers.base import (
     pair_failures,
     parse_pair,
     plan_diff,
+    stored_pair,
 )
 
 
@@ -99,7 +100,7 @@ class PermissionDocumentProvider(JsbProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         """Replaced when it moves to another stream or app (new files); otherwise rewritten in place."""
-        old_pair, pair = parse_pair(olds["pair"]), parse_pair(news["pair"])
+        old_pair, pair = stored_pair(olds["pair"]), parse_pair(news["pair"])
         if is_unknown(news.get("public_key")):
             outputs: dict[str, tuple[Any, Any]] = {
                 "public_key": (olds.get("public_key"), news.get("public_key"))

@@ -27,6 +27,7 @@ from jsb_infra.providers.base import (
     parse_pair,
     plan_diff,
     stored_live,
+    stored_pair,
     with_defaults,
 )
 from jsb_infra.spec import Pair
@@ -118,7 +119,7 @@ class StreamProvider(JsbProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         pair = parse_pair(news["pair"])
-        old_pair = parse_pair(olds["pair"])
+        old_pair = stored_pair(olds["pair"])
         plan = plan_diff(
             desired_config(pair),
             stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
@@ -157,7 +158,7 @@ class StreamProvider(JsbProvider):
         info = self.run(_info(id_))
         if info is None or "pair" not in props:
             return ReadResult("", {})
-        pair = parse_pair(props["pair"])
+        pair = stored_pair(props["pair"])
         return ReadResult(id_, stream_outputs(props["pair"], pair, info))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -166,7 +167,7 @@ class StreamProvider(JsbProvider):
         return UpdateResult(stream_outputs(news["pair"], pair, info))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        pair = parse_pair(props["pair"])
+        pair = stored_pair(props["pair"])
         self.run(_delete(id_, pair))
 
 

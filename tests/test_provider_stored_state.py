@@ -1,0 +1,293 @@
+"""State written before a spec rule existed: diff, refresh and destroy still work; new inputs stay strict.
+
+The host runs today's provider code on yesterday's state. The case here is real: the spec now refuses
+`retention: interest` together with `dlq: true`, and a stack created before that rule holds such a pair.
+The old state is simulated as an older jsb-infra would have left it: the stream and both consumers are
+created through the host as `limits` with a DLQ (valid today), the server's stream is switched to
+`interest` (in place), and the stored outputs are edited to say `interest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from provider_host import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    ProviderCallError,
+    ProviderHost,
+    admin_server_config,
+    assert_no_secret,
+    stack_config,
+)
+
+from jsb_infra.credentials import new_user_keypair
+from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.providers.base import ProviderError, parse_pair, stored_pair
+from jsb_infra.providers.consumer import ConsumerProvider
+from jsb_infra.providers.permission_document import PermissionDocumentProvider
+from jsb_infra.providers.stream import StreamProvider, stream_incarnation_key
+from jsb_infra.spec import parse_pairs
+from jsb_infra.topology import consumer_config, stream_config
+
+STREAM = "orders-billing"
+APPS = ("orders", "billing")
+DLQ_RULE = "pair: stream_options.retention: interest keeps a message only while a consumer is interested"
+
+S = StreamProvider()
+C = ConsumerProvider()
+DOC = PermissionDocumentProvider()
+
+
+def pair(**changes: Any) -> dict[str, Any]:
+    """A pair valid under today's rules, as check stores it."""
+    spec: dict[str, Any] = {"stream": STREAM, "apps": list(APPS), "protect": False, **changes}
+    return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+
+
+LIMITS_WITH_DLQ = pair(stream_options={"retention": "limits"})
+
+
+def as_stored_before_the_rule(outs: dict[str, Any]) -> dict[str, Any]:
+    """`outs` as an older version stored them for an interest stream with a DLQ (allowed back then)."""
+    old = copy.deepcopy(outs)
+    old["pair"]["stream_options"]["retention"] = "interest"
+    if "retention" in old.get("config", {}):  # the stream's live config
+        old["config"]["retention"] = "interest"
+    return old
+
+
+def admin_call(url: str, fn: Callable[[JetStreamAdmin], Any]) -> Any:
+    async def go() -> Any:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        try:
+            return await fn(JetStreamAdmin(nc))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def publish(url: str, subject: str, count: int) -> None:
+    async def go() -> None:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        for i in range(count):
+            await nc.jetstream().publish(subject, f"m{i}".encode())
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def stream_info(url: str) -> dict[str, Any] | None:
+    return admin_call(url, lambda js: js.stream_info(STREAM))  # type: ignore[no-any-return]
+
+
+def consumer_info(url: str, app: str) -> dict[str, Any] | None:
+    return admin_call(url, lambda js: js.consumer_info(STREAM, f"{app}-workers"))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
+    return make_server(admin_server_config())
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "render"
+
+
+@pytest.fixture
+def host(server: LocalNatsServer, out_dir: Path) -> Iterator[ProviderHost]:
+    with ProviderHost() as h:
+        h.configure(stack_config(server.url, str(out_dir)))
+        yield h
+        assert_no_secret(h)
+
+
+@dataclass
+class OldStack:
+    stream: dict[str, Any]  # the stream's stored outputs (its id is the stream name)
+    consumers: dict[str, tuple[str, dict[str, Any]]]  # app -> (id, stored outputs)
+
+
+@pytest.fixture
+def old_stack(host: ProviderHost, server: LocalNatsServer) -> OldStack:
+    _, stream_outs = host.up(S, {"pair": LIMITS_WITH_DLQ})
+    consumers = {
+        app: host.up(C, {"pair": LIMITS_WITH_DLQ, "app": app, "stream_created": stream_outs["created"]})
+        for app in APPS
+    }
+    interest = {**stream_config(parse_pair(LIMITS_WITH_DLQ)), "retention": "interest"}
+    admin_call(server.url, lambda js: js.update_stream(interest))
+    old = OldStack(
+        as_stored_before_the_rule(stream_outs),
+        {app: (id_, as_stored_before_the_rule(outs)) for app, (id_, outs) in consumers.items()},
+    )
+    with pytest.raises(ProviderError, match="invalid pair"):  # the state really breaks today's rule
+        parse_pair(old.stream["pair"])
+    return old
+
+
+def consumer_news(old: OldStack, app: str, new_pair: dict[str, Any]) -> dict[str, Any]:
+    return {"pair": new_pair, "app": app, "stream_created": old.stream["created"]}
+
+
+def test_refresh_reads_state_stored_before_the_rule(
+    host: ProviderHost, server: LocalNatsServer, old_stack: OldStack
+) -> None:
+    read_id, refreshed = host.read(S, STREAM, old_stack.stream)
+    assert read_id == STREAM and refreshed["pair"] == old_stack.stream["pair"], "read keeps the stored inputs"
+    assert refreshed["config"]["retention"] == "interest"
+    assert refreshed["config"]["subjects"] == [
+        "orders.sync.billing",
+        "billing.sync.orders",
+        "orders.sync.dlq",
+        "billing.sync.dlq",
+    ]
+    for app, (id_, outs) in old_stack.consumers.items():
+        read_id, refreshed = host.read(C, id_, outs)
+        assert read_id == id_ and refreshed["config"] == outs["config"], app
+        assert refreshed["pair"] == outs["pair"]
+    # and an object deleted behind Pulumi's back still reads as gone, not as an error
+    admin_call(server.url, lambda js: js.delete_consumer(STREAM, "billing-workers"))
+    assert host.read(C, *old_stack.consumers["billing"]) == ("", {})
+
+
+@pytest.mark.parametrize(
+    ("new_pair", "stream_replaces", "consumer_replaces"),
+    [
+        (pair(dlq=False, stream_options={"retention": "interest"}), [], []),
+        (pair(stream_options={"retention": "limits"}), [], []),
+        (
+            pair(stream_options={"retention": "workqueue"}),
+            ["pair.stream_options.retention"],
+            ["stream_created"],
+        ),
+    ],
+    ids=["interest-without-dlq", "limits-with-dlq", "workqueue"],
+)
+def test_diff_from_stored_state_to_a_valid_pair_decides_update_or_replace(
+    host: ProviderHost,
+    old_stack: OldStack,
+    new_pair: dict[str, Any],
+    stream_replaces: list[str],
+    consumer_replaces: list[str],
+) -> None:
+    outcome = host.diff(S, STREAM, old_stack.stream, host.checked(S, {"pair": new_pair}))
+    assert outcome.changes == "DIFF_SOME"
+    assert outcome.replaces == stream_replaces
+    assert outcome.delete_before_replace is bool(stream_replaces)
+    for app, (id_, outs) in old_stack.consumers.items():
+        outcome = host.diff(C, id_, outs, host.checked(C, consumer_news(old_stack, app, new_pair)))
+        assert outcome.replaces == consumer_replaces, app
+        assert outcome.changes == ("DIFF_SOME" if consumer_replaces else "DIFF_NONE"), app
+
+
+def test_update_from_stored_state_lands_the_valid_pair_in_place(
+    host: ProviderHost, server: LocalNatsServer, old_stack: OldStack
+) -> None:
+    publish(server.url, "billing.sync.orders", 2)
+    valid = pair(dlq=False, stream_options={"retention": "interest"})
+    outcome, outs = host.change(S, STREAM, old_stack.stream, {"pair": valid})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = stream_info(server.url)
+    assert live is not None and live["config"]["subjects"] == ["orders.sync.billing", "billing.sync.orders"]
+    assert live["config"]["retention"] == "interest" == outs["config"]["retention"]
+    assert outs["created"] == old_stack.stream["created"] and live["state"]["messages"] == 2
+    assert stored_pair(outs["pair"]) == parse_pair(valid), "the valid pair is what is stored now"
+    assert host.diff(S, STREAM, outs, host.checked(S, {"pair": valid})).changes == "DIFF_NONE"
+
+
+def test_a_new_pair_that_breaks_the_rule_fails_at_check_with_the_field_and_the_rule(
+    host: ProviderHost, old_stack: OldStack
+) -> None:
+    """Keeping yesterday's config is new input: it is refused before any diff, naming field and rule."""
+    unchanged = old_stack.stream["pair"]
+    _, failures = host.check(S, {"pair": unchanged})
+    assert len(failures) == 1 and failures[0][0] == "pair" and failures[0][1].startswith(DLQ_RULE)
+    assert "set dlq: false" in failures[0][1]
+    for app in APPS:
+        _, failures = host.check(C, consumer_news(old_stack, app, unchanged))
+        assert [prop for prop, _ in failures] == ["pair"] and failures[0][1].startswith(DLQ_RULE)
+
+
+def test_delete_of_state_stored_before_the_rule_works_and_the_guards_still_apply(
+    host: ProviderHost, server: LocalNatsServer, old_stack: OldStack
+) -> None:
+    publish(server.url, "billing.sync.orders", 2)  # pending for orders' durable only
+    orders_id, orders_outs = old_stack.consumers["orders"]
+    with pytest.raises(ProviderCallError) as err:
+        host.delete(C, orders_id, orders_outs)
+    assert (
+        "refusing to delete consumer 'orders-workers' on interest stream 'orders-billing': "
+        "2 message(s) would be dropped" in err.value.details
+    )
+    with pytest.raises(ProviderCallError, match="refusing to delete stream 'orders-billing'"):
+        host.delete(S, STREAM, old_stack.stream)
+    assert consumer_info(server.url, "orders") is not None and stream_info(server.url) is not None
+    host.delete(C, *old_stack.consumers["billing"])  # nothing at stake for billing's durable
+    assert consumer_info(server.url, "billing") is None
+    # the same old state with the opt-in stored (as an older version would have kept it) lets it all go
+    allowing = copy.deepcopy(orders_outs)
+    allowing["pair"]["allow_destroy_with_messages"] = True
+    host.delete(C, orders_id, allowing)
+    host.delete(S, STREAM, {**old_stack.stream, "pair": allowing["pair"]})
+    assert consumer_info(server.url, "orders") is None and stream_info(server.url) is None
+
+
+def test_permission_document_diffs_from_a_stored_pair_that_breaks_the_rule(
+    host: ProviderHost, old_stack: OldStack
+) -> None:
+    _, public_key = new_user_keypair()
+    id_, outs = host.up(DOC, {"pair": LIMITS_WITH_DLQ, "app": "orders", "public_key": public_key})
+    old = as_stored_before_the_rule(outs)
+    same_documents = pair(stream_options={"retention": "limits"})
+    news = {"pair": same_documents, "app": "orders", "public_key": public_key}
+    assert host.diff(DOC, id_, old, host.checked(DOC, news)).changes == "DIFF_NONE"
+    without_dlq = {**news, "pair": pair(dlq=False, stream_options={"retention": "interest"})}
+    outcome = host.diff(DOC, id_, old, host.checked(DOC, without_dlq))
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [], "the claims lose the DLQ: rewritten"
+
+
+# -- stored_pair on its own ---------------------------------------------------------------------------
+OLD_PAIR: dict[str, Any] = {
+    **LIMITS_WITH_DLQ,
+    "stream_options": {**LIMITS_WITH_DLQ["stream_options"], "retention": "interest"},
+    "allow_destroy_with_messages": True,
+}
+
+
+def test_stored_pair_reads_a_pair_that_breaks_a_later_rule() -> None:
+    with pytest.raises(ProviderError, match=r"invalid pair: pair: stream_options\.retention: interest"):
+        parse_pair(OLD_PAIR)
+    old = stored_pair(OLD_PAIR)
+    assert (old.stream, old.apps, old.dlq) == (STREAM, APPS, True)
+    assert (old.stream_options.retention, old.stream_options.storage) == ("interest", "file")
+    assert old.allow_destroy_with_messages is True
+    assert stream_incarnation_key(old) == f"{STREAM}/file/limits|interest"
+    assert stream_config(old)["subjects"][2:] == ["orders.sync.dlq", "billing.sync.dlq"]
+    assert consumer_config(old, "orders")["durable_name"] == "orders-workers"
+    assert old.model_dump(mode="json") == OLD_PAIR, "types are parsed as strictly as ever (durations)"
+
+
+def test_stored_pair_accepts_the_wire_form_and_refuses_garbled_state_clearly() -> None:
+    wire = {**OLD_PAIR, "consumer": {**OLD_PAIR["consumer"], "max_deliver": 5.0}}
+    assert stored_pair(wire).consumer.max_deliver == 5
+    with pytest.raises(ProviderError, match=r"invalid stored pair: must be a pair object"):
+        stored_pair("orders-billing")
+    missing = {k: v for k, v in OLD_PAIR.items() if k != "stream"}
+    with pytest.raises(ProviderError, match=r"invalid stored pair: pair\.stream: Field required"):
+        stored_pair(missing)
+    garbled = {**OLD_PAIR, "consumer": {"max_deliver": "many"}}
+    with pytest.raises(ProviderError, match=r"pair\.consumer\.max_deliver: Input should be a valid integer"):
+        stored_pair(garbled)
+    with pytest.raises(ProviderError, match=r"pair\.consumer\.backoff\[0\]: 'soon' is not a duration"):
+        stored_pair({**OLD_PAIR, "consumer": {"backoff": ["soon"]}})
