@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import nats
 from google.protobuf import json_format, struct_pb2
 from pulumi.dynamic import ResourceProvider
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
+
+from jsb_infra.nats_admin import JetStreamAdmin
 
 PROVIDER_KEY = "__provider"
 UNKNOWN = rpc.UNKNOWN
@@ -205,3 +209,31 @@ def stack_config(url: str, output_dir: str | None = None) -> dict[str, Any]:
 def assert_no_secret(host: ProviderHost) -> None:
     leaked = [text for text in host.transcript if ADMIN_PASSWORD in text]
     assert not leaked, f"the admin password came back in {len(leaked)} response(s)"
+
+
+# -- the server side of provider tests: what an admin sees and does behind the provider's back -------
+def admin_call(url: str, fn: Callable[[JetStreamAdmin], Any]) -> Any:
+    """Run `fn` with an admin JetStreamAdmin on `url` (a fresh connection, closed afterwards)."""
+
+    async def go() -> Any:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        try:
+            return await fn(JetStreamAdmin(nc))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def publish(url: str, subject: str, count: int) -> None:
+    """Publish `count` small messages to `subject` as the admin."""
+
+    async def go() -> None:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        try:
+            for i in range(count):
+                await nc.jetstream().publish(subject, f"m{i}".encode())
+        finally:
+            await nc.close()
+
+    asyncio.run(go())

@@ -7,25 +7,22 @@ the NATS CLI or changed by hand would), and the stream-incarnation replace via `
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import nats
 import pytest
 from provider_host import (
-    ADMIN_PASSWORD,
-    ADMIN_USER,
     UNKNOWN,
     ProviderCallError,
     ProviderHost,
+    admin_call,
     admin_server_config,
     assert_no_secret,
+    publish,
     stack_config,
 )
 
 from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs_from_live
 from jsb_infra.providers.consumer import ConsumerProvider
 from jsb_infra.providers.stream import StreamProvider
@@ -72,30 +69,9 @@ def props(stream: dict[str, Any], spec: dict[str, Any] | None = None, **extra: A
     return {"pair": spec or pair(), "app": "orders", "stream_created": stream["created"], **extra}
 
 
-def admin_call(url: str, fn: Callable[[JetStreamAdmin], Any]) -> Any:
-    async def go() -> Any:
-        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-        try:
-            return await fn(JetStreamAdmin(nc))
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
-
-
 def server_config(url: str) -> dict[str, Any] | None:
     got = admin_call(url, lambda js: js.consumer_info(STREAM, DURABLE))
     return None if got is None else got["config"]
-
-
-def publish(url: str, subject: str, count: int) -> None:
-    async def go() -> None:
-        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-        for i in range(count):
-            await nc.jetstream().publish(subject, f"m{i}".encode())
-        await nc.close()
-
-    asyncio.run(go())
 
 
 def assert_outputs_match_server(outs: dict[str, Any], url: str) -> None:

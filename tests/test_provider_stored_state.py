@@ -9,28 +9,25 @@ created through the host as `limits` with a DLQ (valid today), the server's stre
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from provider_host import (
-    ADMIN_PASSWORD,
-    ADMIN_USER,
     ProviderCallError,
     ProviderHost,
+    admin_call,
     admin_server_config,
     assert_no_secret,
+    publish,
     stack_config,
 )
 
 from jsb_infra.credentials import new_user_keypair
 from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.providers.base import ProviderError, parse_pair, stored_pair
 from jsb_infra.providers.consumer import ConsumerProvider
 from jsb_infra.providers.permission_document import PermissionDocumentProvider
@@ -63,27 +60,6 @@ def as_stored_before_the_rule(outs: dict[str, Any]) -> dict[str, Any]:
     if "retention" in old.get("config", {}):  # the stream's live config
         old["config"]["retention"] = "interest"
     return old
-
-
-def admin_call(url: str, fn: Callable[[JetStreamAdmin], Any]) -> Any:
-    async def go() -> Any:
-        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-        try:
-            return await fn(JetStreamAdmin(nc))
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
-
-
-def publish(url: str, subject: str, count: int) -> None:
-    async def go() -> None:
-        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-        for i in range(count):
-            await nc.jetstream().publish(subject, f"m{i}".encode())
-        await nc.close()
-
-    asyncio.run(go())
 
 
 def stream_info(url: str) -> dict[str, Any] | None:

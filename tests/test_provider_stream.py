@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import nats
 import pytest
 from provider_host import (
-    ADMIN_PASSWORD,
-    ADMIN_USER,
     UNKNOWN,
     ProviderCallError,
     ProviderHost,
+    admin_call,
     admin_server_config,
     assert_no_secret,
+    publish,
     stack_config,
 )
 from pulumi.output import Unknown
 
 from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.providers.stream import StreamProvider
 from jsb_infra.spec import parse_pairs
 from jsb_infra.topology import stream_config
@@ -53,28 +50,6 @@ def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
 
 
 P = StreamProvider()
-
-
-def admin_call(url: str, fn: Callable[[JetStreamAdmin], Any]) -> Any:
-    async def go() -> Any:
-        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-        try:
-            return await fn(JetStreamAdmin(nc))
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
-
-
-def publish(url: str, subject: str, count: int) -> None:
-    async def go() -> None:
-        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-        js = nc.jetstream()
-        for i in range(count):
-            await js.publish(subject, f"m{i}".encode())
-        await nc.close()
-
-    asyncio.run(go())
 
 
 def info(url: str, name: str = STREAM) -> dict[str, Any] | None:
