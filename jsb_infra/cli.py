@@ -8,40 +8,19 @@ config never leaves half a directory behind. An invalid config exits with status
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jsb_infra.permissions import app_permissions, render_claims_json, render_conf
+from jsb_infra import names
+from jsb_infra.accounts import DeployUser
+from jsb_infra.documents import render_documents, render_json
 from jsb_infra.spec import Config, ConfigError, config_json_schema, load_config
-from jsb_infra.topology import consumer_configs, stream_config
 
 EXIT_INVALID = 2
 _USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
-
-
-def render_json(document: Any) -> str:
-    """Stable JSON text: the same document always gives the same bytes."""
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
-
-def render_documents(config: Config, nkeys: dict[str, str] | None = None) -> dict[Path, str]:
-    """Every file `render` writes, as relative path -> text, in a fixed order. Pure."""
-    nkeys = nkeys or {}
-    files: dict[Path, str] = {}
-    for pair in config.pairs:
-        root = Path(pair.stream)
-        files[root / "stream.json"] = render_json(stream_config(pair))
-        for durable, consumer in consumer_configs(pair).items():
-            files[root / "consumers" / f"{durable}.json"] = render_json(consumer)
-        for app in pair.apps:
-            perms = app_permissions(pair, app)
-            files[root / "permissions" / f"{app}.json"] = render_claims_json(perms)
-            files[root / "permissions" / f"{app}.conf"] = render_conf(perms, nkey=nkeys.get(app))
-    return files
 
 
 def parse_nkeys(given: list[str], config: Config) -> dict[str, str]:
@@ -82,10 +61,32 @@ def _report_invalid(source: str, err: ConfigError) -> int:
     return EXIT_INVALID
 
 
+def parse_deploy(nkey: str | None, user: str | None) -> DeployUser | None:
+    """The deploy user of the JetStream account from `--deploy-nkey` / `--deploy-user`."""
+    if nkey and user:
+        raise ConfigError(["--deploy-nkey and --deploy-user: give one of them"])
+    if nkey:
+        if not _USER_PUBLIC_KEY.match(nkey):
+            raise ConfigError([f"--deploy-nkey: {nkey!r} is not an NKey user public key (U + 55 characters)"])
+        return DeployUser(nkey=nkey)
+    if user:
+        return DeployUser(user=user, password_env=DEPLOY_PASSWORD_ENV)
+    return None
+
+
+DEPLOY_PASSWORD_ENV = "JSB_DEPLOY_PASSWORD"
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
-        files = render_documents(config, parse_nkeys(args.nkey, config))
+        files = render_documents(
+            config.pairs,
+            parse_nkeys(args.nkey, config),
+            deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
+            jetstream_account=args.jetstream_account,
+            servers=args.server or None,
+        )
     except ConfigError as err:
         return _report_invalid(args.config, err)
     out = Path(args.out)
@@ -139,7 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="APP=UPUBKEY",
-        help="authenticate APP's .conf user by this NKey public key (repeatable)",
+        help="the NKey public key of APP's user in accounts.conf (repeatable); without it the app's "
+        "account has no user yet",
+    )
+    render.add_argument(
+        "--deploy-nkey", metavar="UPUBKEY", help="the deploy user of the JetStream account, by NKey"
+    )
+    render.add_argument(
+        "--deploy-user",
+        metavar="NAME",
+        help=f"the deploy user of the JetStream account, by name; the server reads its password from "
+        f"the environment variable {DEPLOY_PASSWORD_ENV}",
+    )
+    render.add_argument(
+        "--jetstream-account",
+        default=names.DEFAULT_JETSTREAM_ACCOUNT,
+        help="the account holding the streams (keep an existing account's name to keep its streams)",
+    )
+    render.add_argument(
+        "--server", action="append", default=[], metavar="URL", help="also render each app's bridge"
     )
     render.set_defaults(handler=cmd_render)
 

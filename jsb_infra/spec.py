@@ -252,6 +252,12 @@ class Pair(StrictModel):
     """Two apps that sync over one stream."""
 
     stream: str = Field(description="Stream name, unique across pairs.")
+    id: str | None = Field(
+        None,
+        description="The pair's identity in the Pulumi state (default: the stream name). To rename a "
+        "stream, set `id` to its current name and change `stream`: the rename is then a previewed, guarded "
+        "replace of the stream instead of a second pair whose stream collides with the first.",
+    )
     apps: tuple[str, str] = Field(description="Exactly two distinct app names.")
     dlq: bool = Field(True, description="Give each app a `<app>.sync.dlq` subject in the stream.")
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
@@ -271,6 +277,16 @@ class Pair(StrictModel):
     @classmethod
     def _stream_name(cls, v: str, info: ValidationInfo) -> str:
         return _check_nats_name("stream", v, MAX_NAME_LEN) if enforcing_rules(info) else v
+
+    @field_validator("id")
+    @classmethod
+    def _id_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _check_nats_name("id", v, MAX_NAME_LEN) if v is not None and enforcing_rules(info) else v
+
+    @property
+    def resource_name(self) -> str:
+        """The name of the pair's Pulumi component: stable across a stream rename when `id` is set."""
+        return self.id or self.stream
 
     @field_validator("apps")
     @classmethod
@@ -358,6 +374,7 @@ def check_pairs_disjoint(pairs: Iterable[Pair]) -> None:
     """No two pairs share a stream name or a subject (the server would refuse the second stream)."""
     stream_owner: dict[str, int] = {}
     subject_owner: dict[str, tuple[int, str]] = {}
+    id_owner: dict[str, int] = {}
     for i, pair in enumerate(pairs):
         if pair.stream in stream_owner:
             raise rule(
@@ -365,6 +382,12 @@ def check_pairs_disjoint(pairs: Iterable[Pair]) -> None:
                 f"pairs[{stream_owner[pair.stream]}]"
             )
         stream_owner[pair.stream] = i
+        if pair.resource_name in id_owner:
+            raise rule(
+                f"pairs[{i}].id: {pair.resource_name!r} is already the identity (id, or stream name when no "
+                f"id is set) of pairs[{id_owner[pair.resource_name]}]; identities must be unique"
+            )
+        id_owner[pair.resource_name] = i
         for subject in pair.subjects():
             if subject in subject_owner:
                 j, other = subject_owner[subject]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from jsb_infra import names
+from jsb_infra.accounts import account_layout, render_accounts_conf
 from jsb_infra.permissions import app_permissions, render_claims_json, render_conf
 from jsb_infra.spec import (
     MAX_APP_LEN,
@@ -444,7 +445,9 @@ def _render_all(spec: list[dict[str, Any]]) -> list[str]:
         out.append(json.dumps(consumer_configs(p), sort_keys=True))
         for app in p.apps:
             perms = app_permissions(p, app)
-            out += [render_claims_json(perms), render_conf(perms), render_conf(perms, nkey="U" + "A" * 55)]
+            out += [render_claims_json(perms), render_conf(perms), render_conf(perms, "OTHER")]
+    layout = account_layout(parse_pairs(spec).pairs)
+    out.append(render_accounts_conf(layout, {app.app: "U" + "A" * 55 for app in layout.apps}))
     return out
 
 

@@ -250,6 +250,28 @@ def _checked(creds: Credentials, where: str) -> Credentials:
     return creds
 
 
+def _is_app_keyed(doc: Any) -> bool:
+    """The `credentials` output: {app: {public_key, seed, account}} (one identity per app). Stacks made
+    before the account layout exported {stream: {app: {public_key, seed}}}; that shape is read too."""
+    return (
+        isinstance(doc, Mapping)
+        and bool(doc)
+        and all(isinstance(v, Mapping) and "seed" in v for v in doc.values())
+    )
+
+
+def _select_app(doc: Mapping[str, Any], app: str | None) -> tuple[Any, str]:
+    if app is None:
+        if len(doc) != 1:
+            raise BridgeConfigError(
+                [f"app: required: credentials holds {sorted(doc)}; pass app= or set {ENV_APP}"]
+            )
+        app = next(iter(doc))
+    if app not in doc:
+        raise BridgeConfigError([f"app: {app!r} is not in credentials (it holds {sorted(doc)})"])
+    return doc[app], f"credentials.{app}"
+
+
 def parse_app_credentials(data: Any, where: str = "credentials") -> Credentials:
     """One `{public_key, seed}` entry of the stack's `credentials` output; the key must match the seed."""
     if not isinstance(data, Mapping):
@@ -293,6 +315,11 @@ def load_credentials(
         doc = credentials if isinstance(credentials, Mapping) else _read_json(credentials, "credentials")
         if isinstance(doc, Mapping) and "seed" in doc:
             return parse_app_credentials(doc)
+        if isinstance(doc, Mapping) and "credentials" in doc and isinstance(doc["credentials"], Mapping):
+            doc = doc["credentials"]  # all stack outputs
+        if _is_app_keyed(doc):
+            entry, where = _select_app(doc, app or env.get(ENV_APP) or None)
+            return parse_app_credentials(entry, where)
         entry, where = _select(doc, stream or env.get(ENV_STREAM), app or env.get(ENV_APP), "credentials")
         return parse_app_credentials(entry, where)
     from_env = Credentials(
