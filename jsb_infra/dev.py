@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jsb_infra.accounts import AccountLayout, DeployUser, render_accounts_conf
+import yaml
+
+from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.names import DEFAULT_JETSTREAM_ACCOUNT
+from jsb_infra.names import app_account
+from jsb_infra.spec import Pair, parse_pairs
 
 # The project dir (Pulumi.yaml) and the dev server's port; tests point them at a throwaway copy.
 ROOT = Path(os.environ.get("JSB_DEV_ROOT") or Path(__file__).resolve().parent.parent)
@@ -58,15 +62,30 @@ def accounts_file(out_dir: Path) -> Path:
     return out_dir / "accounts.conf"
 
 
+def dev_pairs() -> list[Pair]:
+    """The pairs of the dev stack file (`jsb:pairs`), validated like the program does."""
+    config = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
+    return list(parse_pairs(config["jsb:pairs"]).pairs)
+
+
 def ensure_accounts_file(out_dir: Path) -> Path:
-    """Before the first `up` there is no layout yet: a bootstrap one, with only the JetStream account
-    and the deploy user, lets the providers connect. The stack's own file replaces it."""
+    """Before the first `up` there is no layout yet: a bootstrap one, rendered from the dev stack's
+    pairs without keys (every account and import, no app user yet), lets the providers connect. The
+    stack's own file replaces it and a reload adds the app users."""
     path = accounts_file(out_dir)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        bootstrap = AccountLayout(jetstream_account=DEFAULT_JETSTREAM_ACCOUNT, apps=())
-        path.write_text(render_accounts_conf(bootstrap, {}, DEV_DEPLOY))
+        path.write_text(render_accounts_conf(account_layout(dev_pairs()), {}, DEV_DEPLOY))
     return path
+
+
+def app_accounts(conf: str) -> set[str]:
+    """The app accounts an accounts file defines."""
+    return set(re.findall(rf'^  "({re.escape(app_account(""))}[^"]*)" {{', conf, re.MULTILINE))
+
+
+def _loaded_file() -> Path:
+    return STATE / "nats" / "accounts.loaded"
 
 
 def server_config(out_dir: Path, store_dir: Path) -> str:
@@ -108,16 +127,30 @@ def start_server(out_dir: Path) -> None:
     server.start()
     assert server.process is not None
     _pid_file().write_text(str(server.process.pid))
+    _loaded_file().write_text(accounts_file(out_dir).read_text())
     print(f"nats-server started on {server.url} (pid {server.process.pid}, store {server.store_dir})")
 
 
 def reload_server(out_dir: Path) -> None:
-    """SIGHUP the dev server: it re-reads the account layout the stack wrote (app accounts and users)."""
+    """Apply the account layout the stack wrote: SIGHUP, or a restart when it adds an app account.
+
+    nats-server 2.15.1 reloads new users, new exports and new imports of accounts it already has, but
+    the imports of an account that a reload creates answer nothing (no responders) until a restart.
+    """
     pid = _running_pid()
     if pid is None:
         raise SystemExit("the dev nats-server is not running; run `make up`")
     dev_server(out_dir).write_config()
+    new = accounts_file(out_dir).read_text()
+    loaded = _loaded_file().read_text() if _loaded_file().exists() else ""
+    added = app_accounts(new) - app_accounts(loaded)
+    if added:
+        print(f"new app account(s) {', '.join(sorted(added))}: restarting the dev nats-server")
+        stop_server()
+        start_server(out_dir)
+        return
     os.kill(pid, signal.SIGHUP)
+    _loaded_file().write_text(new)
     time.sleep(0.3)
 
 

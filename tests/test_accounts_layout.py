@@ -15,16 +15,18 @@ import io
 import shutil
 from pathlib import Path
 
+import nats
 import pytest
-from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY_PASSWORD_ENV, provision
+from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV, provision
 
+from jsb_infra import names
 from jsb_infra.accounts import STANDARD_CONNECTIONS, account_layout, render_accounts_conf
 from jsb_infra.cli import main
-from jsb_infra.credentials import new_user_keypair
+from jsb_infra.credentials import new_user_keypair, public_key_of
 from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.outputs import bridge_outputs
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, doctor
-from jsb_infra.spec import load_config
+from jsb_infra.spec import load_config, parse_pairs
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
 
@@ -126,3 +128,38 @@ async def test_doctor_passes_for_every_app_of_every_pair(layout_server, tmp_path
             code = await doctor.run_async(args, out=out)
             assert code == 0, out.getvalue()
             assert "DENIED" not in out.getvalue()
+
+
+async def _publish_as(url: str, seed: str, app: str, subject: str) -> str:
+    nc = await nats.connect(url, nkeys_seed_str=seed, inbox_prefix=names.inbox_prefix(app))
+    try:
+        ack = await nc.jetstream().publish(subject, b"x", timeout=1)
+        return ack.stream
+    except Exception as err:  # no PubAck: the import answered nothing
+        return type(err).__name__
+    finally:
+        await nc.close()
+
+
+async def test_reload_applies_new_pairs_of_existing_accounts_but_new_accounts_need_a_restart(make_server):
+    """How an operator applies a changed layout (nats-server 2.15.1): a SIGHUP reload adds users, and
+    new imports and exports of accounts the server already has; the imports of an account created by
+    the reload answer nothing until a restart. `make up` restarts in that case; docs/permissions.md
+    tells operators. If a server release fixes it, this test says so."""
+    first = parse_pairs([{"stream": "ob", "apps": ["orders", "billing"]}]).pairs
+    both = [*first, *parse_pairs([{"stream": "oc", "apps": ["orders", "carrier"], "dlq": False}]).pairs]
+    seeds = {app: new_user_keypair()[0] for app in ("orders", "billing", "carrier")}
+    keys = {app: public_key_of(seed) for app, seed in seeds.items()}
+    server = make_server(render_accounts_conf(account_layout(first), keys, DEPLOY))
+    for pair in both:
+        await provision(server.url, pair)
+    server.extra_config = render_accounts_conf(account_layout(both), keys, DEPLOY)
+    server.reload()
+    await asyncio.sleep(0.5)
+    assert await _publish_as(server.url, seeds["orders"], "orders", "orders.sync.carrier") == "oc"
+    assert await _publish_as(server.url, seeds["carrier"], "carrier", "carrier.sync.orders") == (
+        "NoStreamResponseError"
+    )
+    server.stop()
+    server.start()
+    assert await _publish_as(server.url, seeds["carrier"], "carrier", "carrier.sync.orders") == "oc"
