@@ -45,9 +45,7 @@ def render_documents(
     layout = account_layout(pairs, jetstream_account)
     files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy)}
     for account in layout.apps:
-        files[Path("apps") / f"{account.app}.json"] = render_json(
-            {**account.document(), "claims": account.claims()}
-        )
+        files[Path("apps") / f"{account.app}.json"] = render_json(account.document())
     for pair in pairs:
         root = Path(pair.stream)
         files[root / "stream.json"] = render_json(stream_config(pair))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,6 +265,53 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
         assert after["config"]["backoff"] == [2 * SECOND_NS, 3 * SECOND_NS]
     memo["pair"] = with_changes(consumer={"backoff": ["2s", "3s"]}, stream_options={"max_age": "2h"})
     memo["stream_created"] = stream_before["created"]
+
+
+def outputs_section(stdout: str) -> str:
+    """The stack outputs part of a `preview --diff` (after the resources)."""
+    for marker in ("--outputs:--", "Outputs:"):
+        if marker in stdout:
+            return stdout.split(marker, 1)[1]
+    raise AssertionError(f"no outputs in the preview:\n{stdout}")
+
+
+async def test_03b_preview_diff_shows_permission_and_bridge_changes(stack, server, memo):
+    """What a reviewer sees in `pulumi preview --diff`: every permission change keyed by subject (not a
+    list position), every bridge field an app reads, and a new app's identity, before anything runs."""
+    current: dict[str, Any] = memo["pair"]
+    before = await stream_info(server)
+
+    set_pair(stack, {**current, "dlq": False})
+    dlq_off = stack.preview(color="never", diff=True).stdout
+    outputs = outputs_section(dlq_off)
+    for app in APPS:
+        assert re.search(rf"- {app}\.sync\.dlq\s+: \"{app} parks messages", outputs), dlq_off
+        assert re.search(rf'-\s+\{{service: "{app}\.sync\.dlq", accounts: \["APP_{app}"\]\}}', dlq_off)
+    assert outputs.count("- dlq_subject") == 2, outputs
+    assert not re.search(r"\[\d+\]: \"\w+\.sync\.dlq\" =>", outputs), "a positional list diff"
+
+    set_pair(stack, {**current, "consumer": {**current["consumer"], "max_deliver": 4}})
+    max_deliver = outputs_section(stack.preview(color="never", diff=True).stdout)
+    assert len(re.findall(r"~ max_deliver\s*: 3 => 4", max_deliver)) == 2, max_deliver  # both bridges
+
+    shipping = {
+        "stream": "e2e-billing-shipping",
+        "apps": ["billing", "shipping"],
+        "dlq": False,
+        "protect": False,
+    }
+    set_plain_config(stack, {"jsb:pairs": [current, shipping]})
+    added = stack.preview(color="never", diff=True)
+    # AppPair, stream, 2 consumers and one new identity (billing keeps its own)
+    assert added.change_summary.get("create") == 5, added.stdout
+    assert added.stdout.count("+ pulumi-python:dynamic/jsb:AppCredential: (create)") == 1, added.stdout
+    added_outputs = outputs_section(added.stdout)
+    assert re.search(r"\+ shipping\s*: \{", added_outputs), added_outputs
+    assert re.search(r"\+ billing\.sync\.shipping\s+:", added_outputs), added_outputs
+
+    set_pair(stack, current)
+    assert changes(stack.preview(color="never").change_summary) == set()
+    assert (await stream_info(server))["created"] == before["created"], "previews change nothing"
 
 
 async def test_04_retention_change_is_a_replace_refused_while_messages_remain(stack, server, memo):
