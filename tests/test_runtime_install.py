@@ -21,14 +21,13 @@ from pathlib import Path
 
 import nats
 import pytest
-from conftest import ADMIN_PASSWORD, ADMIN_USER, pair_server_config
+from conftest import ADMIN_PASSWORD, ADMIN_USER, pair_server_config, provision
 from test_nats_admin import make_tls_files
 
 from jsb_infra.credentials import new_user_keypair, public_key_of
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra.spec import parse_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME_MODULES = ["jsb_infra.runtime", "jsb_infra.runtime.doctor", "jsb_infra.outputs", "jsb_infra.cli"]
@@ -147,7 +146,7 @@ async def test_an_app_from_the_base_install_uses_mutual_tls(runtime_venv, make_s
     server = make_server(server_tls + pair_server_config(pair, seeds))
     url = f"tls://127.0.0.1:{server.port}"
     admin_tls = {"ca_file": f"{tls}/ca.pem", "cert": f"{tls}/client.pem", "key": f"{tls}/client.key"}
-    await _provision_over_tls(url, pair, admin_tls)
+    await provision(url, pair, tls=_admin_ssl(admin_tls))
 
     python = str(runtime_venv / "bin" / "python")
     script = tmp_path / "app.py"
@@ -205,18 +204,6 @@ def _admin_ssl(files: dict[str, str]) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=files["ca_file"])
     context.load_cert_chain(files["cert"], files["key"])
     return context
-
-
-async def _provision_over_tls(url: str, pair: Pair, files: dict[str, str]) -> None:
-    """What conftest's `provision` does, over mutual TLS."""
-    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD, tls=_admin_ssl(files))
-    try:
-        admin = JetStreamAdmin(nc)
-        await admin.create_stream(stream_config(pair))
-        for config in consumer_configs(pair).values():
-            await admin.create_consumer(pair.stream, config)
-    finally:
-        await nc.close()
 
 
 async def _stream_messages(url: str, stream: str, files: dict[str, str]) -> int:
