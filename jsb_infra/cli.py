@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jsb_infra import export as export_command
 from jsb_infra import rendered_tree, strict_yaml
 from jsb_infra.permissions import app_permissions, render_claims_json, render_conf
 from jsb_infra.spec import Config, ConfigError, config_json_schema, load_config, parse_pairs
@@ -203,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = subparsers.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(handler=cmd_schema)
+
+    export = subparsers.add_parser(
+        "export", help="one app's bridge and credentials as env vars, a dotenv file or a Kubernetes Secret"
+    )
+    export_command.add_arguments(export)
+    export.set_defaults(handler=export_command.run)
 
     _add_doctor(subparsers)
     return parser

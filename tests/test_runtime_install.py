@@ -30,7 +30,13 @@ from jsb_infra.outputs import bridge_outputs
 from jsb_infra.spec import parse_pairs
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIME_MODULES = ["jsb_infra.runtime", "jsb_infra.runtime.doctor", "jsb_infra.outputs", "jsb_infra.cli"]
+RUNTIME_MODULES = [
+    "jsb_infra.runtime",
+    "jsb_infra.runtime.doctor",
+    "jsb_infra.outputs",
+    "jsb_infra.cli",
+    "jsb_infra.export",
+]
 DEPLOY_ONLY = ("pulumi", "grpc", "semver", "debugpy", "dill")
 
 

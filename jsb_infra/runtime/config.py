@@ -49,7 +49,7 @@ class BridgeConfigError(ValueError):
         super().__init__("invalid jsb-infra runtime config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _read_json(path: str | Path, what: str) -> Any:
+def read_json(path: str | Path, what: str) -> Any:
     try:
         text = Path(path).read_text()
     except OSError as err:
@@ -182,9 +182,9 @@ def load_bridge(
                     f"or {ENV_BRIDGE_FILE}"
                 ]
             )
-        doc = _read_json(path, "bridge")
+        doc = read_json(path, "bridge")
     else:
-        doc = source if isinstance(source, Mapping) else _read_json(source, "bridge")
+        doc = source if isinstance(source, Mapping) else read_json(source, "bridge")
     if isinstance(doc, Mapping) and _is_single_bridge(doc):
         bridge = parse_bridge(doc)
         for name, wanted, got in (("stream", stream, bridge.stream), ("app", app, bridge.app)):
@@ -402,7 +402,7 @@ def load_credentials(
     if credentials is None and env.get(ENV_CREDENTIALS_FILE):
         credentials = env[ENV_CREDENTIALS_FILE]
     if credentials is not None:
-        doc = credentials if isinstance(credentials, Mapping) else _read_json(credentials, "credentials")
+        doc = credentials if isinstance(credentials, Mapping) else read_json(credentials, "credentials")
         entry, where = select_credentials(doc, stream or env.get(ENV_STREAM), app or env.get(ENV_APP))
         creds = parse_app_credentials(entry, where)
         if any((tls_ca, tls_cert, tls_key)) or creds.tls is None:
