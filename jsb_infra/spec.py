@@ -35,8 +35,11 @@ MAX_FILE_NAME_LEN = 255  # bytes in one path component on common file systems (e
 LONGEST_APP_FILE = names.durable_name("") + ".json"  # render writes consumers/<app>-workers.json
 MAX_APP_LEN = min(MAX_NAME_LEN - len(names.durable_name("")), MAX_FILE_NAME_LEN - len(LONGEST_APP_FILE))
 MAX_DESCRIPTION_LEN = 4096  # nats-server JSMaxDescriptionLen (bytes), server/jetstream.go
-INT64_MAX = 2**63 - 1  # the server's int64 / time.Duration fields (nanoseconds)
 INT32_MAX = 2**31 - 1  # the server's int32 fields (max_msg_size)
+# The server holds the other counts in 64 bits (2^63-1), but a pair travels through Pulumi (inputs,
+# state) as a protobuf Struct, whose numbers are 64-bit floats: exact only up to 2^53-1. Durations
+# travel as text (`1m30s`) and keep the server's own 2^63 ns bound (jsb_infra.durations).
+MAX_EXACT_INT = 2**53 - 1
 MIN_WINDOW_NS = 100_000_000  # nats-server refuses a duplicate window or max age under 100ms
 NAME_CHARSET = "ASCII letters, digits, '-' and '_'"
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -50,7 +53,12 @@ def _duration(value: object) -> int:
 
 
 def _whole_number(value: object, info: ValidationInfo) -> object:
-    """New input must be an integer as written: no `true`, `5.0` or `"5"` taken as a number."""
+    """New input must be a number that is whole: no `true` or `"5"` taken as a number.
+
+    An integral float (`5.0`) is its integer: Pulumi carries every number as a float.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if enforcing_rules(info) and (isinstance(value, bool) or not isinstance(value, int)):
         raise rule(f"must be a whole number written in decimal, got {value!r}")
     return value
@@ -65,7 +73,11 @@ def _bounded(limit: int, why: str) -> Any:
     return AfterValidator(check)
 
 
-Int64 = Annotated[int, BeforeValidator(_whole_number), _bounded(INT64_MAX, "the server holds it in 64 bits")]
+Count = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    _bounded(MAX_EXACT_INT, "2^53-1: Pulumi carries numbers as 64-bit floats, exact only up to there"),
+]
 Int32 = Annotated[int, BeforeValidator(_whole_number), _bounded(INT32_MAX, "the server holds it in 32 bits")]
 
 
@@ -187,7 +199,7 @@ class ConsumerSettings(_ConsumerFieldRules):
     with backoff[0] anyway; an explicit ack_wait that differs is refused rather than silently changed.
     """
 
-    max_deliver: Int64 = Field(5, description="Deliveries before a message goes to the DLQ (>= 1).")
+    max_deliver: Count = Field(5, description="Deliveries before a message goes to the DLQ (>= 1).")
     ack_wait: Duration | None = Field(
         None, description="Omit when a backoff is set: it is then backoff[0]. Without a backoff: default 30s."
     )
@@ -195,7 +207,7 @@ class ConsumerSettings(_ConsumerFieldRules):
         default_factory=lambda: [parse_duration(d) for d in GEM_BACKOFF],
         description="Redelivery delays by delivery count; no longer than max_deliver.",
     )
-    max_ack_pending: Int64 = Field(25000, description="Unacknowledged messages in flight (>= 1).")
+    max_ack_pending: Count = Field(25000, description="Unacknowledged messages in flight (>= 1).")
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> ConsumerSettings:
@@ -207,10 +219,10 @@ class ConsumerSettings(_ConsumerFieldRules):
 class ConsumerOverride(_ConsumerFieldRules):
     """A per-app change to the pair's consumer settings; fields left out keep the pair's value."""
 
-    max_deliver: Int64 | None = None
+    max_deliver: Count | None = None
     ack_wait: Duration | None = None
     backoff: list[Duration] | None = None
-    max_ack_pending: Int64 | None = None
+    max_ack_pending: Count | None = None
 
 
 def check_consumer_rules(max_deliver: int, ack_wait: int | None, backoff: list[int]) -> None:
@@ -241,13 +253,13 @@ class StreamOptions(StrictModel):
     """Stream-level options. Storage, and retention to or from workqueue, cannot change in place: such a
     change replaces the stream (limits <-> interest is in place)."""
 
-    replicas: Int64 = Field(1, description="1 to 5; more than 1 needs a clustered server.")
+    replicas: Count = Field(1, description="1 to 5; more than 1 needs a clustered server.")
     storage: Literal["file", "memory"] = "file"
     retention: Literal["workqueue", "limits", "interest"] = "workqueue"
     duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
     max_age: Duration = Field(0, description="Oldest message kept; 0 sets no age limit.")
-    max_bytes: Int64 = Field(-1, description="-1 for unlimited.")
-    max_msgs: Int64 = Field(-1, description="-1 for unlimited.")
+    max_bytes: Count = Field(-1, description="-1 for unlimited.")
+    max_msgs: Count = Field(-1, description="-1 for unlimited.")
     max_msg_size: Int32 = Field(-1, description="-1 for unlimited; at most 2^31-1.")
     description: str = Field("", description="At most 4096 bytes of UTF-8.")
 

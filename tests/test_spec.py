@@ -309,14 +309,16 @@ def test_max_age_is_zero_or_at_least_100ms(age):
 @pytest.mark.parametrize(
     ("section", "field", "value", "limit"),
     [
-        ("stream_options", "max_bytes", 2**63, 2**63 - 1),
-        ("stream_options", "max_msgs", 2**64, 2**63 - 1),
+        ("stream_options", "max_bytes", 2**63, 2**53 - 1),
+        ("stream_options", "max_msgs", 2**53, 2**53 - 1),
         ("stream_options", "max_msg_size", 2**31, 2**31 - 1),
-        ("consumer", "max_deliver", 2**63, 2**63 - 1),
-        ("consumer", "max_ack_pending", 2**63, 2**63 - 1),
+        ("consumer", "max_deliver", 2**63, 2**53 - 1),
+        ("consumer", "max_ack_pending", 2**53, 2**53 - 1),
     ],
 )
-def test_numbers_the_server_cannot_hold_are_refused(section, field, value, limit):
+def test_numbers_the_server_or_pulumi_cannot_hold_exactly_are_refused(section, field, value, limit):
+    """max_msg_size is an int32 on the server; the other counts are int64 there, but travel through
+    Pulumi's state as 64-bit floats, exact only up to 2^53-1 (2^53+1 would arrive as 2^53)."""
     problem = only_problem(pair(**{section: {field: value}}))
     assert problem.startswith(f"pairs[0].{section}.{field}: {field} must be at most {limit} (")
     assert problem.endswith(f"got {value}")
@@ -324,7 +326,7 @@ def test_numbers_the_server_cannot_hold_are_refused(section, field, value, limit
     assert getattr(getattr(parsed, section), field) == limit
 
 
-@pytest.mark.parametrize("value", [True, 5.0, "5"])
+@pytest.mark.parametrize("value", [True, 5.5, "5"])
 def test_numbers_must_be_written_as_numbers(value):
     problem = only_problem(pair(consumer={"max_deliver": value}))
     assert problem == (

@@ -67,11 +67,12 @@ DURATION = mostly(
 EDGE_INT = st.one_of(
     st.integers(-3, 0),
     st.integers(2**31 - 2, 2**31 + 1),
+    st.integers(2**53 - 2, 2**53 + 1),
     st.integers(2**63 - 2, 2**63 + 1),
-    st.sampled_from([True, 5.0, "5"]),
+    st.sampled_from([True, 5.0, 5.5, "5"]),
 )
-COUNT = mostly(st.one_of(st.integers(1, 50), st.just(2**63 - 1)), EDGE_INT)
-LIMIT = mostly(st.one_of(st.just(-1), st.integers(1, 2**63 - 1)), EDGE_INT)
+COUNT = mostly(st.one_of(st.integers(1, 50), st.just(2**53 - 1)), EDGE_INT)
+LIMIT = mostly(st.one_of(st.just(-1), st.integers(1, 2**53 - 1)), EDGE_INT)
 MSG_SIZE = mostly(st.one_of(st.just(-1), st.integers(1, 2**31 - 1)), EDGE_INT)
 MAX_BYTES = mostly(
     st.one_of(st.just(-1), st.integers(1, 2**26)), st.integers(-3, 0), st.integers(2**63, 2**63 + 1)
