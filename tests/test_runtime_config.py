@@ -339,3 +339,11 @@ def test_tls_options_reach_nats_connect(tmp_path):
     assert "tls" not in creds.connect_options()
     with pytest.raises(FileNotFoundError):  # the context is built from the files: a real SSLContext
         Credentials(nkey_seed=seed, tls=TlsOptions(ca_file=str(tmp_path / "gone.pem"))).connect_options()
+
+
+def test_a_non_utf8_bridge_file_is_a_config_problem(tmp_path):
+    path = tmp_path / "bridge.json"
+    path.write_bytes(b'{"app": "caf\xe9"}')
+    with pytest.raises(BridgeConfigError) as err:
+        load_bridge(path, env={})
+    assert err.value.problems == [f"bridge: {str(path)!r} is not UTF-8 (byte 0xe9 at offset 12)"]

@@ -50,10 +50,15 @@ class BridgeConfigError(ValueError):
 
 
 def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content; unreadable, non-UTF-8 or non-JSON files are BridgeConfigErrors."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise BridgeConfigError([f"{what}: cannot read {str(path)!r}: {err.strerror or err}"]) from None
+    except UnicodeDecodeError as err:
+        raise BridgeConfigError(
+            [f"{what}: {str(path)!r} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start})"]
+        ) from None
     try:
         return json.loads(text)
     except ValueError as err:
