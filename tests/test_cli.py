@@ -13,6 +13,7 @@ import pytest
 from jsb_infra.cli import main
 from jsb_infra.credentials import new_user_keypair
 from jsb_infra.permissions import app_permissions, render_claims_json
+from jsb_infra.rendered_tree import MANIFEST
 from jsb_infra.spec import load_config
 from jsb_infra.topology import consumer_configs, stream_config
 
@@ -38,7 +39,12 @@ EXPECTED_LAYOUT = sorted(
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The rendered documents under `root` (without render's manifest)."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def test_render_writes_exactly_the_layout(tmp_path, capsys):
