@@ -309,6 +309,13 @@ async def test_03b_preview_diff_shows_permission_and_bridge_changes(stack, serve
     assert re.search(r"\+ shipping\s*: \{", added_outputs), added_outputs
     assert re.search(r"\+ billing\.sync\.shipping\s+:", added_outputs), added_outputs
 
+    # A rename keeps the pair's identity through `id`: a previewed, guarded replace of the stream (its 3
+    # messages would go), never a second pair whose stream collides with the first.
+    set_pair(stack, {**current, "stream": "e2e-orders-billing-v2", "id": STREAM})
+    with pytest.raises(auto.CommandError) as renamed:
+        stack.preview(color="never")
+    assert f"refusing to replace stream {STREAM!r} (because pair.stream changed)" in str(renamed.value)
+
     set_pair(stack, current)
     assert changes(stack.preview(color="never").change_summary) == set()
     assert (await stream_info(server))["created"] == before["created"], "previews change nothing"

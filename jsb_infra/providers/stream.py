@@ -100,10 +100,12 @@ def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any]) -> dict[st
     }
 
 
-def destroy_guard(pair: Pair, messages: int, action: str, because: str = "") -> None:
+def destroy_guard(pair: Pair, messages: int, action: str, because: str = "", name: str | None = None) -> None:
+    """Refuse to lose messages unless `pair` allows it; `name`: the stream at stake (default: the pair's)."""
+    stream = name or pair.stream
     if messages and not pair.allow_destroy_with_messages:
         raise ProviderError(
-            f"refusing to {action} stream {pair.stream!r}{because}: it still holds {messages} message(s). "
+            f"refusing to {action} stream {stream!r}{because}: it still holds {messages} message(s). "
             "Drain it, or set `allow_destroy_with_messages: true` on the pair (and run `pulumi up` once "
             "so the setting is stored) to accept losing them"
         )
@@ -140,7 +142,7 @@ class StreamProvider(JsbProvider):
         """Fail the preview, not the `up` halfway: a replace deletes the stream and its messages."""
         messages = self.run(_message_count(old_pair.stream))
         because = f" (because {', '.join(replaces)} changed)"
-        destroy_guard(pair, messages, "replace", because)
+        destroy_guard(pair, messages, "replace", because, name=old_pair.stream)
         if messages and not old_pair.allow_destroy_with_messages:
             raise ProviderError(
                 f"refusing to replace stream {old_pair.stream!r}{because}: it holds "
