@@ -98,7 +98,8 @@ class LocalNatsCluster:
 
     `accounts` is the accounts config text every node gets (the same on all nodes, as a cluster
     needs); by default one JetStream account `APP` with `admin_user`/`admin_password`. `extra_config`
-    is appended after it (more settings, a `system_account`, ...).
+    is appended after it (more settings, a `system_account`, ...). `tags` gives nodes `server_tags`
+    (by node name, `n1`...), for placement by tags.
     """
 
     base_dir: Path
@@ -108,6 +109,7 @@ class LocalNatsCluster:
     admin_password: str = DEFAULT_ADMIN_PASSWORD
     accounts: str | None = None
     extra_config: str = ""
+    tags: dict[str, list[str]] = field(default_factory=dict)  # node name -> its server_tags
     nodes: list[ClusterNode] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -127,8 +129,10 @@ class LocalNatsCluster:
         for node in self.nodes:
             others = [other for other in self.nodes if other is not node]
             routes = ", ".join(json.dumps(f"nats://127.0.0.1:{other.cluster_port}") for other in others)
+            tags = self.tags.get(node.name)
+            server_tags = f"server_tags: {json.dumps(tags)}\n" if tags else ""
             node.server.extra_config = (
-                f"server_name: {json.dumps(node.name)}\n"
+                f"server_name: {json.dumps(node.name)}\n{server_tags}"
                 f"http: {json.dumps(f'127.0.0.1:{node.http_port}')}\n"
                 f"cluster {{\n  name: {json.dumps(self.cluster_name)}\n"
                 f"  listen: {json.dumps(f'127.0.0.1:{node.cluster_port}')}\n"

@@ -27,10 +27,12 @@ log = logging.getLogger("jsb_infra.retry")
 
 T = TypeVar("T")
 
-# err_codes that mean "the cluster cannot answer this right now" (nats-server
+# err_codes that mean "the cluster cannot do this right now" (nats-server
 # server/jetstream_errors.json): 10004 incomplete results, 10008 JetStream system temporarily
-# unavailable (no meta leader), 10009 cluster can not handle request (not the leader).
-TRANSIENT_API_ERR_CODES = frozenset({10004, 10008, 10009})
+# unavailable (no meta leader), 10009 cluster can not handle request (not the leader), 10124 stream
+# move already in progress and 10226 stream reconfiguration already in progress (an earlier scale or
+# move, perhaps made by hand, is still converging; it finishes by itself).
+TRANSIENT_API_ERR_CODES = frozenset({10004, 10008, 10009, 10124, 10226})
 # 10005 "no suitable peers for placement": transient when peers are offline (a node down or still
 # rejoining), permanent when the request's own placement (cluster, tags) matches no server; only the
 # former is retried.

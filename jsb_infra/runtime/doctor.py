@@ -4,7 +4,7 @@ Checks, all as the app and without any JetStream management call:
 1. connect (with the bridge's inbox prefix);
 2. publish to its subject, as a dry run that stores nothing and so never lands in the peer's work
    queue: the probe carries `Nats-Expected-Last-Subject-Sequence` with an impossible value, so the
-   stream answers on the app's inbox with "wrong last sequence" (err 10071). That answer proves the
+   stream answers on the app's inbox with "wrong last sequence" (err 10071 or 10164). That answer proves the
    publish was permitted, the subject is captured by the bridge's stream, and the PubAck path
    works. The DLQ subject (when on) is probed the same way. `--publish-event` instead publishes a
    real probe event (header `Jsb-Probe: 1`) that the peer will receive;

@@ -2,7 +2,8 @@
 
 The probe is a plain publish to a stream subject carrying `Nats-Expected-Last-Subject-Sequence` with
 an impossible value. The stream leader checks that header before it stores (or, in a cluster,
-proposes) anything and answers "wrong last sequence" (err_code 10071) on the reply inbox (nats-server
+proposes) anything and answers "wrong last sequence" (err_code 10071, or 10164 while another publish
+to the subject is in flight) on the reply inbox (nats-server
 server/jetstream_batching.go `checkMsgHeadersPreClusteredProposal`, server/stream.go
 `processJetStreamMsg`). So that answer proves, with nothing stored and no management call: the
 publish was permitted, the subject is captured by the expected stream, the PubAck path works, and the
@@ -23,6 +24,10 @@ PROBE_HEADER = "Jsb-Probe"
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 IMPOSSIBLE_SEQUENCE = str(2**63 - 1)
 WRONG_LAST_SEQUENCE = 10071
+# The same refusal without the sequence: a clustered stream leader answers so when a publish to the same
+# subject is still in flight (server/jetstream_batching.go), i.e. whenever the app is busy publishing.
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
+LEADER_REFUSALS = frozenset({WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT})
 
 Outcome = Literal["answered", "no_responders", "timeout", "unexpected"]
 
@@ -47,7 +52,7 @@ class ProbeAnswer:
 
     def leader_answered(self, stream: str) -> bool:
         """True when `stream` refused the probe as intended: its leader is there and nothing was stored."""
-        return self.outcome == "answered" and self.stream == stream and self.error_code == WRONG_LAST_SEQUENCE
+        return self.outcome == "answered" and self.stream == stream and self.error_code in LEADER_REFUSALS
 
     def describe(self, subject: str, timeout: float) -> str:
         if self.outcome == "no_responders":
