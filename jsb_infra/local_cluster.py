@@ -325,6 +325,6 @@ async def _poll(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], tim
         value = await read()
         if done(value):
             return value
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             raise TimeoutError(f"{what}: not reached within {timeout}s (last: {value!r})")
         await asyncio.sleep(0.1)

@@ -1,7 +1,9 @@
 """A real 3-node JetStream cluster: leader elections are invisible to apps, provisioning survives them,
 replicas and placement change for real before the provider returns.
 
-Provisioning goes through the real dynamic-provider host (`provider_host.ProviderHost`); the apps are
+A meta-leader election during `pulumi up` and replicas 1 -> 3 -> 1 through the real CLI:
+tests/test_e2e_cluster.py. Provisioning here goes
+through the real dynamic-provider host (`provider_host.ProviderHost`); the apps are
 the runtime `BridgeClient` with default settings. App connections use the admin user: this file is
 about elections and node loss, not permissions (tests/test_permissions_server.py covers those).
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,26 +67,6 @@ def provision(host: ProviderHost, pair: dict[str, Any]) -> Provisioned:
         inputs = {"pair": pair, "app": app, "stream_created": stream[1]["created"]}
         done.consumers[app] = host.up(CONSUMERS, inputs)
     return done
-
-
-def change(host: ProviderHost, before: Provisioned, pair: dict[str, Any]) -> Provisioned:
-    """Check + Diff + Update of the stream and each consumer, as a later `pulumi up` does."""
-    stream_id, stream_outs = before.stream
-    outcome, outs = host.change(STREAMS, stream_id, stream_outs, {"pair": pair})
-    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [], outcome
-    after = Provisioned(pair, (stream_id, outs))
-    for app, (consumer_id, consumer_outs) in before.consumers.items():
-        news = {"pair": pair, "app": app, "stream_created": outs["created"]}
-        inputs = host.checked(CONSUMERS, news)
-        diff = host.diff(CONSUMERS, consumer_id, consumer_outs, inputs)
-        assert diff.replaces == [], diff
-        updated = (
-            host.update(CONSUMERS, consumer_id, consumer_outs, inputs)
-            if diff.changes == "DIFF_SOME"
-            else None
-        )
-        after.consumers[app] = (consumer_id, updated or consumer_outs)
-    return after
 
 
 @pytest.fixture
@@ -263,28 +244,6 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
     await billing.close()
 
 
-def test_provisioning_rides_through_a_meta_leader_election(nats_cluster, host):
-    cluster = nats_cluster
-    host.configure(stack_config(cluster))
-    meta = cluster.meta_leader()
-    assert meta is not None
-    cluster.stop_node(meta, kill=True)
-    restart = threading.Timer(3.0, cluster.start_node, args=(meta,), kwargs={"wait_healthy": None})
-    restart.start()  # a crash and restart in the middle of `pulumi up`
-    try:
-        started = time.monotonic()
-        provisioned = provision(host, spec(replicas=3))  # one run, no error
-        took = time.monotonic() - started
-    finally:
-        restart.join()
-    assert took > 2.0, "the election should have been in the way"
-    assert provisioned.stream[1]["config"]["num_replicas"] == 3
-    state = asyncio.run(cluster.stream_state(STREAM))
-    assert state is not None and state.all_current(3)
-    for app in APPS:
-        assert provisioned.consumers[app][1]["durable"] == f"{app}-workers"
-
-
 def test_a_cluster_that_stays_down_fails_in_one_line_and_a_rerun_is_safe(nats_cluster, host):
     cluster = nats_cluster
     host.configure(stack_config(cluster, retryBudget="3s"))
@@ -326,7 +285,7 @@ async def leaders(cluster: LocalNatsCluster) -> set[str | None]:
     return found
 
 
-def test_placement_and_replicas_change_for_real_and_hand_made_placement_shows_as_drift(tagged_cluster, host):
+def test_placement_is_where_the_stream_lives_and_a_hand_made_move_shows_as_drift(tagged_cluster, host):
     cluster = tagged_cluster
     host.configure(stack_config(cluster))
     zone_b = {"tags": ["zone-b"]}
@@ -347,25 +306,3 @@ def test_placement_and_replicas_change_for_real_and_hand_made_placement_shows_as
     restored = host.update(STREAMS, stream_id, refreshed, host.checked(STREAMS, {"pair": provisioned.pair}))
     assert restored["config"]["placement"] == zone_b
     assert asyncio.run(leaders(cluster)) == {"n2"}, "update returned before the move was done"
-
-    # 1 -> 3 with a wider placement (a move, then a scale: the server refuses both at once) ...
-    started = time.monotonic()
-    provisioned = change(
-        host,
-        Provisioned(provisioned.pair, (stream_id, restored), provisioned.consumers),
-        spec(replicas=3, placement={"cluster": "jsb"}),
-    )
-    scale_up = time.monotonic() - started
-    asyncio.run(cluster.wait_for_current(STREAM, 3, DURABLES, timeout=0.5))  # already current on return
-    # ... and 3 -> 1 without placement (a scale; then the placement is dropped from the config).
-    started = time.monotonic()
-    provisioned = change(host, provisioned, spec(replicas=1))
-    scale_down = time.monotonic() - started
-    state = asyncio.run(cluster.stream_state(STREAM))
-    assert state is not None and state.all_current(1), state
-    for durable in DURABLES:
-        consumer = asyncio.run(cluster.consumer_state(STREAM, durable))
-        assert consumer is not None and consumer.all_current(1), consumer
-    assert provisioned.stream[1]["config"]["num_replicas"] == 1
-    assert provisioned.stream[1]["config"].get("placement") is None
-    print(f"scale up with move took {scale_up:.1f}s, scale down {scale_down:.1f}s")
