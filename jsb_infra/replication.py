@@ -6,6 +6,8 @@ that follow its replica count are scaled after it. Measured on a 3-node cluster:
 reports success 10-11 s before the new stream peers are current, the consumers' a second or more
 later. So after such a change the provider polls `STREAM.INFO` / `CONSUMER.INFO` until the leader and
 exactly R-1 current followers are reported and no reconfiguration (`cluster.desired`) is pending.
+A create waits for a majority only: the server creates an R3 stream while one node is down (its
+replica catches up when the node returns), and the new stream works as soon as a majority is current.
 
 The server refuses to move and scale a stream in one update (nats-server server/jetstream_cluster.go,
 `jsClusteredStreamUpdateRequest`: err_code 10123); `update_stream` does that as two updates, each
@@ -29,9 +31,13 @@ class NotSettled(RuntimeError):
     """The cluster did not report the new peers current within the settle timeout."""
 
 
-def settle_problem(info: dict[str, Any], replicas: int) -> str | None:
+def settle_problem(info: dict[str, Any], replicas: int, quorum_only: bool = False) -> str | None:
     """Why `info` (a STREAM.INFO or CONSUMER.INFO answer) does not yet show `replicas` current peers;
-    None when it does. A single server (no cluster section) is settled at one replica."""
+    None when it does. A single server (no cluster section) is settled at one replica.
+
+    With `quorum_only` a majority of current peers is enough (leader included): what a new object
+    needs to work while a node is down, which the server allows (it places the offline node's replica
+    and lets it catch up when the node returns)."""
     cluster = info.get("cluster") or {}
     if cluster.get("desired"):
         return "a reconfiguration (scale or move) is still in progress"
@@ -41,7 +47,8 @@ def settle_problem(info: dict[str, Any], replicas: int) -> str | None:
     if len(followers) != replicas - 1:
         return f"{len(followers) + (1 if cluster.get('leader') else 0)} of {replicas} peers"
     behind = sorted(str(r.get("name")) for r in followers if not r.get("current") or r.get("offline"))
-    if behind:
+    needed_followers = replicas // 2 if quorum_only else replicas - 1
+    if len(followers) - len(behind) < needed_followers:
         return f"peer(s) {', '.join(behind)} not current yet"
     return None
 
@@ -85,23 +92,28 @@ def first_step(live: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     return step
 
 
-async def wait_for_stream(js: JetStreamAdmin, stream: str, timeout: float, consumers: bool = True) -> None:
-    """Until `stream` (and, with `consumers`, every consumer on it) reports all its peers current."""
+async def wait_for_stream(
+    js: JetStreamAdmin, stream: str, timeout: float, consumers: bool = True, quorum_only: bool = False
+) -> None:
+    """Until `stream` (and, with `consumers`, every consumer on it) reports all its peers current (a
+    majority with `quorum_only`, enough for a new stream while a node is down)."""
     deadline = time.monotonic() + timeout
-    info = await _settled(js, stream, None, deadline, timeout)
+    info = await _settled(js, stream, None, deadline, timeout, quorum_only=quorum_only)
     if not consumers:
         return
     replicas = int(info["config"].get("num_replicas") or 1)
     for name in await js.consumer_names(stream):
-        await _settled(js, stream, name, deadline, timeout, replicas)
+        await _settled(js, stream, name, deadline, timeout, replicas, quorum_only)
 
 
-async def wait_for_consumer(js: JetStreamAdmin, stream: str, durable: str, timeout: float) -> None:
+async def wait_for_consumer(
+    js: JetStreamAdmin, stream: str, durable: str, timeout: float, quorum_only: bool = False
+) -> None:
     """Until the consumer reports all its peers current (its replica count follows the stream's)."""
     deadline = time.monotonic() + timeout
     stream_info = await js.stream_info(stream)
     replicas = int((stream_info or {}).get("config", {}).get("num_replicas") or 1)
-    await _settled(js, stream, durable, deadline, timeout, replicas)
+    await _settled(js, stream, durable, deadline, timeout, replicas, quorum_only)
 
 
 async def _settled(
@@ -111,6 +123,7 @@ async def _settled(
     deadline: float,
     timeout: float,
     stream_replicas: int = 1,
+    quorum_only: bool = False,
 ) -> dict[str, Any]:
     what = f"stream {stream!r}" if consumer is None else f"consumer {stream}/{consumer}"
     while True:
@@ -121,7 +134,7 @@ async def _settled(
             replicas = int(info["config"].get("num_replicas") or 1)
         else:
             replicas = consumer_replicas(info, stream_replicas)
-        problem = settle_problem(info, replicas)
+        problem = settle_problem(info, replicas, quorum_only)
         if problem is None:
             return info
         if time.monotonic() > deadline:

@@ -35,6 +35,15 @@ def test_settled_means_a_leader_and_every_follower_current_with_nothing_pending(
     offline = {"cluster": {"leader": "n1", "replicas": [{"name": "n2", "current": True, "offline": True}]}}
     assert settle_problem(offline, 2) == "peer(s) n2 not current yet"
     assert settle_problem({"config": {}}, 1) is None  # a single server reports no cluster section
+    # a new R3 stream while one node is down: a majority is current, enough for a create only
+    one_down = {
+        "cluster": {"leader": "n1", "replicas": [{"name": "n2", "current": True}, {"name": "n3", "lag": 1}]}
+    }
+    assert settle_problem(one_down, 3, quorum_only=True) is None
+    assert settle_problem(one_down, 3) == "peer(s) n3 not current yet"
+    assert settle_problem(catching_up, 3, quorum_only=True) is None
+    two_down = {"cluster": {"leader": "n1", "replicas": [{"name": "n2"}, {"name": "n3"}]}}
+    assert settle_problem(two_down, 3, quorum_only=True) == "peer(s) n2, n3 not current yet"
 
 
 def test_a_consumer_runs_with_its_own_replicas_or_the_streams():

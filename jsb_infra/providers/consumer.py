@@ -209,7 +209,8 @@ async def _create_or_adopt(pair: Pair, app: str) -> dict[str, Any]:
         existing = await js.consumer_info(pair.stream, durable)
         if existing is None:
             await js.create_consumer(pair.stream, consumer_config(pair, app))
-            await replication.wait_for_consumer(js, pair.stream, durable, settings.current().settle_timeout)
+            timeout = settings.current().settle_timeout
+            await replication.wait_for_consumer(js, pair.stream, durable, timeout, quorum_only=True)
         elif adopt_decision(
             "consumer",
             f"{pair.stream}/{durable}",

@@ -200,7 +200,8 @@ async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
         existing = await js.stream_info(pair.stream)
         if existing is None:
             await js.create_stream(stream_config(pair))
-            await replication.wait_for_stream(js, pair.stream, settings.current().settle_timeout)
+            timeout = settings.current().settle_timeout
+            await replication.wait_for_stream(js, pair.stream, timeout, quorum_only=True)
         elif adopt_decision(
             "stream",
             pair.stream,
