@@ -189,6 +189,8 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
         connect_attempts=1,
         reconnect_time_wait=0.2,
         connect_timeout=args.timeout,
+        publish_timeout=args.timeout,
+        publish_budget=args.timeout,  # a check answers within its timeout, not after an election's budget
     )
     try:
         await client.connect()
