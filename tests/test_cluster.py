@@ -198,7 +198,7 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
     publisher = Publisher(orders)
     gaps: list[str] = []
     try:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
         for _ in range(2):  # two stream-leader kills
             leader = await cluster.wait_for_stream_leader(STREAM)
             killed, seen = await kill_and_restart(cluster, leader)
@@ -218,7 +218,7 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
         gaps.append(f"app node {app_node} (leader: {app_node == leader}): healthy {back - killed:.1f}s")
         assert orders.reconnects == reconnects + 1
         assert cluster.node_of_url(orders.nc.connected_url.geturl()).name != app_node  # type: ignore[union-attr]
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
     finally:
         publisher.stop.set()
         await publisher.task
