@@ -104,6 +104,11 @@ async def retrying(
         attempt += 1
         try:
             return await call()
+        except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as err:
+            raise ManagementUnavailable(
+                f"{what} failed: the connection to every server was lost ({describe(err)}). Nothing was "
+                "left half-done; re-running is safe once the cluster is reachable"
+            ) from None
         except Exception as err:
             if not is_transient(err, request):
                 raise

@@ -62,6 +62,12 @@ async def test_the_budget_is_a_deadline_and_the_error_is_one_line():
 
     assert await retrying(election, "x", RetryPolicy(budget=5, first_wait=0.01)) == "ok"
 
+    async def closed() -> None:
+        raise nats.errors.ConnectionClosedError
+
+    with pytest.raises(ManagementUnavailable, match="connection to every server was lost"):
+        await retrying(closed, "x", RetryPolicy(budget=5))
+
     async def refused() -> None:
         raise api_error(10058)
 
