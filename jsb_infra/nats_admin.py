@@ -18,6 +18,8 @@ import nats
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, Field
 
+from jsb_infra.retry import RetryPolicy, retrying
+
 API = "$JS.API"
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
@@ -44,8 +46,11 @@ class AdminConnection(BaseModel):
         opts: dict[str, Any] = {
             "servers": self.servers,
             "connect_timeout": self.timeout,
+            # Reconnect (to another node of a cluster) rather than fail the provider call: requests in
+            # the meantime time out and are retried (jsb_infra.retry) within the retry budget.
+            "allow_reconnect": True,
             "max_reconnect_attempts": 3,
-            "allow_reconnect": False,
+            "reconnect_time_wait": 0.5,
         }
         if self.user is not None:
             opts["user"] = self.user
@@ -75,13 +80,23 @@ class JetStreamApiError(RuntimeError):
 
 
 class JetStreamAdmin:
-    """Stream and consumer CRUD over an open admin connection."""
+    """Stream and consumer CRUD over an open admin connection.
 
-    def __init__(self, nc: NATS, timeout: float = 5.0):
+    With a `retry` policy every request is retried on transient failures (timeouts, no responders,
+    leader elections) within the policy's budget (`jsb_infra.retry`); without one, it is sent once.
+    """
+
+    def __init__(self, nc: NATS, timeout: float = 5.0, retry: RetryPolicy | None = None):
         self.nc = nc
         self.timeout = timeout
+        self.retry = retry
 
     async def _request(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.retry is None:
+            return await self._request_once(subject, body)
+        return await retrying(lambda: self._request_once(subject, body), subject, self.retry, body)
+
+    async def _request_once(self, subject: str, body: dict[str, Any] | None) -> dict[str, Any]:
         payload = json.dumps(body).encode() if body is not None else b""
         msg = await self.nc.request(subject, payload, timeout=self.timeout)
         reply: dict[str, Any] = json.loads(msg.data)
@@ -138,6 +153,21 @@ class JetStreamAdmin:
         body = {"stream_name": stream, "config": config, "action": action}
         return await self._request(f"{API}.CONSUMER.CREATE.{stream}.{config['name']}", body)
 
+    async def consumer_names(self, stream: str) -> list[str]:
+        """Names of the stream's consumers (every page); [] when the stream does not exist."""
+        names: list[str] = []
+        while True:
+            try:
+                reply = await self._request(f"{API}.CONSUMER.NAMES.{stream}", {"offset": len(names)})
+            except JetStreamApiError as err:
+                if err.err_code == STREAM_NOT_FOUND:
+                    return []
+                raise
+            page = reply.get("consumers") or []
+            names += page
+            if not page or len(names) >= int(reply.get("total", 0)):
+                return names
+
     async def delete_consumer(self, stream: str, name: str) -> bool:
         """Delete the consumer; False when it was already gone."""
         try:
@@ -163,8 +193,11 @@ def _identity(conn: AdminConnection) -> str:
 
 
 @asynccontextmanager
-async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
-    """An admin connection for the length of one provider call; always closed."""
+async def admin_session(
+    conn: AdminConnection, retry: RetryPolicy | None = None
+) -> AsyncIterator[JetStreamAdmin]:
+    """An admin connection for the length of one provider call; always closed. With `retry`, every
+    management request of the session is retried through leader elections (`jsb_infra.retry`)."""
     try:
         nc = await nats.connect(**conn.connect_options())
     except Exception as err:
@@ -173,7 +206,7 @@ async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
             "check the stack config jsb:servers and the secret jsb:admin"
         ) from None
     try:
-        yield JetStreamAdmin(nc, timeout=conn.timeout)
+        yield JetStreamAdmin(nc, timeout=conn.timeout, retry=retry)
     finally:
         await nc.close()
 

@@ -35,6 +35,7 @@ MAX_FILE_NAME_LEN = 255  # bytes in one path component on common file systems (e
 LONGEST_APP_FILE = names.durable_name("") + ".json"  # render writes consumers/<app>-workers.json
 MAX_APP_LEN = min(MAX_NAME_LEN - len(names.durable_name("")), MAX_FILE_NAME_LEN - len(LONGEST_APP_FILE))
 MAX_DESCRIPTION_LEN = 4096  # nats-server JSMaxDescriptionLen (bytes), server/jetstream.go
+MAX_REPLICAS = 5  # nats-server StreamMaxReplicas
 INT32_MAX = 2**31 - 1  # the server's int32 fields (max_msg_size)
 # The server holds the other counts in 64 bits (2^63-1), but a pair travels through Pulumi (inputs,
 # state) as a protobuf Struct, whose numbers are 64-bit floats: exact only up to 2^53-1. Durations
@@ -177,6 +178,15 @@ class _ConsumerFieldRules(StrictModel):
             raise rule(f"{info.field_name} must be at least 1, got {v}")
         return v
 
+    @field_validator("replicas", check_fields=False)
+    @classmethod
+    def _consumer_replicas_range(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not 1 <= v <= MAX_REPLICAS and enforcing_rules(info):
+            raise rule(
+                f"replicas must be between 1 and {MAX_REPLICAS} (leave it out to follow the stream), got {v}"
+            )
+        return v
+
     @field_validator("ack_wait", check_fields=False)
     @classmethod
     def _ack_wait_positive(cls, v: int | None, info: ValidationInfo) -> int | None:
@@ -208,6 +218,16 @@ class ConsumerSettings(_ConsumerFieldRules):
         description="Redelivery delays by delivery count; no longer than max_deliver.",
     )
     max_ack_pending: Count = Field(25000, description="Unacknowledged messages in flight (>= 1).")
+    replicas: int | None = Field(
+        None,
+        description="Copies of the consumer's state (1 to 5, at most the stream's). Leave out to follow the "
+        "stream (required on workqueue and interest streams, where the server demands equal replicas).",
+    )
+    memory_storage: bool = Field(
+        False,
+        description="Keep the consumer's state in memory (fewer disk writes; lost when all its replicas "
+        "restart at once, then redelivered). Changing it replaces the consumer.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> ConsumerSettings:
@@ -223,6 +243,8 @@ class ConsumerOverride(_ConsumerFieldRules):
     ack_wait: Duration | None = None
     backoff: list[Duration] | None = None
     max_ack_pending: Count | None = None
+    replicas: int | None = None
+    memory_storage: bool | None = None
 
 
 def check_consumer_rules(max_deliver: int, ack_wait: int | None, backoff: list[int]) -> None:
@@ -247,13 +269,53 @@ class ResolvedConsumer(StrictModel):
     ack_wait: int
     backoff: tuple[int, ...]
     max_ack_pending: int
+    replicas: int | None = None  # None: follows the stream
+    memory_storage: bool = False
+
+
+class Placement(StrictModel):
+    """Where the stream's replicas may live: a cluster by name and/or servers carrying all of `tags`
+    (their `server_tags`). The server picks peers that match when the stream is created or scaled, and
+    moves the stream when the placement changes."""
+
+    cluster: str | None = Field(None, description="Name of the cluster (its `cluster { name }`).")
+    tags: list[str] = Field(default_factory=list, description="Server tags every replica's server must have.")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and enforcing_rules(info) and (not v or any(ch.isspace() for ch in v)):
+            raise rule(f"cluster must be a non-empty cluster name without whitespace, got {v!r}")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if not enforcing_rules(info):
+            return v
+        for i, tag in enumerate(v):
+            if not tag.strip():
+                raise rule(f"tags[{i}] must not be empty")
+        lowered = [t.lower() for t in v]
+        if len(set(lowered)) != len(lowered):
+            raise rule(f"tags must be distinct (the server compares them ignoring case), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self, info: ValidationInfo) -> Placement:
+        if enforcing_rules(info) and self.cluster is None and not self.tags:
+            raise rule("placement needs a cluster or tags; leave placement out to let the server choose")
+        return self
 
 
 class StreamOptions(StrictModel):
     """Stream-level options. Storage, and retention to or from workqueue, cannot change in place: such a
     change replaces the stream (limits <-> interest is in place)."""
 
-    replicas: Count = Field(1, description="1 to 5; more than 1 needs a clustered server.")
+    replicas: Count = Field(1, description="1 to 5; more than 1 needs a JetStream cluster.")
+    placement: Placement | None = Field(
+        None, description="Cluster and/or server tags for the replicas; a change moves the stream."
+    )
     storage: Literal["file", "memory"] = "file"
     retention: Literal["workqueue", "limits", "interest"] = "workqueue"
     duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
@@ -266,8 +328,8 @@ class StreamOptions(StrictModel):
     @field_validator("replicas")
     @classmethod
     def _replicas_range(cls, v: int, info: ValidationInfo) -> int:
-        if not 1 <= v <= 5 and enforcing_rules(info):
-            raise rule(f"replicas must be between 1 and 5, got {v}")
+        if not 1 <= v <= MAX_REPLICAS and enforcing_rules(info):
+            raise rule(f"replicas must be between 1 and {MAX_REPLICAS}, got {v}")
         return v
 
     @field_validator("duplicate_window")
@@ -387,6 +449,36 @@ class Pair(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _consumer_replicas_fit_the_stream(self, info: ValidationInfo) -> Pair:
+        if not enforcing_rules(info):
+            return self
+        opts = self.stream_options
+        for app in self.apps:
+            where = (
+                f"consumer_overrides.{app}.replicas"
+                if self._overridden(app, "replicas")
+                else "consumer.replicas"
+            )
+            replicas = self.consumer_for(app).replicas
+            if replicas is None:
+                continue
+            if replicas > opts.replicas:
+                raise rule(
+                    f"{where}: {replicas} exceeds the stream's replicas ({opts.replicas}); the server "
+                    "refuses a consumer with more replicas than its stream"
+                )
+            if opts.retention != "limits" and replicas != opts.replicas:
+                raise rule(
+                    f"{where}: on a {opts.retention} stream the server requires the consumer's replicas to "
+                    f"equal the stream's ({opts.replicas}); leave replicas out to follow the stream"
+                )
+        return self
+
+    def _overridden(self, app: str, field_name: str) -> bool:
+        override = self.consumer_overrides.get(app)
+        return override is not None and getattr(override, field_name) is not None
+
+    @model_validator(mode="after")
     def _dlq_needs_a_retaining_stream(self, info: ValidationInfo) -> Pair:
         if enforcing_rules(info) and self.dlq and self.stream_options.retention == "interest":
             raise rule(
@@ -427,6 +519,8 @@ class Pair(StrictModel):
             ack_wait=ack_wait,
             backoff=tuple(settings.backoff),
             max_ack_pending=settings.max_ack_pending,
+            replicas=settings.replicas,
+            memory_storage=settings.memory_storage,
         )
 
 

@@ -34,11 +34,31 @@ def stream_config(pair: Pair) -> StreamConfig:
     }
     if opts.description:
         config["description"] = opts.description
+    if opts.placement is not None:
+        config["placement"] = placement_config(pair)
     return config
 
 
+def placement_config(pair: Pair) -> dict[str, Any] | None:
+    """The stream's `placement` as the server holds it (it omits empty keys), or None when unset."""
+    placement = pair.stream_options.placement
+    if placement is None:
+        return None
+    out: dict[str, Any] = {}
+    if placement.cluster is not None:
+        out["cluster"] = placement.cluster
+    if placement.tags:
+        out["tags"] = list(placement.tags)
+    return out
+
+
 def consumer_config(pair: Pair, app: str) -> ConsumerConfig:
-    """`app`'s durable pull consumer, reading what the other app publishes to it."""
+    """`app`'s durable pull consumer, reading what the other app publishes to it.
+
+    `num_replicas` is left out (the server's 0: follow the stream, so scaling the stream carries the
+    consumer along) unless the spec sets replicas on a limits stream. On workqueue and interest streams
+    the spec only allows the stream's own count, which is what 0 means there.
+    """
     settings = pair.consumer_for(app)
     durable = names.durable_name(app)
     config: ConsumerConfig = {
@@ -54,6 +74,10 @@ def consumer_config(pair: Pair, app: str) -> ConsumerConfig:
     }
     if settings.backoff:
         config["backoff"] = list(settings.backoff)
+    if settings.replicas is not None and pair.stream_options.retention == "limits":
+        config["num_replicas"] = settings.replicas
+    if settings.memory_storage:
+        config["mem_storage"] = True
     return config
 
 

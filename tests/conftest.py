@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.credentials import new_user_keypair, public_key_of
+from jsb_infra.local_cluster import LocalNatsCluster
 from jsb_infra.local_server import LocalNatsServer, env_nats_url
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
@@ -156,3 +157,38 @@ async def provisioned_pair(
     server = make_server(pair_server_config(pair, seeds))
     await provision(server.url, pair)
     return ProvisionedPair(server, pair, seeds)
+
+
+# -- a real multi-process JetStream cluster -------------------------------------------------------
+
+
+@pytest.fixture
+def make_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalNatsCluster]]:
+    """A factory for started `LocalNatsCluster`s (3 nodes unless `size=`); all stopped at teardown.
+
+    Accounts default to one JetStream account with ADMIN_USER/ADMIN_PASSWORD; pass `accounts=` text
+    for another layout.
+    """
+    started: list[LocalNatsCluster] = []
+
+    def factory(size: int = 3, accounts: str | None = None, extra_config: str = "") -> LocalNatsCluster:
+        cluster = LocalNatsCluster(
+            base_dir=tmp_path_factory.mktemp("cluster"),
+            size=size,
+            admin_user=ADMIN_USER,
+            admin_password=ADMIN_PASSWORD,
+            accounts=accounts,
+            extra_config=extra_config,
+        )
+        started.append(cluster)
+        return cluster.start()
+
+    yield factory
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster(make_cluster: Callable[..., LocalNatsCluster]) -> LocalNatsCluster:
+    """A started 3-node cluster with the default admin account."""
+    return make_cluster()

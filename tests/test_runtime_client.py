@@ -112,7 +112,7 @@ async def test_two_apps_exchange_both_ways_with_only_their_permissions(provision
 async def test_a_denied_operation_is_recorded(provisioned_pair):
     """The violation collector really sees denials, so the zero-violation assertions mean something."""
     pp = provisioned_pair
-    orders = await app_client(pp, "orders", publish_attempts=1, publish_timeout=0.5).connect()
+    orders = await app_client(pp, "orders", publish_budget=0, publish_timeout=0.5).connect()
     with pytest.raises(runtime_pkg.PublishError):
         await orders.publish_raw("billing.sync.orders", b"{}", {"Nats-Msg-Id": "x"})
     await orders.nc.flush()

@@ -72,7 +72,7 @@ async def test_failed_dlq_publish_naks_early_and_holds_the_last_delivery_until_i
     admin = await pp.admin()
     ack = await admin.jetstream().publish("orders.sync.billing", b"not an envelope")
     await admin.close()
-    billing = await app_client(pp, "billing", publish_attempts=1, publish_timeout=0.5).connect()
+    billing = await app_client(pp, "billing", publish_budget=0, publish_timeout=0.5).connect()
     consumer = billing.consumer(None, fetch_timeout=0.5, dlq_retry_wait=0.2, dlq_retry_max_wait=0.4)
     task = asyncio.create_task(consumer.run())
     # delivery 1 of 2: the DLQ refuses, so the message is nak'd for the backoff's redelivery
@@ -104,7 +104,7 @@ async def test_stop_while_the_dlq_refuses_leaves_the_message_and_names_its_seque
     pp = provisioned_pair
     await set_dlq_captured(pp, False)
     orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing", publish_attempts=1, publish_timeout=0.5).connect()
+    billing = await app_client(pp, "billing", publish_budget=0, publish_timeout=0.5).connect()
 
     async def always_fail(event: Event, delivery: Delivery) -> None:
         raise RuntimeError("cannot handle")
@@ -245,7 +245,7 @@ async def test_batch_reports_bad_events_and_still_sends_the_rest(provisioned_pai
 
 async def test_batch_while_disconnected_leaks_no_in_flight_slot(provisioned_pair):
     pp = provisioned_pair
-    orders = await app_client(pp, "orders", publish_timeout=0.5, publish_attempts=1).connect()
+    orders = await app_client(pp, "orders", publish_timeout=0.5, publish_budget=0).connect()
     pp.server.stop(kill=True)
     await wait_for(lambda: not orders.nc.is_connected)
     # each ~700 kB: the third overflows the 2 MiB reconnect buffer inside publish_async

@@ -24,7 +24,7 @@ def app_client(pp, app: str) -> BridgeClient:
         Credentials(nkey_seed=pp.seeds[app]),
         reconnect_time_wait=0.2,
         publish_timeout=2.0,
-        publish_attempts=5,
+        publish_budget=10,
     )
 
 

@@ -9,6 +9,7 @@ methods are called synchronously from the host's worker threads, pulumi#13153).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,8 +19,10 @@ from pulumi.output import Unknown
 from pulumi.runtime import rpc
 from pydantic import ValidationError
 
-from jsb_infra.nats_admin import differences, normalize, zero_like
+from jsb_infra.nats_admin import AdminConnectError, JetStreamApiError, differences, normalize, zero_like
 from jsb_infra.providers import settings
+from jsb_infra.replication import NotSettled
+from jsb_infra.retry import ManagementUnavailable
 from jsb_infra.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
 
 T = TypeVar("T")
@@ -252,9 +255,30 @@ class JsbProvider(ResourceProvider):
 
     @staticmethod
     def run(coro: Coroutine[Any, Any, T]) -> T:
-        """Run one call's I/O. A refusal is raised afresh here: the host prints the whole traceback
-        before the message, and the asyncio frames add nothing a user can act on."""
+        """Run one call's I/O. A refusal, a cluster that stayed unavailable for the whole retry budget,
+        a change that did not settle, a failed admin connect or a server refusal is raised as one
+        `ProviderError` line: the host sends `traceback.format_exc()` to the engine, so the traceback
+        limit is set to 0 for that raise (it applies to this host process only, and any other
+        exception gets its full traceback back)."""
+        _full_tracebacks()
         try:
             return asyncio.run(coro)
-        except ProviderError as err:
+        except ONE_LINE_ERRORS as err:
+            sys.tracebacklimit = 0
             raise ProviderError(str(err)) from None
+
+
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
+    ProviderError,
+    ManagementUnavailable,
+    NotSettled,
+    AdminConnectError,
+    JetStreamApiError,
+)
+"""Failures whose message says everything: what failed and what to do. Anything else is a bug and
+keeps its traceback."""
+
+
+def _full_tracebacks() -> None:
+    if hasattr(sys, "tracebacklimit"):
+        del sys.tracebacklimit

@@ -3,8 +3,9 @@
 Replaces (delete first) when its identity changes (durable name, stream, the stream incarnation:
 `stream_incarnation_key` of the pair, known at preview, and `stream_created` once known) or a field
 the server cannot update (deliver/ack/replay policy, pull <-> push, max_waiting, mem_storage);
-everything else (max_deliver, ack_wait, backoff, max_ack_pending, filter subject(s), headers_only,
-inactive_threshold) updates in place. On an interest stream, deleting a consumer drops the messages
+everything else (max_deliver, ack_wait, backoff, max_ack_pending, num_replicas, filter subject(s),
+headers_only, inactive_threshold) updates in place; create and a replica change return once the
+consumer's peers are current. On an interest stream, deleting a consumer drops the messages
 only it was interested in: delete and replace refuse that unless the pair allows destroying messages.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
-from jsb_infra import names
+from jsb_infra import names, replication
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
@@ -62,11 +63,13 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "mem_storage": False,
     "filter_subjects": [],
     "max_waiting": 512,
+    "num_replicas": 0,
 }
 """Keys the renderer leaves out, with the value that means "unset".
 
-Compared, not sent: nats-server 2.15.1 gives a durable pull consumer max_waiting 512 and omits the
-others when unset, and an update with the rendered config resets the mutable ones to these values."""
+Compared, not sent: nats-server 2.15.1 gives a durable pull consumer max_waiting 512, reports
+num_replicas 0 (follow the stream) when it was not given, and omits the others when unset, and an
+update with the rendered config resets the mutable ones to these values."""
 
 
 def desired_config(pair: Pair, app: str) -> dict[str, Any]:
@@ -206,6 +209,8 @@ async def _create_or_adopt(pair: Pair, app: str) -> dict[str, Any]:
         existing = await js.consumer_info(pair.stream, durable)
         if existing is None:
             await js.create_consumer(pair.stream, consumer_config(pair, app))
+            timeout = settings.current().settle_timeout
+            await replication.wait_for_consumer(js, pair.stream, durable, timeout, quorum_only=True)
         elif adopt_decision(
             "consumer",
             f"{pair.stream}/{durable}",
@@ -230,8 +235,13 @@ async def _update(pair: Pair, app: str) -> dict[str, Any]:
                 f"consumer {pair.stream}/{durable} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        if config_changes(desired_config(pair, app), live_config(existing, pair, app)):
+        changes = config_changes(desired_config(pair, app), live_config(existing, pair, app))
+        if changes:
             await js.update_consumer(pair.stream, consumer_config(pair, app))
+            if "num_replicas" in changes:
+                await replication.wait_for_consumer(
+                    js, pair.stream, durable, settings.current().settle_timeout
+                )
         info = await js.consumer_info(pair.stream, durable)
     if info is None:
         raise ProviderError(f"consumer {pair.stream}/{durable} vanished right after it was written")

@@ -5,7 +5,9 @@ The settings are kept in this module's registry, never on the provider object: t
 pickled into every resource's state (`__provider`), so anything stored on it would land in state.
 
 Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (secret object: user,
-password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional).
+password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional),
+`jsb:retryBudget` (how long each management call retries through elections; default 60s) and
+`jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s).
 The engine passes structured values as JSON text (and may pass them decoded); both are accepted.
 """
 
@@ -19,12 +21,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from jsb_infra import nats_admin
+from jsb_infra.durations import parse_duration
 from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
+from jsb_infra.retry import DEFAULT_BUDGET, RetryPolicy
 
 PROJECT = "jsb"
 SERVERS_KEY = f"{PROJECT}:servers"
 ADMIN_KEY = f"{PROJECT}:admin"
 OUTPUT_DIR_KEY = f"{PROJECT}:outputDir"
+RETRY_BUDGET_KEY = f"{PROJECT}:retryBudget"
+SETTLE_TIMEOUT_KEY = f"{PROJECT}:settleTimeout"
+DEFAULT_SETTLE_TIMEOUT = 180.0
 ADMIN_FIELDS = ("user", "password", "token", "nkey_seed", "creds_file", "tls_ca", "tls_cert", "tls_key")
 
 
@@ -40,6 +47,11 @@ class ProviderSettings(BaseModel):
     servers: list[str] = []
     admin: dict[str, str] = {}
     output_dir: str | None = None
+    retry_budget: float = DEFAULT_BUDGET
+    settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(budget=self.retry_budget)
 
     def admin_connection(self) -> AdminConnection:
         """The admin connection; raises with the config key to set when no server is configured."""
@@ -91,11 +103,24 @@ def settings_from_config(raw: Any) -> ProviderSettings:
     output_dir = raw.get(OUTPUT_DIR_KEY)
     if output_dir is not None and not isinstance(output_dir, str):
         raise ProviderSettingsError(f"{OUTPUT_DIR_KEY}: must be a directory path")
+    timing = {
+        field: _seconds(key, raw.get(key))
+        for field, key in (("retry_budget", RETRY_BUDGET_KEY), ("settle_timeout", SETTLE_TIMEOUT_KEY))
+        if raw.get(key) is not None
+    }
     try:
-        return ProviderSettings(servers=servers, admin=admin, output_dir=output_dir or None)
+        return ProviderSettings(servers=servers, admin=admin, output_dir=output_dir or None, **timing)
     except ValidationError as err:  # never echo the values: they may be secret
         fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in err.errors()}))
         raise ProviderSettingsError(f"provider settings invalid in field(s): {fields}") from None
+
+
+def _seconds(key: str, value: Any) -> float:
+    """A duration setting (`90s`, `2m`, or seconds) in seconds; its value is not secret."""
+    try:
+        return parse_duration(_decoded(key, value)) / 1e9
+    except ValueError as err:
+        raise ProviderSettingsError(f"{key}: {err}") from None
 
 
 def configure(raw: Any) -> None:
@@ -114,4 +139,5 @@ def current() -> ProviderSettings:
 
 def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
     """An admin session with the configured connection, for the length of one provider call."""
-    return nats_admin.admin_session(current().admin_connection())
+    settings = current()
+    return nats_admin.admin_session(settings.admin_connection(), retry=settings.retry_policy())

@@ -2,7 +2,9 @@
 
 Replaces (delete first) on name, storage, and retention to or from workqueue (`stream_incarnation_key`),
 and when a field the server cannot reset was set by hand (sealed, mirror, deny_delete, deny_purge,
-allow_msg_ttl); updates everything else in place, sending the whole config. Refuses to destroy a
+allow_msg_ttl); updates everything else in place, sending the whole config. Replicas and placement
+change in place (the server scales or moves the stream); create and such an update return only once
+the stream and its consumers report their peers current (`jsb_infra.replication`). Refuses to destroy a
 stream that still holds messages unless the pair sets `allow_destroy_with_messages`.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
+from jsb_infra import replication
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
@@ -61,12 +64,14 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "deny_delete": False,
     "deny_purge": False,
     "allow_msg_ttl": False,
+    "placement": None,
 }
 """Keys the renderer leaves out, with the value that means "unset" (None: absent).
 
 Compared, not sent: an update sends the rendered config and the server resets these to exactly
 these values (nats-server 2.15.1 reports max_msgs_per_subject -1 and the booleans false, and omits
-no_ack, mirror and sources), so a default stream shows no difference."""
+no_ack, mirror and sources), so a default stream shows no difference. `placement` is managed so that
+one set by hand shows as drift (and the next update, which sends the spec's, clears it visibly)."""
 
 
 def desired_config(pair: Pair) -> dict[str, Any]:
@@ -197,6 +202,8 @@ async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
         existing = await js.stream_info(pair.stream)
         if existing is None:
             await js.create_stream(stream_config(pair))
+            timeout = settings.current().settle_timeout
+            await replication.wait_for_stream(js, pair.stream, timeout, quorum_only=True)
         elif adopt_decision(
             "stream",
             pair.stream,
@@ -206,7 +213,7 @@ async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
         ):
-            await js.update_stream(stream_config(pair))
+            await _apply_update(js, existing, pair)
         return await _read_back(js, pair.stream)
 
 
@@ -219,8 +226,16 @@ async def _update(pair: Pair) -> dict[str, Any]:
                 "and the next `pulumi up` recreates it"
             )
         if config_changes(desired_config(pair), live_config(existing, pair)):
-            await js.update_stream(stream_config(pair))  # whole config: the server treats it as a replacement
+            await _apply_update(js, existing, pair)
         return await _read_back(js, pair.stream)
+
+
+async def _apply_update(js: JetStreamAdmin, existing: dict[str, Any], pair: Pair) -> None:
+    """The whole config (the server treats an update as a replacement); a change of replicas or
+    placement is waited for until the stream and its consumers report the new peers current."""
+    await replication.update_stream(
+        js, existing["config"], stream_config(pair), settings.current().settle_timeout
+    )
 
 
 async def _delete(name: str, pair: Pair) -> None:

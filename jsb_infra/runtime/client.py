@@ -36,8 +36,9 @@ KEPT_PERMISSION_VIOLATIONS = 100  # the newest ones; `permission_violation_count
 # semaphore instead, so nats-py's is made too large to matter.
 _UNBOUNDED_PENDING = 1 << 30
 
-# Failures after which the same publish may simply be tried again: the reply did not come, or the
-# stream was not there for a moment (server restarting), or the buffer was full while reconnecting.
+# Failures after which the same publish may simply be tried again, with the same `Nats-Msg-Id`: the
+# reply did not come, or no stream leader took the subject (an election, a restarting server: "no
+# responders"), or the buffer was full while reconnecting.
 RETRYABLE_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
     asyncio.TimeoutError,
@@ -46,10 +47,26 @@ RETRYABLE_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.OutboundBufferLimitError,
     asyncio.CancelledError,  # only for futures cancelled by publish_batch itself, never our own task
 )
+# Answers of the stream that mean "not now" rather than "no" (nats-server server/jetstream_errors.json):
+# 10158 "duplicate message id is in process": an earlier attempt with this id was proposed but not yet
+# committed (typically while the stream's group has no quorum); the retry resolves to a PubAck or a
+# duplicate PubAck. 10008 "JetStream system temporarily unavailable". 10167 "too many requests".
+RETRYABLE_PUBLISH_API_ERRORS = frozenset({10158, 10008, 10167})
+# The default publish budget covers a stream-leader election with room to spare: nats-server's raft
+# election timeout is 4-9 s (server/raft.go), so the loss of a leader costs at most ~9 s plus the vote,
+# a split vote one more round, plus a reconnect (measured on a 3-node cluster: 4.6-8.7 s per election).
+DEFAULT_PUBLISH_BUDGET = 30.0
+
+
+def is_retryable_publish_error(err: BaseException) -> bool:
+    """True for a failure after which the same publish (same msg id) may be tried again."""
+    if isinstance(err, RETRYABLE_PUBLISH_ERRORS):
+        return True
+    return isinstance(err, nats.js.errors.APIError) and err.err_code in RETRYABLE_PUBLISH_API_ERRORS
 
 
 class PublishError(RuntimeError):
-    """A publish that got no PubAck within the bounded attempts, or that could never be sent."""
+    """A publish that got no PubAck within the publish budget, or that could never be sent."""
 
 
 class ConnectGaveUp(ConnectionError):
@@ -79,15 +96,22 @@ class BridgeClient:
         *,
         name: str | None = None,
         publish_timeout: float = 5.0,
-        publish_attempts: int = 3,
+        publish_budget: float = DEFAULT_PUBLISH_BUDGET,
         retry_wait: float = 0.25,
+        retry_max_wait: float = 2.0,
         reconnect_time_wait: float = 1.0,
         connect_timeout: float = 2.0,
         connect_attempts: int = 3,
         error_cb: Callable[[Exception], Awaitable[None]] | None = None,
     ):
-        if publish_attempts < 1:
-            raise ValueError(f"publish_attempts: must be at least 1, got {publish_attempts}")
+        if publish_budget < 0:
+            raise ValueError(
+                f"publish_budget: must be >= 0 seconds (0: a single attempt), got {publish_budget}"
+            )
+        if retry_wait <= 0 or retry_max_wait < retry_wait:
+            raise ValueError(
+                f"retry_wait: must be > 0 and <= retry_max_wait, got {retry_wait} and {retry_max_wait}"
+            )
         if connect_attempts < 1:
             raise ValueError(
                 f"connect_attempts: must be at least 1 (tries per server of the first connect), "
@@ -97,8 +121,14 @@ class BridgeClient:
         self.credentials = credentials or Credentials()
         self.name = name or f"jsb-{bridge.app}@{bridge.stream}"
         self.publish_timeout = publish_timeout
-        self.publish_attempts = publish_attempts
+        self.publish_budget = publish_budget
         self.retry_wait = retry_wait
+        self.retry_max_wait = retry_max_wait
+        # For health: when the last PubAck came, and since when publishes have been retrying without any
+        # PubAck meanwhile (None while no publish is retrying).
+        self.last_puback_at: float | None = None
+        self.publish_failing_since: float | None = None
+        self._publishes_retrying = 0
         self.reconnect_time_wait = reconnect_time_wait
         self.connect_timeout = connect_timeout
         self.connect_attempts = connect_attempts
@@ -295,28 +325,65 @@ class BridgeClient:
         return await self.publish_raw(self.bridge.publish_subject, encode(event), hdrs)
 
     async def publish_raw(self, subject: str, body: bytes, headers: dict[str, str]) -> PubAck:
-        """A JetStream publish with bounded retries; the headers must carry a stable `Nats-Msg-Id`."""
+        """A JetStream publish retried for `publish_budget` seconds; the headers must carry a stable
+        `Nats-Msg-Id`, so a retry of a publish that was in fact stored is a duplicate, not a second copy."""
+        return await self._publish_until(subject, body, headers, time.monotonic() + self.publish_budget)
+
+    async def _publish_until(
+        self, subject: str, body: bytes, headers: dict[str, str], deadline: float
+    ) -> PubAck:
+        """Attempt, and on a retryable failure pause (`retry_wait`, doubling up to `retry_max_wait`) and
+        attempt again while the monotonic `deadline` has not passed. The first attempt is always made
+        with the full `publish_timeout`; later ones wait at most until the deadline."""
         js = self.js
-        last: BaseException | None = None
-        for attempt in range(1, self.publish_attempts + 1):
-            try:
-                return await js.publish(subject, body, timeout=self.publish_timeout, headers=headers)
-            except RETRYABLE_PUBLISH_ERRORS[:-1] as err:
-                last = err
-                log.warning(
-                    "publish to %s (msg id %s) attempt %d/%d failed: %r",
-                    subject,
-                    headers.get(self._msg_id_header),
-                    attempt,
-                    self.publish_attempts,
-                    err,
-                )
-                if attempt < self.publish_attempts:
-                    await asyncio.sleep(self.retry_wait * 2 ** (attempt - 1))
-        raise PublishError(
-            f"publish to {subject} (msg id {headers.get(self._msg_id_header)}) got no PubAck after "
-            f"{self.publish_attempts} attempts: {last!r}"
-        ) from last
+        msg_id = headers.get(self._msg_id_header)
+        pause = self.retry_wait
+        timeout = self.publish_timeout
+        attempt = 0
+        retrying = False
+        try:
+            while True:
+                attempt += 1
+                try:
+                    ack = await js.publish(subject, body, timeout=timeout, headers=headers)
+                except Exception as err:
+                    if not is_retryable_publish_error(err):
+                        raise
+                    now = time.monotonic()
+                    if not retrying:
+                        retrying = True
+                        self._publishes_retrying += 1
+                    if self.publish_failing_since is None:
+                        self.publish_failing_since = now
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        raise PublishError(
+                            f"publish to {subject} (msg id {msg_id}) got no PubAck within the publish "
+                            f"budget of {self.publish_budget:g}s ({attempt} attempts): {err!r}"
+                        ) from err
+                    log.warning(
+                        "publish to %s (msg id %s) attempt %d failed, retrying for %.1fs more: %r",
+                        subject,
+                        msg_id,
+                        attempt,
+                        remaining,
+                        err,
+                    )
+                    await asyncio.sleep(min(pause, remaining))
+                    pause = min(pause * 2, self.retry_max_wait)
+                    timeout = max(min(self.publish_timeout, deadline - time.monotonic()), 0.05)
+                    continue
+                self._note_puback()
+                return ack
+        finally:
+            if retrying:
+                self._publishes_retrying -= 1
+                if self._publishes_retrying == 0:
+                    self.publish_failing_since = None
+
+    def _note_puback(self) -> None:
+        self.last_puback_at = time.monotonic()
+        self.publish_failing_since = None
 
     def _pipelining_js(self) -> JetStreamContext:
         """The JetStream context for `publish_async`; its own bound is off (see `_UNBOUNDED_PENDING`)."""
@@ -386,9 +453,12 @@ class BridgeClient:
         """Pipeline `events` (`js.publish_async`), at most `max_in_flight` unacknowledged at once.
 
         Returns one result per event, in order: its PubAck, or the error that remained for that event
-        (one that cannot be encoded or is too large, a refusal by the stream, or a publish still
-        unanswered after the bounded retries, which are done one by one with the same msg id). It never
-        raises for a single event.
+        (one that cannot be encoded or is too large, a refusal by the stream, or a `PublishError` for a
+        publish still unanswered when the budget was spent). Events whose pipelined publish failed in a
+        retryable way are retried one by one with the same msg id, all within one `publish_budget` that
+        starts when the retries do; once it is spent, an event is tried only while the one before it
+        succeeded, so a batch against a dead cluster ends after about one budget. It never raises for
+        a single event.
         """
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be at least 1, got {max_in_flight}")
@@ -434,13 +504,25 @@ class BridgeClient:
                 results[index] = asyncio.CancelledError()
             else:
                 results[index] = future.exception() or future.result()
+        if any(isinstance(r, PubAck) for r in results):
+            self._note_puback()
+        deadline: float | None = None
+        spent: PublishError | None = None
         for index, result in enumerate(results):
-            if isinstance(result, RETRYABLE_PUBLISH_ERRORS):
-                body, headers = prepared[index]  # type: ignore[misc]
-                try:
-                    results[index] = await self.publish_raw(subject, body, headers)
-                except Exception as err:  # PublishError, or a refusal the retry got instead
-                    results[index] = err
+            if not isinstance(result, BaseException) or not is_retryable_publish_error(result):
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + self.publish_budget
+            body, headers = prepared[index]  # type: ignore[misc]
+            if spent is not None:
+                results[index] = PublishError(f"not retried, the publish budget is spent: {spent}")
+                continue
+            try:
+                results[index] = await self._publish_until(subject, body, headers, deadline)
+            except PublishError as err:
+                results[index] = spent = err
+            except Exception as err:  # a refusal the retry got instead
+                results[index] = err
         return results  # type: ignore[return-value]
 
     # -- consuming -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Checks, all as the app and without any JetStream management call:
 1. connect (with the bridge's inbox prefix);
 2. publish to its subject, as a dry run that stores nothing and so never lands in the peer's work
    queue: the probe carries `Nats-Expected-Last-Subject-Sequence` with an impossible value, so the
-   stream answers on the app's inbox with "wrong last sequence" (err 10071). That answer proves the
+   stream answers on the app's inbox with "wrong last sequence" (err 10071 or 10164). That answer proves the
    publish was permitted, the subject is captured by the bridge's stream, and the PubAck path
    works. The DLQ subject (when on) is probed the same way. `--publish-event` instead publishes a
    real probe event (header `Jsb-Probe: 1`) that the peer will receive;
@@ -29,10 +29,7 @@ import nats.errors
 from jsb_infra import names
 from jsb_infra.runtime.client import BridgeClient
 from jsb_infra.runtime.config import BridgeConfigError, load_bridge, load_credentials
-
-PROBE_HEADER = "Jsb-Probe"
-IMPOSSIBLE_SEQUENCE = str(2**63 - 1)
-WRONG_LAST_SEQUENCE = 10071
+from jsb_infra.runtime.probe import PROBE_HEADER, probe_publish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,13 +86,11 @@ async def _settle(client: BridgeClient) -> None:
 
 async def _check_publish(client: BridgeClient, report: _Report, subject: str, timeout: float) -> None:
     check = f"publish {subject}"
-    headers = {"Nats-Expected-Last-Subject-Sequence": IMPOSSIBLE_SEQUENCE, PROBE_HEADER: "1"}
-    try:
-        reply = await client.nc.request(subject, b"jsb-infra doctor probe", timeout=timeout, headers=headers)
-    except nats.errors.NoRespondersError:
+    probe = await probe_publish(client.nc, subject, timeout, body=b"jsb-infra doctor probe")
+    if probe.outcome == "no_responders":
         report.fail(check, f"no stream captures {subject} (expected stream {client.bridge.stream})")
         return
-    except nats.errors.TimeoutError:
+    if probe.outcome == "timeout":
         await _settle(client)
         denied = _denials(client, subject)
         if denied:
@@ -107,16 +102,13 @@ async def _check_publish(client: BridgeClient, report: _Report, subject: str, ti
                 "denied, or the server is slow)",
             )
         return
-    try:
-        answer = json.loads(reply.data)
-    except ValueError:
-        report.fail(check, f"unexpected answer {reply.data[:200]!r}")
+    if probe.answer is None:
+        report.fail(check, f"unexpected answer {probe.raw[:200]!r}")
         return
-    stream = answer.get("stream")
-    code = (answer.get("error") or {}).get("err_code")
+    answer, stream = probe.answer, probe.stream
     if stream != client.bridge.stream:
         report.fail(check, f"captured by stream {stream!r}, expected {client.bridge.stream!r}: {answer}")
-    elif code == WRONG_LAST_SEQUENCE:
+    elif probe.leader_answered(client.bridge.stream):
         report.ok(
             check,
             f"permitted; stream {stream} answered on {client.bridge.inbox_prefix} (dry run, nothing stored)",
@@ -211,6 +203,8 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
         connect_attempts=1,
         reconnect_time_wait=0.2,
         connect_timeout=args.timeout,
+        publish_timeout=args.timeout,
+        publish_budget=args.timeout,  # a check answers within its timeout, not after an election's budget
     )
     try:
         await client.connect()
