@@ -25,30 +25,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from jsb_infra import names
-from jsb_infra.permissions import INBOX_WHY, Service, app_permissions, conf_list
+from jsb_infra.permissions import Rights, Service, app_permissions, conf_list
 from jsb_infra.spec import Pair
 
 STANDARD_CONNECTIONS = ("STANDARD",)
 """The only connection type an app user may open (no leafnode, websocket or MQTT)."""
 
 
-@dataclass(frozen=True)
-class AppAccount:
+@dataclass(frozen=True, kw_only=True)
+class AppAccount(Rights):
     """One app's account: the services it imports from the JetStream account and its user's rights."""
 
     app: str
     account: str
     streams: tuple[str, ...]
-    services: tuple[Service, ...]
-    subscribe: tuple[str, ...]
-
-    @property
-    def publish(self) -> tuple[str, ...]:
-        return tuple(s.subject for s in self.services)
-
-    def claims(self) -> dict[str, dict[str, list[str]]]:
-        """The user's permissions in JWT user-claims form (nats-io/jwt v2)."""
-        return {"pub": {"allow": list(self.publish)}, "sub": {"allow": list(self.subscribe)}}
 
     def document(self) -> dict[str, Any]:
         """What a reviewer reads: keyed by subject, so a diff names the subject added or removed."""
@@ -56,8 +46,7 @@ class AppAccount:
             "account": self.account,
             "streams": list(self.streams),
             "connection_types": list(STANDARD_CONNECTIONS),
-            "publish": {s.subject: s.why for s in self.services},
-            "subscribe": {subject: INBOX_WHY for subject in self.subscribe},
+            **self.reasons(),
         }
 
 

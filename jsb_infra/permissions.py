@@ -31,11 +31,9 @@ class Service:
 
 
 @dataclass(frozen=True)
-class AppPermissions:
-    """What one app of one stream may request (through its imports) and receive."""
+class Rights:
+    """Requests (imported services, also the user's publish allow list) and the subscribe allow list."""
 
-    stream: str
-    app: str
     services: tuple[Service, ...]
     subscribe: tuple[str, ...]
 
@@ -55,6 +53,14 @@ class AppPermissions:
             "publish": {s.subject: s.why for s in self.services},
             "subscribe": {subject: INBOX_WHY for subject in self.subscribe},
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppPermissions(Rights):
+    """What one app of one stream may request (through its imports) and receive."""
+
+    stream: str
+    app: str
 
 
 def app_services(pair: Pair, app: str) -> tuple[Service, ...]:
