@@ -422,10 +422,10 @@ class BridgeClient:
 
     # -- consuming -------------------------------------------------------------------------------
     def consumer(self, handler: Any, **options: Any) -> Any:
-        """A `Consumer` of this app's durable; see `jsb_infra.runtime.consumer.Consumer`."""
-        from jsb_infra.runtime.consumer import Consumer
+        """A `ConsumerLoop` of this app's durable; see `jsb_infra.runtime.consumer.ConsumerLoop`."""
+        from jsb_infra.runtime.consumer import ConsumerLoop
 
-        return Consumer(self, handler, **options)
+        return ConsumerLoop(self, handler, **options)
 
     async def consume(self, handler: Any, **options: Any) -> Any:
         """Run a consumer until it is stopped (or this task is cancelled); returns its stats."""
