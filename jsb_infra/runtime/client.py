@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -336,26 +336,30 @@ class BridgeClient:
                     if future is not None and not future.done():
                         future.cancel()
 
-    def _prepare(self, events: Iterable[Event]) -> list[tuple[bytes, dict[str, str]] | BaseException]:
-        """Encode and size-check every event before sending any: an event that cannot be sent gets its
-        error as its result, the others still go."""
+    def _prepare(self, events: Iterable[Event]) -> Iterator[tuple[bytes, dict[str, str]] | BaseException]:
+        """Encode and size-check each event as it is about to be sent (so encoding overlaps the server's
+        work on the ones before): an event that cannot be sent gets its error as its result, the others
+        still go."""
         limit = self.nc.max_payload
         header = self._msg_id_header
-        prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
+        header_overhead = headers_size({header: ""})
         for event in events:
             try:
                 body = encode(event)
-                headers = {header: event.event_id}
-                size = len(body) + headers_size(headers)
+                event_id = event.event_id
+                size = (
+                    len(body)
+                    + header_overhead
+                    + (len(event_id) if event_id.isascii() else len(event_id.encode()))
+                )
                 if size > limit:
                     raise PublishError(
-                        f"event {event.event_id}: {size} bytes (body and headers) exceed the server's "
+                        f"event {event_id}: {size} bytes (body and headers) exceed the server's "
                         f"max_payload of {limit} bytes"
                     )
-                prepared.append((body, headers))
+                yield body, {header: event_id}
             except Exception as err:
-                prepared.append(err)
-        return prepared
+                yield err
 
     async def publish_batch(
         self, events: Iterable[Event], max_in_flight: int = 512
@@ -369,7 +373,7 @@ class BridgeClient:
         """
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be at least 1, got {max_in_flight}")
-        prepared = self._prepare(events)
+        prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
         js = self._pipelining_js()
         subject = self.bridge.publish_subject
         slots = asyncio.Semaphore(max_in_flight)  # this batch's own: nothing outlives the call
@@ -379,10 +383,12 @@ class BridgeClient:
 
         futures: list[asyncio.Future[PubAck] | None] = []
         last_sent: asyncio.Future[PubAck] | None = None
-        results: list[PubAck | BaseException | None] = [None] * len(prepared)
+        results: list[PubAck | BaseException | None] = []
         watchdog = asyncio.create_task(self._cancel_stalled(futures))
         try:
-            for index, item in enumerate(prepared):
+            for index, item in enumerate(self._prepare(events)):
+                prepared.append(item)
+                results.append(None)
                 if isinstance(item, BaseException):
                     results[index] = item
                     futures.append(None)

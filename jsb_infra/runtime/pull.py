@@ -15,16 +15,18 @@ server/consumer.go; nats-py's pull subscription handles the same statuses):
   durable is not there): the request was refused on arrival, nothing of it was delivered.
 
 A message always has a reply subject and a status never has one, which tells them apart without reading
-headers. A status's subject names its request; a fulfilled request ends silently. So the loop counts the
-messages still owed by all open requests (`requested`, never less than the truth): a delivery takes one
-off, an ending status what it left undelivered; when nothing is owed, every request is done.
+headers. A status's subject names its request, but a delivered message carries its own subject, and a
+fulfilled request ends silently. So the loop counts the messages still owed by all open requests
+(`requested`): a delivery takes one off, an ending status what it left undelivered (statuses that do not
+say leave it high until the last open request is over); when nothing is owed, every request is done.
 
 Messages are drained from the subscription's queue in bulk into `buffer`; the next request is sent while
 that buffer is still being processed, so the server fills it meanwhile. At most `window` messages are
-requested or held at once (two batches, at most the durable's max_ack_pending). A request not ended
-within `expires` plus a grace, or all of them when heartbeats are on and nothing came for two heartbeats,
-counts as lost (a reconnect or a restarted server dropped it: nats-server drops a request whose reply
-subject lost interest without a word) and is replaced; whatever it still brings is processed all the same.
+requested or held at once (two batches, at most the durable's max_ack_pending). A request is over once
+its `expires` plus a grace has passed (fulfilled in silence, or lost); after a reconnect, or when
+heartbeats are on and nothing came for two of them, all open ones are presumed lost (nats-server drops a
+request whose reply subject lost interest without a word, and a restarted server knows none) and the
+loop pulls anew; whatever a request presumed lost still brings is processed all the same.
 """
 
 from __future__ import annotations
