@@ -225,3 +225,26 @@ async def test_violations_are_bounded_and_health_recovers_after_the_window(provi
         report.healthy and report.permission_violations == [] and report.permission_violations_total == denied
     )
     await orders.close()
+
+
+async def test_publish_batch_keeps_at_most_max_in_flight_unanswered(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    js = orders._pipelining_js()
+    peak = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, len(js._publish_async_futures))  # nats-py's table of pending PubAcks
+            await asyncio.sleep(0)
+
+    sampler = asyncio.create_task(sample())
+    events = [orders.event("order.created", "order", i, {"n": i}) for i in range(300)]
+    results = await orders.publish_batch(events, max_in_flight=5)
+    sampling = False
+    await sampler
+    assert all(isinstance(r, PubAck) for r in results) and len({r.seq for r in results}) == 300
+    assert 1 <= peak <= 5
+    await orders.close()

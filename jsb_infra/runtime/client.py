@@ -32,8 +32,8 @@ log = logging.getLogger("jsb_infra.runtime")
 PERMISSION_VIOLATION = "permissions violation"
 KEPT_PERMISSION_VIOLATIONS = 100  # the newest ones; `permission_violation_count` counts them all
 # nats-py's own bound on pipelined publishes is a semaphore that leaks a slot whenever the publish under
-# it raises (nats.js.client.publish_async); `publish_batch` bounds in-flight messages with its own
-# semaphore instead, so nats-py's is made too large to matter.
+# it raises (nats.js.client.publish_async); `publish_batch` bounds in-flight messages itself (from its
+# own list of futures) instead, so nats-py's is made too large to matter.
 _UNBOUNDED_PENDING = 1 << 30
 
 # Failures after which the same publish may simply be tried again: the reply did not come, or the
@@ -319,6 +319,23 @@ class BridgeClient:
             if newest is not last_sent and not newest.done():
                 newest.cancel()
 
+    @staticmethod
+    async def _wait_for_room(futures: list[asyncio.Future[PubAck] | None], oldest: int, bound: int) -> int:
+        """Wait until fewer than `bound` of `futures[oldest:]` may be unanswered; returns the new `oldest`.
+
+        The bound of `publish_batch`, kept without a callback per publish: PubAcks come back about in
+        order, so skipping the answered ones from the front and waiting for the oldest unanswered one
+        (counting every later one as unanswered, which can only err on the safe side) is enough.
+        """
+        while True:
+            while oldest < len(futures) and (futures[oldest] is None or futures[oldest].done()):  # type: ignore[union-attr]
+                oldest += 1
+            if len(futures) - oldest < bound:
+                return oldest
+            pending = futures[oldest]
+            assert pending is not None  # skipped above
+            await asyncio.wait([pending])
+
     async def _cancel_stalled(self, futures: list[asyncio.Future[PubAck] | None]) -> None:
         """Watchdog: when the oldest pending PubAck has not come for `publish_timeout`, give up on all
         pending ones (freeing their in-flight slots); `publish_batch` retries them one by one."""
@@ -376,11 +393,7 @@ class BridgeClient:
         prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
         js = self._pipelining_js()
         subject = self.bridge.publish_subject
-        slots = asyncio.Semaphore(max_in_flight)  # this batch's own: nothing outlives the call
-
-        def free_slot(_: asyncio.Future[PubAck]) -> None:
-            slots.release()
-
+        oldest = 0  # futures before this index are answered (or never sent)
         futures: list[asyncio.Future[PubAck] | None] = []
         last_sent: asyncio.Future[PubAck] | None = None
         results: list[PubAck | BaseException | None] = []
@@ -393,16 +406,15 @@ class BridgeClient:
                     results[index] = item
                     futures.append(None)
                     continue
-                await slots.acquire()
+                if len(futures) - oldest >= max_in_flight:
+                    oldest = await self._wait_for_room(futures, oldest, max_in_flight)
                 try:
                     sent = await js.publish_async(subject, item[0], headers=item[1])
                 except Exception as err:
-                    slots.release()
                     self._drop_orphaned_future(js, last_sent)
                     results[index] = err
                     futures.append(None)
                     continue
-                sent.add_done_callback(free_slot)
                 futures.append(sent)
                 last_sent = sent
             for future in futures:  # replies come roughly in order: few of these actually wait
