@@ -6,9 +6,11 @@ and the same `Nats-Msg-Id` header on both sides, so the ratio measures the clien
 - pipelined publish: `js.publish_async` + `publish_async_completed` vs `client.publish_batch`
 - consume+ack: `fetch(100)` + decode + `ack` vs the client's consumer loop with a no-op handler
 Each runs in rounds that alternate which side goes first; the best round of each side is reported
-(the machine may be shared, so the best round is the least disturbed one). A pipelined publish is
-credited only with the publishes that got a PubAck. The client consumer's `stop()`, which lets its open
-pull requests run out (up to fetch_timeout) rather than drop what they bring, is teardown and not timed.
+(the machine may be shared, so the best round is the least disturbed one), with this process's CPU
+time per message (lowest round), which other load on the machine disturbs far less than the rate.
+A pipelined publish is credited only with the publishes that got a PubAck. The client consumer's
+`stop()`, which lets its open pull requests run out (up to fetch_timeout) rather than drop what they
+bring, is teardown and not timed.
 
 When the NATS CLI is there (`scripts/ensure-natscli`, else `nats` on PATH), `nats bench js pub sync`,
 `pub async` and `fetch` run against the same stream, subject and durable with bodies of the same size
@@ -82,14 +84,29 @@ def raw_envelope(i: int) -> tuple[bytes, dict[str, str]]:
     return body, {"Nats-Msg-Id": event_id}
 
 
-async def timed(fn: Callable[[], Awaitable[int | None]], n: int) -> float:
-    """Messages per second; a workload that returns a count is credited only with that many (PubAcks)."""
-    start = time.perf_counter()
+@dataclass
+class Rate:
+    """The best round of one side: messages per second, and this process's CPU microseconds per message
+    (the client's own cost, steadier than the rate on a shared machine; the server's CPU not included)."""
+
+    per_s: float = 0.0
+    cpu_us: float = float("inf")
+
+    def add(self, per_s: float, cpu_us: float) -> None:
+        self.per_s = max(self.per_s, per_s)
+        self.cpu_us = min(self.cpu_us, cpu_us)
+
+
+async def timed(fn: Callable[[], Awaitable[int | None]], n: int) -> tuple[float, float]:
+    """Messages per second and CPU us per message; a workload that returns a count is credited only
+    with that many (PubAcks)."""
+    start, cpu = time.perf_counter(), time.process_time()
     done = await fn()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if done is not None and done != n:
         print(f"  warning: {fn.__name__}: only {done} of {n} publishes got a PubAck", file=sys.stderr)
-    return (n if done is None else done) / elapsed
+    count = n if done is None else done
+    return count / elapsed, cpu / max(count, 1) * 1e6
 
 
 @dataclass
@@ -112,7 +129,7 @@ class Layout:
         return BridgeClient(self.bridges[app], self.credentials.get(app))
 
 
-Rates = dict[str, tuple[float, float]]  # workload -> (raw msg/s, client msg/s)
+Rates = dict[str, tuple[Rate, Rate]]  # workload -> (raw, client)
 
 
 async def bench_layout(layout: Layout, args: argparse.Namespace) -> Rates:
@@ -198,16 +215,16 @@ async def bench_layout(layout: Layout, args: argparse.Namespace) -> Rates:
     ]
     rates: Rates = {}
     for name, n, raw, client, before in workloads:
-        best_raw = best_client = 0.0
+        best_raw, best_client = Rate(), Rate()
         for round_no in range(args.rounds):
             for side in ("raw", "client") if round_no % 2 == 0 else ("client", "raw"):
                 while stopping:  # no consumer may still be pulling when the next round starts
                     await stopping.pop()
                 await before()
                 if side == "raw":
-                    best_raw = max(best_raw, await timed(raw, n))
+                    best_raw.add(*await timed(raw, n))
                 else:
-                    best_client = max(best_client, await timed(client, n))
+                    best_client.add(*await timed(client, n))
         rates[name] = (best_raw, best_client)
     while stopping:
         await stopping.pop()
@@ -303,12 +320,14 @@ async def bench_go(cli: str, layout: Layout, args: argparse.Namespace) -> dict[s
 
 def print_rates(layout: Layout, n: dict[str, int], rates: Rates, go: dict[str, float] | None) -> None:
     print(f"layout: {layout.name}")
-    head = f"{'workload':<20}{'msgs':>8}{'raw msg/s':>12}{'client msg/s':>14}{'client/raw':>12}"
-    print(f"{head}{'Go msg/s':>12}{'client/Go':>11}")
+    head = f"{'workload':<20}{'msgs':>7}{'raw msg/s':>11}{'client msg/s':>13}{'client/raw':>11}"
+    print(f"{head}{'Go msg/s':>10}{'client/Go':>10}{'CPU us/msg raw':>16}{'client':>8}")
     for name, (raw, client) in rates.items():
-        go_cols = f"{go[name]:>12,.0f}{client / go[name]:>11.2f}" if go else f"{'-':>12}{'-':>11}"
-        print(f"{name:<20}{n[name]:>8}{raw:>12,.0f}{client:>14,.0f}{client / raw:>12.2f}{go_cols}")
-    speedup = rates[PIPE][1] / rates[SEQ][1]
+        go_cols = f"{go[name]:>10,.0f}{client.per_s / go[name]:>10.2f}" if go else f"{'-':>10}{'-':>10}"
+        ratio = client.per_s / raw.per_s
+        line = f"{name:<20}{n[name]:>7}{raw.per_s:>11,.0f}{client.per_s:>13,.0f}{ratio:>11.2f}"
+        print(f"{line}{go_cols}{raw.cpu_us:>16.1f}{client.cpu_us:>8.1f}")
+    speedup = rates[PIPE][1].per_s / rates[SEQ][1].per_s
     print(f"client pipelined / sequential publish: {speedup:.1f}x")
 
 
