@@ -46,9 +46,9 @@ def test_client_source_has_no_management_api():
         for needle in FORBIDDEN:
             assert needle not in text, f"{module.name} mentions {needle!r}"
     # and it does use only the data-path calls
-    data_path = ("client.py", "consumer.py", "pull.py")
+    data_path = ("client.py", "consumer.py", "pull.py", "pubacks.py")
     client_text = "".join((RUNTIME_DIR / name).read_text() for name in data_path)
-    for call in ("CONSUMER.MSG.NEXT.", "publish_async(", ".ack(", ".nak(", ".in_progress(", ".term("):
+    for call in ("CONSUMER.MSG.NEXT.", "js.publish(", ".ack(", ".nak(", ".in_progress(", ".term("):
         assert call in client_text
 
 
@@ -230,14 +230,14 @@ async def test_violations_are_bounded_and_health_recovers_after_the_window(provi
 async def test_publish_batch_keeps_at_most_max_in_flight_unanswered(provisioned_pair):
     pp = provisioned_pair
     orders = await app_client(pp, "orders").connect()
-    js = orders._pipelining_js()
+    pubacks = await orders._pubacks()
     peak = 0
     sampling = True
 
     async def sample() -> None:
         nonlocal peak
         while sampling:
-            peak = max(peak, len(js._publish_async_futures))  # nats-py's table of pending PubAcks
+            peak = max(peak, len(pubacks.pending))
             await asyncio.sleep(0)
 
     sampler = asyncio.create_task(sample())

@@ -1,8 +1,8 @@
 """BridgeClient: one app's connection, publishing and consuming with nothing but its generated permissions.
 
 No code path here calls a JetStream management API. Publishing is a request to the app's own subject
-(the PubAck comes back on the app's inbox prefix); consuming binds to the durable the deploy created
-(`pull_subscribe_bind` makes no API call) and pulls with `fetch`. Provisioning is the deploy's job;
+(the PubAck comes back on the app's inbox prefix); consuming pulls the durable the deploy created with
+`MSG.NEXT` requests (`jsb_infra.runtime.pull`). Provisioning is the deploy's job;
 there is deliberately no switch to turn it on.
 """
 
@@ -26,15 +26,12 @@ from nats.js.client import JetStreamContext
 from jsb_infra.outputs import BridgeOutputs
 from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
+from jsb_infra.runtime.pubacks import PubAckInbox
 
 log = logging.getLogger("jsb_infra.runtime")
 
 PERMISSION_VIOLATION = "permissions violation"
 KEPT_PERMISSION_VIOLATIONS = 100  # the newest ones; `permission_violation_count` counts them all
-# nats-py's own bound on pipelined publishes is a semaphore that leaks a slot whenever the publish under
-# it raises (nats.js.client.publish_async); `publish_batch` bounds in-flight messages itself (from its
-# own list of futures) instead, so nats-py's is made too large to matter.
-_UNBOUNDED_PENDING = 1 << 30
 
 # Failures after which the same publish may simply be tried again: the reply did not come, or the
 # stream was not there for a moment (server restarting), or the buffer was full while reconnecting.
@@ -110,7 +107,7 @@ class BridgeClient:
         self._nc: NATS | None = None
         self._closing = False
         self._js: JetStreamContext | None = None
-        self._async_js: JetStreamContext | None = None
+        self._puback_inbox: PubAckInbox | None = None
         self._msg_id_header = MSG_ID_HEADER
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
 
@@ -295,29 +292,11 @@ class BridgeClient:
             f"{self.publish_attempts} attempts: {last!r}"
         ) from last
 
-    def _pipelining_js(self) -> JetStreamContext:
-        """The JetStream context for `publish_async`; its own bound is off (see `_UNBOUNDED_PENDING`)."""
-        if self._async_js is None:
-            self._async_js = self.nc.jetstream(
-                timeout=self.publish_timeout, publish_async_max_pending=_UNBOUNDED_PENDING
-            )
-        return self._async_js
-
-    @staticmethod
-    def _drop_orphaned_future(js: JetStreamContext, last_sent: asyncio.Future[PubAck] | None) -> None:
-        """After `publish_async` raised, cancel the future it registered but never returned.
-
-        nats-py adds the future to its reply table before sending and leaves it there when the send
-        fails; nothing would ever complete it. The send fails before yielding to the loop, so it is the
-        newest entry (unless the failure came before registering: then the newest is `last_sent`, left
-        alone). Cancelling a concurrent batch's future by mistake would only make that batch retry that
-        event with its msg id (the dedupe window drops a double).
-        """
-        table = js._publish_async_futures
-        if table:
-            newest = next(reversed(table.values()))
-            if newest is not last_sent and not newest.done():
-                newest.cancel()
+    async def _pubacks(self) -> PubAckInbox:
+        """The inbox of this connection's pipelined publishes (subscribed on first use)."""
+        if self._puback_inbox is None or self._puback_inbox.nc is not self.nc:
+            self._puback_inbox = await PubAckInbox(self.nc, self.bridge.inbox_prefix).start()
+        return self._puback_inbox
 
     @staticmethod
     async def _wait_for_room(futures: list[asyncio.Future[PubAck] | None], oldest: int, bound: int) -> int:
@@ -381,7 +360,7 @@ class BridgeClient:
     async def publish_batch(
         self, events: Iterable[Event], max_in_flight: int = 512
     ) -> list[PubAck | BaseException]:
-        """Pipeline `events` (`js.publish_async`), at most `max_in_flight` unacknowledged at once.
+        """Pipeline `events` (PubAcks on one inbox), at most `max_in_flight` unacknowledged at once.
 
         Returns one result per event, in order: its PubAck, or the error that remained for that event
         (one that cannot be encoded or is too large, a refusal by the stream, or a publish still
@@ -391,11 +370,10 @@ class BridgeClient:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be at least 1, got {max_in_flight}")
         prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
-        js = self._pipelining_js()
+        pubacks = await self._pubacks()
         subject = self.bridge.publish_subject
         oldest = 0  # futures before this index are answered (or never sent)
         futures: list[asyncio.Future[PubAck] | None] = []
-        last_sent: asyncio.Future[PubAck] | None = None
         results: list[PubAck | BaseException | None] = []
         watchdog = asyncio.create_task(self._cancel_stalled(futures))
         try:
@@ -409,19 +387,18 @@ class BridgeClient:
                 if len(futures) - oldest >= max_in_flight:
                     oldest = await self._wait_for_room(futures, oldest, max_in_flight)
                 try:
-                    sent = await js.publish_async(subject, item[0], headers=item[1])
+                    sent = await pubacks.publish(subject, item[0], item[1])
                 except Exception as err:
-                    self._drop_orphaned_future(js, last_sent)
                     results[index] = err
                     futures.append(None)
                     continue
                 futures.append(sent)
-                last_sent = sent
             for future in futures:  # replies come roughly in order: few of these actually wait
                 if future is not None and not future.done():
                     await asyncio.wait([future])
         finally:
             watchdog.cancel()
+            pubacks.forget(futures)
         for index, future in enumerate(futures):
             if future is None:
                 continue
