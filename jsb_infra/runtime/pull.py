@@ -143,6 +143,7 @@ class Puller:
         self._serial += 1
         reply = f"{self._inbox}.{self._serial}"
         now = time.monotonic()
+        self._forget_ended(now)  # a busy loop may never wait, where the rest of the bookkeeping runs
         if not self._open:
             self._heard_at = now
         self._open[reply] = now + self.expires
@@ -238,11 +239,7 @@ class Puller:
     def forget_lost(self, now: float) -> None:
         """Forget requests past their end plus a grace (fulfilled in silence, or lost); after a reconnect,
         or when heartbeats are on and nothing came for two of them, presume all open ones lost."""
-        while self._open:
-            reply, ends_at = next(iter(self._open.items()))  # in the order sent, so of their ends
-            if now <= ends_at + LOST_GRACE_S:
-                break
-            del self._open[reply]
+        self._forget_ended(now)
         reconnects = self.nc.stats["reconnects"]
         silent = self.heartbeat > 0 and now - self._heard_at > 2 * self.heartbeat
         if self._open and (silent or reconnects != self._reconnects):
@@ -258,10 +255,20 @@ class Puller:
             )
             self.requested = 0
 
+    def _forget_ended(self, now: float) -> None:
+        """Drop the requests past their end plus a grace: fulfilled in silence, or lost."""
+        while self._open:
+            reply, ends_at = next(iter(self._open.items()))  # in the order sent, so of their ends
+            if now <= ends_at + LOST_GRACE_S:
+                break
+            del self._open[reply]
+
     def _next_deadline(self) -> float | None:
-        deadlines = [ends_at + LOST_GRACE_S for ends_at in self._open.values()]
-        if deadlines and self.heartbeat > 0:
-            deadlines.append(self._heard_at + 2 * self.heartbeat)
+        deadlines = []
+        if self._open:
+            deadlines.append(next(iter(self._open.values())) + LOST_GRACE_S)  # the oldest ends first
+            if self.heartbeat > 0:
+                deadlines.append(self._heard_at + 2 * self.heartbeat)
         if self._resume_at:
             deadlines.append(self._resume_at)
         return min(deadlines) if deadlines else None
