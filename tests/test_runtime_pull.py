@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from jsb_infra import runtime
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event
-from jsb_infra.runtime.consumer import ConsumerLoop
+from jsb_infra.runtime.consumer import Consumer, ConsumerLoop
 from jsb_infra.topology import consumer_configs
 
 
@@ -42,6 +43,18 @@ def recorder() -> tuple[list[tuple[str, int]], object]:
         handled.append((event.event_id, delivery.count))
 
     return handled, handle
+
+
+def test_consumer_is_a_deprecated_name_of_consumer_loop():
+    class NoClient:
+        bridge = None
+
+    with (
+        pytest.warns(DeprecationWarning, match="use ConsumerLoop"),
+        pytest.raises(ValueError, match="batch: must be at least 1"),
+    ):
+        Consumer(NoClient(), None, batch=0)  # type: ignore[arg-type]
+    assert issubclass(Consumer, ConsumerLoop) and runtime.Consumer is Consumer
 
 
 def test_heartbeat_longer_than_half_the_pull_is_refused_before_anything_runs():
@@ -133,5 +146,29 @@ async def test_stop_with_pulls_open_processes_what_they_bring_and_strands_nothin
     state = await durable_state(pp, "billing")
     assert state["num_pending"] == 1 and state["delivered"]["consumer_seq"] == 15
     assert state["num_waiting"] == 0  # no request of the stopped loop is left on the server
+    await orders.close()
+    await billing.close()
+
+
+async def test_pulls_lost_to_a_server_restart_are_replaced(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    billing = await app_client(pp, "billing").connect()
+    handled, handle = recorder()
+    consumer = billing.consumer(handle, batch=10, fetch_timeout=2.0, heartbeat=0.25)
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: consumer.stats.pull.pulls == 2)
+    pp.server.stop(kill=True)  # the open requests die with it, without a word
+    await asyncio.to_thread(pp.server.start)
+    await wait_for(lambda: billing.reconnects >= 1 and orders.reconnects >= 1)
+    await wait_for(lambda: consumer.stats.pull.lost >= 1)
+    assert consumer.stats.pull.pulls >= 3 and not task.done()
+    ack = await orders.publish("order.created", "order", 1, {})
+    await wait_for(lambda: consumer.stats.acked == 1)
+    assert [count for _, count in handled] == [1]
+    await consumer.stop()
+    await task
+    state = await durable_state(pp, "billing")
+    assert state["ack_floor"]["stream_seq"] == ack.seq and state["num_ack_pending"] == 0
     await orders.close()
     await billing.close()
