@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
+from nats.nuid import NUID
 
 NO_RESPONDERS = "503"
 _PLAIN_PUBACK_FIELDS = frozenset({"stream", "seq", "duplicate", "domain"})
@@ -27,7 +28,7 @@ class PubAckInbox:
 
     def __init__(self, nc: NATS, inbox_prefix: str):
         self.nc = nc
-        self._prefix = f"{inbox_prefix}.{nc._nuid.next().decode()}."
+        self._prefix = f"{inbox_prefix}.{NUID().next().decode()}."
         self.pending: dict[str, asyncio.Future[PubAck]] = {}  # token -> future, until answered or given up
         self._serial = 0
         self._sub: Subscription | None = None

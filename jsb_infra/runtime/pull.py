@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.nuid import NUID
 
 log = logging.getLogger("jsb_infra.runtime")
 
@@ -118,7 +119,7 @@ class Puller:
         return len(self._open)
 
     async def start(self) -> None:
-        self._inbox = f"{self.inbox_prefix}.{self.nc._nuid.next().decode()}"
+        self._inbox = f"{self.inbox_prefix}.{NUID().next().decode()}"
         # Without a callback nats-py only queues what arrives; `drain` reads that queue directly.
         self._sub = await self.nc.subscribe(f"{self._inbox}.*")
 
