@@ -1,47 +1,32 @@
 """The `jsb-infra` command: render the documents of a config, print its schema, run the doctor.
 
-`render` derives everything in memory first and writes only when the whole config is valid, so a bad
-config never leaves half a directory behind. An invalid config exits with status 2 and one
-`field: rule` line per problem on stderr.
+`render` derives everything in memory first and swaps the whole output directory into place only when
+every file is written (jsb_infra.rendered_tree), so a bad config never leaves half a directory behind
+and files of removed pairs are pruned. `render --check` compares instead of writing (for CI). An
+invalid config exits with status 2 and one `field: rule` line per problem on stderr.
+
+Nothing here imports Pulumi: `render`, `schema`, `export` and `doctor` work in a runtime-only install.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jsb_infra.permissions import app_permissions, render_claims_json, render_conf
-from jsb_infra.spec import Config, ConfigError, config_json_schema, load_config
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra import export as export_command
+from jsb_infra import names, rendered_tree, strict_yaml
+from jsb_infra.accounts import DeployUser
+from jsb_infra.documents import render_documents, render_json
+from jsb_infra.spec import Config, ConfigError, config_json_schema, load_config, parse_pairs
 
 EXIT_INVALID = 2
+EXIT_DIFFERS = 1
+STACK_PAIRS_KEY = "jsb:pairs"
 _USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
-
-
-def render_json(document: Any) -> str:
-    """Stable JSON text: the same document always gives the same bytes."""
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
-
-def render_documents(config: Config, nkeys: dict[str, str] | None = None) -> dict[Path, str]:
-    """Every file `render` writes, as relative path -> text, in a fixed order. Pure."""
-    nkeys = nkeys or {}
-    files: dict[Path, str] = {}
-    for pair in config.pairs:
-        root = Path(pair.stream)
-        files[root / "stream.json"] = render_json(stream_config(pair))
-        for durable, consumer in consumer_configs(pair).items():
-            files[root / "consumers" / f"{durable}.json"] = render_json(consumer)
-        for app in pair.apps:
-            perms = app_permissions(pair, app)
-            files[root / "permissions" / f"{app}.json"] = render_claims_json(perms)
-            files[root / "permissions" / f"{app}.conf"] = render_conf(perms, nkey=nkeys.get(app))
-    return files
 
 
 def parse_nkeys(given: list[str], config: Config) -> dict[str, str]:
@@ -75,25 +60,90 @@ def _load(path: str) -> Config:
         raise ConfigError([f"{path}: cannot read the config file: {err.strerror or err}"]) from None
 
 
-def _report_invalid(source: str, err: ConfigError) -> int:
+def load_stack_pairs(path: str) -> Config:
+    """`jsb:pairs` of a Pulumi stack file (`stacks/Pulumi.<env>.yaml`), read strictly.
+
+    Other keys, and secure (encrypted) values among them, are not read: rendering needs no secret.
+    """
+    try:
+        document = strict_yaml.load_file(path)
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read the stack file: {err.strerror or err}"]) from None
+    except strict_yaml.YamlProblem as err:
+        raise ConfigError([str(err)]) from None
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict) or STACK_PAIRS_KEY not in config:
+        raise ConfigError([f"{STACK_PAIRS_KEY}: required in the stack file's `config:` section"])
+    pairs = config[STACK_PAIRS_KEY]
+    if isinstance(pairs, dict) and "secure" in pairs:
+        raise ConfigError([f"{STACK_PAIRS_KEY}: is a secret; render needs the pairs as plain YAML"])
+    try:
+        return parse_pairs(pairs)
+    except ConfigError as err:
+        raise ConfigError(
+            [STACK_PAIRS_KEY + p.removeprefix("pairs") if p.startswith("pairs") else p for p in err.problems]
+        ) from None
+
+
+def _report_invalid(source: str, err: ConfigError | rendered_tree.TreeProblem) -> int:
     print(f"invalid config: {source}", file=sys.stderr)
     for problem in err.problems:
         print(f"  {problem}", file=sys.stderr)
     return EXIT_INVALID
 
 
+DEPLOY_PASSWORD_ENV = "JSB_DEPLOY_PASSWORD"
+
+
+def parse_deploy(nkey: str | None, user: str | None) -> DeployUser | None:
+    """The deploy user of the JetStream account from `--deploy-nkey` / `--deploy-user`."""
+    if nkey and user:
+        raise ConfigError(["--deploy-nkey and --deploy-user: give one of them"])
+    if nkey:
+        if not _USER_PUBLIC_KEY.match(nkey):
+            raise ConfigError([f"--deploy-nkey: {nkey!r} is not an NKey user public key (U + 55 characters)"])
+        return DeployUser(nkey=nkey)
+    if user:
+        return DeployUser(user=user, password_env=DEPLOY_PASSWORD_ENV)
+    return None
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-        files = render_documents(config, parse_nkeys(args.nkey, config))
-    except ConfigError as err:
-        return _report_invalid(args.config, err)
+    source = args.stack or args.config
+    if bool(args.stack) == bool(args.config):
+        print("render: give a config file or --stack STACKFILE (one of them)", file=sys.stderr)
+        return EXIT_INVALID
     out = Path(args.out)
-    for relative, text in files.items():
-        path = out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(path)
+    try:
+        config = load_stack_pairs(args.stack) if args.stack else _load(args.config)
+        documents = render_documents(
+            config.pairs,
+            parse_nkeys(args.nkey, config),
+            deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
+            jetstream_account=args.jetstream_account,
+            servers=args.server or None,
+        )
+        files = rendered_tree.with_manifest(documents)
+        if args.check:
+            difference = rendered_tree.compare(out, files)
+        else:
+            rendered_tree.write_tree(out, files)
+    except (ConfigError, rendered_tree.TreeProblem) as err:
+        return _report_invalid(source, err)
+    except OSError as err:
+        print(f"render: cannot write {out}: {err}; the previous output is unchanged", file=sys.stderr)
+        return EXIT_DIFFERS
+    if args.check:
+        if difference:
+            print(f"{out} is not what {source} renders (run `jsb-infra render` and commit):", file=sys.stderr)
+            for line in difference.lines():
+                print(f"  {line}", file=sys.stderr)
+            return EXIT_DIFFERS
+        print(f"{out} is up to date with {source} ({len(files)} files)")
+        return 0
+    for relative in files:
+        if relative != rendered_tree.MANIFEST:
+            print(out / relative)
     return 0
 
 
@@ -132,19 +182,53 @@ def build_parser() -> argparse.ArgumentParser:
     render = subparsers.add_parser(
         "render", help="write the stream, consumer and permission documents of a config"
     )
-    render.add_argument("config", help="config YAML (`pairs: [...]`)")
-    render.add_argument("--out", required=True, help="output directory")
+    render.add_argument("config", nargs="?", help="config YAML (`pairs: [...]`)")
+    render.add_argument(
+        "--stack", metavar="STACKFILE", help="read `jsb:pairs` from a Pulumi stack file instead"
+    )
+    render.add_argument(
+        "--out", required=True, help="output directory (owned by render: replaced as a whole)"
+    )
+    render.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing the files that differ from a fresh render (for CI)",
+    )
     render.add_argument(
         "--nkey",
         action="append",
         default=[],
         metavar="APP=UPUBKEY",
-        help="authenticate APP's .conf user by this NKey public key (repeatable)",
+        help="the NKey public key of APP's user in accounts.conf (repeatable); without it the app's "
+        "account has no user yet",
+    )
+    render.add_argument(
+        "--deploy-nkey", metavar="UPUBKEY", help="the deploy user of the JetStream account, by NKey"
+    )
+    render.add_argument(
+        "--deploy-user",
+        metavar="NAME",
+        help=f"the deploy user of the JetStream account, by name; the server reads its password from "
+        f"the environment variable {DEPLOY_PASSWORD_ENV}",
+    )
+    render.add_argument(
+        "--jetstream-account",
+        default=names.DEFAULT_JETSTREAM_ACCOUNT,
+        help="the account holding the streams (keep an existing account's name to keep its streams)",
+    )
+    render.add_argument(
+        "--server", action="append", default=[], metavar="URL", help="also render each app's bridge"
     )
     render.set_defaults(handler=cmd_render)
 
     schema = subparsers.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(handler=cmd_schema)
+
+    export = subparsers.add_parser(
+        "export", help="one app's bridge and credentials as env vars, a dotenv file or a Kubernetes Secret"
+    )
+    export_command.add_arguments(export)
+    export.set_defaults(handler=export_command.run)
 
     _add_doctor(subparsers)
     return parser

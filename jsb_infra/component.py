@@ -1,12 +1,14 @@
-"""`AppPair`: everything one pair needs on a server, as one Pulumi component (type `jsb:index:AppPair`).
+"""`AppPair`: what one pair needs on the server, as one Pulumi component (type `jsb:index:AppPair`).
 
 Children: the stream (protected unless told otherwise; names are fixed, so replacements delete
-first), each app's durable consumer (tied to the stream incarnation through `stream_created`, and
+first) and each app's durable consumer (tied to the stream incarnation through `stream_created`, and
 protected with the stream: removing a pair must not delete the durables its apps read from, which on
-an interest stream also drops their messages), each app's NKey credential and permission document
-(never protected: nothing in them is lost by making them again). Outputs: `bridges` (from the
-consumers' live config, so an app is told what the server holds), `credentials_output` (secret) and
-`permissions`.
+an interest stream also drops their messages). The apps' identities and the account layout span
+pairs, so the program creates them (one per app, one per deployment).
+
+Outputs: `bridges`, derived from the spec (known at preview, so a review sees every change of what an
+app is told), and checked against the consumers' live config once known: an `up` whose server holds
+something else than the bridge says fails loudly instead of handing apps a wrong bridge.
 """
 
 from __future__ import annotations
@@ -15,24 +17,44 @@ from typing import Any
 
 import pulumi
 
-from jsb_infra.outputs import bridge_outputs_from_live
+from jsb_infra.nats_admin import normalize
+from jsb_infra.outputs import BridgeOutputs, bridge_outputs
 from jsb_infra.providers.consumer import Consumer
-from jsb_infra.providers.credential import AppCredential
-from jsb_infra.providers.permission_document import PermissionDocument
 from jsb_infra.providers.stream import Stream
 from jsb_infra.spec import Pair
 
 COMPONENT_TYPE = "jsb:index:AppPair"
 
 
+class BridgeMismatch(RuntimeError):
+    """The server's consumer does not run with the settings the bridge tells the app."""
+
+
+def check_bridge_against_live(bridge: BridgeOutputs, live: dict[str, Any]) -> None:
+    """Raise when the live consumer config differs from the bridge's consumer settings."""
+    live = normalize(live)
+    have = {
+        "max_deliver": live.get("max_deliver"),
+        "ack_wait_ns": live.get("ack_wait"),
+        "backoff_ns": list(live.get("backoff") or []),
+        "max_ack_pending": live.get("max_ack_pending"),
+    }
+    want = bridge.consumer.model_dump()
+    differing = {k: (want[k], have[k]) for k in want if want[k] != have[k]}
+    if differing:
+        raise BridgeMismatch(
+            f"consumer {bridge.stream}/{bridge.durable} on the server differs from the bridge given to app "
+            f"{bridge.app}: "
+            + "; ".join(f"{k}: bridge {w!r}, server {h!r}" for k, (w, h) in differing.items())
+            + ". Run `pulumi up --refresh` to repair the consumer"
+        )
+
+
 class AppPair(pulumi.ComponentResource):
     stream: Stream
     consumers: dict[str, Consumer]
-    credentials: dict[str, AppCredential]
-    permission_documents: dict[str, PermissionDocument]
     bridges: pulumi.Output[dict[str, Any]]
-    credentials_output: pulumi.Output[dict[str, Any]]
-    permissions: pulumi.Output[dict[str, Any]]
+    bridge_check: pulumi.Output[str]
 
     def __init__(
         self,
@@ -56,8 +78,6 @@ class AppPair(pulumi.ComponentResource):
             ),
         )
         self.consumers = {}
-        self.credentials = {}
-        self.permission_documents = {}
         for app in pair.apps:
             self.consumers[app] = Consumer(
                 f"{name}-{app}-consumer",
@@ -71,36 +91,21 @@ class AppPair(pulumi.ComponentResource):
                     ),
                 ),
             )
-            self.credentials[app] = AppCredential(f"{name}-{app}-credential", pair.stream, app, opts=child)
-            self.permission_documents[app] = PermissionDocument(
-                f"{name}-{app}-permissions",
-                spec,
-                app,
-                public_key=self.credentials[app].public_key,
-                opts=child,
-            )
 
-        self.bridges = pulumi.Output.all(
-            **{app: consumer.config for app, consumer in self.consumers.items()}
-        ).apply(
-            lambda live: {
-                app: bridge_outputs_from_live(pair, app, servers, live[app]).model_dump(mode="json")
-                for app in pair.apps
-            }
+        derived = {app: bridge_outputs(pair, app, servers) for app in pair.apps}
+        # Known at preview: a plain value, not waiting for any resource.
+        self.bridges = pulumi.Output.from_input(
+            {app: bridge.model_dump(mode="json") for app, bridge in derived.items()}
         )
-        self.credentials_output = pulumi.Output.secret(
-            {
-                app: {"public_key": cred.public_key, "seed": cred.seed}
-                for app, cred in self.credentials.items()
-            }
-        )
-        self.permissions = pulumi.Output.from_input(
-            {app: {"claims": doc.claims, "conf": doc.conf} for app, doc in self.permission_documents.items()}
-        )
-        self.register_outputs(
-            {
-                "bridges": self.bridges,
-                "credentials": self.credentials_output,
-                "permissions": self.permissions,
-            }
-        )
+        # Once the consumers are known (during `up`), a server that disagrees with a bridge fails the run.
+        self.bridge_check = pulumi.Output.all(
+            *(self._checked(consumer, derived[app]) for app, consumer in self.consumers.items())
+        ).apply(lambda _: "consumers match the bridges")
+        self.register_outputs({"bridges": self.bridges, "bridge_check": self.bridge_check})
+
+    @staticmethod
+    def _checked(consumer: Consumer, bridge: BridgeOutputs) -> pulumi.Output[None]:
+        def check(live: dict[str, Any]) -> None:
+            check_bridge_against_live(bridge, live)
+
+        return consumer.config.apply(check)

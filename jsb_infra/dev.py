@@ -1,9 +1,11 @@
 """The main job on the embedded default: `make up` / `make down` (python -m jsb_infra.dev up|down).
 
-`up` starts a loopback nats-server with an admin user (store under `.jsb/`), logs the Pulumi CLI in to a
-file backend under `.jsb/state`, runs `pulumi up --yes` on the `dev` stack, reloads the server with the
-app users whose permission documents the stack wrote, and writes each app's bridge config and
-credentials next to them. `down` destroys the stack and stops the server. Nothing leaves the machine.
+`up` starts a loopback nats-server whose whole auth config is the account layout the stack renders
+(`<out>/accounts.conf`, included as is; before the first `up`, a bootstrap one with only the JetStream
+account and its deploy user), logs the Pulumi CLI in to a file backend under `.jsb/state`, runs
+`pulumi up --yes` on the `dev` stack (which writes the real `accounts.conf`), reloads the server so
+the app accounts and users take effect, and writes each app's bridge config and credentials beside it.
+`down` destroys the stack and stops the server. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jsb_infra.local_server import LocalNatsServer, accounts_config
+import yaml
+
+from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.names import app_account
+from jsb_infra.spec import Pair, parse_pairs
 
 # The project dir (Pulumi.yaml) and the dev server's port; tests point them at a throwaway copy.
 ROOT = Path(os.environ.get("JSB_DEV_ROOT") or Path(__file__).resolve().parent.parent)
@@ -29,6 +37,8 @@ DEV_ADMIN_USER = "admin"
 # The dev server listens on loopback only; this password is also the (encrypted) jsb:admin of the dev stack.
 DEV_ADMIN_PASSWORD = "jsb-dev-admin"
 DEV_PASSPHRASE = "jsb-local-dev"
+DEPLOY_PASSWORD_ENV = "JSB_DEPLOY_PASSWORD"  # jsb:deployUser of the dev stack names this variable
+DEV_DEPLOY = DeployUser(user=DEV_ADMIN_USER, password_env=DEPLOY_PASSWORD_ENV)
 
 
 def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
@@ -47,17 +57,51 @@ def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
     return env
 
 
-def app_user_entries(out_dir: Path) -> list[str]:
-    """The `users` entries the stack wrote (`<out>/<stream>/permissions/<app>.conf`), in a stable order."""
-    return [p.read_text() for p in sorted(out_dir.glob("*/permissions/*.conf"))]
+def accounts_file(out_dir: Path) -> Path:
+    """The account layout the stack writes (its `ServerDocuments`), which the dev server includes."""
+    return out_dir / "accounts.conf"
 
 
-def server_config(out_dir: Path) -> str:
-    return accounts_config(app_user_entries(out_dir), DEV_ADMIN_USER, DEV_ADMIN_PASSWORD)
+def dev_pairs() -> list[Pair]:
+    """The pairs of the dev stack file (`jsb:pairs`), validated like the program does."""
+    config = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
+    return list(parse_pairs(config["jsb:pairs"]).pairs)
+
+
+def ensure_accounts_file(out_dir: Path) -> Path:
+    """Before the first `up` there is no layout yet: a bootstrap one, rendered from the dev stack's
+    pairs without keys (every account and import, no app user yet), lets the providers connect. The
+    stack's own file replaces it and a reload adds the app users."""
+    path = accounts_file(out_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_accounts_conf(account_layout(dev_pairs()), {}, DEV_DEPLOY))
+    return path
+
+
+def app_accounts(conf: str) -> set[str]:
+    """The app accounts an accounts file defines."""
+    return set(re.findall(rf'^  "({re.escape(app_account(""))}[^"]*)" {{', conf, re.MULTILINE))
+
+
+def _loaded_file() -> Path:
+    return STATE / "nats" / "accounts.loaded"
+
+
+def server_config(out_dir: Path, store_dir: Path) -> str:
+    """Nothing but the stack's account layout: `include` takes a path relative to the config file."""
+    relative = os.path.relpath(ensure_accounts_file(out_dir), store_dir)
+    return f"include {json.dumps(relative)}\n"
 
 
 def dev_server(out_dir: Path) -> LocalNatsServer:
-    return LocalNatsServer(store_dir=STATE / "nats", extra_config=server_config(out_dir), port=DEV_PORT)
+    store = STATE / "nats"
+    return LocalNatsServer(
+        store_dir=store,
+        extra_config=server_config(out_dir, store),
+        port=DEV_PORT,
+        env={DEPLOY_PASSWORD_ENV: DEV_ADMIN_PASSWORD},
+    )
 
 
 def _pid_file() -> Path:
@@ -83,16 +127,30 @@ def start_server(out_dir: Path) -> None:
     server.start()
     assert server.process is not None
     _pid_file().write_text(str(server.process.pid))
+    _loaded_file().write_text(accounts_file(out_dir).read_text())
     print(f"nats-server started on {server.url} (pid {server.process.pid}, store {server.store_dir})")
 
 
 def reload_server(out_dir: Path) -> None:
-    """Rewrite the dev server's config with the app users the stack wrote, and SIGHUP it."""
+    """Apply the account layout the stack wrote: SIGHUP, or a restart when it adds an app account.
+
+    nats-server 2.15.1 reloads new users, new exports and new imports of accounts it already has, but
+    the imports of an account that a reload creates answer nothing (no responders) until a restart.
+    """
     pid = _running_pid()
     if pid is None:
         raise SystemExit("the dev nats-server is not running; run `make up`")
     dev_server(out_dir).write_config()
+    new = accounts_file(out_dir).read_text()
+    loaded = _loaded_file().read_text() if _loaded_file().exists() else ""
+    added = app_accounts(new) - app_accounts(loaded)
+    if added:
+        print(f"new app account(s) {', '.join(sorted(added))}: restarting the dev nats-server")
+        stop_server()
+        start_server(out_dir)
+        return
     os.kill(pid, signal.SIGHUP)
+    _loaded_file().write_text(new)
     time.sleep(0.3)
 
 
@@ -131,7 +189,7 @@ def select_stack(env: dict[str, str]) -> None:
 
 
 def write_app_files(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Each app's bridge config and credentials, beside its permission documents."""
+    """Each app's bridge config per pair, and its one credential (an app is one identity)."""
     written = []
     for stream, apps in outputs.get("bridges", {}).items():
         for app, bridge in apps.items():
@@ -139,14 +197,13 @@ def write_app_files(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(bridge, indent=2, sort_keys=True) + "\n")
             written.append(path)
-            creds = outputs.get("credentials", {}).get(stream, {}).get(app)
-            if creds:
-                cpath = out_dir / stream / "credentials" / f"{app}.json"
-                cpath.parent.mkdir(parents=True, exist_ok=True)
-                cpath.touch(mode=0o600)
-                cpath.chmod(0o600)  # also when an older file was there: it holds the app's seed
-                cpath.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
-                written.append(cpath)
+    for app, creds in outputs.get("credentials", {}).items():
+        cpath = out_dir / "credentials" / f"{app}.json"
+        cpath.parent.mkdir(parents=True, exist_ok=True)
+        cpath.touch(mode=0o600)
+        cpath.chmod(0o600)  # also when an older file was there: it holds the app's seed
+        cpath.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
+        written.append(cpath)
     return written
 
 
@@ -166,10 +223,21 @@ def up(out_dir: Path) -> None:
                 f"    app {app}: publishes {bridge['publish_subject']}, consumes {bridge['consume_subject']} "
                 f"through {bridge['durable']}"
             )
-    print("\nFiles for the apps (bridge config, credentials, permission documents):")
-    for path in sorted([*files, *out_dir.glob("*/permissions/*")]):
-        print(f"  {path.relative_to(ROOT)}")
-    print("\nThe server now knows each app's NKey user; `make down` destroys the stack and stops the server.")
+    print("\nFiles for the apps (bridge config, credentials) and the server (accounts.conf):")
+    documents = [accounts_file(out_dir), *out_dir.glob("apps/*.json")]
+    for path in sorted({*files, *documents}):
+        print(f"  {_shown(path)}")
+    print(
+        "\nThe server runs on accounts.conf: one account per app, reaching the streams only through its "
+        "imports.\n`make down` destroys the stack and stops the server."
+    )
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def down(out_dir: Path) -> None:

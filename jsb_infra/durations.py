@@ -20,17 +20,30 @@ NS_PER_UNIT: dict[str, int] = {
     "h": 3600 * 1_000_000_000,
     "d": 86400 * 1_000_000_000,
 }
-_SECONDS = re.compile(r"\d+(?:\.\d+)?")  # plain seconds only: no exponent, `_`, NaN or Infinity
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
-DURATION_PATTERN = r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$|^\d+(\.\d+)?$"
+# ASCII digits only (`\d` would take Arabic-Indic and other Unicode digits); plain seconds have no
+# exponent, `_`, NaN or Infinity.
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h|d)")
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d))+$|^[0-9]+(\.[0-9]+)?$"
+MAX_DURATION_NS = 2**63 - 1
+"""The server holds durations as Go `time.Duration`: signed 64-bit nanoseconds (about 292 years)."""
 
 
 def parse_duration(value: object) -> int:
     """Return nanoseconds for `value`: a number of seconds or a string such as `1m30s`.
 
-    Raises ValueError with the accepted forms; negative values are refused here, and each field
-    decides whether zero is allowed.
+    Raises ValueError with the accepted forms; negative values and values the server cannot hold
+    (2^63 ns or more) are refused here, and each field decides whether zero is allowed.
     """
+    ns = _parse(value)
+    if ns > MAX_DURATION_NS:
+        raise ValueError(
+            f"duration {value!r} is {ns} ns; the server holds at most {MAX_DURATION_NS} ns (about 292 years)"
+        )
+    return ns
+
+
+def _parse(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; write e.g. 500ms, 30s, 1m30s, 2h, 7d or seconds")
     if isinstance(value, int | float):

@@ -60,6 +60,7 @@ class LocalNatsServer:
     host: str = "127.0.0.1"
     log_file: Path | None = None
     detach: bool = False  # outlive this process (make up); tests keep it attached
+    env: dict[str, str] = field(default_factory=dict)  # e.g. the deploy password the config refers to
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -90,6 +91,7 @@ class LocalNatsServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=self.detach,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -34,6 +34,27 @@ def msg_next_subject(stream: str, durable: str) -> str:
     return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
 
 
-def ack_subjects(stream: str, durable: str) -> list[str]:
-    """Both forms of ack reply subjects: classic and the js_ack_fc_v2 form with domain and account hash."""
-    return [f"$JS.ACK.{stream}.{durable}.>", f"$JS.ACK.*.*.{stream}.{durable}.>"]
+ACK_TOKENS_AFTER_DURABLE = 5
+"""`$JS.ACK.<stream>.<durable>.<delivered>.<stream seq>.<consumer seq>.<timestamp>.<pending>`: five
+tokens follow the durable in the ack reply subject nats-server gives every delivered message
+(nats-server server/consumer.go, `ackReplyT`)."""
+
+
+def ack_subject(stream: str, durable: str) -> str:
+    """The acks of `durable` on `stream`, and nothing else: exactly as many tokens as a real ack subject.
+
+    Never `.>` and never a `*` before the stream: `$JS.ACK.*.*.<S>.<D>.>` also matches
+    `$JS.ACK.<S2>.<C2>.<S>.<D>.1.1.1`, which the server reads as an ack subject of consumer C2 of
+    stream S2, and `$JS.ACK.<S>.<D>.>` matches the twelve-token form
+    `$JS.ACK.<domain>.<account hash>.<S2>.<C2>...` with S and D standing for domain and hash.
+    """
+    return f"$JS.ACK.{stream}.{durable}" + ".*" * ACK_TOKENS_AFTER_DURABLE
+
+
+DEFAULT_JETSTREAM_ACCOUNT = "JETSTREAM"
+"""The account that holds every stream and consumer and the deploy user (and nothing else)."""
+
+
+def app_account(app: str) -> str:
+    """The account of `app`'s single user: no JetStream, only imports of its own services."""
+    return f"APP_{app}"

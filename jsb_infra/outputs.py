@@ -1,7 +1,8 @@
 """The contract between deploy and apps: what the stack exports, and what the runtime client reads.
 
-`bridges` = {stream: {app: BridgeOutputs}} (not secret); `credentials` = {stream: {app: AppCredentials}}
-(secret). Both sides import these models, so a field renamed here breaks the tests of both at once.
+`bridges` = {stream: {app: BridgeOutputs}} (not secret); `credentials` = {app: AppCredentials} (secret:
+one identity per app, across all its pairs). Both sides import these models, so a field renamed here
+breaks the tests of both at once.
 Bump SCHEMA_VERSION on any change an older client could misread.
 """
 
@@ -50,12 +51,14 @@ class BridgeOutputs(BaseModel):
 
 
 class AppCredentials(BaseModel):
-    """One app's runtime identity: an NKey user. The seed is secret."""
+    """One app's runtime identity: an NKey user in its own account, one per app across all its pairs.
+    The seed is secret. `credentials` = {app: AppCredentials}."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     public_key: str
     seed: str
+    account: str | None = None
 
 
 def bridge_outputs(pair: Pair, app: str, servers: list[str]) -> BridgeOutputs:

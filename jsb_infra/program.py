@@ -8,13 +8,19 @@ config fails the preview with the field and the rule, and leaves nothing half-cr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import pulumi
 
+from jsb_infra import names
+from jsb_infra.accounts import DeployUser, account_layout
 from jsb_infra.component import AppPair
+from jsb_infra.documents import render_documents
+from jsb_infra.providers.credential import AppCredential
+from jsb_infra.providers.documents import ServerDocuments
 from jsb_infra.spec import ConfigError, Pair, parse_pairs
 
 CONFIG_NAMESPACE = "jsb"
@@ -23,12 +29,25 @@ UNREADABLE = object()
 """A config value that could not be decoded; its problem is already listed."""
 
 
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """The validated stack config the program builds from (admin and outputDir are the providers')."""
 
     pairs: tuple[Pair, ...]
     servers: tuple[str, ...]
+    app_servers: tuple[str, ...] = ()
+    jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
+    deploy: DeployUser | None = field(default=None)
+
+    @property
+    def bridge_servers(self) -> list[str]:
+        """The URLs apps are told: `jsb:appServers`, else the deploy's `jsb:servers`."""
+        return list(self.app_servers or self.servers)
 
 
 def _json_value(key: str, raw: str | None, problems: list[str]) -> Any:
@@ -49,8 +68,9 @@ def _servers_value(raw: str | None, problems: list[str]) -> Any:
     return _json_value(f"{CONFIG_NAMESPACE}:servers", raw, problems)
 
 
-def _check_servers(value: Any, problems: list[str]) -> tuple[str, ...]:
-    key = f"{CONFIG_NAMESPACE}:servers"
+def _check_servers(
+    value: Any, problems: list[str], key: str = f"{CONFIG_NAMESPACE}:servers"
+) -> tuple[str, ...]:
     if value is UNREADABLE:
         return ()
     if value is None:
@@ -101,14 +121,73 @@ def _check_pairs(value: Any, problems: list[str]) -> tuple[Pair, ...]:
         return ()
 
 
-def parse_stack_settings(pairs: Any, servers: Any) -> StackSettings:
-    """Validate decoded `jsb:pairs` and `jsb:servers` together; raises ConfigError listing every problem."""
+def _check_jetstream_account(value: Any, problems: list[str]) -> str:
+    key = f"{CONFIG_NAMESPACE}:jetstreamAccount"
+    if value is None:
+        return names.DEFAULT_JETSTREAM_ACCOUNT
+    if not isinstance(value, str) or not ACCOUNT_NAME.match(value):
+        problems.append(f"{key}: must be 1-64 letters, digits, '_' or '-', got {value!r}")
+        return names.DEFAULT_JETSTREAM_ACCOUNT
+    if value.startswith(names.app_account("")):
+        problems.append(
+            f"{key}: {value!r} starts with {names.app_account('')!r}, the prefix of the app accounts"
+        )
+    return value
+
+
+def _check_deploy_user(value: Any, problems: list[str]) -> DeployUser | None:
+    key = f"{CONFIG_NAMESPACE}:deployUser"
+    if value is None or value is UNREADABLE:
+        return None
+    if not isinstance(value, dict) or set(value) - {"nkey", "user", "password_env"}:
+        problems.append(
+            f"{key}: must be {{nkey: U...}} or {{user: NAME, password_env: VAR}} (the deploy's identity in "
+            f"the JetStream account; nothing secret), got {value!r}"
+        )
+        return None
+    nkey, user, env = value.get("nkey"), value.get("user"), value.get("password_env")
+    if bool(nkey) == bool(user):
+        problems.append(f"{key}: give exactly one of nkey or user")
+        return None
+    if nkey and not (isinstance(nkey, str) and USER_PUBLIC_KEY.match(nkey)):
+        problems.append(f"{key}.nkey: must be an NKey user public key (U + 55 characters)")
+        return None
+    if user and not (isinstance(user, str) and user.strip()):
+        problems.append(f"{key}.user: must be a non-empty name")
+        return None
+    if env is not None and not (isinstance(env, str) and ENV_NAME.match(env)):
+        problems.append(f"{key}.password_env: must be an environment variable name, got {env!r}")
+        return None
+    return DeployUser(nkey=nkey, user=user, password_env=env)
+
+
+def parse_stack_settings(
+    pairs: Any,
+    servers: Any,
+    app_servers: Any = None,
+    jetstream_account: Any = None,
+    deploy_user: Any = None,
+) -> StackSettings:
+    """Validate the decoded stack config together; raises ConfigError listing every problem."""
     problems: list[str] = []
     checked_servers = _check_servers(servers, problems)
+    checked_app_servers = (
+        _check_servers(app_servers, problems, f"{CONFIG_NAMESPACE}:appServers")
+        if app_servers is not None
+        else ()
+    )
+    account = _check_jetstream_account(jetstream_account, problems)
+    deploy = _check_deploy_user(deploy_user, problems)
     checked_pairs = _check_pairs(pairs, problems)
     if problems:
         raise ConfigError(problems)
-    return StackSettings(pairs=checked_pairs, servers=checked_servers)
+    return StackSettings(
+        pairs=checked_pairs,
+        servers=checked_servers,
+        app_servers=checked_app_servers,
+        jetstream_account=account,
+        deploy=deploy,
+    )
 
 
 def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
@@ -117,8 +196,13 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     problems: list[str] = []
     pairs = _json_value(f"{CONFIG_NAMESPACE}:pairs", config.get("pairs"), problems)
     servers = _servers_value(config.get("servers"), problems)
+    raw_app_servers = config.get("appServers")
+    app_servers = _servers_value(raw_app_servers, problems) if raw_app_servers is not None else None
+    deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
     try:
-        settings = parse_stack_settings(pairs, servers)
+        settings = parse_stack_settings(
+            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user
+        )
     except ConfigError as err:
         raise ConfigError(problems + err.problems) from None
     if problems:  # an unreadable value that parse_stack_settings skipped
@@ -127,20 +211,54 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
 
 
 def build(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[Any]]:
-    """Validate the whole stack config, then register one AppPair per pair; returns the stack outputs.
+    """Validate the whole stack config, then register every resource; returns the stack outputs.
 
-    `bridges` is public (apps read it), `credentials` is secret (NKey seeds), `permissions` is what a
-    reviewer reads in `pulumi stack output` to see exactly what each app may do.
+    Per pair an `AppPair` (stream and consumers); per app one `AppCredential` (the app is one account
+    with one user, across all its pairs); one `ServerDocuments` with everything rendered (the accounts
+    include file among them). `bridges` (apps read it) and `permissions` (what a reviewer reads) derive
+    from the spec alone, so `pulumi preview --diff` shows their changes; `credentials` is secret (NKey
+    seeds); `accounts_conf` is the nats-server include for config-file auth.
     """
     settings = read_stack_settings(config)
-    servers = list(settings.servers)
-    components = {pair.stream: AppPair(pair.stream, pair=pair, servers=servers) for pair in settings.pairs}
+    pairs = list(settings.pairs)
+    layout = account_layout(pairs, settings.jetstream_account)
+    credentials = {
+        account.app: AppCredential(f"{account.app}-credential", account.app) for account in layout.apps
+    }
+    components = {
+        pair.stream: AppPair(pair.resource_name, pair=pair, servers=settings.bridge_servers) for pair in pairs
+    }
+    public_keys = pulumi.Output.all(**{app: cred.public_key for app, cred in credentials.items()})
+
+    def documents(keys: dict[str, str]) -> dict[str, str]:
+        rendered = render_documents(
+            pairs,
+            keys,
+            deploy=settings.deploy,
+            jetstream_account=settings.jetstream_account,
+            servers=settings.bridge_servers,
+        )
+        return {str(path): text for path, text in rendered.items()}
+
+    # What does not depend on the generated keys is a plain value, known at preview.
+    keyless: dict[str, pulumi.Input[str]] = dict(documents({}))
+    accounts_conf = public_keys.apply(lambda keys: documents(keys)["accounts.conf"])
+    server_documents = ServerDocuments("server-documents", {**keyless, "accounts.conf": accounts_conf})
     return {
-        "bridges": pulumi.Output.all(**{s: c.bridges for s, c in components.items()}),
+        "bridges": pulumi.Output.from_input({s: c.bridges for s, c in components.items()}),
         "credentials": pulumi.Output.secret(
-            pulumi.Output.all(**{s: c.credentials_output for s, c in components.items()})
+            {
+                account.app: {
+                    "account": account.account,
+                    "public_key": credentials[account.app].public_key,
+                    "seed": credentials[account.app].seed,
+                }
+                for account in layout.apps
+            }
         ),
-        "permissions": pulumi.Output.all(**{s: c.permissions for s, c in components.items()}),
+        "permissions": pulumi.Output.from_input({a.app: a.document() for a in layout.apps}),
+        "accounts_conf": accounts_conf,
+        "documents": server_documents.files,
     }
 
 

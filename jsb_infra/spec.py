@@ -7,12 +7,13 @@ server, with a message that names the field and the rule.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,12 +27,22 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jsb_infra import names
+from jsb_infra import names, strict_yaml
 from jsb_infra.durations import DURATION_PATTERN, format_duration, parse_duration
 
-MAX_NAME_LEN = 255  # nats-server JSMaxNameLen, for streams and consumers alike
-DURABLE_SUFFIX_LEN = len(names.durable_name(""))
-MAX_APP_LEN = MAX_NAME_LEN - DURABLE_SUFFIX_LEN
+MAX_NAME_LEN = 255  # nats-server JSMaxNameLen (bytes), for streams and consumers alike
+MAX_FILE_NAME_LEN = 255  # bytes in one path component on common file systems (ext4, XFS, APFS, NTFS)
+LONGEST_APP_FILE = names.durable_name("") + ".json"  # render writes consumers/<app>-workers.json
+MAX_APP_LEN = min(MAX_NAME_LEN - len(names.durable_name("")), MAX_FILE_NAME_LEN - len(LONGEST_APP_FILE))
+MAX_DESCRIPTION_LEN = 4096  # nats-server JSMaxDescriptionLen (bytes), server/jetstream.go
+INT32_MAX = 2**31 - 1  # the server's int32 fields (max_msg_size)
+# The server holds the other counts in 64 bits (2^63-1), but a pair travels through Pulumi (inputs,
+# state) as a protobuf Struct, whose numbers are 64-bit floats: exact only up to 2^53-1. Durations
+# travel as text (`1m30s`) and keep the server's own 2^63 ns bound (jsb_infra.durations).
+MAX_EXACT_INT = 2**53 - 1
+MIN_WINDOW_NS = 100_000_000  # nats-server refuses a duplicate window or max age under 100ms
+NAME_CHARSET = "ASCII letters, digits, '-' and '_'"
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _duration(value: object) -> int:
@@ -39,6 +50,35 @@ def _duration(value: object) -> int:
         return parse_duration(value)
     except ValueError as err:
         raise rule(str(err)) from None
+
+
+def _whole_number(value: object, info: ValidationInfo) -> object:
+    """New input must be a number that is whole: no `true` or `"5"` taken as a number.
+
+    An integral float (`5.0`) is its integer: Pulumi carries every number as a float.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if enforcing_rules(info) and (isinstance(value, bool) or not isinstance(value, int)):
+        raise rule(f"must be a whole number written in decimal, got {value!r}")
+    return value
+
+
+def _bounded(limit: int, why: str) -> Any:
+    def check(value: int, info: ValidationInfo) -> int:
+        if enforcing_rules(info) and value > limit:
+            raise rule(f"{info.field_name} must be at most {limit} ({why}), got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+Count = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    _bounded(MAX_EXACT_INT, "2^53-1: Pulumi carries numbers as 64-bit floats, exact only up to there"),
+]
+Int32 = Annotated[int, BeforeValidator(_whole_number), _bounded(INT32_MAX, "the server holds it in 32 bits")]
 
 
 Duration = Annotated[
@@ -79,21 +119,25 @@ def enforcing_rules(info: ValidationInfo) -> bool:
 
 
 def _check_nats_name(kind: str, value: str, max_len: int) -> str:
+    """Names become subjects, nats-server config strings and file names: one safe charset for all.
+
+    nats-server refuses '.', '*', '>', '/' and '\\' in stream and consumer names; its config parser
+    has no escape for non-ASCII text; file systems limit a path component to 255 bytes. Restricting
+    names to ASCII letters, digits, '-' and '_' keeps every rendered document parseable as written.
+    """
     if not value:
         raise rule(f"{kind} name must not be empty")
-    if len(value) > max_len:
-        raise rule(f"{kind} name {value!r} is {len(value)} characters; the limit is {max_len}")
-    bad = [
-        ch
-        for ch in value
-        if ch in ".*>/\\" or ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or not ch.isprintable()
-    ]
+    bad = [ch for ch in value if not _NAME.fullmatch(ch)]
     if bad:
         shown = ", ".join(sorted({repr(ch) for ch in bad}))
         raise rule(
-            f"{kind} name {value!r} contains {shown}; NATS names may not contain '.', '*', '>', "
-            "path separators, whitespace or control characters"
+            f"{kind} name {value!r} contains {shown}; names may contain only {NAME_CHARSET} (NATS "
+            "forbids '.', '*', '>', path separators, whitespace and control characters, and the server's "
+            "config files have no escape for non-ASCII text)"
         )
+    size = len(value.encode())
+    if size > max_len:
+        raise rule(f"{kind} name {value!r} is {size} bytes; the limit is {max_len}")
     return value
 
 
@@ -155,7 +199,7 @@ class ConsumerSettings(_ConsumerFieldRules):
     with backoff[0] anyway; an explicit ack_wait that differs is refused rather than silently changed.
     """
 
-    max_deliver: int = Field(5, description="Deliveries before a message goes to the DLQ (>= 1).")
+    max_deliver: Count = Field(5, description="Deliveries before a message goes to the DLQ (>= 1).")
     ack_wait: Duration | None = Field(
         None, description="Omit when a backoff is set: it is then backoff[0]. Without a backoff: default 30s."
     )
@@ -163,7 +207,7 @@ class ConsumerSettings(_ConsumerFieldRules):
         default_factory=lambda: [parse_duration(d) for d in GEM_BACKOFF],
         description="Redelivery delays by delivery count; no longer than max_deliver.",
     )
-    max_ack_pending: int = Field(25000, description="Unacknowledged messages in flight (>= 1).")
+    max_ack_pending: Count = Field(25000, description="Unacknowledged messages in flight (>= 1).")
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> ConsumerSettings:
@@ -175,10 +219,10 @@ class ConsumerSettings(_ConsumerFieldRules):
 class ConsumerOverride(_ConsumerFieldRules):
     """A per-app change to the pair's consumer settings; fields left out keep the pair's value."""
 
-    max_deliver: int | None = None
+    max_deliver: Count | None = None
     ack_wait: Duration | None = None
     backoff: list[Duration] | None = None
-    max_ack_pending: int | None = None
+    max_ack_pending: Count | None = None
 
 
 def check_consumer_rules(max_deliver: int, ack_wait: int | None, backoff: list[int]) -> None:
@@ -209,15 +253,15 @@ class StreamOptions(StrictModel):
     """Stream-level options. Storage, and retention to or from workqueue, cannot change in place: such a
     change replaces the stream (limits <-> interest is in place)."""
 
-    replicas: int = Field(1, description="1 to 5.")
+    replicas: Count = Field(1, description="1 to 5; more than 1 needs a clustered server.")
     storage: Literal["file", "memory"] = "file"
     retention: Literal["workqueue", "limits", "interest"] = "workqueue"
     duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
     max_age: Duration = Field(0, description="Oldest message kept; 0 sets no age limit.")
-    max_bytes: int = Field(-1, description="-1 for unlimited.")
-    max_msgs: int = Field(-1, description="-1 for unlimited.")
-    max_msg_size: int = Field(-1, description="-1 for unlimited.")
-    description: str = ""
+    max_bytes: Count = Field(-1, description="-1 for unlimited.")
+    max_msgs: Count = Field(-1, description="-1 for unlimited.")
+    max_msg_size: Int32 = Field(-1, description="-1 for unlimited; at most 2^31-1.")
+    description: str = Field("", description="At most 4096 bytes of UTF-8.")
 
     @field_validator("replicas")
     @classmethod
@@ -229,7 +273,34 @@ class StreamOptions(StrictModel):
     @field_validator("duplicate_window")
     @classmethod
     def _window_positive(cls, v: int, info: ValidationInfo) -> int:
-        return _check_positive("duplicate_window", v) if enforcing_rules(info) else v
+        if enforcing_rules(info) and v < MIN_WINDOW_NS:
+            raise rule(
+                f"duplicate_window must be at least 100ms (the server's minimum), got {format_duration(v)}"
+            )
+        return v
+
+    @field_validator("max_age")
+    @classmethod
+    def _age_minimum(cls, v: int, info: ValidationInfo) -> int:
+        if enforcing_rules(info) and 0 < v < MIN_WINDOW_NS:
+            raise rule(
+                f"max_age must be 0 (no age limit) or at least 100ms (the server's minimum), "
+                f"got {format_duration(v)}"
+            )
+        return v
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str, info: ValidationInfo) -> str:
+        if not enforcing_rules(info):
+            return v
+        try:
+            size = len(v.encode())
+        except UnicodeEncodeError:
+            raise rule("description must be valid Unicode text (it holds a lone surrogate)") from None
+        if size > MAX_DESCRIPTION_LEN:
+            raise rule(f"description is {size} bytes of UTF-8; the server's limit is {MAX_DESCRIPTION_LEN}")
+        return v
 
     @field_validator("max_bytes", "max_msgs", "max_msg_size")
     @classmethod
@@ -252,6 +323,12 @@ class Pair(StrictModel):
     """Two apps that sync over one stream."""
 
     stream: str = Field(description="Stream name, unique across pairs.")
+    id: str | None = Field(
+        None,
+        description="The pair's identity in the Pulumi state (default: the stream name). To rename a "
+        "stream, set `id` to its current name and change `stream`: the rename is then a previewed, guarded "
+        "replace of the stream instead of a second pair whose stream collides with the first.",
+    )
     apps: tuple[str, str] = Field(description="Exactly two distinct app names.")
     dlq: bool = Field(True, description="Give each app a `<app>.sync.dlq` subject in the stream.")
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
@@ -271,6 +348,16 @@ class Pair(StrictModel):
     @classmethod
     def _stream_name(cls, v: str, info: ValidationInfo) -> str:
         return _check_nats_name("stream", v, MAX_NAME_LEN) if enforcing_rules(info) else v
+
+    @field_validator("id")
+    @classmethod
+    def _id_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _check_nats_name("id", v, MAX_NAME_LEN) if v is not None and enforcing_rules(info) else v
+
+    @property
+    def resource_name(self) -> str:
+        """The name of the pair's Pulumi component: stable across a stream rename when `id` is set."""
+        return self.id or self.stream
 
     @field_validator("apps")
     @classmethod
@@ -358,6 +445,7 @@ def check_pairs_disjoint(pairs: Iterable[Pair]) -> None:
     """No two pairs share a stream name or a subject (the server would refuse the second stream)."""
     stream_owner: dict[str, int] = {}
     subject_owner: dict[str, tuple[int, str]] = {}
+    id_owner: dict[str, int] = {}
     for i, pair in enumerate(pairs):
         if pair.stream in stream_owner:
             raise rule(
@@ -365,6 +453,12 @@ def check_pairs_disjoint(pairs: Iterable[Pair]) -> None:
                 f"pairs[{stream_owner[pair.stream]}]"
             )
         stream_owner[pair.stream] = i
+        if pair.resource_name in id_owner:
+            raise rule(
+                f"pairs[{i}].id: {pair.resource_name!r} is already the identity (id, or stream name when no "
+                f"id is set) of pairs[{id_owner[pair.resource_name]}]; identities must be unique"
+            )
+        id_owner[pair.resource_name] = i
         for subject in pair.subjects():
             if subject in subject_owner:
                 j, other = subject_owner[subject]
@@ -421,12 +515,11 @@ def parse_pairs(pairs: Any) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config YAML file."""
-    text = Path(path).read_text()
+    """Read and validate a config YAML file (strict YAML: see jsb_infra.strict_yaml)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+        data = strict_yaml.load_file(path)
+    except strict_yaml.YamlProblem as err:
+        raise ConfigError([str(err)]) from None
     return parse_config(data)
 
 

@@ -13,21 +13,24 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.local_server import LocalNatsServer, accounts_config, env_nats_url
+from jsb_infra.local_server import LocalNatsServer, env_nats_url
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
-from jsb_infra.permissions import app_permissions, render_conf
 from jsb_infra.spec import Pair, parse_pairs
 from jsb_infra.topology import consumer_configs, stream_config
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret-for-tests"
+DEPLOY_PASSWORD_ENV = "JSB_DEPLOY_PASSWORD"  # the rendered accounts read the deploy password from here
+DEPLOY = DeployUser(user=ADMIN_USER, password_env=DEPLOY_PASSWORD_ENV)
 
 
 class ServerHandle:
@@ -43,7 +46,11 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     started: list[LocalNatsServer] = []
 
     def factory(extra_config: str = "") -> LocalNatsServer:
-        server = LocalNatsServer(store_dir=tmp_path_factory.mktemp("nats"), extra_config=extra_config)
+        server = LocalNatsServer(
+            store_dir=tmp_path_factory.mktemp("nats"),
+            extra_config=extra_config,
+            env={DEPLOY_PASSWORD_ENV: ADMIN_PASSWORD},
+        )
         started.append(server.start())
         return server
 
@@ -112,9 +119,9 @@ class ProvisionedPair:
         return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
 
 
-async def provision(url: str, pair: Pair) -> None:
-    """Create the rendered stream and consumers as the admin."""
-    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+async def provision(url: str, pair: Pair, **connect: Any) -> None:
+    """Create the rendered stream and consumers as the admin (`connect`: more nats.connect options)."""
+    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD, **connect)
     try:
         admin = JetStreamAdmin(nc)
         await admin.create_stream(stream_config(pair))
@@ -124,11 +131,14 @@ async def provision(url: str, pair: Pair) -> None:
         await nc.close()
 
 
+def pairs_server_config(pairs: list[Pair], seeds: dict[str, str]) -> str:
+    """The rendered account layout of `pairs`: the admin as deploy user, each app with its NKey."""
+    nkeys = {app: public_key_of(seed) for app, seed in seeds.items()}
+    return render_accounts_conf(account_layout(pairs), nkeys, DEPLOY)
+
+
 def pair_server_config(pair: Pair, seeds: dict[str, str]) -> str:
-    users = []
-    for app in pair.apps:
-        users.append(render_conf(app_permissions(pair, app), nkey=public_key_of(seeds[app])))
-    return accounts_config(users, ADMIN_USER, ADMIN_PASSWORD)
+    return pairs_server_config([pair], seeds)
 
 
 DEFAULT_PAIR = {"stream": "orders-billing-sync", "apps": ["orders", "billing"]}

@@ -13,6 +13,7 @@ import pytest
 from jsb_infra.cli import main
 from jsb_infra.credentials import new_user_keypair
 from jsb_infra.permissions import app_permissions, render_claims_json
+from jsb_infra.rendered_tree import MANIFEST
 from jsb_infra.spec import load_config
 from jsb_infra.topology import consumer_configs, stream_config
 
@@ -20,22 +21,30 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
 CLI = Path(sys.executable).parent / "jsb-infra"
 
 EXPECTED_LAYOUT = sorted(
-    f"{stream}/{leaf}"
-    for stream, apps in [
-        ("orders-billing-sync", ("orders", "billing")),
-        ("billing-shipping-sync", ("billing", "shipping")),
-    ]
-    for leaf in [
-        "stream.json",
-        *(f"consumers/{app}-workers.json" for app in apps),
-        *(f"permissions/{app}.json" for app in apps),
-        *(f"permissions/{app}.conf" for app in apps),
+    ["accounts.conf", *(f"apps/{app}.json" for app in ("orders", "billing", "shipping"))]
+    + [
+        f"{stream}/{leaf}"
+        for stream, apps in [
+            ("orders-billing-sync", ("orders", "billing")),
+            ("billing-shipping-sync", ("billing", "shipping")),
+        ]
+        for leaf in [
+            "stream.json",
+            *(f"consumers/{app}-workers.json" for app in apps),
+            *(f"permissions/{app}.json" for app in apps),
+            *(f"permissions/{app}.conf" for app in apps),
+        ]
     ]
 )
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The rendered documents under `root` (without render's manifest)."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def test_render_writes_exactly_the_layout(tmp_path, capsys):
@@ -59,7 +68,11 @@ def test_render_writes_exactly_the_layout(tmp_path, capsys):
         == json.dumps(stream, indent=2, sort_keys=True) + "\n"
     )
     conf = files["orders-billing-sync/permissions/orders.conf"].decode()
-    assert 'user: "orders"' in conf and '"_INBOX_orders.>"' in conf
+    assert '"_INBOX_orders.>"' in conf and '"$JS.ACK.orders-billing-sync.orders-workers.*.*.*.*.*"' in conf
+    billing = json.loads(files["apps/billing.json"])  # one identity across both of billing's pairs
+    assert billing["account"] == "APP_billing"
+    assert billing["streams"] == ["orders-billing-sync", "billing-shipping-sync"]
+    assert "billing.sync.orders" in billing["publish"] and "billing.sync.shipping" in billing["publish"]
 
 
 def test_render_is_byte_identical_on_a_second_run(tmp_path):
@@ -70,13 +83,12 @@ def test_render_is_byte_identical_on_a_second_run(tmp_path):
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == first
 
 
-def test_nkey_option_authenticates_the_conf_user(tmp_path):
+def test_nkey_option_gives_the_app_account_its_user(tmp_path):
     _, public = new_user_keypair()
     assert main(["render", str(EXAMPLE), "--out", str(tmp_path), "--nkey", f"billing={public}"]) == 0
-    for stream in ("orders-billing-sync", "billing-shipping-sync"):
-        conf = (tmp_path / stream / "permissions" / "billing.conf").read_text()
-        assert f'nkey: "{public}"' in conf and "user:" not in conf
-    assert 'user: "orders"' in (tmp_path / "orders-billing-sync/permissions/orders.conf").read_text()
+    conf = (tmp_path / "accounts.conf").read_text()
+    assert conf.count(f'nkey: "{public}"') == 1, "one user for billing, across its two pairs"
+    assert "users: none yet; render with --nkey orders=U..." in conf
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import nats
 import pulumi.automation as auto
 import pytest
-from conftest import ADMIN_PASSWORD, ADMIN_USER
+from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV
 from e2e_support import (
     admin_connection,
     copy_project,
@@ -31,8 +32,9 @@ from e2e_support import (
 )
 
 from jsb_infra import names
+from jsb_infra.accounts import account_layout, render_accounts_conf
 from jsb_infra.credentials import public_key_of
-from jsb_infra.local_server import LocalNatsServer, accounts_config
+from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.nats_admin import admin_session, differences
 from jsb_infra.outputs import AppCredentials, BridgeOutputs, bridge_outputs
 from jsb_infra.spec import Pair, parse_pairs
@@ -73,8 +75,14 @@ def bin_dir() -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
     store = tmp_path_factory.mktemp("e2e-nats")
+    # Like `make up`: the server's whole auth config is an included accounts file; until the stack has
+    # written its own, the layout rendered without keys (every account and import, no app user yet).
+    bootstrap = account_layout(parse_pairs([BASE_PAIR]).pairs)
+    (store / "accounts.conf").write_text(render_accounts_conf(bootstrap, {}, DEPLOY))
     nats_server = LocalNatsServer(
-        store_dir=store, extra_config=accounts_config([], ADMIN_USER, ADMIN_PASSWORD)
+        store_dir=store,
+        extra_config='include "accounts.conf"\n',
+        env={DEPLOY_PASSWORD_ENV: ADMIN_PASSWORD},
     )
     nats_server.start()
     yield nats_server
@@ -107,7 +115,11 @@ def new_stack(
 ) -> auto.Stack:
     """A stack in the shared workspace: servers, pairs and outputDir in the stack file, jsb:admin secret."""
     stack = auto.create_or_select_stack(stack_name=name, work_dir=options.work_dir, opts=options)
-    set_plain_config(stack, {"jsb:servers": [url], "jsb:pairs": pairs, "jsb:outputDir": str(out)})
+    deploy_user = {"user": ADMIN_USER, "password_env": DEPLOY_PASSWORD_ENV}
+    set_plain_config(
+        stack,
+        {"jsb:servers": [url], "jsb:pairs": pairs, "jsb:outputDir": str(out), "jsb:deployUser": deploy_user},
+    )
     set_admin(stack, ADMIN_USER, ADMIN_PASSWORD)
     return stack
 
@@ -194,13 +206,13 @@ def changes(summary: dict[str, int] | None) -> set[str]:
 async def test_01_up_from_nothing_creates_exactly_the_rendered_topology(stack, server, out_dir, memo):
     assert await stream_names(server) == []
     result = stack.up(color="never")
-    assert result.summary.resource_changes == {
-        "create": 9
-    }  # stack, AppPair, stream, 2 x (consumer, cred, doc)
+    # stack, AppPair, stream, 2 consumers, 2 credentials (one per app), the server documents
+    assert result.summary.resource_changes == {"create": 8}
     pair = parse_pairs([BASE_PAIR]).pairs[0]
     await server_matches(server, pair)
     written = sorted(p.name for p in (out_dir / STREAM / "permissions").iterdir())
     assert written == ["billing.conf", "billing.json", "orders.conf", "orders.json"]
+    assert (out_dir / "accounts.conf").read_text() == stack.outputs()["accounts_conf"].value
 
 
 async def test_02_second_preview_and_up_change_nothing(stack, server):
@@ -225,7 +237,8 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
     set_pair(stack, with_changes(stream_options={"max_age": "2h"}))
     stream_only = stack.preview(color="never")
     assert changes(stream_only.change_summary) == {"update"}, stream_only.stdout
-    assert stream_only.change_summary["update"] == 1, stream_only.stdout
+    # the stream, and the rendered stream.json among the server documents
+    assert stream_only.change_summary["update"] == 2, stream_only.stdout
     assert "jsb:Stream" in stream_only.stdout and "jsb:Consumer" not in stream_only.stdout
 
     # backoff [1s, 2s] -> [2s, 3s]: the server's ack_wait (= backoff[0]) goes 1s -> 2s.
@@ -234,9 +247,10 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
     )
     assert changed.consumer_for("billing").ack_wait == 2 * SECOND_NS != billing.ack_wait
     preview = stack.preview(color="never")
-    assert preview.change_summary == {"same": 6, "update": 3}, preview.stdout  # the stream + 2 consumers
+    # the stream, 2 consumers, and the documents (consumer configs, bridges)
+    assert preview.change_summary == {"same": 4, "update": 4}, preview.stdout
     up = stack.up(color="never")
-    assert up.summary.resource_changes == {"same": 6, "update": 3}, up.stdout
+    assert up.summary.resource_changes == {"same": 4, "update": 4}, up.stdout
 
     await server_matches(server, changed)
     stream_after = await stream_info(server)
@@ -251,6 +265,53 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
         assert after["config"]["backoff"] == [2 * SECOND_NS, 3 * SECOND_NS]
     memo["pair"] = with_changes(consumer={"backoff": ["2s", "3s"]}, stream_options={"max_age": "2h"})
     memo["stream_created"] = stream_before["created"]
+
+
+def outputs_section(stdout: str) -> str:
+    """The stack outputs part of a `preview --diff` (after the resources)."""
+    for marker in ("--outputs:--", "Outputs:"):
+        if marker in stdout:
+            return stdout.split(marker, 1)[1]
+    raise AssertionError(f"no outputs in the preview:\n{stdout}")
+
+
+async def test_03b_preview_diff_shows_permission_and_bridge_changes(stack, server, memo):
+    """What a reviewer sees in `pulumi preview --diff`: every permission change keyed by subject (not a
+    list position), every bridge field an app reads, and a new app's identity, before anything runs."""
+    current: dict[str, Any] = memo["pair"]
+    before = await stream_info(server)
+
+    set_pair(stack, {**current, "dlq": False})
+    dlq_off = stack.preview(color="never", diff=True).stdout
+    outputs = outputs_section(dlq_off)
+    for app in APPS:
+        assert re.search(rf"- {app}\.sync\.dlq\s+: \"{app} parks messages", outputs), dlq_off
+        assert re.search(rf'-\s+\{{service: "{app}\.sync\.dlq", accounts: \["APP_{app}"\]\}}', dlq_off)
+    assert outputs.count("- dlq_subject") == 2, outputs
+    assert not re.search(r"\[\d+\]: \"\w+\.sync\.dlq\" =>", outputs), "a positional list diff"
+
+    set_pair(stack, {**current, "consumer": {**current["consumer"], "max_deliver": 4}})
+    max_deliver = outputs_section(stack.preview(color="never", diff=True).stdout)
+    assert len(re.findall(r"~ max_deliver\s*: 3 => 4", max_deliver)) == 2, max_deliver  # both bridges
+
+    shipping = {
+        "stream": "e2e-billing-shipping",
+        "apps": ["billing", "shipping"],
+        "dlq": False,
+        "protect": False,
+    }
+    set_plain_config(stack, {"jsb:pairs": [current, shipping]})
+    added = stack.preview(color="never", diff=True)
+    # AppPair, stream, 2 consumers and one new identity (billing keeps its own)
+    assert added.change_summary.get("create") == 5, added.stdout
+    assert added.stdout.count("+ pulumi-python:dynamic/jsb:AppCredential: (create)") == 1, added.stdout
+    added_outputs = outputs_section(added.stdout)
+    assert re.search(r"\+ shipping\s*: \{", added_outputs), added_outputs
+    assert re.search(r"\+ billing\.sync\.shipping\s+:", added_outputs), added_outputs
+
+    set_pair(stack, current)
+    assert changes(stack.preview(color="never").change_summary) == set()
+    assert (await stream_info(server))["created"] == before["created"], "previews change nothing"
 
 
 async def test_04_retention_change_is_a_replace_refused_while_messages_remain(stack, server, memo):
@@ -268,7 +329,8 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     with pytest.raises(auto.CommandError) as refused_up:
         stack.up(color="never")
     assert guard in str(refused_up.value)
-    assert sorted(stack.outputs()) == ["bridges", "credentials", "permissions"]  # kept by a failed up
+    # kept by a failed up
+    assert sorted(stack.outputs()) == ["accounts_conf", "bridges", "credentials", "documents", "permissions"]
 
     set_pair(stack, current)
     info = await stream_info(server)
@@ -283,11 +345,11 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     set_pair(stack, opted_in)
     up = stack.up(color="never")
     # stored on the stream and on both consumers (their delete reads it on an interest stream)
-    assert up.summary.resource_changes == {"same": 6, "update": 3}, up.stdout
+    assert up.summary.resource_changes == {"same": 5, "update": 3}, up.stdout
     set_pair(stack, {**limits, "allow_destroy_with_messages": True})
     preview = stack.preview(color="never")
     # the preview already knows the consumers go with the stream (its incarnation key changes)
-    assert preview.change_summary == {"same": 6, "replace": 3}, preview.stdout
+    assert preview.change_summary == {"same": 4, "replace": 3, "update": 1}, preview.stdout
     assert "jsb:Stream" in preview.stdout and "replace" in preview.stdout
 
     set_pair(stack, opted_in)  # restore: nothing was replaced
@@ -359,8 +421,9 @@ async def test_07_outputs_bridges_and_secret_credentials(stack, server, scratch,
     shown = json.loads(run_cli(stack, "stack", "output", "--json", "--show-secrets"))
     assert shown["credentials"] == outputs["credentials"].value
     seeds = {}
+    assert sorted(shown["credentials"]) == sorted(APPS)  # one identity per app
     for app in APPS:
-        creds = AppCredentials.model_validate(shown["credentials"][STREAM][app])
+        creds = AppCredentials.model_validate(shown["credentials"][app])
         assert creds.seed.startswith("SU") and public_key_of(creds.seed) == creds.public_key
         seeds[app] = creds.seed
     memo["seeds"] = seeds
@@ -417,9 +480,8 @@ async def connect_app(url: str, seed: str, bridge: BridgeOutputs, errors: Errors
 
 
 async def test_08_smoke_run_with_generated_credentials_and_permissions(stack, server, out_dir, memo):
-    entries = [p.read_text() for p in sorted((out_dir / STREAM / "permissions").glob("*.conf"))]
-    assert len(entries) == 2
-    server.extra_config = accounts_config(entries, ADMIN_USER, ADMIN_PASSWORD)
+    # the server takes the account layout the stack wrote, as is
+    (server.store_dir / "accounts.conf").write_text((out_dir / "accounts.conf").read_text())
     server.reload()
 
     bridge = BridgeOutputs.model_validate(stack.outputs()["bridges"].value[STREAM]["orders"])
@@ -460,6 +522,7 @@ async def test_08b_opted_in_replace_recreates_the_stream_and_its_consumers(stack
 
     up = stack.up(color="never")
     assert (up.summary.resource_changes or {}).get("replace") == 3, up.stdout  # stream + 2 consumers
+    assert (up.summary.resource_changes or {}).get("update") == 1, up.stdout  # the rendered stream.json
     after = await stream_info(server)
     assert after["config"]["storage"] == "memory" and after["created"] != before["created"]
     assert after["state"]["messages"] == 0  # the opt-in said losing them was fine
@@ -479,7 +542,7 @@ async def test_09_destroy_leaves_the_server_empty(stack, server, out_dir):
     # The stream still holds messages; the opt-in stored in test_04 lets destroy delete it.
     assert (await stream_info(server))["state"]["messages"] >= 1
     result = stack.destroy(color="never")
-    assert result.summary.resource_changes == {"delete": 9}
+    assert result.summary.resource_changes == {"delete": 8}
     assert await stream_names(server) == []
     assert not list(out_dir.rglob("*.conf")) and not list(out_dir.rglob("*.json"))
 

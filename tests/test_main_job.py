@@ -56,7 +56,14 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
         bridge = json.loads((out / "bridges" / f"{app}.json").read_text())
         assert bridge["servers"] == [f"nats://127.0.0.1:{port}"] and bridge["durable"] == f"{app}-workers"
         assert (out / "permissions" / f"{app}.conf").exists()
-        assert ((out / "credentials" / f"{app}.json").stat().st_mode & 0o777) == 0o600
+        credentials = root / ".jsb" / "out" / "credentials" / f"{app}.json"  # one identity per app
+        assert (credentials.stat().st_mode & 0o777) == 0o600
+    # the server runs on exactly the account layout the stack wrote
+    accounts = (root / ".jsb" / "out" / "accounts.conf").read_text()
+    assert (
+        (root / ".jsb" / "nats" / "nats-server.conf").read_text().endswith('include "../out/accounts.conf"\n')
+    )
+    assert 'nkey: "' in accounts and '"APP_orders"' in accounts
     pid = int((root / ".jsb" / "nats.pid").read_text())
 
     # The reloaded server knows the app: doctor connects, publishes and pulls with its files alone.
@@ -64,14 +71,14 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
         "--bridge",
         str(out / "bridges" / "orders.json"),
         "--credentials",
-        str(out / "credentials" / "orders.json"),
+        str(root / ".jsb" / "out" / "credentials" / "orders.json"),
     ]
     parser = argparse.ArgumentParser()
     doctor.add_arguments(parser)
     assert doctor.run(parser.parse_args(args)) == 0
 
     again = _dev("up", env)
-    assert again.returncode == 0 and "9 unchanged" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "8 unchanged" in again.stdout, again.stdout + again.stderr
 
     down = _dev("down", env)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -20,7 +20,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from jsb_infra import names
-from jsb_infra.permissions import app_permissions, render_conf
+from jsb_infra.accounts import account_layout, render_accounts_conf
+from jsb_infra.permissions import app_permissions
 from jsb_infra.spec import parse_pairs
 
 APPS = ["orders", "billing"]
@@ -115,15 +116,16 @@ def test_claims_are_exactly_least_privilege(app, dlq):
     expected_pub = [f"{app}.sync.{other}"] + ([f"{app}.sync.dlq"] if dlq else [])
     expected_pub += [
         f"$JS.API.CONSUMER.MSG.NEXT.orders-billing-sync.{durable}",
-        f"$JS.ACK.orders-billing-sync.{durable}.>",
-        f"$JS.ACK.*.*.orders-billing-sync.{durable}.>",
+        f"$JS.ACK.orders-billing-sync.{durable}.*.*.*.*.*",
     ]
     assert perms.claims() == {"pub": {"allow": expected_pub}, "sub": {"allow": [f"_INBOX_{app}.>"]}}
     every = perms.publish + perms.subscribe
     assert ">" not in every and "$JS.API.>" not in every and "_INBOX.>" not in every
     assert not any(s.startswith("$JS.API.") and s.endswith(">") for s in every)
-    conf = render_conf(perms, nkey="U" + "A" * 55)
+    assert not any(s.startswith("$JS.ACK.") and ("*" in s.split(".")[2:4] or s.endswith(">")) for s in every)
+    conf = render_accounts_conf(account_layout([pair]), {app: "U" + "A" * 55})
     assert "allow_responses" not in conf and "deny" not in conf
+    assert 'allowed_connection_types: ["STANDARD"]' in conf
     assert "allow_responses" not in json.dumps(perms.claims())
 
 

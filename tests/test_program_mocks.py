@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import runpy
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,14 +31,14 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.sync_await import _sync_await
 
 from jsb_infra import names, topology
+from jsb_infra.accounts import account_layout
 from jsb_infra.component import COMPONENT_TYPE, AppPair
 from jsb_infra.credentials import new_user_keypair, public_key_of
 from jsb_infra.outputs import AppCredentials, BridgeOutputs, bridge_outputs
-from jsb_infra.permissions import app_permissions, render_conf
 from jsb_infra.program import build, main
 from jsb_infra.providers.consumer import Consumer
 from jsb_infra.providers.credential import AppCredential
-from jsb_infra.providers.permission_document import PermissionDocument
+from jsb_infra.providers.documents import ServerDocuments
 from jsb_infra.providers.stream import Stream
 from jsb_infra.spec import ConfigError, Pair
 
@@ -51,8 +52,8 @@ def dynamic_type(cls: type) -> str:
 
 
 STREAM_T, CONSUMER_T = dynamic_type(Stream), dynamic_type(Consumer)
-CREDENTIAL_T, DOCUMENT_T = dynamic_type(AppCredential), dynamic_type(PermissionDocument)
-CHILDREN_PER_PAIR = Counter({STREAM_T: 1, CONSUMER_T: 2, CREDENTIAL_T: 2, DOCUMENT_T: 2})
+CREDENTIAL_T, DOCUMENTS_T = dynamic_type(AppCredential), dynamic_type(ServerDocuments)
+CHILDREN_PER_PAIR = Counter({STREAM_T: 1, CONSUMER_T: 2})
 
 ORDERS_BILLING: dict[str, Any] = {
     "stream": "orders-billing-sync",
@@ -116,17 +117,8 @@ class ProviderLikeMocks(pulumi.runtime.Mocks):
         if typ == CREDENTIAL_T:
             seed, public_key = new_user_keypair()
             return public_key, {**inputs, "public_key": public_key, "seed": seed}
-        if typ == DOCUMENT_T:
-            pair, app = Pair.model_validate(inputs["pair"]), inputs["app"]
-            perms = app_permissions(pair, app)
-            outs = {
-                **inputs,
-                "claims": perms.claims(),
-                "claims_json": json.dumps(perms.claims()),
-                "conf": render_conf(perms, nkey=inputs.get("public_key")),
-                "files": [],
-            }
-            return f"{pair.stream}/{app}", outs
+        if typ == DOCUMENTS_T:
+            return "server-documents", {**inputs, "files": []}
         return f"{name}-id", inputs  # components: no physical id, outputs come from register_outputs
 
 
@@ -235,13 +227,17 @@ def test_two_pairs_register_one_component_each_with_its_children(monitor: Record
     assert sorted(c.name for c in components) == sorted(p["stream"] for p in TWO_PAIRS)
     assert all(not c.custom and "::pulumi:pulumi:Stack::" in c.parent for c in components)
 
-    children = [r for r in monitor.registrations if r.type != COMPONENT_TYPE]
+    children = [r for r in monitor.registrations if r.parent in {c.urn for c in components}]
     assert len(children) == sum(CHILDREN_PER_PAIR.values()) * len(TWO_PAIRS)
     for component in components:
         mine = [r for r in children if r.parent == component.urn]
         assert Counter(r.type for r in mine) == CHILDREN_PER_PAIR, component.name
         assert all(r.custom for r in mine)
-    assert {r.parent for r in children} == {c.urn for c in components}
+    # One identity per app across its pairs (billing is in both), and one set of server documents.
+    top = [r for r in monitor.registrations if r.type in (CREDENTIAL_T, DOCUMENTS_T)]
+    assert Counter(r.type for r in top) == Counter({CREDENTIAL_T: 3, DOCUMENTS_T: 1})
+    assert sorted(r.inputs["app"] for r in monitor.of_type(CREDENTIAL_T)) == ["billing", "orders", "shipping"]
+    assert all("::pulumi:pulumi:Stack::" in r.parent for r in top)
 
 
 def test_children_carry_their_pair_and_app(monitor: RecordingMonitor) -> None:
@@ -253,14 +249,30 @@ def test_children_carry_their_pair_and_app(monitor: RecordingMonitor) -> None:
     run_program(check)
 
     by_urn = {c.urn: c.name for c in monitor.of_type(COMPONENT_TYPE)}
-    for typ in (STREAM_T, CONSUMER_T, DOCUMENT_T):
+    for typ in (STREAM_T, CONSUMER_T):
         for reg in monitor.of_type(typ):
             assert reg.inputs["pair"]["stream"] == by_urn[reg.parent]
             assert "__provider" in reg.inputs  # a dynamic resource: its provider travels with it
-    for typ in (CONSUMER_T, CREDENTIAL_T, DOCUMENT_T):
-        apps_per_stream = Counter((by_urn[r.parent], r.inputs["app"]) for r in monitor.of_type(typ))
-        expected = {(p["stream"], app) for p in TWO_PAIRS for app in p["apps"]}
-        assert set(apps_per_stream) == expected and set(apps_per_stream.values()) == {1}, typ
+    apps_per_stream = Counter((by_urn[r.parent], r.inputs["app"]) for r in monitor.of_type(CONSUMER_T))
+    expected = {(p["stream"], app) for p in TWO_PAIRS for app in p["apps"]}
+    assert set(apps_per_stream) == expected and set(apps_per_stream.values()) == {1}
+
+
+def test_server_documents_hold_the_whole_render_known_without_keys(monitor: RecordingMonitor) -> None:
+    set_stack_config(TWO_PAIRS, SERVERS)
+
+    async def check() -> None:
+        build()
+
+    run_program(check)
+    [documents] = monitor.of_type(DOCUMENTS_T)
+    docs = documents.inputs["documents"]
+    assert "accounts.conf" in docs and "apps/billing.json" in docs
+    assert "orders-billing-sync/bridges/orders.json" in docs
+    keys = sorted(r.inputs["app"] for r in monitor.of_type(CREDENTIAL_T))
+    assert all(f"APP_{app}" in docs["accounts.conf"] for app in keys)
+    users = re.findall(r'nkey: "(U[A-Z2-7]{55})"', docs["accounts.conf"])
+    assert len(users) == len(set(users)) == 3, "every app's user, by its generated key"
 
 
 def test_stream_protection_consumer_dependency_and_secret_seed_declared(monitor: RecordingMonitor) -> None:
@@ -301,8 +313,8 @@ def test_a_protected_pair_protects_its_consumers_too_but_not_credentials_or_docu
     by_urn = {c.urn: c.name for c in monitor.of_type(COMPONENT_TYPE)}
     consumers = Counter((by_urn[c.parent], c.protect) for c in monitor.of_type(CONSUMER_T))
     assert consumers == {("orders-billing-sync", True): 2, ("billing-shipping-sync", False): 2}
-    for typ in (CREDENTIAL_T, DOCUMENT_T):
-        assert [r.protect for r in monitor.of_type(typ)] == [False] * 4, typ
+    assert [r.protect for r in monitor.of_type(CREDENTIAL_T)] == [False] * 3
+    assert [r.protect for r in monitor.of_type(DOCUMENTS_T)] == [False]
 
 
 @pytest.mark.parametrize("override", [True, False])
@@ -316,7 +328,22 @@ def test_the_protect_override_covers_the_stream_and_its_consumers(
 
     run_program(check)
     assert [r.protect for r in monitor.of_type(STREAM_T) + monitor.of_type(CONSUMER_T)] == [override] * 3
-    assert [r.protect for r in monitor.of_type(CREDENTIAL_T) + monitor.of_type(DOCUMENT_T)] == [False] * 4
+
+
+def test_a_pair_id_keeps_the_component_name_across_a_stream_rename(monitor: RecordingMonitor) -> None:
+    set_stack_config(
+        [{**ORDERS_BILLING, "stream": "orders-billing-v2", "id": "orders-billing-sync"}], SERVERS
+    )
+
+    async def check() -> None:
+        build()
+
+    run_program(check)
+    assert [c.name for c in monitor.of_type(COMPONENT_TYPE)] == ["orders-billing-sync"]
+    [stream] = monitor.of_type(STREAM_T)
+    assert (
+        stream.name == "orders-billing-sync-stream" and stream.inputs["pair"]["stream"] == "orders-billing-v2"
+    )
 
 
 # -- the stack outputs ------------------------------------------------------------------------------------
@@ -344,67 +371,61 @@ def test_bridges_export_validates_against_the_contract_and_is_not_secret(monitor
     run_program(check)
 
 
-def test_credentials_export_is_secret_and_holds_each_apps_key_pair(monitor: RecordingMonitor) -> None:
+def test_credentials_export_is_secret_and_holds_one_key_pair_per_app(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
 
     async def check() -> None:
         credentials, secret = await resolved(build()["credentials"])
         assert secret is True
-        assert set(credentials) == {p["stream"] for p in TWO_PAIRS}
+        assert set(credentials) == {"orders", "billing", "shipping"}
         public_keys = []
-        for raw in TWO_PAIRS:
-            assert set(credentials[raw["stream"]]) == set(raw["apps"])
-            for app in raw["apps"]:
-                creds = AppCredentials.model_validate(credentials[raw["stream"]][app])
-                assert public_key_of(creds.seed) == creds.public_key
-                public_keys.append(creds.public_key)
-        assert len(set(public_keys)) == len(public_keys)  # one identity per app per pair
+        for app, entry in credentials.items():
+            creds = AppCredentials.model_validate(entry)
+            assert public_key_of(creds.seed) == creds.public_key
+            assert creds.account == f"APP_{app}"
+            public_keys.append(creds.public_key)
+        assert len(set(public_keys)) == len(public_keys)
 
     run_program(check)
 
 
-def test_component_seed_outputs_are_secret_and_public_keys_are_not(monitor: RecordingMonitor) -> None:
-    pair = Pair.model_validate(ORDERS_BILLING)
+def test_credential_seed_outputs_are_secret_and_public_keys_are_not(monitor: RecordingMonitor) -> None:
     secrets: dict[str, tuple[bool, bool]] = {}
 
     async def check() -> None:
-        component = AppPair(pair.stream, pair=pair, servers=SERVERS)
-        for app, credential in component.credentials.items():
+        for app in ("orders", "billing"):
+            credential = AppCredential(f"{app}-credential", app)
             seed, seed_secret = await resolved(credential.seed)
             public_key, key_secret = await resolved(credential.public_key)
             assert public_key_of(seed) == public_key
             secrets[app] = (seed_secret, key_secret)
-        _, whole_secret = await resolved(component.credentials_output)
-        assert whole_secret is True
-        _, bridges_secret = await resolved(component.bridges)
-        assert bridges_secret is False
 
     run_program(check)
     assert secrets == {"orders": (True, False), "billing": (True, False)}
 
 
-def test_permissions_export_shows_each_apps_documents(monitor: RecordingMonitor) -> None:
+def test_permissions_export_shows_each_apps_subjects_keyed(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
 
     async def check() -> None:
         exports = build()
         permissions, secret = await resolved(exports["permissions"])
-        credentials, _ = await resolved(exports["credentials"])
         assert secret is False
-        for raw in TWO_PAIRS:
-            pair = Pair.model_validate(raw)
-            for app in pair.apps:
-                doc = permissions[pair.stream][app]
-                assert set(doc) == {"claims", "conf"}
-                assert doc["claims"] == app_permissions(pair, app).claims()
-                public_key = credentials[pair.stream][app]["public_key"]
-                assert f'nkey: "{public_key}"' in doc["conf"]
-                assert credentials[pair.stream][app]["seed"] not in doc["conf"]
+        layout = account_layout([Pair.model_validate(raw) for raw in TWO_PAIRS])
+        assert permissions == {a.app: a.document() for a in layout.apps}
+        assert "billing.sync.dlq" in permissions["billing"]["publish"]
+        assert permissions["billing"]["streams"] == ["orders-billing-sync", "billing-shipping-sync"]
+        conf, conf_secret = await resolved(exports["accounts_conf"])
+        credentials, _ = await resolved(exports["credentials"])
+        assert conf_secret is False
+        for entry in credentials.values():
+            assert f'nkey: "{entry["public_key"]}"' in conf
+            assert entry["seed"] not in conf
 
     run_program(check)
 
 
-def test_main_exports_the_three_outputs(monitor: RecordingMonitor) -> None:
+def test_main_exports_the_outputs(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
     exported: dict[str, Any] = {}
 
@@ -412,11 +433,11 @@ def test_main_exports_the_three_outputs(monitor: RecordingMonitor) -> None:
         main()
         stack = pulumi.runtime.get_root_resource()
         assert stack is not None
-        for key in ("bridges", "credentials", "permissions"):
+        for key in ("bridges", "credentials", "permissions", "accounts_conf"):
             exported[key] = await resolved(stack.outputs[key])  # type: ignore[attr-defined]
 
     run_program(check)
-    assert [secret for _, secret in exported.values()] == [False, True, False]
+    assert [secret for _, secret in exported.values()] == [False, True, False, False]
     assert set(exported["bridges"][0]) == {"orders-billing-sync", "billing-shipping-sync"}
 
 
@@ -433,7 +454,9 @@ def test_stacks_main_runs_the_program_on_the_dev_stack_config(monitor: Recording
 
     run_program(check)
     assert [c.name for c in monitor.of_type(COMPONENT_TYPE)] == ["orders-billing-sync"]
-    assert Counter(r.type for r in monitor.registrations if r.type != COMPONENT_TYPE) == CHILDREN_PER_PAIR
+    assert Counter(
+        r.type for r in monitor.registrations if r.type != COMPONENT_TYPE
+    ) == CHILDREN_PER_PAIR + Counter({CREDENTIAL_T: 2, DOCUMENTS_T: 1})
 
 
 def test_pulumi_yaml_points_at_the_program_and_the_stack_files() -> None:

@@ -30,10 +30,6 @@ class Mocks(pulumi.runtime.Mocks):
             outs.update(config={**live, "max_deliver": float(live["max_deliver"])}, created="t1")
         if args.typ.endswith("jsb:Stream"):
             outs.update(created="t0", name=PAIR.stream, messages=0, config={})
-        if args.typ.endswith("jsb:AppCredential"):
-            outs.update(public_key=f"U{args.inputs['app'].upper()}", seed=f"SU{args.inputs['app'].upper()}")
-        if args.typ.endswith("jsb:PermissionDocument"):
-            outs.update(claims={"pub": {"allow": []}}, conf=f"conf-{args.inputs['app']}", files=[])
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -59,30 +55,27 @@ def test_app_pair_children_and_outputs(mocks: Mocks) -> Any:
     component = AppPair("orders-billing", PAIR, SERVERS)
 
     def check(args: list[Any]) -> None:
-        bridges, creds, perms, creds_secret = args
+        bridges, verdict = args
         types = sorted(r.typ.rsplit(":", 1)[-1] for r in mocks.registered)
-        assert types == sorted(
-            ["AppPair"] + ["Stream"] + ["Consumer", "AppCredential", "PermissionDocument"] * 2
-        )
+        assert types == sorted(["AppPair", "Stream", "Consumer", "Consumer"])
         stream = next(r for r in mocks.registered if r.typ.endswith("jsb:Stream"))
         assert stream.custom
         assert bridges["orders"]["consumer"]["ack_wait_ns"] == 1_000_000_000
         assert bridges["orders"]["consumer"]["max_deliver"] == 5
         assert bridges["billing"]["consume_subject"] == "orders.sync.billing"
-        assert creds == {
-            "orders": {"public_key": "UORDERS", "seed": "SUORDERS"},
-            "billing": {"public_key": "UBILLING", "seed": "SUBILLING"},
-        }
-        assert creds_secret is True
-        assert perms["orders"]["conf"] == "conf-orders"
         consumer = next(r for r in mocks.registered if r.typ.endswith("jsb:Consumer"))
         assert consumer.inputs["stream_created"] == "t0"
-        doc = next(r for r in mocks.registered if r.typ.endswith("jsb:PermissionDocument"))
-        assert doc.inputs["public_key"].startswith("U")
+        assert verdict == "consumers match the bridges"
 
-    return pulumi.Output.all(
-        component.bridges,
-        component.credentials_output,
-        component.permissions,
-        pulumi.Output.from_input(component.credentials_output.is_secret()),
-    ).apply(check)
+    return pulumi.Output.all(component.bridges, component.bridge_check).apply(check)
+
+
+def test_bridge_check_fails_loudly_when_the_server_differs() -> None:
+    from jsb_infra.component import BridgeMismatch, check_bridge_against_live
+    from jsb_infra.outputs import bridge_outputs
+
+    bridge = bridge_outputs(PAIR, "orders", SERVERS)
+    live = consumer_config(PAIR, "orders")
+    check_bridge_against_live(bridge, {**live, "max_deliver": float(live["max_deliver"])})  # floats: fine
+    with pytest.raises(BridgeMismatch, match=r"max_deliver: bridge 5, server 9.*pulumi up --refresh"):
+        check_bridge_against_live(bridge, {**live, "max_deliver": 9})

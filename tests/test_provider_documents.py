@@ -1,4 +1,5 @@
-"""AppCredential and PermissionDocument through the real provider host; provider settings from config."""
+"""AppCredential, ServerDocuments and the legacy PermissionDocument through the real provider host;
+provider settings from config."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from provider_host import UNKNOWN, ProviderCallError, ProviderHost
 from jsb_infra.credentials import public_key_of
 from jsb_infra.permissions import app_permissions, render_claims_json
 from jsb_infra.providers.credential import AppCredentialProvider
+from jsb_infra.providers.documents import ServerDocumentsProvider
 from jsb_infra.providers.permission_document import PermissionDocumentProvider
 from jsb_infra.providers.settings import ProviderSettingsError, settings_from_config
 from jsb_infra.providers.stream import StreamProvider
@@ -41,16 +43,63 @@ def host(out_dir: Path) -> Iterator[ProviderHost]:
 
 
 def test_credential_is_a_fresh_user_key_pair_kept_until_its_owner_changes(host: ProviderHost) -> None:
-    id_, outs = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
+    id_, outs = host.up(CRED, {"app": "orders"})
     assert outs["public_key"].startswith("U") and outs["seed"].startswith("SU")
     assert public_key_of(outs["seed"]) == outs["public_key"] == id_
-    same = host.diff(CRED, id_, outs, {"stream": "orders-billing", "app": "orders"})
+    same = host.diff(CRED, id_, outs, {"app": "orders"})
     assert same.changes == "DIFF_NONE"
-    moved = host.diff(CRED, id_, outs, {"stream": "orders-billing", "app": "shipping"})
+    moved = host.diff(CRED, id_, outs, {"app": "shipping"})
     assert moved.replaces == ["app"]
-    _, other = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
+    _, other = host.up(CRED, {"app": "orders"})
     assert other["seed"] != outs["seed"], "every credential gets its own key"
     assert host.read(CRED, id_, outs) == (id_, outs)
+
+
+def test_credential_of_a_stack_made_before_the_account_layout_still_reads_and_deletes(
+    host: ProviderHost,
+) -> None:
+    legacy = {"stream": "orders-billing", "app": "orders"}  # one credential per app per pair, back then
+    id_, outs = host.up(CRED, legacy)
+    assert host.read(CRED, id_, outs)[0] == id_
+    host.delete(CRED, id_, outs)
+
+
+# -- ServerDocuments ------------------------------------------------------------------------------
+DOCS = ServerDocumentsProvider()
+
+
+def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHost, out_dir: Path) -> None:
+    documents = {
+        "accounts.conf": "accounts {}\n",
+        "apps/orders.json": "{}\n",
+        "s/permissions/orders.json": "x",
+    }
+    id_, outs = host.up(DOCS, {"documents": documents})
+    assert outs["files"] == sorted(str(out_dir / rel) for rel in documents)
+    assert (out_dir / "accounts.conf").read_text() == "accounts {}\n"
+    assert host.diff(DOCS, id_, outs, {"documents": documents}).changes == "DIFF_NONE"
+
+    changed = {"accounts.conf": "accounts { A {} }\n", "apps/orders.json": "{}\n"}
+    outcome, new_outs = host.change(DOCS, id_, outs, {"documents": changed})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    assert (out_dir / "accounts.conf").read_text() == "accounts { A {} }\n"
+    assert not (out_dir / "s").exists(), "a document that went away is removed, with its empty directories"
+
+    (out_dir / "apps/orders.json").write_text("edited by hand")
+    _, refreshed = host.read(DOCS, id_, new_outs)
+    assert str(out_dir / "apps/orders.json") not in refreshed["files"]
+    assert host.diff(DOCS, id_, refreshed, {"documents": changed}).changes == "DIFF_SOME"
+    _, repaired = host.change(DOCS, id_, refreshed, {"documents": changed})
+    assert (out_dir / "apps/orders.json").read_text() == "{}\n"
+
+    host.delete(DOCS, id_, repaired)
+    assert not out_dir.exists() or not any(out_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("path", ["../escape.conf", "/etc/passwd", "a/../../b", ""])
+def test_server_documents_refuse_paths_outside_the_output_dir(host: ProviderHost, path: str) -> None:
+    _, failures = host.check(DOCS, {"documents": {path: "x"}})
+    assert failures and "must be a relative path inside the output directory" in failures[0][1]
 
 
 def test_credential_class_declares_the_seed_secret() -> None:
@@ -75,7 +124,7 @@ def test_document_renders_and_writes_files_then_updates_and_removes_them(
     expected_claims = app_permissions(parse_pairs([pair()]).pairs[0], "orders").claims()
     assert outs["claims"] == expected_claims
     assert json.loads(json_path.read_text()) == expected_claims
-    assert conf_path.read_text() == outs["conf"] and f'nkey: "{key}"' in outs["conf"]
+    assert conf_path.read_text() == outs["conf"] and "APP_orders" in outs["conf"]
     assert "orders.sync.dlq" in outs["conf"]
     assert host.diff(DOC, id_, outs, host.checked(DOC, doc_props(key))).changes == "DIFF_NONE"
 

@@ -9,7 +9,14 @@ import pytest
 
 from jsb_infra.credentials import new_user_keypair
 from jsb_infra.outputs import ConsumerOutputs, bridge_outputs
-from jsb_infra.runtime.config import BridgeConfigError, load_bridge, load_credentials, parse_bridge
+from jsb_infra.runtime.config import (
+    BridgeConfigError,
+    Credentials,
+    TlsOptions,
+    load_bridge,
+    load_credentials,
+    parse_bridge,
+)
 from jsb_infra.runtime.consumer import (
     InMemoryIdempotency,
     intended_redelivery_ns,
@@ -311,3 +318,91 @@ def test_without_backoff_the_nak_delay_is_ack_wait_and_exact():
 
 def test_progress_interval_is_below_the_shortest_deadline():
     assert progress_interval_s(consumer([2, 5, 9])) == 1.0
+
+
+# -- inline bridge, one identity per app, TLS ---------------------------------------------------------
+
+
+def test_bridge_inline_from_jsb_bridge_json():
+    env = {"JSB_BRIDGE_JSON": json.dumps(bridges_map()), "JSB_STREAM": PAIR.stream, "JSB_APP": "billing"}
+    bridge = load_bridge(env=env)
+    assert bridge.app == "billing" and bridge.stream == PAIR.stream
+    with pytest.raises(BridgeConfigError) as err:
+        load_bridge(env={"JSB_BRIDGE_JSON": "{not json"})
+    assert err.value.problems[0].startswith("bridge: JSB_BRIDGE_JSON is not JSON")
+
+
+def test_credentials_one_identity_per_app_and_the_older_per_stream_shape():
+    seeds = {app: new_user_keypair() for app in ("orders", "billing")}
+    per_app = {app: {"public_key": public, "seed": seed} for app, (seed, public) in seeds.items()}
+    assert load_credentials(credentials=per_app, app="billing", env={}).nkey_seed == seeds["billing"][0]
+    older = {PAIR.stream: per_app}
+    assert load_credentials(credentials=older, app="orders", env={}).nkey_seed == seeds["orders"][0]
+    outputs = {"bridges": bridges_map(), "credentials": per_app}
+    assert load_credentials(credentials=outputs, env={"JSB_APP": "orders"}).nkey_seed == seeds["orders"][0]
+    with pytest.raises(BridgeConfigError) as err:
+        load_credentials(credentials=per_app, env={})
+    assert err.value.problems == [
+        "app: required: credentials hold ['billing', 'orders']; pass app= or set JSB_APP"
+    ]
+
+
+def _touch(tmp_path, *names: str) -> dict[str, str]:
+    paths = {}
+    for name in names:
+        (tmp_path / name).write_text("x")
+        paths[name] = str(tmp_path / name)
+    return paths
+
+
+def test_tls_from_env_arguments_and_the_credentials_document(tmp_path):
+    files = _touch(tmp_path, "ca.pem", "client.pem", "client.key", "other-ca.pem")
+    seed, public = new_user_keypair()
+    env = {"JSB_NKEY_SEED": seed, "JSB_TLS_CA": files["ca.pem"]}
+    creds = load_credentials(env=env)
+    assert creds.tls is not None and creds.tls.ca_file == files["ca.pem"] and creds.tls.cert_file is None
+    assert creds.describe() == f"nkey {public} over TLS (CA {files['ca.pem']})"
+
+    document = {
+        "public_key": public,
+        "seed": seed,
+        "tls": {"ca": files["ca.pem"], "cert": files["client.pem"], "key": files["client.key"]},
+    }
+    mtls = load_credentials(credentials=document, env={"JSB_TLS_CA": files["other-ca.pem"]})
+    assert mtls.tls is not None and mtls.tls.cert_file == files["client.pem"], "the document's tls wins"
+    assert "over mutual TLS" in mtls.describe()
+
+    explicit = load_credentials(credentials=document, tls_ca=files["other-ca.pem"], env={})
+    assert explicit.tls is not None and explicit.tls.ca_file == files["other-ca.pem"]
+
+
+@pytest.mark.parametrize(
+    ("tls", "problem"),
+    [
+        ({"tls_cert": "client.pem"}, "credentials.tls: a client certificate needs both cert and key"),
+        ({"tls_ca": "missing.pem"}, "credentials.tls.ca: no such file"),
+    ],
+)
+def test_tls_problems_name_the_field(tmp_path, tls, problem):
+    files = _touch(tmp_path, "client.pem")
+    given = {k: files.get(v, str(tmp_path / v)) for k, v in tls.items()}
+    seed, _ = new_user_keypair()
+    with pytest.raises(BridgeConfigError) as err:
+        load_credentials(nkey_seed=seed, env={}, **given)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_tls_options_reach_nats_connect(tmp_path):
+    seed, _ = new_user_keypair()
+    creds = load_credentials(nkey_seed=seed, env={})
+    assert "tls" not in creds.connect_options()
+    with pytest.raises(FileNotFoundError):  # the context is built from the files: a real SSLContext
+        Credentials(nkey_seed=seed, tls=TlsOptions(ca_file=str(tmp_path / "gone.pem"))).connect_options()
+
+
+def test_a_non_utf8_bridge_file_is_a_config_problem(tmp_path):
+    path = tmp_path / "bridge.json"
+    path.write_bytes(b'{"app": "caf\xe9"}')
+    with pytest.raises(BridgeConfigError) as err:
+        load_bridge(path, env={})
+    assert err.value.problems == [f"bridge: {str(path)!r} is not UTF-8 (byte 0xe9 at offset 12)"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from jsb_infra import names
+from jsb_infra.accounts import account_layout, render_accounts_conf
 from jsb_infra.permissions import app_permissions, render_claims_json, render_conf
 from jsb_infra.spec import (
     MAX_APP_LEN,
@@ -21,7 +22,7 @@ from jsb_infra.spec import (
 from jsb_infra.topology import consumer_configs, stream_config
 
 S = 1_000_000_000
-NAME_RULE = "NATS names may not contain '.', '*', '>', path separators, whitespace or control characters"
+NAME_RULE = "names may contain only ASCII letters, digits, '-' and '_'"
 
 
 def pair(**fields: Any) -> dict[str, Any]:
@@ -57,6 +58,10 @@ def only_problem(*pairs: dict[str, Any]) -> str:
         ("orders\x7f", "'\\x7f'"),
         ("orders/billing", "'/'"),
         ("orders\\billing", "'\\\\'"),
+        ("ordersé", "'é'"),
+        ('orders"x', "'\"'"),
+        ("orders#x", "'#'"),
+        ("or\u0661ders", "'\u0661'"),
     ],
 )
 def test_stream_name_forbidden_characters(name, shown):
@@ -85,15 +90,18 @@ def test_stream_name_length_limit():
     parse_pairs([pair(stream="s" * MAX_NAME_LEN)])
     problem = only_problem(pair(stream="s" * (MAX_NAME_LEN + 1)))
     assert problem.startswith("pairs[0].stream: stream name ")
-    assert problem.endswith(f"is {MAX_NAME_LEN + 1} characters; the limit is {MAX_NAME_LEN}")
+    assert problem.endswith(f"is {MAX_NAME_LEN + 1} bytes; the limit is {MAX_NAME_LEN}")
 
 
-def test_app_name_length_leaves_room_for_the_durable_suffix():
-    assert len(names.durable_name("a" * MAX_APP_LEN)) == MAX_NAME_LEN
+def test_app_name_length_leaves_room_for_the_durable_and_its_file_name():
+    """The durable `<app>-workers` must fit the server's 255 bytes, and its rendered file
+    `consumers/<app>-workers.json` a file system's 255-byte name."""
+    longest = names.durable_name("a" * MAX_APP_LEN) + ".json"
+    assert len(longest.encode()) == 255
     parse_pairs([pair(apps=["a" * MAX_APP_LEN, "billing"])])
     problem = only_problem(pair(apps=["a" * (MAX_APP_LEN + 1), "billing"]))
     assert problem.startswith("pairs[0].apps: app name ")
-    assert problem.endswith(f"is {MAX_APP_LEN + 1} characters; the limit is {MAX_APP_LEN}")
+    assert problem.endswith(f"is {MAX_APP_LEN + 1} bytes; the limit is {MAX_APP_LEN}")
 
 
 def test_two_distinct_apps():
@@ -115,7 +123,11 @@ def test_app_named_dlq_is_reserved():
     )
 
 
-@pytest.mark.parametrize("name", ["$SYS", "$JS", "_INBOX", "_INBOX_orders"])
+def test_dollar_is_not_a_name_character():
+    assert "contains '$'" in only_problem(pair(apps=["$SYS", "billing"]))
+
+
+@pytest.mark.parametrize("name", ["_INBOX", "_INBOX_orders"])
 def test_reserved_prefixes(name):
     problem = only_problem(pair(apps=[name, "billing"]))
     assert problem.startswith(f"pairs[0].apps: app name {name!r} starts with a reserved prefix")
@@ -275,11 +287,69 @@ def test_override_counts_at_least_one():
 # -- stream options ---------------------------------------------------------------------------------
 
 
-def test_duplicate_window_must_be_positive():
-    problem = only_problem(pair(stream_options={"duplicate_window": "0s"}))
-    assert problem == (
-        "pairs[0].stream_options.duplicate_window: duplicate_window must be a positive duration, got 0s"
+@pytest.mark.parametrize("window", ["0s", "99ms", "99999999ns"])
+def test_duplicate_window_has_the_servers_100ms_minimum(window):
+    problem = only_problem(pair(stream_options={"duplicate_window": window}))
+    assert problem.startswith(
+        "pairs[0].stream_options.duplicate_window: duplicate_window must be at least 100ms "
+        "(the server's minimum), got "
     )
+    assert parse_pairs([pair(stream_options={"duplicate_window": "100ms", "max_age": "100ms"})])
+
+
+@pytest.mark.parametrize("age", ["1ns", "99ms"])
+def test_max_age_is_zero_or_at_least_100ms(age):
+    problem = only_problem(pair(stream_options={"max_age": age, "duplicate_window": "100ms"}))
+    assert problem.startswith(
+        "pairs[0].stream_options.max_age: max_age must be 0 (no age limit) or at least 100ms"
+    )
+    opts = parse_pairs([pair(stream_options={"max_age": 0})]).pairs[0].stream_options
+    assert opts.max_age == 0
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "limit"),
+    [
+        ("stream_options", "max_bytes", 2**63, 2**53 - 1),
+        ("stream_options", "max_msgs", 2**53, 2**53 - 1),
+        ("stream_options", "max_msg_size", 2**31, 2**31 - 1),
+        ("consumer", "max_deliver", 2**63, 2**53 - 1),
+        ("consumer", "max_ack_pending", 2**53, 2**53 - 1),
+    ],
+)
+def test_numbers_the_server_or_pulumi_cannot_hold_exactly_are_refused(section, field, value, limit):
+    """max_msg_size is an int32 on the server; the other counts are int64 there, but travel through
+    Pulumi's state as 64-bit floats, exact only up to 2^53-1 (2^53+1 would arrive as 2^53)."""
+    problem = only_problem(pair(**{section: {field: value}}))
+    assert problem.startswith(f"pairs[0].{section}.{field}: {field} must be at most {limit} (")
+    assert problem.endswith(f"got {value}")
+    parsed = parse_pairs([pair(**{section: {field: limit}})]).pairs[0]
+    assert getattr(getattr(parsed, section), field) == limit
+
+
+@pytest.mark.parametrize("value", [True, 5.5, "5"])
+def test_numbers_must_be_written_as_numbers(value):
+    problem = only_problem(pair(consumer={"max_deliver": value}))
+    assert problem == (
+        f"pairs[0].consumer.max_deliver: must be a whole number written in decimal, got {value!r}"
+    )
+
+
+def test_durations_the_server_cannot_hold_are_refused():
+    problem = only_problem(pair(stream_options={"max_age": "106752d"}))
+    assert problem.startswith("pairs[0].stream_options.max_age: duration '106752d' is ")
+    assert "the server holds at most 9223372036854775807 ns" in problem
+    assert parse_pairs([pair(stream_options={"max_age": "106751d"})])
+
+
+def test_description_limit_is_4096_bytes_not_characters():
+    parse_pairs([pair(stream_options={"description": "x" * 4096})])
+    problem = only_problem(pair(stream_options={"description": "é" * 2049}))
+    assert problem == (
+        "pairs[0].stream_options.description: description is 4098 bytes of UTF-8; the server's limit is 4096"
+    )
+    surrogate = only_problem(pair(stream_options={"description": "bad \ud800"}))
+    assert surrogate.startswith("pairs[0].stream_options.description: description must be valid Unicode")
 
 
 def test_duplicate_window_longer_than_max_age():
@@ -444,7 +514,9 @@ def _render_all(spec: list[dict[str, Any]]) -> list[str]:
         out.append(json.dumps(consumer_configs(p), sort_keys=True))
         for app in p.apps:
             perms = app_permissions(p, app)
-            out += [render_claims_json(perms), render_conf(perms), render_conf(perms, nkey="U" + "A" * 55)]
+            out += [render_claims_json(perms), render_conf(perms), render_conf(perms, "OTHER")]
+    layout = account_layout(parse_pairs(spec).pairs)
+    out.append(render_accounts_conf(layout, {app.app: "U" + "A" * 55 for app in layout.apps}))
     return out
 
 

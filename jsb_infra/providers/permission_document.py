@@ -1,4 +1,10 @@
-"""The `PermissionDocument` dynamic resource: an app's least-privilege permissions, rendered for review.
+"""The `PermissionDocument` dynamic resource of stacks made before the account layout (legacy).
+
+Today's program no longer registers it (`ServerDocuments` holds every document, and permissions are
+derived at preview), but stacks created earlier hold such resources, pickled by reference to this
+module: it stays so that their next `pulumi up` can delete them (removing their files).
+
+What it did: an app's least-privilege permissions, rendered for review.
 
 Its outputs carry the JWT claims and the nats-server `users` entry (with the app's NKey), so
 `pulumi preview` shows exactly how an app's permissions change. When the stack config names an
@@ -59,7 +65,7 @@ def rendered(props: dict[str, Any]) -> dict[str, Any]:
         "public_key": public_key,
         "claims": perms.claims(),
         "claims_json": claims_json,
-        "conf": render_conf(perms, nkey=public_key),
+        "conf": render_conf(perms),
         "files": document_paths(settings.current().output_dir, pair.stream, app),
     }
 

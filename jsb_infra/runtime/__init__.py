@@ -4,6 +4,7 @@ from jsb_infra.runtime.client import BridgeClient, ConnectGaveUp, PublishError
 from jsb_infra.runtime.config import (
     BridgeConfigError,
     Credentials,
+    TlsOptions,
     load_bridge,
     load_credentials,
     parse_bridge,
@@ -37,6 +38,7 @@ __all__ = [
     "InMemoryIdempotency",
     "PublishError",
     "PullStats",
+    "TlsOptions",
     "decode",
     "encode",
     "health_check",

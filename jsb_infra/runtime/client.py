@@ -110,6 +110,7 @@ class BridgeClient:
         self._puback_inbox: PubAckInbox | None = None
         self._msg_id_header = MSG_ID_HEADER
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
+        self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
 
     # -- connection ------------------------------------------------------------------------------
     async def connect(self) -> BridgeClient:
@@ -155,8 +156,30 @@ class BridgeClient:
         log.info("connected to %s as %s (%s)", self._nc.connected_url, self.name, self.credentials.describe())
         return self
 
+    def sharing(self, bridge: BridgeOutputs, **options: Any) -> BridgeClient:
+        """A client for another pair of the same app, on this client's connection.
+
+        An app is one identity (one account, one user) across all its pairs, so it needs one
+        connection: connect this client, then take one `sharing` client per other bridge. Closing a
+        sharing client only flushes; the connection closes with this one.
+        """
+        if bridge.app != self.bridge.app or bridge.inbox_prefix != self.bridge.inbox_prefix:
+            raise ValueError(
+                f"bridge: a shared connection serves one app; this one is {self.bridge.app!r}, "
+                f"the bridge is for {bridge.app!r}"
+            )
+        other = BridgeClient(bridge, self.credentials, name=self.name, **options)
+        other._nc = self.nc
+        other._js = other._nc.jetstream(timeout=other.publish_timeout)
+        other._connection_owner = self
+        return other
+
     async def close(self) -> None:
         """Flush what is buffered (acks included) and close."""
+        if self._connection_owner is not None:
+            if self._nc is not None and not self._nc.is_closed:
+                await self._nc.flush()
+            return
         if self._nc is not None and not self._nc.is_closed:
             self._closing = True
             try:

@@ -1,15 +1,20 @@
 """Where an app's bridge and credentials come from: a dict, the stack-output JSON, or the environment.
 
-The bridge is one app's `BridgeOutputs` (the contract in `jsb_infra.outputs`). A file may hold that one
-bridge, or the whole `bridges` map (`pulumi stack output bridges --json`), or all stack outputs; a map
-is narrowed with `stream`/`app` (implied when there is only one choice). Every problem is reported as
-`field: rule`, before anything connects.
+The bridge is one app's `BridgeOutputs` (the contract in `jsb_infra.outputs`). A file (or the inline
+JSON of `JSB_BRIDGE_JSON`) may hold that one bridge, or the whole `bridges` map (`pulumi stack output
+bridges --json`), or all stack outputs; a map is narrowed with `stream`/`app` (implied when there is
+only one choice). Credentials are one app's `{public_key, seed}`, from a map keyed by app (or, as older
+stacks exported them, by stream then app). TLS (a CA, and a client certificate for mutual TLS) comes
+from arguments, a `tls` object beside the seed, or `JSB_TLS_CA`/`JSB_TLS_CERT`/`JSB_TLS_KEY`. Every
+problem is reported as `field: rule`, before anything connects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,7 @@ from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, Con
 from jsb_infra.spec import problems_of
 
 ENV_BRIDGE_FILE = "JSB_BRIDGE_FILE"
+ENV_BRIDGE_JSON = "JSB_BRIDGE_JSON"
 ENV_STREAM = "JSB_STREAM"
 ENV_APP = "JSB_APP"
 ENV_CREDENTIALS_FILE = "JSB_CREDENTIALS_FILE"
@@ -30,6 +36,9 @@ ENV_CREDS_FILE = "JSB_CREDS_FILE"
 ENV_USER = "JSB_USER"
 ENV_PASSWORD = "JSB_PASSWORD"
 ENV_TOKEN = "JSB_TOKEN"
+ENV_TLS_CA = "JSB_TLS_CA"
+ENV_TLS_CERT = "JSB_TLS_CERT"
+ENV_TLS_KEY = "JSB_TLS_KEY"
 
 
 class BridgeConfigError(ValueError):
@@ -40,11 +49,16 @@ class BridgeConfigError(ValueError):
         super().__init__("invalid jsb-infra runtime config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _read_json(path: str | Path, what: str) -> Any:
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content; unreadable, non-UTF-8 or non-JSON files are BridgeConfigErrors."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise BridgeConfigError([f"{what}: cannot read {str(path)!r}: {err.strerror or err}"]) from None
+    except UnicodeDecodeError as err:
+        raise BridgeConfigError(
+            [f"{what}: {str(path)!r} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start})"]
+        ) from None
     try:
         return json.loads(text)
     except ValueError as err:
@@ -153,18 +167,29 @@ def load_bridge(
     app: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> BridgeOutputs:
-    """One app's bridge from a dict, a JSON file, or `JSB_BRIDGE_FILE` (with `JSB_STREAM`/`JSB_APP`)."""
+    """One app's bridge from a dict, a JSON file, `JSB_BRIDGE_JSON` (the JSON itself) or `JSB_BRIDGE_FILE`
+    (with `JSB_STREAM`/`JSB_APP` to narrow a map)."""
     env = os.environ if env is None else env
     stream = stream or env.get(ENV_STREAM) or None
     app = app or env.get(ENV_APP) or None
-    if source is None:
+    doc: Any
+    if source is None and env.get(ENV_BRIDGE_JSON):
+        try:
+            doc = json.loads(env[ENV_BRIDGE_JSON])
+        except ValueError as err:
+            raise BridgeConfigError([f"bridge: {ENV_BRIDGE_JSON} is not JSON: {err}"]) from None
+    elif source is None:
         path = env.get(ENV_BRIDGE_FILE)
         if not path:
             raise BridgeConfigError(
-                [f"bridge: no bridge given; pass a dict or file, or set {ENV_BRIDGE_FILE}"]
+                [
+                    f"bridge: no bridge given; pass a dict or file, or set {ENV_BRIDGE_JSON} "
+                    f"or {ENV_BRIDGE_FILE}"
+                ]
             )
-        source = path
-    doc = source if isinstance(source, Mapping) else _read_json(source, "bridge")
+        doc = read_json(path, "bridge")
+    else:
+        doc = source if isinstance(source, Mapping) else read_json(source, "bridge")
     if isinstance(doc, Mapping) and _is_single_bridge(doc):
         bridge = parse_bridge(doc)
         for name, wanted, got in (("stream", stream, bridge.stream), ("app", app, bridge.app)):
@@ -176,14 +201,48 @@ def load_bridge(
 
 
 @dataclass(frozen=True)
+class TlsOptions:
+    """TLS to the server: a CA to verify it by (else the system's), and a client certificate for mTLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def describe(self) -> str:
+        parts = [f"CA {self.ca_file}" if self.ca_file else "system CAs"]
+        if self.cert_file:
+            parts.append(f"client certificate {self.cert_file}")
+        return ("mutual TLS" if self.cert_file else "TLS") + f" ({', '.join(parts)})"
+
+    def problems(self, where: str) -> list[str]:
+        found = []
+        if bool(self.cert_file) != bool(self.key_file):
+            found.append(f"{where}: a client certificate needs both cert and key (mutual TLS), or neither")
+        for name, path in (("ca", self.ca_file), ("cert", self.cert_file), ("key", self.key_file)):
+            if path and not Path(path).is_file():
+                found.append(f"{where}.{name}: no such file {path!r}")
+        return found
+
+
+@dataclass(frozen=True)
 class Credentials:
-    """How the app authenticates. At most one method; none means an open server (local benchmarks)."""
+    """How the app authenticates. At most one method; none means an open server (local benchmarks).
+
+    `tls` adds TLS (and with a client certificate, mutual TLS) to whichever method is used.
+    """
 
     nkey_seed: str | None = None
     creds_file: str | None = None
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    tls: TlsOptions | None = None
 
     @property
     def method(self) -> str:
@@ -198,26 +257,29 @@ class Credentials:
         return "none"
 
     def describe(self) -> str:
-        """The method and a public identity, never a secret."""
+        """The method, a public identity and the TLS in use, never a secret."""
         if self.nkey_seed:
-            return f"nkey {nkeys.from_seed(self.nkey_seed.encode()).public_key.decode()}"
-        if self.creds_file:
-            return f"creds file {self.creds_file}"
-        if self.user:
-            return f"user {self.user}"
-        return self.method
+            who = f"nkey {nkeys.from_seed(self.nkey_seed.encode()).public_key.decode()}"
+        elif self.creds_file:
+            who = f"creds file {self.creds_file}"
+        elif self.user:
+            who = f"user {self.user}"
+        else:
+            who = self.method
+        return f"{who} over {self.tls.describe()}" if self.tls else who
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect`."""
+        options: dict[str, Any] = {"tls": self.tls.ssl_context()} if self.tls else {}
         if self.nkey_seed:
-            return {"nkeys_seed_str": self.nkey_seed}
-        if self.creds_file:
-            return {"user_credentials": self.creds_file}
-        if self.user:
-            return {"user": self.user, "password": self.password or ""}
-        if self.token:
-            return {"token": self.token}
-        return {}
+            options["nkeys_seed_str"] = self.nkey_seed
+        elif self.creds_file:
+            options["user_credentials"] = self.creds_file
+        elif self.user:
+            options |= {"user": self.user, "password": self.password or ""}
+        elif self.token:
+            options["token"] = self.token
+        return options
 
 
 def _checked(creds: Credentials, where: str) -> Credentials:
@@ -245,25 +307,74 @@ def _checked(creds: Credentials, where: str) -> Credentials:
             problems.append(f"{where}.nkey_seed: not a valid NKey user seed (expected 'SU...')")
     if creds.creds_file and not Path(creds.creds_file).is_file():
         problems.append(f"{where}.creds_file: no such file {creds.creds_file!r}")
+    if creds.tls:
+        problems += creds.tls.problems(f"{where}.tls")
     if problems:
         raise BridgeConfigError(problems)
     return creds
 
 
+def _tls_of(data: Any, where: str) -> TlsOptions | None:
+    """The optional `tls: {ca, cert, key}` object beside a seed in a credentials document."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or set(data) - {"ca", "cert", "key"}:
+        raise BridgeConfigError([f"{where}: expected an object with ca, cert and/or key file paths"])
+    return TlsOptions(data.get("ca"), data.get("cert"), data.get("key"))
+
+
 def parse_app_credentials(data: Any, where: str = "credentials") -> Credentials:
-    """One `{public_key, seed}` entry of the stack's `credentials` output; the key must match the seed."""
+    """One `{public_key, seed}` entry of the stack's `credentials` output; the key must match the seed.
+
+    A `tls` object beside them (`{ca, cert, key}`: file paths) adds TLS, as a platform may write it.
+    """
     if not isinstance(data, Mapping):
         raise BridgeConfigError(
             [f"{where}: expected an object {{public_key, seed}}, got a {type(data).__name__}"]
         )
+    entry_fields = {k: v for k, v in data.items() if k != "tls"}
     try:
-        entry = AppCredentials.model_validate(dict(data))
+        entry = AppCredentials.model_validate(entry_fields)
     except ValidationError as err:
         raise BridgeConfigError(problems_of(err, root=where)) from None
-    creds = _checked(Credentials(nkey_seed=entry.seed), where)
+    creds = _checked(Credentials(nkey_seed=entry.seed, tls=_tls_of(data.get("tls"), f"{where}.tls")), where)
     if nkeys.from_seed(entry.seed.encode()).public_key.decode() != entry.public_key:
         raise BridgeConfigError([f"{where}.public_key: does not belong to the seed given beside it"])
     return creds
+
+
+def _is_identity(doc: Any) -> bool:
+    return isinstance(doc, Mapping) and isinstance(doc.get("seed"), str)
+
+
+def select_credentials(doc: Any, stream: str | None, app: str | None) -> tuple[Any, str]:
+    """One app's entry of a `credentials` output: `{app: {public_key, seed}}` (one identity per app),
+    or the older `{stream: {app: {...}}}`; all stack outputs are narrowed to `credentials` first."""
+    if isinstance(doc, Mapping) and isinstance(doc.get("credentials"), Mapping):
+        doc = doc["credentials"]
+    if _is_identity(doc):
+        return doc, "credentials"
+    if isinstance(doc, Mapping) and doc and all(_is_identity(v) for v in doc.values()):
+        if app is None:
+            if len(doc) != 1:
+                raise BridgeConfigError(
+                    [f"app: required: credentials hold {sorted(doc)}; pass app= or set {ENV_APP}"]
+                )
+            app = next(iter(doc))
+        if app not in doc:
+            raise BridgeConfigError([f"app: {app!r} has no credentials (they hold {sorted(doc)})"])
+        return doc[app], f"credentials.{app}"
+    return _select(doc, stream, app, "credentials")
+
+
+def _tls_from(ca: str | None, cert: str | None, key: str | None, env: Mapping[str, str]) -> TlsOptions | None:
+    given = TlsOptions(ca, cert, key)
+    if any((ca, cert, key)):
+        return given
+    from_env = TlsOptions(
+        env.get(ENV_TLS_CA) or None, env.get(ENV_TLS_CERT) or None, env.get(ENV_TLS_KEY) or None
+    )
+    return from_env if any((from_env.ca_file, from_env.cert_file, from_env.key_file)) else None
 
 
 def load_credentials(
@@ -276,30 +387,38 @@ def load_credentials(
     credentials: Mapping[str, Any] | str | Path | None = None,
     stream: str | None = None,
     app: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Credentials:
     """Credentials from arguments, else the `credentials` output (dict or JSON file), else the environment.
 
     Environment: JSB_NKEY_SEED, JSB_CREDS_FILE, JSB_USER/JSB_PASSWORD, JSB_TOKEN, or JSB_CREDENTIALS_FILE
-    (the `credentials` output as JSON, narrowed with JSB_STREAM/JSB_APP).
+    (the `credentials` output as JSON, narrowed with JSB_APP, and JSB_STREAM for the older shape).
+    TLS: `tls_ca`/`tls_cert`/`tls_key`, else a `tls` object in the credentials document, else
+    JSB_TLS_CA/JSB_TLS_CERT/JSB_TLS_KEY.
     """
     env = os.environ if env is None else env
-    explicit = Credentials(nkey_seed, creds_file, user, password, token)
+    tls = _tls_from(tls_ca, tls_cert, tls_key, env)
+    explicit = Credentials(nkey_seed, creds_file, user, password, token, tls)
     if explicit.method != "none" or password:
         return _checked(explicit, "credentials")
     if credentials is None and env.get(ENV_CREDENTIALS_FILE):
         credentials = env[ENV_CREDENTIALS_FILE]
     if credentials is not None:
-        doc = credentials if isinstance(credentials, Mapping) else _read_json(credentials, "credentials")
-        if isinstance(doc, Mapping) and "seed" in doc:
-            return parse_app_credentials(doc)
-        entry, where = _select(doc, stream or env.get(ENV_STREAM), app or env.get(ENV_APP), "credentials")
-        return parse_app_credentials(entry, where)
+        doc = credentials if isinstance(credentials, Mapping) else read_json(credentials, "credentials")
+        entry, where = select_credentials(doc, stream or env.get(ENV_STREAM), app or env.get(ENV_APP))
+        creds = parse_app_credentials(entry, where)
+        if any((tls_ca, tls_cert, tls_key)) or creds.tls is None:
+            creds = _checked(dataclasses.replace(creds, tls=tls), where)
+        return creds
     from_env = Credentials(
         nkey_seed=env.get(ENV_NKEY_SEED) or None,
         creds_file=env.get(ENV_CREDS_FILE) or None,
         user=env.get(ENV_USER) or None,
         password=env.get(ENV_PASSWORD) or None,
         token=env.get(ENV_TOKEN) or None,
+        tls=tls,
     )
     return _checked(from_env, "environment")

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", help="user name (default: $JSB_USER)")
     parser.add_argument("--password", help="password (default: $JSB_PASSWORD)")
     parser.add_argument("--token", help="token (default: $JSB_TOKEN)")
+    parser.add_argument("--tls-ca", help="CA file to verify the server by (default: $JSB_TLS_CA)")
+    parser.add_argument("--tls-cert", help="client certificate for mutual TLS (default: $JSB_TLS_CERT)")
+    parser.add_argument("--tls-key", help="client certificate key (default: $JSB_TLS_KEY)")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer")
     parser.add_argument(
         "--publish-event",
@@ -171,6 +174,12 @@ async def _check_pull(client: BridgeClient, report: _Report, timeout: float) -> 
         await sub.unsubscribe()
 
 
+def _plain_or_server_tls(servers: list[str]) -> str:
+    if any(url.startswith("tls://") for url in servers):
+        return "TLS (system CAs; set --tls-ca or JSB_TLS_CA for a private CA)"
+    return "none configured (TLS only if the server asks for it, verified by the system CAs)"
+
+
 async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """The checks; prints one line each and returns the exit code."""
     report = _Report(out or sys.stdout)
@@ -185,11 +194,16 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
             credentials=args.credentials,
             stream=bridge.stream,
             app=bridge.app,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except BridgeConfigError as err:
         report.fail("config", "; ".join(err.problems))
         return 1
     report.ok("config", f"stream {bridge.stream}, app {bridge.app}, servers {', '.join(bridge.servers)}")
+    report.ok("auth", credentials.describe().split(" over ")[0])
+    report.ok("tls", credentials.tls.describe() if credentials.tls else _plain_or_server_tls(bridge.servers))
     client = BridgeClient(
         bridge,
         credentials,
