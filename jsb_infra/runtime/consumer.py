@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import warnings
 from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -536,15 +535,7 @@ def dlq_headers(msg: Msg, reason: str, error: str) -> dict[str, str]:
     }
 
 
-class Consumer(ConsumerLoop):
-    """Deprecated: the former name of `ConsumerLoop`, which it is in all but name. `Consumer` is also
-    the Pulumi resource `jsb_infra.providers.consumer.Consumer`."""
-
-    def __init__(self, client: BridgeClient, handler: Handler, **options: Any):
-        warnings.warn(
-            "jsb_infra.runtime.Consumer is deprecated, use ConsumerLoop (Consumer is also the name of the "
-            "Pulumi resource jsb_infra.providers.consumer.Consumer)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        super().__init__(client, handler, **options)
+# Deprecated: the former name of `ConsumerLoop`, kept as the very same class so that code and type
+# annotations written against it keep working. `Consumer` is also the Pulumi resource
+# `jsb_infra.providers.consumer.Consumer`; new code says `ConsumerLoop`.
+Consumer = ConsumerLoop
