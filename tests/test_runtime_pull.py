@@ -166,3 +166,20 @@ async def test_pulls_lost_to_a_server_restart_are_replaced(provisioned_pair):
     assert state["ack_floor"]["stream_seq"] == ack.seq and state["num_ack_pending"] == 0
     await orders.close()
     await billing.close()
+
+
+async def test_closing_the_client_under_a_running_loop_ends_it_quietly(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    billing = await app_client(pp, "billing").connect()
+    handled, handle = recorder()
+    consumer = billing.consumer(handle, batch=10, fetch_timeout=0.5)
+    task = asyncio.create_task(consumer.run())
+    await orders.publish("order.created", "order", 1, {})
+    await wait_for(lambda: consumer.stats.acked == 1)
+    await billing.close()  # drains the connection while the loop keeps pulling
+    stats = await asyncio.wait_for(task, 5)  # returns, does not raise
+    assert stats.acked == 1 and len(handled) == 1 and billing.nc.is_closed
+    state = await durable_state(pp, "billing")
+    assert state["num_ack_pending"] == 0 and state["num_redelivered"] == 0
+    await orders.close()

@@ -68,7 +68,7 @@ class PullStats:
     expired: int = 0  # 404 / 408: a request ended with less than its batch
     conflicts: int = 0  # 409: consumer deleted, too many waiting requests, leadership change, ...
     unavailable: int = 0  # 503: no durable answered
-    errors: int = 0  # 400 and any other status
+    errors: int = 0  # 400 and any other status, and requests that could not be sent
     lost: int = 0  # times requests were given up as lost (a reconnect, a restarted server)
     last_status: str = ""  # e.g. "409 Consumer Deleted"
 
@@ -150,7 +150,16 @@ class Puller:
         self._open[reply] = now + self.expires
         self.requested += self.batch
         self.stats.pulls += 1
-        await self.nc.publish(self.subject, self._request_body, reply=reply)
+        try:
+            await self.nc.publish(self.subject, self._request_body, reply=reply)
+        except Exception as err:  # draining, or the reconnect buffer is full: not sent, try later
+            del self._open[reply]
+            self.requested -= self.batch
+            self.stats.errors += 1
+            self._resume_at = time.monotonic() + self.retry_wait
+            log.warning(
+                "pull from %s: request not sent (%r); next in %.1fs", self.durable, err, self.retry_wait
+            )
 
     def _settle(self) -> None:
         """Nothing owed any more: every open request is done."""
