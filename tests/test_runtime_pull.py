@@ -45,6 +45,15 @@ def recorder() -> tuple[list[tuple[str, int]], object]:
     return handled, handle
 
 
+async def running_loop(pp, **options):
+    """Both apps connected, billing's loop running with `options`; returns what it handled too."""
+    orders = await app_client(pp, "orders").connect()
+    billing = await app_client(pp, "billing").connect()
+    handled, handle = recorder()
+    consumer = billing.consumer(handle, **options)
+    return orders, billing, handled, consumer, asyncio.create_task(consumer.run())
+
+
 def test_consumer_is_the_deprecated_name_of_consumer_loop():
     assert (
         Consumer is ConsumerLoop and runtime.Consumer is ConsumerLoop and runtime.ConsumerLoop is ConsumerLoop
@@ -63,11 +72,9 @@ def test_heartbeat_longer_than_half_the_pull_is_refused_before_anything_runs():
 
 async def test_idle_pulls_get_heartbeats_and_stay_open_until_a_message_comes(provisioned_pair):
     pp = provisioned_pair
-    orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing").connect()
-    handled, handle = recorder()
-    consumer = billing.consumer(handle, batch=10, fetch_timeout=2.0, heartbeat=0.2)
-    task = asyncio.create_task(consumer.run())
+    orders, billing, handled, consumer, task = await running_loop(
+        pp, batch=10, fetch_timeout=2.0, heartbeat=0.2
+    )
     await wait_for(lambda: consumer.stats.pull.heartbeats >= 6)  # two open requests, ~5 beats a second each
     pull = consumer.stats.pull
     assert pull.pulls == 2 and pull.lost == 0 and pull.expired == 0 and pull.delivered == 0
@@ -85,11 +92,7 @@ async def test_idle_pulls_get_heartbeats_and_stay_open_until_a_message_comes(pro
 
 async def test_deleted_durable_ends_the_pulls_with_409_and_the_loop_resumes_when_it_is_back(provisioned_pair):
     pp = provisioned_pair
-    orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing").connect()
-    handled, handle = recorder()
-    consumer = billing.consumer(handle, batch=10, fetch_timeout=2.0)
-    task = asyncio.create_task(consumer.run())
+    orders, billing, handled, consumer, task = await running_loop(pp, batch=10, fetch_timeout=2.0)
     await wait_for(lambda: consumer.stats.pull.pulls == 2)
     durable = pp.bridges["billing"].durable
     admin_nc = await pp.admin()
@@ -113,11 +116,7 @@ async def test_deleted_durable_ends_the_pulls_with_409_and_the_loop_resumes_when
 
 async def test_stop_with_pulls_open_processes_what_they_bring_and_strands_nothing(provisioned_pair):
     pp = provisioned_pair
-    orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing").connect()
-    handled, handle = recorder()
-    consumer = billing.consumer(handle, batch=10, fetch_timeout=2.0)
-    task = asyncio.create_task(consumer.run())
+    orders, billing, handled, consumer, task = await running_loop(pp, batch=10, fetch_timeout=2.0)
     await wait_for(lambda: consumer.stats.pull.pulls == 2)
     stopping = asyncio.create_task(consumer.stop())
     await asyncio.sleep(0)
@@ -146,11 +145,9 @@ async def test_stop_with_pulls_open_processes_what_they_bring_and_strands_nothin
 
 async def test_pulls_lost_to_a_server_restart_are_replaced(provisioned_pair):
     pp = provisioned_pair
-    orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing").connect()
-    handled, handle = recorder()
-    consumer = billing.consumer(handle, batch=10, fetch_timeout=2.0, heartbeat=0.25)
-    task = asyncio.create_task(consumer.run())
+    orders, billing, handled, consumer, task = await running_loop(
+        pp, batch=10, fetch_timeout=2.0, heartbeat=0.25
+    )
     await wait_for(lambda: consumer.stats.pull.pulls == 2)
     pp.server.stop(kill=True)  # the open requests die with it, without a word
     await asyncio.to_thread(pp.server.start)
@@ -170,11 +167,7 @@ async def test_pulls_lost_to_a_server_restart_are_replaced(provisioned_pair):
 
 async def test_closing_the_client_under_a_running_loop_ends_it_quietly(provisioned_pair):
     pp = provisioned_pair
-    orders = await app_client(pp, "orders").connect()
-    billing = await app_client(pp, "billing").connect()
-    handled, handle = recorder()
-    consumer = billing.consumer(handle, batch=10, fetch_timeout=0.5)
-    task = asyncio.create_task(consumer.run())
+    orders, billing, handled, consumer, task = await running_loop(pp, batch=10, fetch_timeout=0.5)
     await orders.publish("order.created", "order", 1, {})
     await wait_for(lambda: consumer.stats.acked == 1)
     await billing.close()  # drains the connection while the loop keeps pulling
