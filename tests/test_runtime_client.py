@@ -46,8 +46,9 @@ def test_client_source_has_no_management_api():
         for needle in FORBIDDEN:
             assert needle not in text, f"{module.name} mentions {needle!r}"
     # and it does use only the data-path calls
-    client_text = (RUNTIME_DIR / "client.py").read_text() + (RUNTIME_DIR / "consumer.py").read_text()
-    for call in ("pull_subscribe_bind(", "publish_async(", ".fetch(", ".nak(", ".in_progress(", ".term("):
+    data_path = ("client.py", "consumer.py", "pull.py", "pubacks.py")
+    client_text = "".join((RUNTIME_DIR / name).read_text() for name in data_path)
+    for call in ("CONSUMER.MSG.NEXT.", "js.publish(", ".ack(", ".nak(", ".in_progress(", ".term("):
         assert call in client_text
 
 
@@ -223,4 +224,27 @@ async def test_violations_are_bounded_and_health_recovers_after_the_window(provi
     assert (
         report.healthy and report.permission_violations == [] and report.permission_violations_total == denied
     )
+    await orders.close()
+
+
+async def test_publish_batch_keeps_at_most_max_in_flight_unanswered(provisioned_pair):
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    pubacks = await orders._pubacks()
+    peak = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, len(pubacks.pending))
+            await asyncio.sleep(0)
+
+    sampler = asyncio.create_task(sample())
+    events = [orders.event("order.created", "order", i, {"n": i}) for i in range(300)]
+    results = await orders.publish_batch(events, max_in_flight=5)
+    sampling = False
+    await sampler
+    assert all(isinstance(r, PubAck) for r in results) and len({r.seq for r in results}) == 300
+    assert 1 <= peak <= 5
     await orders.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -17,12 +18,13 @@ from jsb_infra.runtime.config import (
     parse_bridge,
 )
 from jsb_infra.runtime.consumer import (
+    InMemoryIdempotency,
     intended_redelivery_ns,
     nak_delay_ns,
     progress_interval_s,
     server_nak_extra_ns,
 )
-from jsb_infra.runtime.envelope import EnvelopeError, decode, encode, new_event
+from jsb_infra.runtime.envelope import EnvelopeError, decode, encode, new_event, uuid4_str
 from jsb_infra.spec import parse_pairs
 
 S = 1_000_000_000
@@ -223,6 +225,63 @@ def test_envelope_schema_version_checked():
     doc["schema_version"] = 2
     with pytest.raises(EnvelopeError, match="schema_version"):
         decode(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, {"total": 9.5, "lines": [1, "two", None]}, 'naïve "quoted" \u2028 \x00', [], 10**30, True],
+)
+def test_encode_writes_exactly_what_the_general_json_encoder_writes(payload):
+    event = new_event("order.créé", "order", "ä/1", payload, producer="orders", trace_id='t"1')
+    expected = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    assert encode(event) == expected
+    assert decode(expected) == event
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("schema_version", True, "schema_version"),
+        ("schema_version", 1.0, "schema_version"),
+        ("resource_id", 7, "resource_id: required non-empty string"),
+        ("trace_id", 5, "trace_id: must be a string or null"),
+        ("payload", DROP, "payload: required"),
+        ("occurred_at", DROP, "occurred_at: required non-empty string"),
+    ],
+)
+def test_decode_names_the_wrong_field(key, value, field):
+    doc = json.loads(encode(new_event("a", "b", "c", None, producer="p")))
+    if value is DROP:
+        del doc[key]
+    else:
+        doc[key] = value
+    with pytest.raises(EnvelopeError, match=field):
+        decode(json.dumps(doc).encode())
+
+
+def test_event_ids_are_version_4_uuids():
+    ids = {uuid4_str() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_in_memory_idempotency_forgets_the_oldest_beyond_its_capacity():
+    store = InMemoryIdempotency(capacity=3)
+    for event_id in ("a", "b", "c", "b"):  # marking one twice does not take a second slot
+        store.mark(event_id)
+    assert all(store.seen(x) for x in "abc") and not store.seen("d")
+    store.mark("d")
+    assert not store.seen("a") and all(store.seen(x) for x in "bcd")
+    for event_id in ("e", "f"):
+        store.mark(event_id)
+    assert [x for x in "abcdef" if store.seen(x)] == ["d", "e", "f"]
+    with pytest.raises(ValueError, match="capacity: must be at least 1"):
+        InMemoryIdempotency(capacity=0)
 
 
 # -- nak arithmetic (REFERENCE §3) --------------------------------------------------------------------

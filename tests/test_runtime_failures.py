@@ -248,7 +248,7 @@ async def test_batch_while_disconnected_leaks_no_in_flight_slot(provisioned_pair
     orders = await app_client(pp, "orders", publish_timeout=0.5, publish_budget=0).connect()
     pp.server.stop(kill=True)
     await wait_for(lambda: not orders.nc.is_connected)
-    # each ~700 kB: the third overflows the 2 MiB reconnect buffer inside publish_async
+    # each ~700 kB: the third overflows the 2 MiB reconnect buffer when it is sent
     big = [orders.event("order.created", "order", i, "x" * 700_000) for i in range(5)]
     results = await asyncio.wait_for(orders.publish_batch(big, max_in_flight=2), 20)
     assert len(results) == 5 and any(not isinstance(r, PubAck) for r in results)
@@ -257,7 +257,7 @@ async def test_batch_while_disconnected_leaks_no_in_flight_slot(provisioned_pair
     small = [orders.event("order.created", "order", i, {}) for i in range(6)]
     results = await asyncio.wait_for(orders.publish_batch(small, max_in_flight=2), 15)
     assert all(isinstance(r, PubAck) for r in results), results
-    assert orders._pipelining_js()._publish_async_futures == {}  # no future left dangling in nats-py
+    assert (await orders._pubacks()).pending == {}  # no future left waiting for a PubAck
     await orders.close()
 
 

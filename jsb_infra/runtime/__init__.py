@@ -11,6 +11,7 @@ from jsb_infra.runtime.config import (
 )
 from jsb_infra.runtime.consumer import (
     Consumer,
+    ConsumerLoop,
     ConsumerStats,
     Delivery,
     IdempotencyStore,
@@ -19,12 +20,14 @@ from jsb_infra.runtime.consumer import (
 )
 from jsb_infra.runtime.envelope import EnvelopeError, Event, decode, encode, new_event
 from jsb_infra.runtime.health import HealthReport, health_check
+from jsb_infra.runtime.pull import PullStats
 
 __all__ = [
     "BridgeClient",
     "BridgeConfigError",
     "ConnectGaveUp",
     "Consumer",
+    "ConsumerLoop",
     "ConsumerStats",
     "Credentials",
     "Delivery",
@@ -34,6 +37,7 @@ __all__ = [
     "IdempotencyStore",
     "InMemoryIdempotency",
     "PublishError",
+    "PullStats",
     "TlsOptions",
     "decode",
     "encode",

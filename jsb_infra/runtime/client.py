@@ -1,8 +1,8 @@
 """BridgeClient: one app's connection, publishing and consuming with nothing but its generated permissions.
 
 No code path here calls a JetStream management API. Publishing is a request to the app's own subject
-(the PubAck comes back on the app's inbox prefix); consuming binds to the durable the deploy created
-(`pull_subscribe_bind` makes no API call) and pulls with `fetch`. Provisioning is the deploy's job;
+(the PubAck comes back on the app's inbox prefix); consuming pulls the durable the deploy created with
+`MSG.NEXT` requests (`jsb_infra.runtime.pull`). Provisioning is the deploy's job;
 there is deliberately no switch to turn it on.
 """
 
@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -26,15 +26,12 @@ from nats.js.client import JetStreamContext
 from jsb_infra.outputs import BridgeOutputs
 from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
+from jsb_infra.runtime.pubacks import PubAckInbox
 
 log = logging.getLogger("jsb_infra.runtime")
 
 PERMISSION_VIOLATION = "permissions violation"
 KEPT_PERMISSION_VIOLATIONS = 100  # the newest ones; `permission_violation_count` counts them all
-# nats-py's own bound on pipelined publishes is a semaphore that leaks a slot whenever the publish under
-# it raises (nats.js.client.publish_async); `publish_batch` bounds in-flight messages with its own
-# semaphore instead, so nats-py's is made too large to matter.
-_UNBOUNDED_PENDING = 1 << 30
 
 # Failures after which the same publish may simply be tried again, with the same `Nats-Msg-Id`: the
 # reply did not come, or no stream leader took the subject (an election, a restarting server: "no
@@ -140,7 +137,7 @@ class BridgeClient:
         self._nc: NATS | None = None
         self._closing = False
         self._js: JetStreamContext | None = None
-        self._async_js: JetStreamContext | None = None
+        self._puback_inbox: PubAckInbox | None = None
         self._msg_id_header = MSG_ID_HEADER
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
         self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
@@ -385,29 +382,28 @@ class BridgeClient:
         self.last_puback_at = time.monotonic()
         self.publish_failing_since = None
 
-    def _pipelining_js(self) -> JetStreamContext:
-        """The JetStream context for `publish_async`; its own bound is off (see `_UNBOUNDED_PENDING`)."""
-        if self._async_js is None:
-            self._async_js = self.nc.jetstream(
-                timeout=self.publish_timeout, publish_async_max_pending=_UNBOUNDED_PENDING
-            )
-        return self._async_js
+    async def _pubacks(self) -> PubAckInbox:
+        """The inbox of this connection's pipelined publishes (subscribed on first use)."""
+        if self._puback_inbox is None or self._puback_inbox.nc is not self.nc:
+            self._puback_inbox = await PubAckInbox(self.nc, self.bridge.inbox_prefix).start()
+        return self._puback_inbox
 
     @staticmethod
-    def _drop_orphaned_future(js: JetStreamContext, last_sent: asyncio.Future[PubAck] | None) -> None:
-        """After `publish_async` raised, cancel the future it registered but never returned.
+    async def _wait_for_room(futures: list[asyncio.Future[PubAck] | None], oldest: int, bound: int) -> int:
+        """Wait until fewer than `bound` of `futures[oldest:]` may be unanswered; returns the new `oldest`.
 
-        nats-py adds the future to its reply table before sending and leaves it there when the send
-        fails; nothing would ever complete it. The send fails before yielding to the loop, so it is the
-        newest entry (unless the failure came before registering: then the newest is `last_sent`, left
-        alone). Cancelling a concurrent batch's future by mistake would only make that batch retry that
-        event with its msg id (the dedupe window drops a double).
+        The bound of `publish_batch`, kept without a callback per publish: PubAcks come back about in
+        order, so skipping the answered ones from the front and waiting for the oldest unanswered one
+        (counting every later one as unanswered, which can only err on the safe side) is enough.
         """
-        table = js._publish_async_futures
-        if table:
-            newest = next(reversed(table.values()))
-            if newest is not last_sent and not newest.done():
-                newest.cancel()
+        while True:
+            while oldest < len(futures) and (futures[oldest] is None or futures[oldest].done()):  # type: ignore[union-attr]
+                oldest += 1
+            if len(futures) - oldest < bound:
+                return oldest
+            pending = futures[oldest]
+            assert pending is not None  # skipped above
+            await asyncio.wait([pending])
 
     async def _cancel_stalled(self, futures: list[asyncio.Future[PubAck] | None]) -> None:
         """Watchdog: when the oldest pending PubAck has not come for `publish_timeout`, give up on all
@@ -426,31 +422,35 @@ class BridgeClient:
                     if future is not None and not future.done():
                         future.cancel()
 
-    def _prepare(self, events: Iterable[Event]) -> list[tuple[bytes, dict[str, str]] | BaseException]:
-        """Encode and size-check every event before sending any: an event that cannot be sent gets its
-        error as its result, the others still go."""
+    def _prepare(self, events: Iterable[Event]) -> Iterator[tuple[bytes, dict[str, str]] | BaseException]:
+        """Encode and size-check each event as it is about to be sent (so encoding overlaps the server's
+        work on the ones before): an event that cannot be sent gets its error as its result, the others
+        still go."""
         limit = self.nc.max_payload
         header = self._msg_id_header
-        prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
+        header_overhead = headers_size({header: ""})
         for event in events:
             try:
                 body = encode(event)
-                headers = {header: event.event_id}
-                size = len(body) + headers_size(headers)
+                event_id = event.event_id
+                size = (
+                    len(body)
+                    + header_overhead
+                    + (len(event_id) if event_id.isascii() else len(event_id.encode()))
+                )
                 if size > limit:
                     raise PublishError(
-                        f"event {event.event_id}: {size} bytes (body and headers) exceed the server's "
+                        f"event {event_id}: {size} bytes (body and headers) exceed the server's "
                         f"max_payload of {limit} bytes"
                     )
-                prepared.append((body, headers))
+                yield body, {header: event_id}
             except Exception as err:
-                prepared.append(err)
-        return prepared
+                yield err
 
     async def publish_batch(
         self, events: Iterable[Event], max_in_flight: int = 512
     ) -> list[PubAck | BaseException]:
-        """Pipeline `events` (`js.publish_async`), at most `max_in_flight` unacknowledged at once.
+        """Pipeline `events` (PubAcks on one inbox), at most `max_in_flight` unacknowledged at once.
 
         Returns one result per event, in order: its PubAck, or the error that remained for that event
         (one that cannot be encoded or is too large, a refusal by the stream, or a `PublishError` for a
@@ -462,41 +462,36 @@ class BridgeClient:
         """
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight: must be at least 1, got {max_in_flight}")
-        prepared = self._prepare(events)
-        js = self._pipelining_js()
+        prepared: list[tuple[bytes, dict[str, str]] | BaseException] = []
+        pubacks = await self._pubacks()
         subject = self.bridge.publish_subject
-        slots = asyncio.Semaphore(max_in_flight)  # this batch's own: nothing outlives the call
-
-        def free_slot(_: asyncio.Future[PubAck]) -> None:
-            slots.release()
-
+        oldest = 0  # futures before this index are answered (or never sent)
         futures: list[asyncio.Future[PubAck] | None] = []
-        last_sent: asyncio.Future[PubAck] | None = None
-        results: list[PubAck | BaseException | None] = [None] * len(prepared)
+        results: list[PubAck | BaseException | None] = []
         watchdog = asyncio.create_task(self._cancel_stalled(futures))
         try:
-            for index, item in enumerate(prepared):
+            for index, item in enumerate(self._prepare(events)):
+                prepared.append(item)
+                results.append(None)
                 if isinstance(item, BaseException):
                     results[index] = item
                     futures.append(None)
                     continue
-                await slots.acquire()
+                if len(futures) - oldest >= max_in_flight:
+                    oldest = await self._wait_for_room(futures, oldest, max_in_flight)
                 try:
-                    sent = await js.publish_async(subject, item[0], headers=item[1])
+                    sent = await pubacks.publish(subject, item[0], item[1])
                 except Exception as err:
-                    slots.release()
-                    self._drop_orphaned_future(js, last_sent)
                     results[index] = err
                     futures.append(None)
                     continue
-                sent.add_done_callback(free_slot)
                 futures.append(sent)
-                last_sent = sent
             for future in futures:  # replies come roughly in order: few of these actually wait
                 if future is not None and not future.done():
                     await asyncio.wait([future])
         finally:
             watchdog.cancel()
+            pubacks.forget(futures)
         for index, future in enumerate(futures):
             if future is None:
                 continue
@@ -527,10 +522,10 @@ class BridgeClient:
 
     # -- consuming -------------------------------------------------------------------------------
     def consumer(self, handler: Any, **options: Any) -> Any:
-        """A `Consumer` of this app's durable; see `jsb_infra.runtime.consumer.Consumer`."""
-        from jsb_infra.runtime.consumer import Consumer
+        """A `ConsumerLoop` of this app's durable; see `jsb_infra.runtime.consumer.ConsumerLoop`."""
+        from jsb_infra.runtime.consumer import ConsumerLoop
 
-        return Consumer(self, handler, **options)
+        return ConsumerLoop(self, handler, **options)
 
     async def consume(self, handler: Any, **options: Any) -> Any:
         """Run a consumer until it is stopped (or this task is cancelled); returns its stats."""

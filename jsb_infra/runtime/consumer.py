@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections import OrderedDict
+from array import array
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 
 from jsb_infra.outputs import ConsumerOutputs
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, EnvelopeError, Event, decode
+from jsb_infra.runtime.pull import Puller, PullStats
 
 if TYPE_CHECKING:
     from jsb_infra.runtime.client import BridgeClient
@@ -84,19 +85,43 @@ class IdempotencyStore(Protocol):
 
 
 class InMemoryIdempotency:
-    """The default: the last `capacity` handled event ids of this process (lost on restart)."""
+    """The default: the last `capacity` handled event ids of this process (lost on restart).
+
+    It keeps a 64-bit hash of each id (Python's string hash, stable within the process) rather than the
+    id: 8.2 MiB for 100,000 uuid ids (measured with tracemalloc) against 16.8 MiB for the id strings in
+    an ordered dict, and the size does not grow with longer ids. Two ids share a hash
+    with a chance of about capacity / 2**64 per new id (about 5e-15 at 100,000): negligible next to the
+    store being lost on restart, which is why a durable store is needed for exactly-once effects.
+    """
 
     def __init__(self, capacity: int = 100_000):
+        if capacity < 1:
+            raise ValueError(f"capacity: must be at least 1, got {capacity}")
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._hashes: set[int] = set()
+        self._ring = array("q", bytes(8 * capacity))  # oldest first from `_next`, once full
+        self._next = 0
+        self._full = False
 
     def seen(self, event_id: str) -> bool:
-        return event_id in self._ids
+        return hash(event_id) in self._hashes
 
     def mark(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        key = hash(event_id)
+        hashes = self._hashes
+        if key in hashes:
+            return
+        ring = self._ring
+        position = self._next
+        if self._full:
+            hashes.discard(ring[position])
+        ring[position] = key
+        hashes.add(key)
+        position += 1
+        if position == self.capacity:
+            position = 0
+            self._full = True
+        self._next = position
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -143,10 +168,17 @@ class ConsumerStats:
     answered_by_handler: int = 0
     answer_failures: int = 0
     idempotency_failures: int = 0
+    pull: PullStats = field(default_factory=PullStats)
 
 
-class Consumer:
-    """Pulls the app's durable in batches and answers every message; `await stop()` drains.
+def default_heartbeat(fetch_timeout: float) -> float:
+    """Idle heartbeats for pulls of 2 s or longer (half the pull, at most 5 s); shorter pulls end soon
+    enough to notice a lost one without them."""
+    return min(fetch_timeout / 2, 5.0) if fetch_timeout >= 2.0 else 0.0
+
+
+class ConsumerLoop:
+    """Pulls the app's durable and answers every message; `await stop()` drains.
 
     Nothing that goes wrong with one message ends the loop (a failed ack, nak or term is logged and the
     server redelivers after the ack wait); only a closed connection does.
@@ -159,6 +191,7 @@ class Consumer:
         *,
         batch: int = 100,
         fetch_timeout: float = 1.0,
+        heartbeat: float | None = None,
         idempotency: IdempotencyStore | None = None,
         progress_interval: float | None = None,
         dlq_retry_wait: float = 1.0,
@@ -166,6 +199,17 @@ class Consumer:
     ):
         if batch < 1:
             raise ValueError(f"batch: must be at least 1, got {batch}")
+        if fetch_timeout <= 0:
+            raise ValueError(
+                f"fetch_timeout: must be > 0 (seconds a pull request waits), got {fetch_timeout}"
+            )
+        if heartbeat is None:
+            heartbeat = default_heartbeat(fetch_timeout)
+        if heartbeat < 0 or heartbeat * 2 > fetch_timeout:
+            raise ValueError(
+                f"heartbeat: must be 0 (off) or at most half of fetch_timeout ({fetch_timeout}), "
+                f"got {heartbeat}"
+            )
         if dlq_retry_wait <= 0 or dlq_retry_max_wait < dlq_retry_wait:
             raise ValueError(
                 f"dlq_retry_wait: must be > 0 and <= dlq_retry_max_wait, got {dlq_retry_wait} and "
@@ -176,12 +220,14 @@ class Consumer:
         self.handler = handler
         self.batch = batch
         self.fetch_timeout = fetch_timeout
+        self.heartbeat = heartbeat
         self.idempotency: IdempotencyStore = idempotency if idempotency is not None else InMemoryIdempotency()
         self.progress_interval = progress_interval or progress_interval_s(self.bridge.consumer)
         self.dlq_retry_wait = dlq_retry_wait
         self.dlq_retry_max_wait = dlq_retry_max_wait
         self.stats = ConsumerStats()
-        self._held: list[Msg] = []
+        self._puller: Puller | None = None
+        self._current: Msg | None = None  # the message being processed
         self._async_idempotency = inspect.iscoroutinefunction(
             self.idempotency.seen
         ) or inspect.iscoroutinefunction(self.idempotency.mark)
@@ -190,36 +236,57 @@ class Consumer:
         self._finished = asyncio.Event()
         self.started = asyncio.Event()
 
+    def _new_puller(self) -> Puller:
+        return Puller(
+            self.client.nc,
+            self.bridge.stream,
+            self.bridge.durable,
+            self.bridge.inbox_prefix,
+            batch=self.batch,
+            expires=self.fetch_timeout,
+            heartbeat=self.heartbeat,
+            window=min(2 * self.batch, self.bridge.consumer.max_ack_pending),
+            retry_wait=min(self.fetch_timeout, 0.5),
+        )
+
     async def run(self) -> ConsumerStats:
-        """Bind to the durable (no API call) and process until `stop()` or a closed connection."""
+        """Pull (no API call beyond `MSG.NEXT`) and process until `stop()` or a closed connection."""
         self._finished.clear()
-        sub = await self.client.js.pull_subscribe_bind(durable=self.bridge.durable, stream=self.bridge.stream)
+        puller = self._puller = self._new_puller()
+        self.stats.pull = puller.stats
+        await puller.start()
         ticker = asyncio.create_task(self._keep_alive())
         self.started.set()
+        nc = self.client.nc
+        buffer = puller.buffer
         try:
-            while not self._stopping:
-                msgs = await self._fetch(sub)
-                self._held = msgs  # the keep-alive skips the ones already answered
-                for msg in msgs:
-                    if self.client.nc.is_closed:
-                        break  # nothing can be answered any more; the server redelivers the rest
+            while not nc.is_closed:
+                puller.drain()
+                if not self._stopping and puller.wants_more():
+                    await puller.request()
+                    continue
+                if buffer:
+                    msg = self._current = buffer.popleft()
                     await self._process(msg)
-                self._held = []
+                    self._current = None
+                    continue
+                if self._stopping and not puller.open_requests:
+                    break  # every request has ended: nothing more can come
+                await puller.wait(idle=self.fetch_timeout)
+            if nc.is_closed:
+                log.error("%s: connection closed; consumer stops", self.bridge.app)
         finally:
             ticker.cancel()
-            self._held = []
-            try:
-                await sub.unsubscribe()
-            except Exception as err:  # closed connection: nothing left to unsubscribe from
-                log.debug("unsubscribe after consume: %r", err)
+            self._current = None
+            await puller.close()
             self._finished.set()
         return self.stats
 
     async def stop(self) -> None:
-        """Stop fetching and return once the messages in hand are answered.
+        """Stop pulling and return once every message pulled so far is answered.
 
-        The fetch under way is not cancelled (messages it already pulled would be lost to this client and
-        cost a delivery): it ends within `fetch_timeout`, and what it brings is processed like the rest.
+        Pull requests under way are not abandoned (what they bring would be lost to this client and cost
+        a delivery): each ends within `fetch_timeout`, and what it brings is processed like the rest.
         A DLQ publish being retried (see `_dead_letter`) gives up at once.
         """
         self._stopping = True
@@ -227,25 +294,18 @@ class Consumer:
         if self.started.is_set():
             await self._finished.wait()
 
-    async def _fetch(self, sub: Any) -> list[Msg]:
-        try:
-            return await sub.fetch(self.batch, timeout=self.fetch_timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except nats.errors.ConnectionClosedError:
-            log.error("%s: connection closed; consumer stops", self.bridge.app)
-            self._stopping = True
-            return []
-        except Exception as err:  # a status from the server (e.g. 409 while reconnecting): retry
-            log.warning("%s: fetch from %s failed: %r", self.bridge.app, self.bridge.durable, err)
-            await asyncio.sleep(min(self.fetch_timeout, 0.5))
-            return []
+    def _held(self) -> list[Msg]:
+        """Messages pulled and not yet answered: the one being processed and the buffered ones."""
+        held = list(self._puller.buffer) if self._puller is not None else []
+        if self._current is not None:
+            held.append(self._current)
+        return held
 
     async def _keep_alive(self) -> None:
         """Send `in_progress` for every held message each tick, so a slow batch is not redelivered."""
         while True:
             await asyncio.sleep(self.progress_interval)
-            for msg in self._held:
+            for msg in self._held():
                 if msg.is_acked:
                     continue
                 try:
@@ -354,90 +414,15 @@ class Consumer:
             await asyncio.wait_for(self._stop_requested.wait(), timeout=seconds)
 
     async def _dead_letter(self, msg: Msg, reason: str, error: str) -> None:
-        """Park the message on the DLQ subject (body kept, context in headers), then ack it.
-
-        If the DLQ publish fails at an earlier delivery (a malformed message), the message is nak'd for
-        the backoff's redelivery, which tries again. At the last delivery the server would never deliver
-        it again, so it is kept in hand (the keep-alive sends `in_progress`) and the DLQ publish retried
-        with a doubling pause up to `dlq_retry_max_wait`, until it succeeds or `stop()` is called; then
-        it is left unacknowledged and an ERROR names its stream sequence.
-        """
-        meta = msg.metadata
+        """Park the message on the DLQ subject (body kept, context in headers), then ack it; `term` it
+        when the DLQ is off."""
         dlq = self.bridge.dlq_subject
         if dlq is None:
-            log.error(
-                "%s: DLQ is off; terminating message %s seq %d after %d deliveries (%s): %s",
-                self.bridge.app,
-                msg.subject,
-                meta.sequence.stream,
-                meta.num_delivered,
-                reason,
-                error,
-            )
-            if await self._answer(msg, "term", msg.term()):
-                self.stats.terminated += 1
+            await self._terminate(msg, reason, error)
             return
-        headers = {
-            DLQ_REASON: reason,
-            DLQ_DELIVERY_COUNT: str(meta.num_delivered),
-            DLQ_ORIGINAL_SUBJECT: msg.subject,
-            DLQ_STREAM_SEQUENCE: str(meta.sequence.stream),
-            DLQ_CONSUMER: meta.consumer,
-            DLQ_ERROR: " ".join(error.split())[:MAX_ERROR_HEADER] or "-",
-            # Stable per stored message, so a retried DLQ publish is dropped as a duplicate.
-            MSG_ID_HEADER: f"dlq:{meta.stream}:{meta.sequence.stream}",
-        }
-        last_delivery = meta.num_delivered >= self.bridge.consumer.max_deliver
-        pause = self.dlq_retry_wait
-        while True:
-            try:
-                await self.client.publish_raw(dlq, msg.data, headers)
-                break
-            except Exception as err:
-                self.stats.dlq_failures += 1
-                failure = err
-            if not last_delivery:
-                delay = nak_delay_ns(self.bridge.consumer, meta.num_delivered)
-                log.error(
-                    "%s: could not dead-letter %s seq %d to %s: %r; nak: delivery %d/%d in %.3fs tries again",
-                    self.bridge.app,
-                    msg.subject,
-                    meta.sequence.stream,
-                    dlq,
-                    failure,
-                    meta.num_delivered + 1,
-                    self.bridge.consumer.max_deliver,
-                    intended_redelivery_ns(self.bridge.consumer, meta.num_delivered) / 1e9,
-                )
-                if await self._answer(msg, "nak", msg.nak(delay=delay / 1e9)):
-                    self.stats.naked += 1
-                return
-            if not self._stopping and not self.client.nc.is_closed:
-                log.error(
-                    "%s: could not dead-letter %s seq %d to %s: %r; holding it (in_progress), retry in %.1fs",
-                    self.bridge.app,
-                    msg.subject,
-                    meta.sequence.stream,
-                    dlq,
-                    failure,
-                    pause,
-                )
-                await self._pause(pause)
-                pause = min(pause * 2, self.dlq_retry_max_wait)
-            if self._stopping or self.client.nc.is_closed:
-                log.error(
-                    "%s: stopping with message %s stream seq %d (stream %s) NOT dead-lettered and left "
-                    "unacknowledged after its last delivery (%d/%d): the server will not deliver it again; "
-                    "it stays in the stream until handled by hand. Last DLQ error: %r",
-                    self.bridge.app,
-                    msg.subject,
-                    meta.sequence.stream,
-                    meta.stream,
-                    meta.num_delivered,
-                    self.bridge.consumer.max_deliver,
-                    failure,
-                )
-                return
+        if not await self._publish_to_dlq(msg, dlq, dlq_headers(msg, reason, error)):
+            return
+        meta = msg.metadata
         log.warning(
             "%s: dead-lettered %s seq %d to %s after %d deliveries (%s): %s",
             self.bridge.app,
@@ -450,3 +435,107 @@ class Consumer:
         )
         self.stats.dead_lettered += 1
         await self._answer(msg, "ack", msg.ack())
+
+    async def _terminate(self, msg: Msg, reason: str, error: str) -> None:
+        meta = msg.metadata
+        log.error(
+            "%s: DLQ is off; terminating message %s seq %d after %d deliveries (%s): %s",
+            self.bridge.app,
+            msg.subject,
+            meta.sequence.stream,
+            meta.num_delivered,
+            reason,
+            error,
+        )
+        if await self._answer(msg, "term", msg.term()):
+            self.stats.terminated += 1
+
+    async def _publish_to_dlq(self, msg: Msg, dlq: str, headers: dict[str, str]) -> bool:
+        """True once the DLQ holds the message; False when it was left to a redelivery or an operator.
+
+        If the publish fails at an earlier delivery (a malformed message), the message is nak'd for the
+        backoff's redelivery, which tries again. At the last delivery the server would never deliver it
+        again, so it is kept in hand (the keep-alive sends `in_progress`) and the publish retried with a
+        doubling pause up to `dlq_retry_max_wait`, until it succeeds or `stop()` is called; then it is
+        left unacknowledged and an ERROR names its stream sequence.
+        """
+        last_delivery = msg.metadata.num_delivered >= self.bridge.consumer.max_deliver
+        pause = self.dlq_retry_wait
+        while True:
+            try:
+                await self.client.publish_raw(dlq, msg.data, headers)
+                return True
+            except Exception as err:
+                self.stats.dlq_failures += 1
+                failure = err
+            if not last_delivery:
+                await self._nak_for_dlq_retry(msg, dlq, failure)
+                return False
+            if not self._stopping and not self.client.nc.is_closed:
+                log.error(
+                    "%s: could not dead-letter %s seq %d to %s: %r; holding it (in_progress), retry in %.1fs",
+                    self.bridge.app,
+                    msg.subject,
+                    msg.metadata.sequence.stream,
+                    dlq,
+                    failure,
+                    pause,
+                )
+                await self._pause(pause)
+                pause = min(pause * 2, self.dlq_retry_max_wait)
+            if self._stopping or self.client.nc.is_closed:
+                self._report_stranded(msg, failure)
+                return False
+
+    async def _nak_for_dlq_retry(self, msg: Msg, dlq: str, failure: BaseException) -> None:
+        meta = msg.metadata
+        delay = nak_delay_ns(self.bridge.consumer, meta.num_delivered)
+        log.error(
+            "%s: could not dead-letter %s seq %d to %s: %r; nak: delivery %d/%d in %.3fs tries again",
+            self.bridge.app,
+            msg.subject,
+            meta.sequence.stream,
+            dlq,
+            failure,
+            meta.num_delivered + 1,
+            self.bridge.consumer.max_deliver,
+            intended_redelivery_ns(self.bridge.consumer, meta.num_delivered) / 1e9,
+        )
+        if await self._answer(msg, "nak", msg.nak(delay=delay / 1e9)):
+            self.stats.naked += 1
+
+    def _report_stranded(self, msg: Msg, failure: BaseException) -> None:
+        meta = msg.metadata
+        log.error(
+            "%s: stopping with message %s stream seq %d (stream %s) NOT dead-lettered and left "
+            "unacknowledged after its last delivery (%d/%d): the server will not deliver it again; "
+            "it stays in the stream until handled by hand. Last DLQ error: %r",
+            self.bridge.app,
+            msg.subject,
+            meta.sequence.stream,
+            meta.stream,
+            meta.num_delivered,
+            self.bridge.consumer.max_deliver,
+            failure,
+        )
+
+
+def dlq_headers(msg: Msg, reason: str, error: str) -> dict[str, str]:
+    """The DLQ copy's headers: why, and where it came from."""
+    meta = msg.metadata
+    return {
+        DLQ_REASON: reason,
+        DLQ_DELIVERY_COUNT: str(meta.num_delivered),
+        DLQ_ORIGINAL_SUBJECT: msg.subject,
+        DLQ_STREAM_SEQUENCE: str(meta.sequence.stream),
+        DLQ_CONSUMER: meta.consumer,
+        DLQ_ERROR: " ".join(error.split())[:MAX_ERROR_HEADER] or "-",
+        # Stable per stored message, so a retried DLQ publish is dropped as a duplicate.
+        MSG_ID_HEADER: f"dlq:{meta.stream}:{meta.sequence.stream}",
+    }
+
+
+# Deprecated: the former name of `ConsumerLoop`, kept as the very same class so that code and type
+# annotations written against it keep working. `Consumer` is also the Pulumi resource
+# `jsb_infra.providers.consumer.Consumer`; new code says `ConsumerLoop`.
+Consumer = ConsumerLoop
