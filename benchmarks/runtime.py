@@ -17,8 +17,9 @@ When the NATS CLI is there (`scripts/ensure-natscli`, else `nats` on PATH), `nat
 and a msg id per message (`--dedup`), best of the same number of rounds, and the client/Go ratio is printed.
 
 `bench_layout` takes where the apps connect (a `Layout`: server URL, each app's bridge and credentials, the
-admin's connect options), so another layout (one account per app behind service imports) runs the same
-workloads by building another `Layout`.
+admin's connect options). The same workloads then run on a second server with the rendered account layout
+(each app its own account and NKey user, reaching the stream through service imports), and the cost of
+isolation is printed: the client there against the client, and against raw nats-py, on the shared account.
 
     .venv/bin/python benchmarks/runtime.py [--seq N] [--pipe N] [--consume N] [--rounds R] [--no-go]
 """
@@ -47,6 +48,8 @@ from nats.js.client import JetStreamContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.credentials import new_user_keypair
 from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import BridgeOutputs, bridge_outputs
@@ -331,15 +334,48 @@ def print_rates(layout: Layout, n: dict[str, int], rates: Rates, go: dict[str, f
     print(f"client pipelined / sequential publish: {speedup:.1f}x")
 
 
+async def provision(url: str, admin_options: dict[str, Any]) -> None:
+    nc = await nats.connect(url, **admin_options)
+    admin = JetStreamAdmin(nc)
+    await admin.create_stream(stream_config(PAIR))
+    for config in consumer_configs(PAIR).values():
+        await admin.create_consumer(PAIR.stream, config)
+    await nc.close()
+
+
+def isolated_server(store: Path) -> tuple[LocalNatsServer, dict[str, Credentials], dict[str, Any]]:
+    """A server on the rendered account layout: streams in the JetStream account, each app in its own
+    account (its NKey user) reaching them only through service imports."""
+    seeds = {app: new_user_keypair() for app in PAIR.apps}
+    conf = render_accounts_conf(
+        account_layout([PAIR]),
+        {app: public for app, (_, public) in seeds.items()},
+        DeployUser(user="admin", password_env="JSB_DEPLOY_PASSWORD"),
+    )
+    server = LocalNatsServer(store_dir=store, extra_config=conf, env={"JSB_DEPLOY_PASSWORD": "bench"})
+    credentials = {app: Credentials(nkey_seed=seed) for app, (seed, _) in seeds.items()}
+    return server, credentials, {"user": "admin", "password": "bench"}
+
+
+def print_isolation_cost(shared: Rates, isolated: Rates) -> None:
+    """What a user gives up for isolation: the client through the imports against the same client, and
+    against raw nats-py, on one shared account, same run."""
+    print("cost of isolation (one account per app, service imports) against one shared account:")
+    print(f"{'workload':<20}{'client iso/client shared':>26}{'client iso/raw shared':>23}")
+    for name in shared:
+        raw_shared, client_shared = shared[name]
+        client_iso = isolated[name][1]
+        print(
+            f"{name:<20}{client_iso.per_s / client_shared.per_s:>26.2f}"
+            f"{client_iso.per_s / raw_shared.per_s:>23.2f}"
+        )
+
+
 async def main(args: argparse.Namespace) -> None:
     store = Path(tempfile.mkdtemp(prefix="jsb-bench-"))
-    with LocalNatsServer(store_dir=store) as server:
-        nc = await nats.connect(server.url)
-        admin = JetStreamAdmin(nc)
-        await admin.create_stream(stream_config(PAIR))
-        for config in consumer_configs(PAIR).values():
-            await admin.create_consumer(PAIR.stream, config)
-        await nc.close()
+    n = {SEQ: args.seq, PIPE: args.pipe, CONSUME: args.consume}
+    with LocalNatsServer(store_dir=store / "shared") as server:
+        await provision(server.url, {})
         shared = Layout(
             "one shared account (no auth)",
             server.url,
@@ -357,7 +393,22 @@ async def main(args: argparse.Namespace) -> None:
             )
         else:
             go = await bench_go(cli, shared, args)
-        print_rates(shared, {SEQ: args.seq, PIPE: args.pipe, CONSUME: args.consume}, rates, go)
+        print_rates(shared, n, rates, go)
+    if args.no_isolated:
+        return
+    iso_server, credentials, admin_options = isolated_server(store / "isolated")
+    with iso_server:
+        await provision(iso_server.url, admin_options)
+        isolated = Layout(
+            "one account per app (service imports, NKey users)",
+            iso_server.url,
+            {app: bridge_outputs(PAIR, app, [iso_server.url]) for app in PAIR.apps},
+            credentials,
+            admin_options,
+        )
+        iso_rates = await bench_layout(isolated, args)
+        print_rates(isolated, n, iso_rates, None)
+    print_isolation_cost(rates, iso_rates)
 
 
 if __name__ == "__main__":
@@ -368,4 +419,5 @@ if __name__ == "__main__":
     parser.add_argument("--in-flight", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--no-go", action="store_true", help="skip `nats bench`")
+    parser.add_argument("--no-isolated", action="store_true", help="skip the one-account-per-app layout")
     asyncio.run(main(parser.parse_args()))
