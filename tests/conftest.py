@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats
 import pytest
+import sqlalchemy
 from nats.aio.client import Client as NATS
 
 from jsb_infra.credentials import new_user_keypair, public_key_of
+from jsb_infra.local_postgres import LocalPostgres
 from jsb_infra.local_server import LocalNatsServer, accounts_config, env_nats_url
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
@@ -112,9 +115,10 @@ class ProvisionedPair:
         return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
 
 
-async def provision(url: str, pair: Pair) -> None:
-    """Create the rendered stream and consumers as the admin."""
-    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+async def provision(url: str, pair: Pair, open_server: bool = False) -> None:
+    """Create the rendered stream and consumers as the admin (with no credentials on an open server)."""
+    auth = {} if open_server else {"user": ADMIN_USER, "password": ADMIN_PASSWORD}
+    nc = await nats.connect(url, **auth)
     try:
         admin = JetStreamAdmin(nc)
         await admin.create_stream(stream_config(pair))
@@ -146,3 +150,49 @@ async def provisioned_pair(
     server = make_server(pair_server_config(pair, seeds))
     await provision(server.url, pair)
     return ProvisionedPair(server, pair, seeds)
+
+
+# -- databases for the outbox and inbox: SQLite files and a throwaway PostgreSQL cluster -----------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[LocalPostgres]:
+    """One PostgreSQL cluster for the session (initdb takes seconds); each test gets its own database."""
+    with LocalPostgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    cluster: LocalPostgres = request.getfixturevalue("postgres_cluster")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(cluster.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return cluster.url.replace(f"/{cluster.database}?", f"/{name}?")
+
+
+class OpenPair:
+    """A pair provisioned on an open server (no auth): for tests where permissions are not the point."""
+
+    def __init__(self, url: str, pair: Pair):
+        self.url = url
+        self.pair = pair
+        self.bridges = {app: bridge_outputs(pair, app, [url]) for app in pair.apps}
+
+    async def admin(self) -> NATS:
+        return await nats.connect(self.url)
+
+
+@pytest.fixture
+async def open_pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenPair]:
+    """The default pair (or `indirect=True` param) on its own open embedded nats-server."""
+    spec = getattr(request, "param", None) or DEFAULT_PAIR
+    pair = parse_pairs([spec]).pairs[0]
+    with LocalNatsServer(store_dir=tmp_path / "nats") as server:
+        await provision(server.url, pair, open_server=True)
+        yield OpenPair(server.url, pair)
