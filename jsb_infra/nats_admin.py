@@ -204,6 +204,11 @@ class JetStreamAdmin:
                 return None
             raise
 
+    async def consumer_names(self, stream: str) -> list[str]:
+        """Names of the stream's consumers (the first page: up to 1024, far more than a pair has)."""
+        reply = await self._request(f"{API}.CONSUMER.NAMES.{stream}", {"offset": 0})
+        return sorted(reply.get("consumers") or [])
+
     async def create_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
         """Create; the server refuses (rather than changes) an existing consumer that differs."""
         return await self._put_consumer(stream, config, "create")

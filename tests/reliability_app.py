@@ -25,7 +25,8 @@ import os
 import signal
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from reliability_support import business, effects, orders
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jsb_infra.runtime import BridgeClient, Delivery, Event, load_bridge
@@ -33,20 +34,6 @@ from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.outbox import Outbox, OutboxRelay, pending_count
 from jsb_infra.runtime.storage import create_schema, engine_for_url
 
-business = MetaData()
-orders = Table(
-    "orders",
-    business,
-    Column("order_no", Integer, primary_key=True, autoincrement=False),
-    Column("event_id", String(64), nullable=False),
-)
-effects = Table(
-    "effects",
-    business,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("event_id", String(64), nullable=False),
-    Column("order_no", Integer, nullable=False),
-)
 RECORD_CHUNK = 100
 
 

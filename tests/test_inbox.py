@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, update
+from reliability_support import business, effects, wait_for
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from jsb_infra.outputs import ConsumerOutputs
@@ -22,14 +22,6 @@ FAST = {
     "consumer": {"max_deliver": 4, "backoff": ["1s"]},
 }
 
-business = MetaData()
-effects = Table(
-    "effects",
-    business,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("event_id", String(64), nullable=False),
-)
-
 
 @pytest.fixture
 def engine(database_url):
@@ -43,13 +35,6 @@ def engine(database_url):
 def effect_ids(engine) -> list[str]:
     with engine.connect() as conn:
         return [row[0] for row in conn.execute(select(effects.c.event_id))]
-
-
-async def wait_for(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def test_retention_covers_the_duplicate_window_and_every_redelivery():

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -107,3 +112,47 @@ async def test_an_event_the_stream_refuses_stays_pending_with_its_error(open_pai
     assert row.attempts == 2 and row.sent_at is None
     assert "max_payload" in row.last_error
     assert len(await stream_bodies(open_pair, bridge.publish_subject)) == 3
+
+
+async def test_the_relay_command_publishes_what_the_app_records_and_stops_on_sigterm(open_pair, tmp_path):
+    bridge = open_pair.bridges["orders"]
+    bridge_file = tmp_path / "orders.json"
+    bridge_file.write_text(bridge.model_dump_json())
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = engine_for_url(url)
+    create_schema(engine)
+    jsb_infra = str(Path(sys.executable).with_name("jsb-infra"))
+    bad = subprocess.run(
+        [jsb_infra, "relay", "--bridge", str(bridge_file), "--batch", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JSB_DATABASE_URL": ""},
+    )
+    assert bad.returncode == 2
+    assert (
+        "--db: required (or set JSB_DATABASE_URL)" in bad.stderr
+        and "--batch: must be at least 1" in bad.stderr
+    )
+    relay = subprocess.Popen(
+        [jsb_infra, "relay", "--db", url, "--bridge", str(bridge_file), "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        outbox = Outbox(bridge)
+        events = [outbox.event("order.created", "order", n, {"n": n}) for n in range(50)]
+        with Session(engine) as session, session.begin():
+            outbox.record_many(session, events)
+        deadline = asyncio.get_running_loop().time() + 20
+        while pending_count(engine) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert pending_count(engine) == 0
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        output, _ = relay.communicate(timeout=20)
+    engine.dispose()
+    assert relay.returncode == 0, output
+    assert "relay stopped: 50 published (0 already stored), 0 failed" in output
+    bodies = await stream_bodies(open_pair, bridge.publish_subject)
+    assert [json.loads(b)["event_id"] for b in bodies] == [e.event_id for e in events]
