@@ -106,7 +106,7 @@ class RelayStats:
 class _Claim:
     """Rows taken for one batch; `connection` holds their row locks (PostgreSQL) until finished."""
 
-    rows: list[tuple[int, str, bytes]]
+    rows: list[tuple[int, bytes]]  # (id, body), in id order
     connection: Connection | None
 
 
@@ -114,7 +114,9 @@ class OutboxRelay:
     """Publishes one bridge's pending outbox rows; `await run()` until `await stop()`.
 
     DB calls run on one worker thread of the relay's own (a SQLite write may wait for the lock without
-    stalling the event loop, and a PostgreSQL claim transaction stays on one thread).
+    stalling the event loop, and a PostgreSQL claim transaction stays on one thread). `on_step(name,
+    rows)` is called at `claimed` (a batch read, nothing sent) and `published` (its PubAcks in, not
+    marked): the crash tests kill the process there.
     """
 
     def __init__(
@@ -159,30 +161,70 @@ class OutboxRelay:
 
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self) -> RelayStats:
-        """Publish until `stop()`: batches back to back while rows are pending, else poll (or `wake()`)."""
+        """Publish until `stop()`: batches back to back while rows are pending, else poll (or `wake()`).
+
+        Pipelined: while a batch is being published, the next one is claimed (rows after it) and the
+        previous one is marked sent, both on the relay's DB thread. A failure anywhere drops the claim
+        made ahead and reads from the first pending row again after a pause.
+        """
         self._running = True
         self._finished.clear()
         pause = self.error_backoff
+        ahead: asyncio.Future[_Claim | None] | None = None
+        marking: asyncio.Future[None] | None = None
         try:
             while not self._stopping:
                 try:
-                    published, failed = await self.relay_once()
+                    claim = await ahead if ahead is not None else await self._db(self._claim, None)
+                    ahead = None
+                    if claim is None or not claim.rows:
+                        await self._sleep(self.poll_interval)
+                        continue
+                    ahead = asyncio.ensure_future(self._db(self._claim, claim.rows[-1][0]))
+                    sent, failures, results = await self._publish(claim)
+                    if marking is not None:
+                        await marking
+                    marking = asyncio.ensure_future(self._db(self._finish, claim, sent, failures))
+                    self._count(sent, failures, results)
+                    if not failures:
+                        pause = self.error_backoff
+                        continue
+                    failure: BaseException | str = f"{len(failures)} row(s) not published"
                 except Exception as err:  # the database or the connection is down: try again later
-                    log.error("outbox relay %s: %r; retrying in %.1fs", self.subject, err, pause)
-                    await self._sleep(pause)
-                    pause = min(pause * 2, self.max_error_backoff)
-                    continue
-                if failed:
-                    await self._sleep(pause)
-                    pause = min(pause * 2, self.max_error_backoff)
-                    continue
-                pause = self.error_backoff
-                if published == 0:
-                    await self._sleep(self.poll_interval)
+                    failure = err
+                await self._discard(ahead)
+                ahead = None
+                if marking is not None:
+                    with contextlib.suppress(Exception):
+                        await marking
+                    marking = None
+                log.error("outbox relay %s: %s; retrying in %.1fs", self.subject, failure, pause)
+                await self._sleep(pause)
+                pause = min(pause * 2, self.max_error_backoff)
         finally:
+            await self._discard(ahead)
+            if marking is not None:
+                try:
+                    await marking
+                except Exception as err:  # the rows stay pending; the next relay publishes them again
+                    log.error("outbox relay %s: marking the last batch failed: %r", self.subject, err)
             self._running = False
             self._finished.set()
         return self.stats
+
+    async def _discard(self, ahead: asyncio.Future[_Claim | None] | None) -> None:
+        """Give back a claim made ahead (PostgreSQL: roll back, releasing its row locks)."""
+        if ahead is None:
+            return
+        with contextlib.suppress(Exception):
+            claim = await ahead
+            if claim is not None:
+                await self._release(claim)
+
+    async def _release(self, claim: _Claim) -> None:
+        """PostgreSQL: roll back the claim's transaction; its rows are pending and claimable again."""
+        if claim.connection is not None:
+            await self._db(claim.connection.close)
 
     async def stop(self) -> None:
         """Stop after the batch in hand is marked; returns when `run()` has ended."""
@@ -214,69 +256,74 @@ class OutboxRelay:
             self.on_step(name, count)
 
     async def relay_once(self) -> tuple[int, int]:
-        """One batch: claim pending rows, publish them, mark the acknowledged ones sent.
+        """One batch, start to end: claim pending rows, publish them, mark the acknowledged ones sent.
 
         Returns (published, failed); (0, 0) when nothing was pending or another relay holds the lease.
         """
-        claim: _Claim | None = await self._db(self._claim)
+        claim: _Claim | None = await self._db(self._claim, None)
         if claim is None or not claim.rows:
             return 0, 0
         try:
-            self._step("claimed", len(claim.rows))
-            events = [Event(**json.loads(body)) for _, _, body in claim.rows]
-            results = await self.client.publish_batch(events, max_in_flight=self.max_in_flight)
-            self._step("published", len(claim.rows))
-            sent = [
-                row[0] for row, result in zip(claim.rows, results, strict=True) if isinstance(result, PubAck)
-            ]
-            failures = [
-                (row[0], f"{type(result).__name__}: {result}")
-                for row, result in zip(claim.rows, results, strict=True)
-                if not isinstance(result, PubAck)
-            ]
-            await self._db(self._finish, claim, sent, failures)
-            claim = None
-        finally:
-            if claim is not None and claim.connection is not None:
-                await self._db(claim.connection.close)  # rolls back: the rows are pending again
-        self._step("marked", len(sent))
+            sent, failures, results = await self._publish(claim)
+        except BaseException:
+            await self._release(claim)
+            raise
+        await self._db(self._finish, claim, sent, failures)
+        self._count(sent, failures, results)
+        return len(sent), len(failures)
+
+    async def _publish(self, claim: _Claim) -> tuple[list[int], list[tuple[int, str]], list[Any]]:
+        """Publish a claimed batch; returns (sent row ids, (row id, error) of the others, results)."""
+        self._step("claimed", len(claim.rows))
+        loads = json.loads
+        events = [Event(**loads(body)) for _, body in claim.rows]
+        results = await self.client.publish_batch(events, max_in_flight=self.max_in_flight)
+        self._step("published", len(claim.rows))
+        sent: list[int] = []
+        failures: list[tuple[int, str]] = []
+        for row, result in zip(claim.rows, results, strict=True):
+            if isinstance(result, PubAck):
+                sent.append(row[0])
+            else:
+                failures.append((row[0], f"{type(result).__name__}: {result}"))
+        return sent, failures, results
+
+    def _count(self, sent: list[int], failures: list[tuple[int, str]], results: list[Any]) -> None:
         self.stats.batches += 1
         self.stats.published += len(sent)
         self.stats.duplicates += sum(1 for r in results if isinstance(r, PubAck) and r.duplicate)
         self.stats.failed += len(failures)
         for row_id, error in failures[:3]:
             log.error("outbox relay %s: row %d not published: %s", self.subject, row_id, error)
-        return len(sent), len(failures)
 
     # -- database work (on the relay's thread) ----------------------------------------------------
-    def _pending_query(self) -> Any:
+    def _pending_query(self, after_id: int | None) -> Any:
         t = outbox_table
-        return (
-            select(t.c.id, t.c.event_id, t.c.body)
-            .where(t.c.subject == self.subject, t.c.sent_at.is_(None))
-            .order_by(t.c.id)
-            .limit(self.batch)
-        )
+        query = select(t.c.id, t.c.body).where(t.c.subject == self.subject, t.c.sent_at.is_(None))
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        return query.order_by(t.c.id).limit(self.batch)
 
-    def _claim(self) -> _Claim | None:
+    def _claim(self, after_id: int | None) -> _Claim | None:
+        """Pending rows (after `after_id`: those past a batch still in hand), locked on PostgreSQL."""
         if self._row_locks:
             conn = self.engine.connect()
             try:
                 conn.begin()
-                rows = conn.execute(self._pending_query().with_for_update(skip_locked=True)).all()
+                rows = conn.execute(self._pending_query(after_id).with_for_update(skip_locked=True)).all()
             except BaseException:
                 conn.close()
                 raise
             if not rows:
                 conn.close()
                 return _Claim([], None)
-            return _Claim([(r[0], r[1], r[2]) for r in rows], conn)
+            return _Claim([(r[0], r[1]) for r in rows], conn)
         if not self._hold_lease():
             return None
         with self.engine.connect() as conn:
-            rows = conn.execute(self._pending_query()).all()
+            rows = conn.execute(self._pending_query(after_id)).all()
             conn.rollback()
-        return _Claim([(r[0], r[1], r[2]) for r in rows], None)
+        return _Claim([(r[0], r[1]) for r in rows], None)
 
     def _finish(self, claim: _Claim, sent: Sequence[int], failures: Sequence[tuple[int, str]]) -> None:
         if claim.connection is not None:
@@ -293,7 +340,11 @@ class OutboxRelay:
     @staticmethod
     def _mark(conn: Connection, sent: Sequence[int], failures: Sequence[tuple[int, str]]) -> None:
         t = outbox_table
-        if sent:
+        if sent and sent[-1] - sent[0] == len(sent) - 1:
+            # Contiguous ids (the usual batch): a range, no 500 bind parameters. Safe because every id
+            # in the range is one of ours (ids are unique), so no other row is marked by it.
+            conn.execute(update(t).where(t.c.id.between(sent[0], sent[-1])).values(sent_at=utc_now()))
+        elif sent:
             conn.execute(update(t).where(t.c.id.in_(sent)).values(sent_at=utc_now()))
         for row_id, error in failures:
             conn.execute(

@@ -46,7 +46,12 @@ outbox_table = Table(
     Column("created_at", DateTime, nullable=False, comment="UTC"),
     Column("sent_at", DateTime, nullable=True, comment="UTC, set after the PubAck; NULL = pending"),
     Column(
-        "attempts", Integer, nullable=False, default=0, server_default="0", comment="failed publish attempts"
+        "attempts",
+        Integer,
+        nullable=False,
+        default=0,
+        server_default=text("0"),
+        comment="failed publish attempts",
     ),
     Column("last_error", Text, nullable=True),
 )
@@ -96,10 +101,11 @@ def schema_ddl(dialect: str) -> str:
     chosen = dialects[dialect]
     statements = []
     for table in metadata.sorted_tables:
-        statements.append(str(CreateTable(table).compile(dialect=chosen)).strip() + ";")
+        statements.append(str(CreateTable(table).compile(dialect=chosen)))
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            statements.append(str(CreateIndex(index).compile(dialect=chosen)).strip() + ";")
-    return "\n\n".join(statements) + "\n"
+            statements.append(str(CreateIndex(index).compile(dialect=chosen)))
+    text_ = "\n\n".join(s.strip() + ";" for s in statements)
+    return "\n".join(line.rstrip().replace("\t", "  ") for line in text_.splitlines()) + "\n"
 
 
 def is_sqlite(engine: Engine) -> bool:
