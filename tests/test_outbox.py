@@ -67,7 +67,7 @@ async def test_only_committed_events_are_published_in_order(open_pair, engine):
 async def test_two_relays_never_publish_the_same_row(open_pair, engine):
     bridge = open_pair.bridges["orders"]
     outbox = Outbox(bridge)
-    total = 3000
+    total = 1500
     with Session(engine) as session, session.begin():
         outbox.record_many(
             session, (outbox.event("order.created", "order", n, {"n": n}) for n in range(total))
