@@ -156,3 +156,32 @@ async def test_the_relay_command_publishes_what_the_app_records_and_stops_on_sig
     assert "relay stopped: 50 published (0 already stored), 0 failed" in output
     bodies = await stream_bodies(open_pair, bridge.publish_subject)
     assert [json.loads(b)["event_id"] for b in bodies] == [e.event_id for e in events]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_row_that_commits_after_later_rows_is_still_published(open_pair, engine):
+    """PostgreSQL assigns ids at insert, not at commit: a slow transaction's row may become visible
+    after rows with higher ids were published. No high-water mark may skip it."""
+    bridge = open_pair.bridges["orders"]
+    outbox = Outbox(bridge)
+    slow = outbox.event("order.created", "order", "slow", {})
+    fast = [outbox.event("order.created", "order", n, {}) for n in range(300)]
+    slow_session = Session(engine)
+    slow_session.begin()
+    outbox.record(slow_session, slow)  # takes the lowest id, not committed yet
+    slow_session.flush()
+    with Session(engine) as session, session.begin():
+        outbox.record_many(session, fast)
+    async with BridgeClient(bridge) as client:
+        relay = OutboxRelay(client, engine, batch=50, poll_interval=0.02)
+        task = asyncio.create_task(relay.run())
+        while relay.stats.published < len(fast):
+            await asyncio.sleep(0.02)
+        slow_session.commit()
+        slow_session.close()
+        while pending_count(engine):
+            await asyncio.sleep(0.02)
+        await relay.stop()
+        await task
+    ids = [json.loads(b)["event_id"] for b in await stream_bodies(open_pair, bridge.publish_subject)]
+    assert ids == [e.event_id for e in fast] + [slow.event_id]

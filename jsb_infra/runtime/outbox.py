@@ -180,7 +180,11 @@ class OutboxRelay:
                     if claim is None or not claim.rows:
                         await self._sleep(self.poll_interval)
                         continue
-                    ahead = asyncio.ensure_future(self._db(self._claim, claim.rows[-1][0]))
+                    # PostgreSQL: SKIP LOCKED already passes over this batch (its transaction is open), and
+                    # a row whose id was taken before this batch's but that committed later is still
+                    # found. SQLite: writers are serialized, so ids come in commit order; read past it.
+                    after = None if self._row_locks else claim.rows[-1][0]
+                    ahead = asyncio.ensure_future(self._db(self._claim, after))
                     sent, failures, results = await self._publish(claim)
                     if marking is not None:
                         await marking
