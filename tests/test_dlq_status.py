@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 
+import nats
 import pytest
 from reliability_support import business, effects, wait_for
 from sqlalchemy import select
@@ -15,9 +16,13 @@ from sqlalchemy.orm import Session
 
 from jsb_infra import dlq, status
 from jsb_infra.cli import build_parser
+from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime import BridgeClient, Delivery, Event
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.storage import create_schema, engine_for_url
+from jsb_infra.spec import parse_pairs
+from jsb_infra.topology import consumer_configs, stream_config
 
 PAIR = {
     "stream": "dlq-sync",
@@ -187,3 +192,28 @@ async def test_bad_operator_input_is_refused_before_touching_the_stream(open_pai
     with contextlib.redirect_stderr(io.StringIO()) as err_out:
         assert await status.run_async(args, io.StringIO()) == 2
     assert "--server: required (or set JSB_ADMIN_SERVERS)" in err_out.getvalue()
+
+
+async def test_operator_commands_authenticate_as_the_admin_from_the_environment(tmp_path, monkeypatch):
+    """Admin user and password from JSB_ADMIN_*; a wrong password fails saying as whom, not the secret."""
+    auth = 'authorization { user: "ops", password: "ops-secret" }\n'
+    pair = parse_pairs([PAIR]).pairs[0]
+    with LocalNatsServer(store_dir=tmp_path / "nats", extra_config=auth) as server:
+        nc = await nats.connect(server.url, user="ops", password="ops-secret")
+        admin = JetStreamAdmin(nc)
+        await admin.create_stream(stream_config(pair))
+        for config in consumer_configs(pair).values():
+            await admin.create_consumer(pair.stream, config)
+        await nc.close()
+        monkeypatch.setenv("JSB_ADMIN_SERVERS", server.url)
+        monkeypatch.setenv("JSB_ADMIN_USER", "ops")
+        monkeypatch.setenv("JSB_ADMIN_PASSWORD", "ops-secret")
+        args = build_parser().parse_args(["status", "--stream", "dlq-sync", "--json"])
+        out = io.StringIO()
+        assert await status.run_async(args, out) == 0
+        assert sorted(row["app"] for row in json.loads(out.getvalue())) == ["billing", "orders"]
+        monkeypatch.setenv("JSB_ADMIN_PASSWORD", "wrong")
+        args = build_parser().parse_args(["dlq", "list", "--stream", "dlq-sync", "--app", "billing"])
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert await dlq.run_async(args, io.StringIO()) == 1
+        assert "as user 'ops'" in err.getvalue() and "wrong" not in err.getvalue()
