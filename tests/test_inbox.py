@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -132,3 +133,35 @@ async def test_cleanup_deletes_only_rows_past_the_retention(open_pair, engine):
         left = {r[0] for r in conn.execute(select(inbox_table.c.event_id))}
         assert conn.execute(select(func.count()).select_from(inbox_table)).scalar_one() == 2
     assert not left & set(old)
+
+
+@pytest.mark.parametrize("open_pair", [FAST], indirect=True)
+async def test_a_redelivery_to_a_second_consumer_while_the_first_still_handles_waits_and_is_a_duplicate(
+    open_pair, engine
+):
+    """Two consumers of one durable in one process. The first holds the event's transaction open past
+    the ack wait (no in_progress), so the server redelivers to the second: its transaction must wait
+    for the first without blocking the event loop, then find the row."""
+    bridge = open_pair.bridges["billing"]
+    inbox = Inbox(engine, bridge)
+    calls = 0
+
+    async def slow_apply(event: Event, delivery: Delivery, session: Session) -> None:
+        nonlocal calls
+        calls += 1
+        session.execute(effects.insert().values(event_id=event.event_id))
+        await asyncio.sleep(1.6)  # past the 1 s ack wait
+
+    async with BridgeClient(open_pair.bridges["orders"]) as orders, BridgeClient(bridge) as billing:
+        event = orders.event("order.created", "order", 1, {})
+        await orders.publish_event(event)
+        handler = inbox.handler(slow_apply)
+        consumers = [billing.consumer(handler, fetch_timeout=0.2, progress_interval=3600) for _ in range(2)]
+        tasks = [asyncio.create_task(c.run()) for c in consumers]
+        started = time.monotonic()
+        await wait_for(lambda: inbox.stats.handled == 1 and inbox.stats.duplicates == 1, timeout=8)
+        assert time.monotonic() - started < 5
+        for consumer in consumers:
+            await consumer.stop()
+        await asyncio.gather(*tasks)
+    assert calls == 1 and effect_ids(engine) == [event.event_id]

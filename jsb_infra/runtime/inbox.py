@@ -20,7 +20,9 @@ consumer's redelivery span (`minimum_retention`). `cleanup()` deletes older rows
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +41,23 @@ TransactionalHandler = Callable[[Event, Delivery, Session], Awaitable[None]]
 StepHook = Callable[[str, int], None]
 
 DEFAULT_DUPLICATE_WINDOW_NS = 120 * 1_000_000_000  # nats-server's default, and the spec's
+
+
+_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _transaction_lock(engine: Engine) -> asyncio.Lock:
+    """One inbox transaction at a time per engine in this process.
+
+    The session is synchronous and `fn` awaits inside its transaction. Were two handlers of one event
+    loop in transactions at once, the second one's statement could wait on the first one's row lock
+    (the same event redelivered to a second consumer, or the same business row) while blocking the
+    loop the first one needs to commit: a deadlock. Consumers answer one message at a time anyway.
+    """
+    lock = _locks.get(engine)
+    if lock is None:
+        lock = _locks[engine] = asyncio.Lock()
+    return lock
 
 
 def redelivery_span_ns(consumer: ConsumerOutputs) -> int:
@@ -106,6 +125,10 @@ class Inbox:
         stats = self.stats
 
         async def handle(event: Event, delivery: Delivery) -> None:
+            async with _transaction_lock(self.engine):
+                await run(event, delivery)
+
+        async def run(event: Event, delivery: Delivery) -> None:
             started = time.perf_counter()
             try:
                 with Session(self.engine) as session, session.begin():
