@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from jsb_infra.outputs import ConsumerOutputs
 from jsb_infra.runtime import BridgeClient, Delivery, Event, encode
 from jsb_infra.runtime.inbox import Inbox, minimum_retention, redelivery_span_ns
+from jsb_infra.runtime.outbox import Outbox, OutboxRelay
 from jsb_infra.runtime.storage import create_schema, engine_for_url, inbox_table, utc_now
 
 S = 1_000_000_000
@@ -165,3 +166,44 @@ async def test_a_redelivery_to_a_second_consumer_while_the_first_still_handles_w
             await consumer.stop()
         await asyncio.gather(*tasks)
     assert calls == 1 and effect_ids(engine) == [event.event_id]
+
+
+async def test_a_handler_records_its_follow_up_event_in_the_same_transaction(open_pair, engine):
+    """billing handles order.created and records invoice.created in the inbox's session: effect, inbox
+    row and outbox row commit together; a failed attempt leaves no follow-up behind."""
+    billing_bridge = open_pair.bridges["billing"]
+    inbox = Inbox(engine, billing_bridge)
+    outbox = Outbox(billing_bridge)
+
+    async def apply(event: Event, delivery: Delivery, session: Session) -> None:
+        session.execute(effects.insert().values(event_id=event.event_id))
+        outbox.record(session, outbox.event("invoice.created", "invoice", event.resource_id, {}))
+        if delivery.count == 1:
+            raise RuntimeError("first attempt fails after recording")
+
+    received: list[Event] = []
+
+    async def on_invoice(event: Event, delivery: Delivery) -> None:
+        received.append(event)
+
+    async with (
+        BridgeClient(open_pair.bridges["orders"]) as orders,
+        BridgeClient(billing_bridge) as billing,
+    ):
+        await orders.publish_event(orders.event("order.created", "order", 7, {}))
+        relay = OutboxRelay(billing, engine, poll_interval=0.05)
+        workers = [
+            billing.consumer(inbox.handler(apply), fetch_timeout=0.2),
+            orders.consumer(on_invoice, fetch_timeout=0.2),
+        ]
+        tasks = [asyncio.create_task(relay.run()), *(asyncio.create_task(w.run()) for w in workers)]
+        await wait_for(lambda: len(received) == 1)
+        await asyncio.sleep(0.3)
+        await relay.stop()
+        for worker in workers:
+            await worker.stop()
+        await asyncio.gather(*tasks)
+    assert [(e.event_type, e.producer, e.resource_id) for e in received] == [
+        ("invoice.created", "billing", "7")
+    ]
+    assert relay.stats.published == 1 and len(effect_ids(engine)) == 1
