@@ -179,10 +179,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 class OpenPair:
     """A pair provisioned on an open server (no auth): for tests where permissions are not the point."""
 
-    def __init__(self, url: str, pair: Pair):
-        self.url = url
+    def __init__(self, server: LocalNatsServer, pair: Pair):
+        self.server = server
+        self.url = server.url
         self.pair = pair
-        self.bridges = {app: bridge_outputs(pair, app, [url]) for app in pair.apps}
+        self.bridges = {app: bridge_outputs(pair, app, [self.url]) for app in pair.apps}
 
     async def admin(self) -> NATS:
         return await nats.connect(self.url)
@@ -195,4 +196,4 @@ async def open_pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     pair = parse_pairs([spec]).pairs[0]
     with LocalNatsServer(store_dir=tmp_path / "nats") as server:
         await provision(server.url, pair, open_server=True)
-        yield OpenPair(server.url, pair)
+        yield OpenPair(server, pair)

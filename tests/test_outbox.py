@@ -185,3 +185,28 @@ async def test_a_row_that_commits_after_later_rows_is_still_published(open_pair,
         await task
     ids = [json.loads(b)["event_id"] for b in await stream_bodies(open_pair, bridge.publish_subject)]
     assert ids == [e.event_id for e in fast] + [slow.event_id]
+
+
+async def test_the_relay_waits_out_a_server_outage_and_publishes_each_row_once(open_pair, engine):
+    bridge = open_pair.bridges["orders"]
+    outbox = Outbox(bridge)
+    events = [outbox.event("order.created", "order", n, {}) for n in range(200)]
+    with Session(engine) as session, session.begin():
+        outbox.record_many(session, events)
+    client = BridgeClient(bridge, publish_timeout=0.5, publish_attempts=2, reconnect_time_wait=0.1)
+    await client.connect()
+    open_pair.server.stop(kill=True)
+    relay = OutboxRelay(
+        client, engine, batch=50, poll_interval=0.05, error_backoff=0.2, max_error_backoff=0.5
+    )
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(1.0)  # the relay sees the client reconnecting: it claims, gives back, waits
+    assert relay.stats.published == 0 and pending_count(engine) == 200
+    await asyncio.to_thread(open_pair.server.start)
+    while pending_count(engine):
+        await asyncio.sleep(0.05)
+    await relay.stop()
+    await task
+    await client.close()
+    bodies = await stream_bodies(open_pair, bridge.publish_subject)
+    assert sorted(json.loads(b)["event_id"] for b in bodies) == sorted(e.event_id for e in events)

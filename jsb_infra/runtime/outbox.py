@@ -129,7 +129,7 @@ class OutboxRelay:
         poll_interval: float = 0.2,
         lease_ttl: float = 15.0,
         error_backoff: float = 1.0,
-        max_error_backoff: float = 30.0,
+        max_error_backoff: float = 5.0,
         holder: str | None = None,
         on_step: StepHook | None = None,
     ):
@@ -172,23 +172,27 @@ class OutboxRelay:
         pause = self.error_backoff
         ahead: asyncio.Future[_Claim | None] | None = None
         marking: asyncio.Future[None] | None = None
+        held: _Claim | None = None  # claimed, not yet handed to a mark: released if anything fails
         try:
             while not self._stopping:
                 try:
-                    claim = await ahead if ahead is not None else await self._db(self._claim, None)
+                    held = await ahead if ahead is not None else await self._db(self._claim, None)
                     ahead = None
-                    if claim is None or not claim.rows:
+                    if held is None or not held.rows:
+                        held = None
                         await self._sleep(self.poll_interval)
                         continue
                     # PostgreSQL: SKIP LOCKED already passes over this batch (its transaction is open), and
                     # a row whose id was taken before this batch's but that committed later is still
                     # found. SQLite: writers are serialized, so ids come in commit order; read past it.
-                    after = None if self._row_locks else claim.rows[-1][0]
+                    after = None if self._row_locks else held.rows[-1][0]
                     ahead = asyncio.ensure_future(self._db(self._claim, after))
-                    sent, failures, results = await self._publish(claim)
+                    sent, failures, results = await self._publish(held)
                     if marking is not None:
-                        await marking
-                    marking = asyncio.ensure_future(self._db(self._finish, claim, sent, failures))
+                        previous, marking = marking, None
+                        await previous
+                    marking = asyncio.ensure_future(self._db(self._finish, held, sent, failures))
+                    held = None
                     self._count(sent, failures, results)
                     if not failures:
                         pause = self.error_backoff
@@ -196,25 +200,33 @@ class OutboxRelay:
                     failure: BaseException | str = f"{len(failures)} row(s) not published"
                 except Exception as err:  # the database or the connection is down: try again later
                     failure = err
-                await self._discard(ahead)
-                ahead = None
-                if marking is not None:
-                    with contextlib.suppress(Exception):
-                        await marking
-                    marking = None
+                await self._let_go(ahead, held, marking)
+                ahead, held, marking = None, None, None
                 log.error("outbox relay %s: %s; retrying in %.1fs", self.subject, failure, pause)
                 await self._sleep(pause)
                 pause = min(pause * 2, self.max_error_backoff)
         finally:
-            await self._discard(ahead)
-            if marking is not None:
-                try:
-                    await marking
-                except Exception as err:  # the rows stay pending; the next relay publishes them again
-                    log.error("outbox relay %s: marking the last batch failed: %r", self.subject, err)
+            await self._let_go(ahead, held, marking)
             self._running = False
             self._finished.set()
         return self.stats
+
+    async def _let_go(
+        self,
+        ahead: asyncio.Future[_Claim | None] | None,
+        held: _Claim | None,
+        marking: asyncio.Future[None] | None,
+    ) -> None:
+        """After a failure or at the end: give back the claims not marked, let the mark under way end."""
+        await self._discard(ahead)
+        if held is not None:
+            with contextlib.suppress(Exception):
+                await self._release(held)
+        if marking is not None:
+            try:
+                await marking
+            except Exception as err:  # the rows stay pending; they are published again (duplicates)
+                log.error("outbox relay %s: marking a batch sent failed: %r", self.subject, err)
 
     async def _discard(self, ahead: asyncio.Future[_Claim | None] | None) -> None:
         """Give back a claim made ahead (PostgreSQL: roll back, releasing its row locks)."""
@@ -278,6 +290,10 @@ class OutboxRelay:
 
     async def _publish(self, claim: _Claim) -> tuple[list[int], list[tuple[int, str]], list[Any]]:
         """Publish a claimed batch; returns (sent row ids, (row id, error) of the others, results)."""
+        if not self.client.nc.is_connected:
+            # publish_batch would give each event its own bounded retries (a long stall for a batch):
+            # while the client reconnects, give the claim back and wait instead.
+            raise ConnectionError(f"{self.client.name} is not connected (reconnecting); waiting")
         self._step("claimed", len(claim.rows))
         loads = json.loads
         events = [Event(**loads(body)) for _, body in claim.rows]
