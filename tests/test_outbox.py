@@ -8,16 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime import BridgeClient
-from jsb_infra.runtime.outbox import Outbox, OutboxRelay, pending_count
-from jsb_infra.runtime.storage import create_schema, engine_for_url, outbox_table
+from jsb_infra.runtime.outbox import Outbox, OutboxRelay, pending_count, purge_sent
+from jsb_infra.runtime.storage import create_schema, engine_for_url, outbox_table, utc_now
 
 
 async def stream_bodies(pp, subject: str) -> list[bytes]:
@@ -210,3 +211,22 @@ async def test_the_relay_waits_out_a_server_outage_and_publishes_each_row_once(o
     await client.close()
     bodies = await stream_bodies(open_pair, bridge.publish_subject)
     assert sorted(json.loads(b)["event_id"] for b in bodies) == sorted(e.event_id for e in events)
+
+
+async def test_purge_sent_deletes_only_rows_sent_long_enough_ago(open_pair, engine):
+    bridge = open_pair.bridges["orders"]
+    outbox = Outbox(bridge)
+    with Session(engine) as session, session.begin():
+        outbox.record_many(session, [outbox.event("order.created", "order", n, {}) for n in range(6)])
+    async with BridgeClient(bridge) as client:
+        relay = OutboxRelay(client, engine, batch=4)
+        assert await relay.relay_once() == (4, 0)  # rows 1-4 sent, 5-6 pending
+        await relay.stop()
+    with engine.begin() as conn:  # rows 1-2 were sent two days ago
+        conn.execute(
+            update(outbox_table).where(outbox_table.c.id <= 2).values(sent_at=utc_now() - timedelta(days=2))
+        )
+    assert purge_sent(engine, timedelta(days=1)) == 2
+    with engine.connect() as conn:
+        left = [row[0] for row in conn.execute(select(outbox_table.c.id).order_by(outbox_table.c.id))]
+    assert left == [3, 4, 5, 6] and pending_count(engine) == 2

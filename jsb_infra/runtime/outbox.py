@@ -426,7 +426,8 @@ def pending_count(engine: Engine, subject: str | None = None) -> int:
 
 
 def purge_sent(engine: Engine, older_than: timedelta) -> int:
-    """Delete rows sent more than `older_than` ago; returns how many."""
+    """Delete rows sent more than `older_than` ago; returns how many. A scan of the table (`sent_at`
+    has no index, which would cost every mark): run it from a periodic job."""
     t = outbox_table
     with engine.begin() as conn:
         result = conn.execute(delete(t).where(t.c.sent_at.is_not(None), t.c.sent_at < utc_now() - older_than))

@@ -62,7 +62,8 @@ Index(
     postgresql_where=text("sent_at IS NULL"),
     sqlite_where=text("sent_at IS NULL"),
 )
-Index("jsb_outbox_sent_at", outbox_table.c.sent_at)
+# No index on sent_at: marking a batch sent would maintain it on the relay's hot path, for the sake of
+# `purge_sent`, an occasional maintenance scan.
 
 inbox_table = Table(
     "jsb_inbox",
