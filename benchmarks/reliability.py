@@ -243,5 +243,5 @@ if __name__ == "__main__":
     parser.add_argument(
         "--batch", type=int, default=500, help="relay batch, and the client's publish_batch size"
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     asyncio.run(main(parser.parse_args()))

@@ -135,8 +135,9 @@ async def replay_one(admin: JetStreamAdmin, stream: str, letter: DeadLetter) -> 
 # -- commands -------------------------------------------------------------------------------------
 def _row(letter: DeadLetter) -> str:
     error = letter.error if len(letter.error) <= 60 else letter.error[:57] + "..."
+    when = letter.time[:19].replace("T", " ")
     return (
-        f"{letter.seq:>7}  {letter.time[:19]:<19}  {letter.reason:<11} {letter.delivery_count:>4}  "
+        f"{letter.seq:>7}  {when:<19}  {letter.reason:<11} {letter.delivery_count:>4}  "
         f"{letter.original_subject:<24} {letter.event_type:<20} {letter.event_id:<36}  {error}"
     )
 
