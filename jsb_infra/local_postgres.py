@@ -84,7 +84,13 @@ class LocalPostgres:
         data = self.base_dir / "data"
         self.socket_dir.mkdir()
         if os.geteuid() == 0:
-            entry = pwd.getpwnam(self.run_as)
+            try:
+                entry = pwd.getpwnam(self.run_as)
+            except KeyError:
+                raise RuntimeError(
+                    f"run_as: PostgreSQL refuses to run as root and there is no user {self.run_as!r} to run "
+                    "it as; create one or pass run_as= an unprivileged user"
+                ) from None
             for path in (self.base_dir, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self._run(
