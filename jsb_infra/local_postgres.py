@@ -78,21 +78,37 @@ class LocalPostgres:
 
     def start(self, timeout: float = 30.0) -> LocalPostgres:
         bin_dir = postgres_bin_dir()
-        # A short path of its own under /tmp: unix socket paths are limited to ~107 bytes, and the
-        # unprivileged user must be able to reach it (pytest's tmp dirs are private to root).
-        self.base_dir = Path(tempfile.mkdtemp(prefix="jsb-pg-", dir="/tmp"))
-        data = self.base_dir / "data"
-        self.socket_dir.mkdir()
+        owner = None
         if os.geteuid() == 0:
             try:
-                entry = pwd.getpwnam(self.run_as)
+                owner = pwd.getpwnam(self.run_as)
             except KeyError:
                 raise RuntimeError(
                     f"run_as: PostgreSQL refuses to run as root and there is no user {self.run_as!r} to run "
                     "it as; create one or pass run_as= an unprivileged user"
                 ) from None
+        # A short path of its own under /tmp: unix socket paths are limited to ~107 bytes, and the
+        # unprivileged user must be able to reach it (pytest's tmp dirs are private to root).
+        self.base_dir = Path(tempfile.mkdtemp(prefix="jsb-pg-", dir="/tmp"))
+        try:
+            self._init_and_start(bin_dir, owner, timeout)
+        except BaseException:
+            log = self.base_dir / "postgres.log"
+            detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+            if detail:
+                raise RuntimeError(f"PostgreSQL did not start; its log ends:\n{detail}") from None
+            raise
+        return self
+
+    def _init_and_start(self, bin_dir: Path, owner: pwd.struct_passwd | None, timeout: float) -> None:
+        assert self.base_dir is not None
+        data = self.base_dir / "data"
+        self.socket_dir.mkdir()
+        if owner is not None:
             for path in (self.base_dir, self.socket_dir):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+                os.chown(path, owner.pw_uid, owner.pw_gid)
         self._run(
             [
                 str(bin_dir / "initdb"),
@@ -123,7 +139,6 @@ class LocalPostgres:
                 "start",
             ]
         )
-        return self
 
     def stop(self) -> None:
         """Stop the server (immediate: its data is thrown away) and delete the cluster."""
