@@ -39,6 +39,7 @@ down: install
 
 bench: install
 	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) .jsb

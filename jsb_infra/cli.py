@@ -173,6 +173,21 @@ def _add_doctor(subparsers: Any) -> None:
     parser.set_defaults(handler=doctor.run)
 
 
+def _add_reliability(subparsers: Any) -> None:
+    """`relay` (outbox relay process), `dlq` and `status` (operator commands, admin credentials)."""
+    from jsb_infra import dlq, status
+    from jsb_infra.runtime import relay
+
+    for name, module, help_text in (
+        ("relay", relay, "publish an app's outbox rows (needs the db extra)"),
+        ("dlq", dlq, "list, show, replay or purge an app's dead letters (admin)"),
+        ("status", status, "pending, in flight, redelivered and DLQ per app (admin)"),
+    ):
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(parser)
+        parser.set_defaults(handler=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jsb-infra", description="Typed JetStream app-pair topology and least-privilege permissions."
@@ -231,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=export_command.run)
 
     _add_doctor(subparsers)
+    _add_reliability(subparsers)
     return parser
 
 

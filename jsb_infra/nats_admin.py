@@ -8,6 +8,7 @@ providers build inside each call from stack config: they are never resource inpu
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -23,6 +24,30 @@ from jsb_infra.retry import RetryPolicy, retrying
 API = "$JS.API"
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
+NO_MESSAGE_FOUND = 10037
+
+
+class StoredMessage(BaseModel):
+    """One message as `STREAM.MSG.GET` returns it, headers and body decoded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stream: str
+    seq: int
+    subject: str
+    time: str
+    headers: dict[str, str]
+    data: bytes
+
+
+def parse_headers(block: bytes) -> dict[str, str]:
+    """A NATS header block (`NATS/1.0` line, `Key: value` lines) as a dict; a repeated key: the last."""
+    headers: dict[str, str] = {}
+    for line in block.decode(errors="replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key:
+            headers[key.strip()] = value.strip()
+    return headers
 
 
 class AdminConnection(BaseModel):
@@ -131,6 +156,59 @@ class JetStreamAdmin:
                 return False
             raise
 
+    async def stream_info_subjects(self, name: str, subjects_filter: str) -> dict[str, Any] | None:
+        """Stream info whose `state.subjects` counts the messages per subject matching the filter."""
+        try:
+            return await self._request(f"{API}.STREAM.INFO.{name}", {"subjects_filter": subjects_filter})
+        except JetStreamApiError as err:
+            if err.err_code == STREAM_NOT_FOUND:
+                return None
+            raise
+
+    async def get_message(
+        self, stream: str, seq: int, next_by_subject: str | None = None
+    ) -> StoredMessage | None:
+        """The message at `seq`, or with `next_by_subject` the first one on that subject at or after `seq`;
+        None when there is none."""
+        body: dict[str, Any] = {"seq": seq}
+        if next_by_subject is not None:
+            body["next_by_subj"] = next_by_subject
+        try:
+            reply = await self._request(f"{API}.STREAM.MSG.GET.{stream}", body)
+        except JetStreamApiError as err:
+            if err.err_code == NO_MESSAGE_FOUND:
+                return None
+            raise
+        message = reply["message"]
+        return StoredMessage(
+            stream=stream,
+            seq=int(message["seq"]),
+            subject=message["subject"],
+            time=message.get("time", ""),
+            headers=parse_headers(base64.b64decode(message["hdrs"])) if message.get("hdrs") else {},
+            data=base64.b64decode(message.get("data") or b""),
+        )
+
+    async def messages(self, stream: str, subject: str, start_seq: int = 1) -> AsyncIterator[StoredMessage]:
+        """Every message on `subject` from `start_seq` on, in stream order (one MSG.GET each)."""
+        seq = start_seq
+        while True:
+            message = await self.get_message(stream, seq, next_by_subject=subject)
+            if message is None:
+                return
+            yield message
+            seq = message.seq + 1
+
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        """Remove one message; False when it was not there (any more)."""
+        try:
+            reply = await self._request(f"{API}.STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True})
+        except JetStreamApiError as err:
+            if err.err_code == NO_MESSAGE_FOUND or "not found" in err.description.lower():
+                return False
+            raise
+        return bool(reply.get("success"))
+
     # -- consumers ---------------------------------------------------------------------------------
     async def consumer_info(self, stream: str, name: str) -> dict[str, Any] | None:
         """The consumer's info (`config`, `created`, ...), or None when it (or its stream) does not exist."""
@@ -166,7 +244,7 @@ class JetStreamAdmin:
             page = reply.get("consumers") or []
             names += page
             if not page or len(names) >= int(reply.get("total", 0)):
-                return names
+                return sorted(names)
 
     async def delete_consumer(self, stream: str, name: str) -> bool:
         """Delete the consumer; False when it was already gone."""

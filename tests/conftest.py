@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+import sqlalchemy
 from nats.aio.client import Client as NATS
 
 from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.credentials import new_user_keypair, public_key_of
 from jsb_infra.local_cluster import LocalNatsCluster
+from jsb_infra.local_postgres import LocalPostgres
 from jsb_infra.local_server import LocalNatsServer, env_nats_url
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
@@ -120,9 +123,11 @@ class ProvisionedPair:
         return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
 
 
-async def provision(url: str, pair: Pair, **connect: Any) -> None:
-    """Create the rendered stream and consumers as the admin (`connect`: more nats.connect options)."""
-    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD, **connect)
+async def provision(url: str, pair: Pair, open_server: bool = False, **connect: Any) -> None:
+    """Create the rendered stream and consumers as the admin (with no credentials on an open server;
+    `connect`: more nats.connect options)."""
+    auth = {} if open_server else {"user": ADMIN_USER, "password": ADMIN_PASSWORD}
+    nc = await nats.connect(url, **auth, **connect)
     try:
         admin = JetStreamAdmin(nc)
         await admin.create_stream(stream_config(pair))
@@ -192,3 +197,50 @@ def make_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 def nats_cluster(make_cluster: Callable[..., LocalNatsCluster]) -> LocalNatsCluster:
     """A started 3-node cluster with the default admin account."""
     return make_cluster()
+
+
+# -- databases for the outbox and inbox: SQLite files and a throwaway PostgreSQL cluster -----------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[LocalPostgres]:
+    """One PostgreSQL cluster for the session (initdb takes seconds); each test gets its own database."""
+    with LocalPostgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    cluster: LocalPostgres = request.getfixturevalue("postgres_cluster")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(cluster.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return cluster.url.replace(f"/{cluster.database}?", f"/{name}?")
+
+
+class OpenPair:
+    """A pair provisioned on an open server (no auth): for tests where permissions are not the point."""
+
+    def __init__(self, server: LocalNatsServer, pair: Pair):
+        self.server = server
+        self.url = server.url
+        self.pair = pair
+        self.bridges = {app: bridge_outputs(pair, app, [self.url]) for app in pair.apps}
+
+    async def admin(self) -> NATS:
+        return await nats.connect(self.url)
+
+
+@pytest.fixture
+async def open_pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenPair]:
+    """The default pair (or `indirect=True` param) on its own open embedded nats-server."""
+    spec = getattr(request, "param", None) or DEFAULT_PAIR
+    pair = parse_pairs([spec]).pairs[0]
+    with LocalNatsServer(store_dir=tmp_path / "nats") as server:
+        await provision(server.url, pair, open_server=True)
+        yield OpenPair(server, pair)
