@@ -13,6 +13,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -118,9 +119,9 @@ class ProvisionedPair:
         return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
 
 
-async def provision(url: str, pair: Pair) -> None:
-    """Create the rendered stream and consumers as the admin."""
-    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+async def provision(url: str, pair: Pair, options: dict[str, Any] | None = None) -> None:
+    """Create the rendered stream and consumers as the admin (`options`: how else it connects)."""
+    nc = await nats.connect(url, **(options or {"user": ADMIN_USER, "password": ADMIN_PASSWORD}))
     try:
         admin = JetStreamAdmin(nc)
         await admin.create_stream(stream_config(pair))

@@ -23,6 +23,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -30,7 +31,9 @@ import nkeys
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, pairs_server_config, provision
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
+from operator_support import Operator, issue_layout
 
 from jsb_infra import names
 from jsb_infra.credentials import new_user_keypair, public_key_of
@@ -57,16 +60,25 @@ QUIET = 0.3  # how long to wait for anything an attack might have caused to show
 class World:
     """The server, the victims' listeners and what each of them received."""
 
-    def __init__(self, server: LocalNatsServer, seeds: dict[str, str]):
+    def __init__(
+        self,
+        server: LocalNatsServer,
+        seeds: dict[str, str],
+        app_options: Callable[[str], dict[str, Any]] | None = None,
+        admin_options: dict[str, Any] | None = None,
+    ):
+        """`app_options(app)`: how an app connects (default: its NKey seed from `seeds`)."""
         self.server = server
         self.seeds = seeds
         self.url = server.url
+        self.app_options = app_options or (lambda app: {"nkeys_seed_str": seeds[app]})
+        self.admin_options = admin_options or {"user": ADMIN_USER, "password": ADMIN_PASSWORD}
         self.victim_inbox: dict[str, list[Msg]] = {app: [] for app in VICTIMS}
         self.victim_conns: list[NATS] = []
         self.in_flight: dict[tuple[str, str], Msg] = {}
 
     async def admin(self) -> NATS:
-        return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        return await nats.connect(self.url, **self.admin_options)
 
     async def snapshot(self) -> dict[str, Any]:
         """What must not change: streams with their messages, every victim consumer's counters."""
@@ -111,9 +123,7 @@ async def _seed_victims(world: World) -> None:
     finally:
         await nc.close()
     for app in VICTIMS:
-        nc = await nats.connect(
-            world.url, nkeys_seed_str=world.seeds[app], inbox_prefix=names.inbox_prefix(app)
-        )
+        nc = await nats.connect(world.url, **world.app_options(app), inbox_prefix=names.inbox_prefix(app))
         world.victim_conns.append(nc)
         inbox = world.victim_inbox[app]
 
@@ -167,10 +177,36 @@ def strip_user_permissions(config: str, nkey: str) -> str:
     return stripped
 
 
-@pytest.fixture(params=["rendered", "account-only"])
-async def arena(request: pytest.FixtureRequest, make_server: Callable[..., LocalNatsServer]) -> Any:
-    """The world as rendered, and with the attacker's subject permissions stripped."""
-    world = await build_world(make_server, strip=request.param == "account-only")
+async def build_jwt_world(make_server: Callable[..., LocalNatsServer], resolver_dir: Path) -> World:
+    """The three pairs on a server in operator mode, their accounts and users issued as JWTs by the
+    JWT-mode providers and pushed to its full resolver; every app connects with its `.creds`."""
+    operator = Operator()
+    server = make_server(operator.server_config(resolver_dir))
+    issued = await asyncio.to_thread(issue_layout, server.url, operator, list(PAIRS))
+    deploy = {"user_credentials": RawCredentials(operator.deploy_creds)}
+    for pair in PAIRS:
+        await provision(server.url, pair, deploy)
+    world = World(
+        server,
+        {app: issued.apps[app]["user_seed"] for app in issued.apps},
+        app_options=lambda app: {"user_credentials": RawCredentials(issued.creds(app))},
+        admin_options=deploy,
+    )
+    await _seed_victims(world)
+    return world
+
+
+@pytest.fixture(params=["rendered", "account-only", "jwt"])
+async def arena(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., LocalNatsServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:
+    """The world as rendered, with the attacker's subject permissions stripped, and in JWT mode."""
+    if request.param == "jwt":
+        world = await build_jwt_world(make_server, tmp_path_factory.mktemp("resolver"))
+    else:
+        world = await build_world(make_server, strip=request.param == "account-only")
     yield world
     for nc in world.victim_conns:
         await nc.close()
@@ -198,7 +234,7 @@ async def connect_attacker(world: World) -> Attacker:
 
     nc = await nats.connect(
         world.url,
-        nkeys_seed_str=world.seeds[ATTACKER],
+        **world.app_options(ATTACKER),
         inbox_prefix=names.inbox_prefix(ATTACKER),
         error_cb=on_error,
         allow_reconnect=False,
@@ -403,9 +439,7 @@ async def test_subscribing_to_everything_sees_nothing_of_others(arena):
         for app in pair.apps:
             if app == ATTACKER:
                 continue
-            nc = await nats.connect(
-                world.url, nkeys_seed_str=world.seeds[app], inbox_prefix=names.inbox_prefix(app)
-            )
+            nc = await nats.connect(world.url, **world.app_options(app), inbox_prefix=names.inbox_prefix(app))
             js = nc.jetstream()
             await js.publish(names.publish_subject(app, pair.destination(app)), VICTIM_PAYLOAD + b"-live")
             sub = await js.pull_subscribe_bind(durable=names.durable_name(app), stream=pair.stream)

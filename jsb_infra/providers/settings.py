@@ -5,7 +5,8 @@ The settings are kept in this module's registry, never on the provider object: t
 pickled into every resource's state (`__provider`), so anything stored on it would land in state.
 
 Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (secret object: user,
-password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional).
+password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional), and
+for JWT mode the secrets `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
 The engine passes structured values as JSON text (and may pass them decoded); both are accepted.
 """
 
@@ -16,15 +17,18 @@ import threading
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jsb_infra import nats_admin
+from jsb_infra import nats_admin, resolver
 from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
 
 PROJECT = "jsb"
 SERVERS_KEY = f"{PROJECT}:servers"
 ADMIN_KEY = f"{PROJECT}:admin"
 OUTPUT_DIR_KEY = f"{PROJECT}:outputDir"
+OPERATOR_SIGNING_KEY = f"{PROJECT}:operatorSigningKey"
+SYSTEM_CREDS_KEY = f"{PROJECT}:systemCreds"
 ADMIN_FIELDS = ("user", "password", "token", "nkey_seed", "creds_file", "tls_ca", "tls_cert", "tls_key")
 
 
@@ -40,6 +44,26 @@ class ProviderSettings(BaseModel):
     servers: list[str] = []
     admin: dict[str, str] = {}
     output_dir: str | None = None
+    operator_signing_key: str | None = None
+    system_creds: str | None = None
+
+    def signing_seed(self) -> str:
+        """The operator signing key (JWT mode); raises with the config key to set when it is missing."""
+        if not self.operator_signing_key:
+            raise ProviderSettingsError(
+                f"{OPERATOR_SIGNING_KEY} is not set: run "
+                f"`pulumi config set --secret {OPERATOR_SIGNING_KEY} SO...`"
+            )
+        return self.operator_signing_key
+
+    def system_user_creds(self) -> str:
+        """The system account user's `.creds` text (JWT mode); raises with the key to set when missing."""
+        if not self.system_creds:
+            raise ProviderSettingsError(
+                f"{SYSTEM_CREDS_KEY} is not set: run `pulumi config set --secret {SYSTEM_CREDS_KEY} "
+                '"$(cat sys.creds)"`'
+            )
+        return self.system_creds
 
     def admin_connection(self) -> AdminConnection:
         """The admin connection; raises with the config key to set when no server is configured."""
@@ -91,11 +115,25 @@ def settings_from_config(raw: Any) -> ProviderSettings:
     output_dir = raw.get(OUTPUT_DIR_KEY)
     if output_dir is not None and not isinstance(output_dir, str):
         raise ProviderSettingsError(f"{OUTPUT_DIR_KEY}: must be a directory path")
+    jwt_secrets = jwt_settings(raw)
     try:
-        return ProviderSettings(servers=servers, admin=admin, output_dir=output_dir or None)
+        return ProviderSettings(servers=servers, admin=admin, output_dir=output_dir or None, **jwt_secrets)
     except ValidationError as err:  # never echo the values: they may be secret
         fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in err.errors()}))
         raise ProviderSettingsError(f"provider settings invalid in field(s): {fields}") from None
+
+
+def jwt_settings(raw: Any) -> dict[str, str | None]:
+    """The JWT-mode secrets: an operator signing key seed (`SO...`) and the system user's `.creds` text."""
+    signing = raw.get(OPERATOR_SIGNING_KEY)
+    if signing is not None and not (isinstance(signing, str) and signing.startswith("SO")):
+        raise ProviderSettingsError(f"{OPERATOR_SIGNING_KEY}: must be an operator NKey seed (SO...)")
+    creds = raw.get(SYSTEM_CREDS_KEY)
+    if creds is not None and not (isinstance(creds, str) and "BEGIN NATS USER JWT" in creds):
+        raise ProviderSettingsError(
+            f"{SYSTEM_CREDS_KEY}: must be the text of a .creds file (a user JWT and seed)"
+        )
+    return {"operator_signing_key": signing or None, "system_creds": creds or None}
 
 
 def configure(raw: Any) -> None:
@@ -115,3 +153,10 @@ def current() -> ProviderSettings:
 def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
     """An admin session with the configured connection, for the length of one provider call."""
     return nats_admin.admin_session(current().admin_connection())
+
+
+def system_session() -> AbstractAsyncContextManager[NATS]:
+    """A connection as the system account's user (JWT mode), with the admin's servers and TLS."""
+    current_settings = current()
+    tls = current_settings.admin_connection().connect_options().get("tls")
+    return resolver.system_session(current_settings.servers, current_settings.system_user_creds(), tls)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import nkeys
+from nats.aio.client import RawCredentials
 from pydantic import ValidationError
 
+from jsb_infra.jwt_claims import JwtError, decode, parse_creds
 from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, ConsumerOutputs
 from jsb_infra.spec import problems_of
 
@@ -184,9 +186,13 @@ class Credentials:
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    creds: str | None = None
+    """The text of a `.creds` document (JWT mode's `credentials` output), not a path."""
 
     @property
     def method(self) -> str:
+        if self.creds:
+            return "creds"
         if self.nkey_seed:
             return "nkey"
         if self.creds_file:
@@ -199,6 +205,8 @@ class Credentials:
 
     def describe(self) -> str:
         """The method and a public identity, never a secret."""
+        if self.creds:
+            return f"user JWT {nkeys.from_seed(parse_creds(self.creds)[1].encode()).public_key.decode()}"
         if self.nkey_seed:
             return f"nkey {nkeys.from_seed(self.nkey_seed.encode()).public_key.decode()}"
         if self.creds_file:
@@ -209,6 +217,8 @@ class Credentials:
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect`."""
+        if self.creds:
+            return {"user_credentials": RawCredentials(self.creds)}
         if self.nkey_seed:
             return {"nkeys_seed_str": self.nkey_seed}
         if self.creds_file:
@@ -285,6 +295,15 @@ def parse_app_credentials(data: Any, where: str = "credentials") -> Credentials:
     creds = _checked(Credentials(nkey_seed=entry.seed), where)
     if nkeys.from_seed(entry.seed.encode()).public_key.decode() != entry.public_key:
         raise BridgeConfigError([f"{where}.public_key: does not belong to the seed given beside it"])
+    if entry.creds is not None:  # JWT mode: the server wants the user JWT, signed with this seed
+        try:
+            user_jwt, seed = parse_creds(entry.creds)
+            subject = decode(user_jwt)["sub"]
+        except JwtError as err:
+            raise BridgeConfigError([f"{where}.creds: {err}"]) from None
+        if seed != entry.seed or subject != entry.public_key:
+            raise BridgeConfigError([f"{where}.creds: its user is not the public_key/seed given beside it"])
+        return Credentials(creds=entry.creds)
     return creds
 
 
