@@ -13,7 +13,7 @@ from jsb_infra.accounts import AccountLayout
 from jsb_infra.auth import KEY as AUTH_KEY
 from jsb_infra.auth import AuthSettings, parse_auth
 from jsb_infra.providers.accounts_include import AccountsInclude
-from jsb_infra.providers.jwt_accounts import AppAccountJwt, JetStreamAccountJwt
+from jsb_infra.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 from jsb_infra.spec import ConfigError
 
 
@@ -24,10 +24,12 @@ def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulum
     account's key, and the `.creds` document (user JWT + seed) the runtime client connects with.
     """
     assert auth.jetstream_account is not None
+    signing = AccountSigningKey("jetstream-signing-key", auth.jetstream_account)
     jetstream = JetStreamAccountJwt(
         "jetstream-account",
         name=layout.jetstream_account,
         public_key=auth.jetstream_account,
+        signing_key=signing.public_key,
         exports=[
             {"subject": service.subject, "response_type": service.response_type}
             for service, _ in layout.exports()
@@ -45,8 +47,9 @@ def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulum
             publish=list(account.publish),
             subscribe=list(account.subscribe),
             jetstream_account=auth.jetstream_account,
-            jetstream_signing_seed=jetstream.signing_seed,
+            jetstream_signing_seed=signing.seed,
             rotate=auth.rotate.get(account.app, ""),
+            opts=pulumi.ResourceOptions(depends_on=[jetstream]),  # its exports and signing key first
         )
         entries[account.app] = pulumi.Output.from_input(
             {

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nkeys
+from nacl.signing import VerifyKey
 
 from jsb_infra.accounts import STANDARD_CONNECTIONS, AccountLayout, AppAccount
 
@@ -96,6 +97,14 @@ def encode(claims: Mapping[str, Any], signer_seed: str, issued_at: int | None = 
     return f"{signing_input}.{_b64(keys.sign(signing_input.encode()))}"
 
 
+def verify_key(public: str) -> VerifyKey:
+    """The Ed25519 key of an NKey public key: base32 of prefix byte, 32 key bytes, CRC-16 (nkeys)."""
+    raw = base64.b32decode(public + "=" * (-len(public) % 8))
+    if len(raw) != 35 or nkeys.crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
+        raise JwtError(f"{public[:8]}...: not an NKey public key")
+    return VerifyKey(raw[1:33])
+
+
 def decode(token: str, verify: bool = True) -> dict[str, Any]:
     """The claims of a NATS JWT; with `verify`, its signature must be the issuer's (`iss`)."""
     parts = token.strip().split(".")
@@ -111,8 +120,7 @@ def decode(token: str, verify: bool = True) -> dict[str, Any]:
         raise JwtError(f"unsupported JWT algorithm {header.get('alg')!r}")
     if verify:
         try:
-            issuer = nkeys.KeyPair(public_key=claims["iss"].encode())
-            issuer.verify(f"{parts[0]}.{parts[1]}".encode(), signature)
+            verify_key(claims["iss"]).verify(f"{parts[0]}.{parts[1]}".encode(), signature)
         except Exception:
             raise JwtError("the JWT's signature does not verify with its issuer key") from None
     return dict(claims)

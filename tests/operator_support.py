@@ -21,7 +21,11 @@ from jsb_infra import jwt_claims as jc
 from jsb_infra.accounts import account_layout
 from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.providers import settings
-from jsb_infra.providers.jwt_accounts import AppAccountJwtProvider, JetStreamAccountJwtProvider
+from jsb_infra.providers.jwt_accounts import (
+    AccountSigningKeyProvider,
+    AppAccountJwtProvider,
+    JetStreamAccountJwtProvider,
+)
 from jsb_infra.spec import Pair
 
 
@@ -125,8 +129,10 @@ def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayou
     when an event loop runs (the providers run their own)."""
     layout = account_layout(pairs)
     with provider_settings(url, operator):
+        signing = AccountSigningKeyProvider().create({"account": operator.jetstream_key}).outs
         js_props = {
             "name": layout.jetstream_account,
+            "signing_key": signing["public_key"],
             "public_key": operator.jetstream_key,
             "exports": [
                 {"subject": s.subject, "response_type": s.response_type} for s, _ in layout.exports()
@@ -146,7 +152,7 @@ def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayou
                 "publish": list(account.publish),
                 "subscribe": list(account.subscribe),
                 "jetstream_account": operator.jetstream_key,
-                "jetstream_signing_seed": jetstream["signing_seed"],
+                "jetstream_signing_seed": signing["seed"],
                 "rotate": "",
             }
             apps[account.app] = AppAccountJwtProvider().create(props).outs

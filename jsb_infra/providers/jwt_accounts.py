@@ -88,10 +88,45 @@ async def _lookup(account_key: str) -> str | None:
 
 
 # -- the JetStream account -----------------------------------------------------------------------------
-def jetstream_claims(props: dict[str, Any], signing_key: str | None) -> dict[str, Any]:
-    keys = list(props.get("signing_keys") or []) + ([signing_key] if signing_key else [])
-    exports = _services(props.get("exports") or []) if signing_key else []
+def jetstream_claims(props: dict[str, Any], deployed: bool = True) -> dict[str, Any]:
+    """The JetStream account as deployed, or (`deployed=False`) as a destroy leaves it: no exports, and
+    not our signing key, so every activation token it signed stops working."""
+    keys = list(props.get("signing_keys") or []) + ([props["signing_key"]] if deployed else [])
+    exports = _services(props.get("exports") or []) if deployed else []
     return jc.jetstream_account_claims(props["name"], props["public_key"], exports, keys)
+
+
+class AccountSigningKeyProvider(JsbProvider):
+    """A signing key for an account, generated once (like an NKey user): no server I/O."""
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        return CheckResult(dict(news), _account_key_failures(news.get("account"), "account"))
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        identity = {"account": (olds.get("account"), news.get("account"))}
+        return plan_diff({}, {}, immutable={}, identity=identity).result()
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        seed = jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
+        return CreateResult(jc.public_key(seed), {**props, "public_key": jc.public_key(seed), "seed": seed})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        return ReadResult(id_, dict(props))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Nothing to remove: the key lives in state; the account JWT stops listing it."""
+
+
+class AccountSigningKey(Resource, module="jsb", name="AccountSigningKey"):
+    """A signing key of `account`. Outputs: public_key, seed (secret)."""
+
+    public_key: pulumi.Output[str]
+    seed: pulumi.Output[str]
+
+    def __init__(self, resource_name: str, account: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["seed"]))
+        props = {"account": account, "public_key": None, "seed": None}
+        super().__init__(AccountSigningKeyProvider(), resource_name, props, opts)
 
 
 class JetStreamAccountJwtProvider(JsbProvider):
@@ -101,16 +136,18 @@ class JetStreamAccountJwtProvider(JsbProvider):
         name = news.get("name")
         if not is_unknown(name) and not (isinstance(name, str) and name):
             failures.append(CheckFailure("name", "name: must be the account's name"))
+        failures += _account_key_failures(news.get("signing_key"), "signing_key")
         for i, key in enumerate(news.get("signing_keys") or []):
             failures += _account_key_failures(key, f"signing_keys[{i}]")
         return CheckResult(dict(news), failures)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         inputs: dict[str, tuple[Any, Any]] = {
-            key: (olds.get(key), news.get(key)) for key in ("name", "exports", "signing_keys", "adopt")
+            key: (olds.get(key), news.get(key))
+            for key in ("name", "exports", "signing_key", "signing_keys", "adopt")
         }
         if not is_unknown(news):  # drift: the resolver holds another JWT than the one we would push
-            inputs["jwt"] = (_content(olds.get("jwt")), jetstream_claims(news, olds.get("signing_key")))
+            inputs["jwt"] = (_content(olds.get("jwt")), jetstream_claims(news))
         return plan_diff(
             {},
             {},
@@ -132,9 +169,7 @@ class JetStreamAccountJwtProvider(JsbProvider):
                     f"account {props['public_key']} already exports {foreign}, which this stack does not; "
                     "set `adopt: true` in jsb:auth to replace its exports with the layout's"
                 )
-        signing_seed = jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
-        outs = self._issue(props, signing_seed)
-        return CreateResult(props["public_key"], outs)
+        return CreateResult(props["public_key"], self._issue(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         live = self.run(_lookup(id_))
@@ -143,24 +178,21 @@ class JetStreamAccountJwtProvider(JsbProvider):
         return ReadResult(id_, {**props, "jwt": live})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._issue(news, olds["signing_seed"]))
+        return UpdateResult(self._issue(news))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        token = jc.encode(jetstream_claims(props, None), settings.current().signing_seed())
+        token = jc.encode(jetstream_claims(props, deployed=False), settings.current().signing_seed())
         self.run(_push(token))
 
-    def _issue(self, props: dict[str, Any], signing_seed: str) -> dict[str, Any]:
-        signing_key = jc.public_key(signing_seed)
-        token = jc.encode(jetstream_claims(props, signing_key), settings.current().signing_seed())
+    def _issue(self, props: dict[str, Any]) -> dict[str, Any]:
+        token = jc.encode(jetstream_claims(props), settings.current().signing_seed())
         self.run(_push(token))
-        return {**props, "signing_key": signing_key, "signing_seed": signing_seed, "jwt": token}
+        return {**props, "jwt": token}
 
 
 class JetStreamAccountJwt(Resource, module="jsb", name="JetStreamAccountJwt"):
-    """The JetStream account's JWT. Outputs: signing_key, signing_seed (secret), jwt."""
+    """The JetStream account's JWT, listing `signing_key` (ours, which signs the activations). Output: jwt."""
 
-    signing_key: pulumi.Output[str]
-    signing_seed: pulumi.Output[str]
     jwt: pulumi.Output[str]
 
     def __init__(
@@ -168,6 +200,7 @@ class JetStreamAccountJwt(Resource, module="jsb", name="JetStreamAccountJwt"):
         resource_name: str,
         name: str,
         public_key: str,
+        signing_key: pulumi.Input[str],
         exports: list[dict[str, str]],
         signing_keys: list[str] | None = None,
         adopt: bool = False,
@@ -179,13 +212,9 @@ class JetStreamAccountJwt(Resource, module="jsb", name="JetStreamAccountJwt"):
             "exports": exports,
             "signing_keys": list(signing_keys or []),
             "adopt": adopt,
-            "signing_key": None,
-            "signing_seed": None,
+            "signing_key": signing_key,
             "jwt": None,
         }
-        opts = pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(additional_secret_outputs=["signing_seed"])
-        )
         super().__init__(JetStreamAccountJwtProvider(), resource_name, props, opts)
 
 
