@@ -40,7 +40,7 @@ from jsb_infra import names, resolver
 from jsb_infra.accounts import account_layout
 from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.outputs import BridgeOutputs
-from jsb_infra.runtime import BridgeClient, load_bridge, load_credentials
+from jsb_infra.runtime import BridgeClient, Credentials, load_bridge, load_credentials
 from jsb_infra.spec import parse_pairs
 
 pytestmark = pytest.mark.e2e
@@ -149,6 +149,20 @@ def bridge_of(stack: auto.Stack, stream: str, app: str) -> BridgeOutputs:
     return load_bridge(stack.outputs()["bridges"].value, stream=stream, app=app)
 
 
+class Outputs:
+    """The stack's bridges and credentials, read once (each read runs the CLI)."""
+
+    def __init__(self, stack: auto.Stack):
+        self.bridges = stack.outputs()["bridges"].value
+        self.credentials = credentials(stack)
+
+    def bridge(self, stream: str, app: str) -> BridgeOutputs:
+        return load_bridge(self.bridges, stream=stream, app=app)
+
+    def creds(self, app: str) -> Credentials:
+        return load_credentials(credentials=self.credentials, app=app)
+
+
 async def connect(server: LocalNatsServer, creds: str, app: str, **extra: Any) -> nats.NATS:
     return await nats.connect(
         server.url,
@@ -197,24 +211,25 @@ def nsc_reads(nsc: Path, scratch: Path, token: str) -> dict[str, Any]:
     return out
 
 
-async def send_four_each_way(stack: auto.Stack, stream: str, app: str) -> None:
+async def send_four_each_way(outs: Outputs, stream: str, app: str) -> None:
     """Four events for `app` from its peer, and one from `app`, through the runtime client."""
-    bridge = bridge_of(stack, stream, app)
-    peer_creds = load_credentials(credentials=credentials(stack), app=bridge.destination)
-    async with BridgeClient(bridge_of(stack, stream, bridge.destination), peer_creds) as peer_client:
+    bridge = outs.bridge(stream, app)
+    async with BridgeClient(
+        outs.bridge(stream, bridge.destination), outs.creds(bridge.destination)
+    ) as peer_client:
         for i in range(4):
             ack = await peer_client.publish("sync", "thing", i, {"n": i})
             assert ack.stream == stream
-    async with BridgeClient(bridge, load_credentials(credentials=credentials(stack), app=app)) as client:
+    async with BridgeClient(bridge, outs.creds(app)) as client:
         ack = await client.publish("sync", "thing", 99, {"from": app})
         assert ack.stream == stream
 
 
-async def every_runtime_operation(server: LocalNatsServer, stack: auto.Stack, stream: str, app: str) -> None:
+async def every_runtime_operation(server: LocalNatsServer, outs: Outputs, stream: str, app: str) -> None:
     """As `app`, through the runtime client's config loaders: publish (PubAck), DLQ publish, fetch,
     ack, nak with delay, in_progress twice, term, ack_sync, all with the `.creds` of the output."""
-    bridge = bridge_of(stack, stream, app)
-    creds = load_credentials(credentials=credentials(stack), app=app)
+    bridge = outs.bridge(stream, app)
+    creds = outs.creds(app)
     assert creds.method == "creds"
     errors: list[str] = []
 
@@ -232,7 +247,7 @@ async def every_runtime_operation(server: LocalNatsServer, stack: auto.Stack, st
         with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
             for old in await sub.fetch(10, timeout=1):  # what an earlier app's run sent this one
                 await old.ack_sync(timeout=5)
-        await send_four_each_way(stack, stream, app)
+        await send_four_each_way(outs, stream, app)
         first, second, third, fourth = await sub.fetch(4, timeout=5)
         await first.ack()
         await second.nak(delay=0.3)
@@ -307,9 +322,10 @@ async def test_01_up_issues_accounts_and_users_every_jwt_read_by_the_server_and_
 
 
 async def test_02_every_app_does_every_runtime_operation_with_its_creds(stack, server):
+    outs = Outputs(stack)
     for pair in (FIRST, SECOND):
         for app in pair["apps"]:
-            await every_runtime_operation(server, stack, pair["stream"], app)
+            await every_runtime_operation(server, outs, pair["stream"], app)
 
 
 async def test_03_no_seed_or_signing_key_in_plain_text(stack, operator, scratch, memo):
@@ -346,6 +362,29 @@ async def test_03_no_seed_or_signing_key_in_plain_text(stack, operator, scratch,
     for where, text in texts.items():
         for secret in secrets:
             assert secret not in text, f"a seed appears in plain text in {where}"
+
+
+async def test_03b_a_jwt_changed_behind_pulumis_back_shows_in_refresh_and_up_repairs_it(
+    stack, server, operator
+):
+    """Someone pushes the JetStream account without exports (as `nsc push` of a stale copy would)."""
+    stale = jc.encode(
+        jc.plain_account_claims("JETSTREAM", operator.jetstream_key, jetstream=True), operator.signing_seed
+    )
+    time.sleep(1)  # a later iat than the stack's JWT: the resolver keeps only a newer one
+    stale = jc.encode(jc.decode(stale), operator.signing_seed)
+    async with resolver.system_session([server.url], operator.system_creds) as nc:
+        await resolver.push(nc, stale)
+    assert "exports" not in (await resolver_jwt(server, operator, operator.jetstream_key))["nats"]
+    stack.refresh(color="never")
+    preview = stack.preview(color="never", diff=True)
+    assert "JetStreamAccountJwt::jetstream-account" in preview.stdout, preview.stdout
+    assert "AppAccountJwt::orders-account" not in preview.stdout  # only the drifted identity
+    stack.up(color="never")
+    layout = account_layout(parse_pairs([FIRST, SECOND]).pairs)
+    exports = (await resolver_jwt(server, operator, operator.jetstream_key))["nats"]["exports"]
+    assert sorted(e["subject"] for e in exports) == sorted(s.subject for s, _ in layout.exports())
+    await every_runtime_operation(server, Outputs(stack), FIRST["stream"], "orders")  # the imports work again
 
 
 async def test_04_dlq_off_updates_the_jwts_and_rights_without_a_restart(
