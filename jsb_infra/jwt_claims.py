@@ -29,7 +29,7 @@ from typing import Any
 import nkeys
 from nacl.signing import VerifyKey
 
-from jsb_infra.accounts import STANDARD_CONNECTIONS, AccountLayout, AppAccount
+from jsb_infra.accounts import STANDARD_CONNECTIONS, AccountLayout
 
 HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 VERSION = 2
@@ -216,13 +216,18 @@ def app_account_claims(
     imports: list[tuple[str, str]],
     exporter_key: str,
     revocations: Mapping[str, int] | None = None,
+    signing_keys: list[str] | None = None,
 ) -> dict[str, Any]:
-    """An app account: no JetStream, one service import per (subject, activation token)."""
+    """An app account: no JetStream, one service import per (subject, activation token), and the
+    signing key its user is issued with (an operator with strict signing key usage refuses users
+    signed by the account's identity key: nats-server server/accounts.go)."""
     nats: dict[str, Any] = {
         "type": "account",
         "version": VERSION,
         "limits": {**UNLIMITED_NATS, **UNLIMITED_ACCOUNT},
     }
+    if signing_keys:
+        nats["signing_keys"] = sorted(signing_keys)
     if imports:
         nats["imports"] = [
             {"name": subject, "subject": subject, "account": exporter_key, "token": token, "type": "service"}
@@ -233,24 +238,22 @@ def app_account_claims(
     return {"name": name, "sub": account_key, "nats": nats}
 
 
-def user_claims(name: str, user_key: str, publish: list[str], subscribe: list[str]) -> dict[str, Any]:
-    """An app's user: the layout's allow lists, ordinary client connections only."""
-    return {
-        "name": name,
-        "sub": user_key,
-        "nats": {
-            "type": "user",
-            "version": VERSION,
-            "pub": {"allow": list(publish)},
-            "sub": {"allow": list(subscribe)},
-            **UNLIMITED_NATS,
-            "allowed_connection_types": list(STANDARD_CONNECTIONS),
-        },
+def user_claims(
+    name: str, user_key: str, publish: list[str], subscribe: list[str], issuer_account: str | None = None
+) -> dict[str, Any]:
+    """An app's user: the layout's allow lists, ordinary client connections only. `issuer_account`:
+    the account, when a signing key of it signs the user."""
+    nats: dict[str, Any] = {
+        "type": "user",
+        "version": VERSION,
+        "pub": {"allow": list(publish)},
+        "sub": {"allow": list(subscribe)},
+        **UNLIMITED_NATS,
+        "allowed_connection_types": list(STANDARD_CONNECTIONS),
     }
-
-
-def app_user_claims(account: AppAccount, user_key: str) -> dict[str, Any]:
-    return user_claims(account.app, user_key, list(account.publish), list(account.subscribe))
+    if issuer_account:
+        nats["issuer_account"] = issuer_account
+    return {"name": name, "sub": user_key, "nats": nats}
 
 
 def creds_document(user_jwt: str, user_seed: str) -> str:

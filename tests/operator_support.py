@@ -29,45 +29,53 @@ from jsb_infra.providers.jwt_accounts import (
 from jsb_infra.spec import Pair
 
 
-def user_creds(name: str, account_seed: str, *, extra: dict[str, object] | None = None) -> str:
-    """A `.creds` document for a new, unrestricted user of the account of `account_seed`."""
+def user_creds(name: str, account: str, signing_seed: str) -> str:
+    """A `.creds` document for a new, unrestricted user of `account`, issued with its signing key."""
     seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
-    claims = jc.user_claims(name, jc.public_key(seed), [">"], [">"])
+    claims = jc.user_claims(name, jc.public_key(seed), [], [], issuer_account=account)
     claims["nats"].pop("allowed_connection_types")
     claims["nats"]["pub"] = {}
     claims["nats"]["sub"] = {}
-    claims["nats"].update(extra or {})
-    return jc.creds_document(jc.encode(claims, account_seed), seed)
+    return jc.creds_document(jc.encode(claims, signing_seed), seed)
+
+
+def _account_seed() -> str:
+    return jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
 
 
 @dataclass
 class Operator:
-    """An operator with a signing key, a system account and a JetStream account with a deploy user."""
+    """An operator with a signing key and strict signing key usage (as `nsc edit operator
+    --require-signing-keys` makes it: no JWT signed by an identity key but its own), a system account
+    and a JetStream account, each with a signing key, and a deploy user in the JetStream account."""
 
     name: str = "test-operator"
     operator_seed: str = field(default_factory=lambda: jc.new_seed(nkeys.PREFIX_BYTE_OPERATOR))
     signing_seed: str = field(default_factory=lambda: jc.new_seed(nkeys.PREFIX_BYTE_OPERATOR))
     system_seed: str = field(default_factory=lambda: jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
-    jetstream_seed: str = field(default_factory=lambda: jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
+    jetstream_seed: str = field(default_factory=_account_seed)
+    jetstream_signing_seed: str = field(default_factory=_account_seed)
+    system_signing_seed: str = field(default_factory=_account_seed)
 
     def __post_init__(self) -> None:
         self.system_key = jc.public_key(self.system_seed)
         self.jetstream_key = jc.public_key(self.jetstream_seed)
-        self.operator_jwt = jc.encode(
-            jc.operator_claims(
-                self.name,
-                jc.public_key(self.operator_seed),
-                self.system_key,
-                [jc.public_key(self.signing_seed)],
-            ),
-            self.operator_seed,
+        self.jetstream_signing_key = jc.public_key(self.jetstream_signing_seed)
+        operator = jc.operator_claims(
+            self.name, jc.public_key(self.operator_seed), self.system_key, [jc.public_key(self.signing_seed)]
         )
-        self.system_jwt = jc.encode(jc.plain_account_claims("SYS", self.system_key), self.signing_seed)
-        self.jetstream_jwt = jc.encode(
-            jc.plain_account_claims("JETSTREAM", self.jetstream_key, jetstream=True), self.signing_seed
-        )
-        self.system_creds = user_creds("sys", self.system_seed)
-        self.deploy_creds = user_creds("deploy", self.jetstream_seed)
+        operator["nats"]["strict_signing_key_usage"] = True
+        self.operator_jwt = jc.encode(operator, self.operator_seed)
+        system = jc.plain_account_claims("SYS", self.system_key)
+        system["nats"]["signing_keys"] = [jc.public_key(self.system_signing_seed)]
+        self.system_jwt = jc.encode(system, self.signing_seed)
+        self.jetstream_jwt = jc.encode(self.jetstream_claims(), self.signing_seed)
+        self.system_creds = user_creds("sys", self.system_key, self.system_signing_seed)
+        self.deploy_creds = user_creds("deploy", self.jetstream_key, self.jetstream_signing_seed)
+
+    def jetstream_claims(self) -> dict[str, Any]:
+        """The JetStream account as the operator made it: JetStream on, its own signing key, no exports."""
+        return jc.jetstream_account_claims("JETSTREAM", self.jetstream_key, [], [self.jetstream_signing_key])
 
     def server_config(self, resolver_dir: Path) -> str:
         """Operator mode with a full directory resolver; the system and JetStream accounts preloaded."""
@@ -137,7 +145,7 @@ def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayou
             "exports": [
                 {"subject": s.subject, "response_type": s.response_type} for s, _ in layout.exports()
             ],
-            "signing_keys": [],
+            "signing_keys": [operator.jetstream_signing_key],
             "adopt": False,
         }
         jetstream = JetStreamAccountJwtProvider().create(js_props).outs

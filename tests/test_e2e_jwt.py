@@ -118,7 +118,11 @@ def configure(
     out: Path,
     rotate: dict[str, str] | None = None,
 ) -> None:
-    auth: dict[str, Any] = {"mode": "jwt", "jetstream_account": operator.jetstream_key}
+    auth: dict[str, Any] = {
+        "mode": "jwt",
+        "jetstream_account": operator.jetstream_key,
+        "signing_keys": [operator.jetstream_signing_key],  # it issued the deploy user: keep it
+    }
     if rotate:
         auth["rotate"] = rotate
     set_plain_config(
@@ -284,7 +288,11 @@ async def test_01_up_issues_accounts_and_users_every_jwt_read_by_the_server_and_
     assert streamed == {s.subject for s, _ in layout.exports() if s.response_type == "Stream"}
     assert all(".MSG.NEXT." in s for s in streamed) and len(streamed) == 4
     assert js["nats"]["limits"]["disk_storage"] == -1  # JetStream on
-    signing_key = js["nats"]["signing_keys"][0]
+    kept, [signing_key] = (
+        {operator.jetstream_signing_key},
+        set(js["nats"]["signing_keys"]) - {operator.jetstream_signing_key},
+    )
+    assert kept < set(js["nats"]["signing_keys"])  # the operator's own key is kept
     issued = credentials(stack)
     assert sorted(issued) == ["audit", "billing", "ledger", "orders"]
     for account in layout.apps:
@@ -308,7 +316,11 @@ async def test_01_up_issues_accounts_and_users_every_jwt_read_by_the_server_and_
             assert nsc_reads(nsc, scratch, item["token"]) == activation
         user_jwt, seed = jc.parse_creds(entry["creds"])
         user = jc.decode(user_jwt)
-        assert user["sub"] == entry["public_key"] == jc.public_key(seed) and user["iss"] == entry["account"]
+        assert user["sub"] == entry["public_key"] == jc.public_key(seed)
+        assert (
+            user["nats"]["issuer_account"] == entry["account"]
+            and user["iss"] in claims["nats"]["signing_keys"]
+        )
         assert user["nats"]["pub"] == {"allow": list(account.publish)}
         assert user["nats"]["sub"] == {"allow": list(account.subscribe)}
         assert user["nats"]["allowed_connection_types"] == ["STANDARD"]
@@ -368,11 +380,8 @@ async def test_03b_a_jwt_changed_behind_pulumis_back_shows_in_refresh_and_up_rep
     stack, server, operator
 ):
     """Someone pushes the JetStream account without exports (as `nsc push` of a stale copy would)."""
-    stale = jc.encode(
-        jc.plain_account_claims("JETSTREAM", operator.jetstream_key, jetstream=True), operator.signing_seed
-    )
     time.sleep(1)  # a later iat than the stack's JWT: the resolver keeps only a newer one
-    stale = jc.encode(jc.decode(stale), operator.signing_seed)
+    stale = jc.encode(operator.jetstream_claims(), operator.signing_seed)
     async with resolver.system_session([server.url], operator.system_creds) as nc:
         await resolver.push(nc, stale)
     assert "exports" not in (await resolver_jwt(server, operator, operator.jetstream_key))["nats"]

@@ -230,7 +230,9 @@ def app_account_token(props: dict[str, Any], revocations: dict[str, int]) -> str
         )
         for service in _services(props.get("imports") or [])
     ]
-    claims = jc.app_account_claims(props["name"], props["account_key"], imports, js_key, revocations)
+    claims = jc.app_account_claims(
+        props["name"], props["account_key"], imports, js_key, revocations, [props["signing_key"]]
+    )
     return jc.encode(claims, settings.current().signing_seed())
 
 
@@ -242,6 +244,7 @@ def app_account_content(props: dict[str, Any], revocations: dict[str, int]) -> d
         [(s.subject, "") for s in _services(props.get("imports") or [])],
         props.get("jetstream_account") or "",
         revocations,
+        [props["signing_key"]] if props.get("signing_key") else None,
     )
     return claims
 
@@ -287,7 +290,8 @@ class AppAccountJwtProvider(JsbProvider):
         inputs: dict[str, tuple[Any, Any]] = {key: (olds.get(key), news.get(key)) for key in keys}
         if not is_unknown(news) and olds.get("jwt"):  # drift in the resolver
             desired = app_account_content(
-                {**news, "account_key": olds.get("account_key")}, olds.get("revocations") or {}
+                {**news, "account_key": olds.get("account_key"), "signing_key": olds.get("signing_key")},
+                olds.get("revocations") or {},
             )
             inputs["jwt"] = (_imports_of(olds.get("jwt")), desired)
         return plan_diff(
@@ -296,8 +300,15 @@ class AppAccountJwtProvider(JsbProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         account_seed = jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
+        signing_seed = jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
         user_seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
-        outs = self._issue({**props, "account_key": jc.public_key(account_seed)}, account_seed, user_seed, {})
+        keys = {"account_seed": account_seed, "signing_seed": signing_seed, "user_seed": user_seed}
+        props = {
+            **props,
+            "account_key": jc.public_key(account_seed),
+            "signing_key": jc.public_key(signing_seed),
+        }
+        outs = self._issue(props, keys, {})
         return CreateResult(outs["account_key"], outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -318,10 +329,13 @@ class AppAccountJwtProvider(JsbProvider):
             user_seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
         elif narrowed:
             revocations[olds["user_key"]] = now  # JWTs of this key issued up to now; the new one is later
-        props = {**news, "account_key": olds["account_key"]}
-        return UpdateResult(
-            self._issue(props, olds["account_seed"], user_seed, revocations, issued_after=now)
-        )
+        props = {**news, "account_key": olds["account_key"], "signing_key": olds["signing_key"]}
+        keys = {
+            "account_seed": olds["account_seed"],
+            "signing_seed": olds["signing_seed"],
+            "user_seed": user_seed,
+        }
+        return UpdateResult(self._issue(props, keys, revocations, issued_after=now))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         claims = jc.app_account_claims(
@@ -336,25 +350,29 @@ class AppAccountJwtProvider(JsbProvider):
     def _issue(
         self,
         props: dict[str, Any],
-        account_seed: str,
-        user_seed: str,
+        keys: dict[str, str],
         revocations: dict[str, int],
         issued_after: int | None = None,
     ) -> dict[str, Any]:
+        """Push the account JWT; issue the user with the account's signing key (`keys`: the seeds)."""
         account_jwt = app_account_token(props, revocations)
+        user_seed = keys["user_seed"]
         user_key = jc.public_key(user_seed)
         user = jc.user_claims(
-            props["app"], user_key, list(props.get("publish") or []), list(props.get("subscribe") or [])
+            props["app"],
+            user_key,
+            list(props.get("publish") or []),
+            list(props.get("subscribe") or []),
+            issuer_account=props["account_key"],
         )
         # A user JWT must be issued after the revocation of its predecessors (revoked: issued at or before).
         issued_at = max(int(time.time()), (issued_after or 0) + 1)
-        user_jwt = jc.encode(user, account_seed, issued_at=issued_at)
+        user_jwt = jc.encode(user, keys["signing_seed"], issued_at=issued_at)
         self.run(_push(account_jwt))
         return {
             **props,
-            "account_seed": account_seed,
+            **keys,
             "user_key": user_key,
-            "user_seed": user_seed,
             "jwt": account_jwt,
             "user_jwt": user_jwt,
             "creds": jc.creds_document(user_jwt, user_seed),
@@ -362,7 +380,7 @@ class AppAccountJwtProvider(JsbProvider):
         }
 
 
-APP_SECRET_OUTPUTS = ["account_seed", "user_seed", "creds"]
+APP_SECRET_OUTPUTS = ["account_seed", "signing_seed", "user_seed", "creds"]
 
 
 class AppAccountJwt(Resource, module="jsb", name="AppAccountJwt"):
@@ -401,7 +419,16 @@ class AppAccountJwt(Resource, module="jsb", name="AppAccountJwt"):
             "rotate": rotate,
             **{
                 key: None
-                for key in ("account_key", "account_seed", "user_key", "user_seed", "jwt", "user_jwt")
+                for key in (
+                    "account_key",
+                    "account_seed",
+                    "signing_key",
+                    "signing_seed",
+                    "user_key",
+                    "user_seed",
+                    "jwt",
+                    "user_jwt",
+                )
             },
             "creds": None,
             "revocations": None,
