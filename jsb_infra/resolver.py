@@ -7,7 +7,9 @@ each server answers `{"data": {"account", "code": 200, "message"}}` or `{"error"
 stored JWT when the pushed one was issued earlier (server/dirstore.go, saveIfNewer) and still
 answers 200, so `push` looks the account up afterwards and refuses if the server holds another JWT.
 `$SYS.REQ.ACCOUNT.<key>.CLAIMS.LOOKUP` answers with the stored JWT; a full resolver does not answer
-for an account it does not hold.
+for an account it does not hold. A full resolver also stores, and answers 200 for, an account JWT
+signed by a key its operator does not trust (the account then never loads), so `push` first checks
+the signer against the servers' trusted operators (`$SYS.REQ.SERVER.PING.VARZ`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from nats.aio.client import RawCredentials
 from jsb_infra.jwt_claims import decode
 
 UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
+VARZ_SUBJECT = "$SYS.REQ.SERVER.PING.VARZ"
 LOOKUP_SUBJECT = "$SYS.REQ.ACCOUNT.{}.CLAIMS.LOOKUP"
 
 
@@ -67,9 +70,30 @@ async def lookup(nc: NATS, account_key: str, timeout: float = 1.0) -> str | None
     return token or None
 
 
+async def trusted_signers(nc: NATS, timeout: float = 5.0) -> set[str]:
+    """The operator keys (identity and signing keys) a server trusts to sign accounts."""
+    try:
+        reply = await nc.request(VARZ_SUBJECT, b"", timeout=timeout)
+        operators = json.loads(reply.data)["data"].get("trusted_operators_claim") or []
+    except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, ValueError, KeyError):
+        raise ResolverError("the servers did not say which operator they trust (no VARZ answer)") from None
+    keys = set()
+    for claims in operators:
+        keys.add(claims.get("sub"))
+        keys.update((claims.get("nats") or {}).get("signing_keys") or [])
+    return keys
+
+
 async def push(nc: NATS, account_jwt: str, timeout: float = 5.0) -> None:
-    """Store and apply an account JWT; raises when the resolver refuses it or keeps another one."""
-    account = decode(account_jwt, verify=False)["sub"]
+    """Store and apply an account JWT; raises when the servers do not trust its signer, or the
+    resolver refuses it or keeps another one."""
+    claims = decode(account_jwt, verify=False)
+    account = claims["sub"]
+    if claims["iss"] not in await trusted_signers(nc, timeout):
+        raise ResolverError(
+            f"the servers' operator does not trust {claims['iss']}, which signed account {account}: "
+            "jsb:operatorSigningKey must be a signing key of the operator the servers run with"
+        )
     try:
         reply = await nc.request(UPDATE_SUBJECT, account_jwt.encode(), timeout=timeout)
     except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as err:
