@@ -9,8 +9,9 @@ claims are plain JSON whose shapes come from nats-io/jwt v2 (account_claims.go, 
 imports.go, activation_claims.go, user_claims.go, operator_claims.go). Every JWT built here is
 loaded by a real nats-server in operator mode in the tests, and read back by `nsc describe jwt`.
 
-`jti` is computed like nats-io/jwt v2 `ClaimsData.hash`: base32 (no padding) of SHA-512/256 of the
-claims JSON with an empty `jti` (the server does not check it; it identifies one issued JWT).
+`jti` is base32 (no padding) of SHA-512/256, the hash nats-io/jwt v2 uses (`ClaimsData.hash`, which
+covers only the standard claims); here it covers the whole claims with an empty `jti`, so JWTs that
+differ only in their `nats` section get different ids. The server does not check it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import nkeys
 from nacl.signing import VerifyKey
 
-from jsb_infra.accounts import STANDARD_CONNECTIONS, AccountLayout
+from jsb_infra.accounts import STANDARD_CONNECTIONS
 
 HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 VERSION = 2
@@ -169,14 +170,6 @@ class ServiceExport:
         if self.response_type != "Singleton":
             export["response_type"] = self.response_type
         return export
-
-
-def layout_exports(layout: AccountLayout) -> list[ServiceExport]:
-    """Every service the JetStream account exports, exactly the layout's subjects, sorted."""
-    return sorted(
-        (ServiceExport(service.subject, service.response_type) for service, _ in layout.exports()),
-        key=lambda e: e.subject,
-    )
 
 
 def jetstream_account_claims(
