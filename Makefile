@@ -28,7 +28,9 @@ format: install
 # The Pulumi CLI (scripts/ensure-pulumi builds it from the Go module proxy when missing; minutes, once).
 PULUMI_PATH = $$(scripts/ensure-pulumi):$(CURDIR)/$(VENV)/bin:$$PATH
 
+# nsc, the second reader of every JWT in the JWT-mode tests (scripts/ensure-nsc: built once, ~2 min).
 test: install lint
+	scripts/ensure-nsc >/dev/null
 	PATH="$(PULUMI_PATH)" $(PY) -m pytest -q
 
 up: install

@@ -59,6 +59,9 @@ class AppCredentials(BaseModel):
     public_key: str
     seed: str
     account: str | None = None
+    creds: str | None = Field(
+        None, description="JWT mode: the user's .creds document (user JWT and seed); connect with it."
+    )
 
 
 def bridge_outputs(pair: Pair, app: str, servers: list[str]) -> BridgeOutputs:

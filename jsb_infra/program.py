@@ -19,6 +19,7 @@ from jsb_infra import names
 from jsb_infra.accounts import DeployUser, account_layout
 from jsb_infra.component import AppPair
 from jsb_infra.documents import render_documents
+from jsb_infra.identities import accounts_include, jwt_identities, read_auth
 from jsb_infra.providers.credential import AppCredential
 from jsb_infra.providers.documents import ServerDocuments
 from jsb_infra.spec import ConfigError, Pair, parse_pairs
@@ -220,10 +221,13 @@ def build(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[Any]]:
     seeds); `accounts_conf` is the nats-server include for config-file auth.
     """
     settings = read_stack_settings(config)
+    auth = read_auth(config or pulumi.Config(CONFIG_NAMESPACE))
     pairs = list(settings.pairs)
     layout = account_layout(pairs, settings.jetstream_account)
     credentials = {
-        account.app: AppCredential(f"{account.app}-credential", account.app) for account in layout.apps
+        account.app: AppCredential(f"{account.app}-credential", account.app)
+        for account in layout.apps
+        if auth.mode == "config"  # JWT mode: accounts and users are JWTs (jsb_infra.identities)
     }
     components = {
         pair.stream: AppPair(pair.resource_name, pair=pair, servers=settings.bridge_servers) for pair in pairs
@@ -244,9 +248,12 @@ def build(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[Any]]:
     keyless: dict[str, pulumi.Input[str]] = dict(documents({}))
     accounts_conf = public_keys.apply(lambda keys: documents(keys)["accounts.conf"])
     server_documents = ServerDocuments("server-documents", {**keyless, "accounts.conf": accounts_conf})
+    accounts_include(auth, accounts_conf)  # config mode: where the servers include it, then reload
     return {
         "bridges": pulumi.Output.from_input({s: c.bridges for s, c in components.items()}),
-        "credentials": pulumi.Output.secret(
+        "credentials": pulumi.Output.secret(jwt_identities(layout, auth))
+        if auth.mode == "jwt"
+        else pulumi.Output.secret(
             {
                 account.app: {
                     "account": account.account,

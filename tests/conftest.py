@@ -123,10 +123,12 @@ class ProvisionedPair:
         return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
 
 
-async def provision(url: str, pair: Pair, open_server: bool = False, **connect: Any) -> None:
-    """Create the rendered stream and consumers as the admin (with no credentials on an open server;
-    `connect`: more nats.connect options)."""
-    auth = {} if open_server else {"user": ADMIN_USER, "password": ADMIN_PASSWORD}
+async def provision(
+    url: str, pair: Pair, options: dict[str, Any] | None = None, open_server: bool = False, **connect: Any
+) -> None:
+    """Create the rendered stream and consumers as the admin: with no credentials on an open server,
+    `options` for how else it connects, `connect` for more nats.connect options."""
+    auth = {} if open_server else (options or {"user": ADMIN_USER, "password": ADMIN_PASSWORD})
     nc = await nats.connect(url, **auth, **connect)
     try:
         admin = JetStreamAdmin(nc)

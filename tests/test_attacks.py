@@ -23,6 +23,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -30,8 +31,11 @@ import nkeys
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, pairs_server_config, provision
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
+from operator_support import Operator, issue_layout
 
+from jsb_infra import jwt_claims as jc
 from jsb_infra import names
 from jsb_infra.credentials import new_user_keypair, public_key_of
 from jsb_infra.local_server import LocalNatsServer, free_port
@@ -57,16 +61,27 @@ QUIET = 0.3  # how long to wait for anything an attack might have caused to show
 class World:
     """The server, the victims' listeners and what each of them received."""
 
-    def __init__(self, server: LocalNatsServer, seeds: dict[str, str]):
+    def __init__(
+        self,
+        server: LocalNatsServer,
+        seeds: dict[str, str],
+        app_options: Callable[[str], dict[str, Any]] | None = None,
+        admin_options: dict[str, Any] | None = None,
+    ):
+        """`app_options(app)`: how an app connects (default: its NKey seed from `seeds`)."""
         self.server = server
         self.seeds = seeds
         self.url = server.url
+        self.app_options = app_options or (lambda app: {"nkeys_seed_str": seeds[app]})
+        self.admin_options = admin_options or {"user": ADMIN_USER, "password": ADMIN_PASSWORD}
         self.victim_inbox: dict[str, list[Msg]] = {app: [] for app in VICTIMS}
         self.victim_conns: list[NATS] = []
         self.in_flight: dict[tuple[str, str], Msg] = {}
+        self.user_jwts: dict[str, str] = {}  # JWT mode: each app's user JWT
+        self.signing_seeds: dict[str, str] = {}  # JWT mode: each app account's signing key
 
     async def admin(self) -> NATS:
-        return await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+        return await nats.connect(self.url, **self.admin_options)
 
     async def snapshot(self) -> dict[str, Any]:
         """What must not change: streams with their messages, every victim consumer's counters."""
@@ -111,9 +126,7 @@ async def _seed_victims(world: World) -> None:
     finally:
         await nc.close()
     for app in VICTIMS:
-        nc = await nats.connect(
-            world.url, nkeys_seed_str=world.seeds[app], inbox_prefix=names.inbox_prefix(app)
-        )
+        nc = await nats.connect(world.url, **world.app_options(app), inbox_prefix=names.inbox_prefix(app))
         world.victim_conns.append(nc)
         inbox = world.victim_inbox[app]
 
@@ -167,10 +180,40 @@ def strip_user_permissions(config: str, nkey: str) -> str:
     return stripped
 
 
-@pytest.fixture(params=["rendered", "account-only"])
-async def arena(request: pytest.FixtureRequest, make_server: Callable[..., LocalNatsServer]) -> Any:
-    """The world as rendered, and with the attacker's subject permissions stripped."""
-    world = await build_world(make_server, strip=request.param == "account-only")
+async def build_jwt_world(
+    make_server: Callable[..., LocalNatsServer], resolver_dir: Path, extra_config: str = ""
+) -> World:
+    """The three pairs on a server in operator mode, their accounts and users issued as JWTs by the
+    JWT-mode providers and pushed to its full resolver; every app connects with its `.creds`."""
+    operator = Operator()
+    server = make_server(operator.server_config(resolver_dir) + extra_config)
+    issued = await asyncio.to_thread(issue_layout, server.url, operator, list(PAIRS))
+    deploy = {"user_credentials": RawCredentials(operator.deploy_creds)}
+    for pair in PAIRS:
+        await provision(server.url, pair, deploy)
+    world = World(
+        server,
+        {app: issued.apps[app]["user_seed"] for app in issued.apps},
+        app_options=lambda app: {"user_credentials": RawCredentials(issued.creds(app))},
+        admin_options=deploy,
+    )
+    world.user_jwts = {app: jc.parse_creds(issued.creds(app))[0] for app in issued.apps}
+    world.signing_seeds = {app: issued.apps[app]["signing_seed"] for app in issued.apps}
+    await _seed_victims(world)
+    return world
+
+
+@pytest.fixture(params=["rendered", "account-only", "jwt"])
+async def arena(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., LocalNatsServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:
+    """The world as rendered, with the attacker's subject permissions stripped, and in JWT mode."""
+    if request.param == "jwt":
+        world = await build_jwt_world(make_server, tmp_path_factory.mktemp("resolver"))
+    else:
+        world = await build_world(make_server, strip=request.param == "account-only")
     yield world
     for nc in world.victim_conns:
         await nc.close()
@@ -198,7 +241,7 @@ async def connect_attacker(world: World) -> Attacker:
 
     nc = await nats.connect(
         world.url,
-        nkeys_seed_str=world.seeds[ATTACKER],
+        **world.app_options(ATTACKER),
         inbox_prefix=names.inbox_prefix(ATTACKER),
         error_cb=on_error,
         allow_reconnect=False,
@@ -403,9 +446,7 @@ async def test_subscribing_to_everything_sees_nothing_of_others(arena):
         for app in pair.apps:
             if app == ATTACKER:
                 continue
-            nc = await nats.connect(
-                world.url, nkeys_seed_str=world.seeds[app], inbox_prefix=names.inbox_prefix(app)
-            )
+            nc = await nats.connect(world.url, **world.app_options(app), inbox_prefix=names.inbox_prefix(app))
             js = nc.jetstream()
             await js.publish(names.publish_subject(app, pair.destination(app)), VICTIM_PAYLOAD + b"-live")
             sub = await js.pull_subscribe_bind(durable=names.durable_name(app), stream=pair.stream)
@@ -439,17 +480,14 @@ class RawLeafnode:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, seed: str) -> RawLeafnode:
+    async def connect(cls, port: int, seed: str, user_jwt: str | None = None) -> RawLeafnode:
+        """With `user_jwt` (operator mode), the CONNECT carries it instead of the NKey."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         info = json.loads((await reader.readline()).decode().split(" ", 1)[1])
         keys = nkeys.from_seed(seed.encode())
         signature = base64.urlsafe_b64encode(keys.sign(info["nonce"].encode())).decode().rstrip("=")
-        connect = {
-            "nkey": keys.public_key.decode(),
-            "sig": signature,
-            "name": "attacker-leaf",
-            "headers": True,
-        }
+        identity = {"jwt": user_jwt} if user_jwt else {"nkey": keys.public_key.decode()}
+        connect = {**identity, "sig": signature, "name": "attacker-leaf", "headers": True}
         writer.write(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
         await writer.drain()
         return cls(reader, writer)
@@ -484,7 +522,7 @@ async def _leafnode_ack_attack(world: World, leaf_port: int) -> bool:
     import without being rewritten (nats-server server/client.go, processServiceImport), so the empty
     404 status answering a pull on the attacker's own empty durable would land on the victim's ack
     subject in the JetStream account. Returns whether the hub accepted the leafnode connection."""
-    leaf = await RawLeafnode.connect(leaf_port, world.seeds[ATTACKER])
+    leaf = await RawLeafnode.connect(leaf_port, world.seeds[ATTACKER], world.user_jwts.get(ATTACKER))
     accepted = await leaf.accepted()
     own = PAIRS[0]
     no_wait = json.dumps({"batch": 1, "no_wait": True}).encode()
@@ -541,6 +579,36 @@ async def test_control_without_connection_type_restriction_the_leafnode_attack_w
         assert any(after[p.stream][0] < before[p.stream][0] for p in PAIRS), (
             "no workqueue message was deleted"
         )
+    finally:
+        for nc in world.victim_conns:
+            await nc.close()
+
+
+async def test_jwt_mode_app_user_cannot_open_a_leafnode(make_server, tmp_path_factory):
+    """The user JWT's `allowed_connection_types: ["STANDARD"]` holds on an operator-mode server: the
+    hub refuses the leafnode, and the victims' consumers are untouched."""
+    leaf_port = free_port()
+    world = await build_jwt_world(
+        make_server, tmp_path_factory.mktemp("resolver"), _with_leafnode_listener("", leaf_port)
+    )
+    before = await world.snapshot()
+    try:
+        assert not await _leafnode_ack_attack(world, leaf_port), "the hub accepted the app's leafnode"
+        assert await world.snapshot() == before
+        log = (world.server.store_dir / "nats-server.log").read_text()
+        assert re.search(r"Leafnode connection closed: Authentication Failure", log), log[-2000:]
+        # control: the same CONNECT with a user JWT of that account without the restriction is accepted
+        issued_seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
+        account_claims = jc.decode(world.user_jwts[ATTACKER])
+        unrestricted = account_claims | {"sub": jc.public_key(issued_seed)}
+        unrestricted["nats"] = {
+            k: v for k, v in account_claims["nats"].items() if k != "allowed_connection_types"
+        }
+        assert unrestricted["iss"] != unrestricted["nats"]["issuer_account"]
+        signer = world.signing_seeds[ATTACKER]
+        control = await RawLeafnode.connect(leaf_port, issued_seed, jc.encode(unrestricted, signer))
+        assert await control.accepted(), "the control leafnode was refused: the check above proves nothing"
+        await control.close()
     finally:
         for nc in world.victim_conns:
             await nc.close()

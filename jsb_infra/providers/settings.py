@@ -6,8 +6,9 @@ pickled into every resource's state (`__provider`), so anything stored on it wou
 
 Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (secret object: user,
 password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional),
-`jsb:retryBudget` (how long each management call retries through elections; default 60s) and
-`jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s).
+`jsb:retryBudget` (how long each management call retries through elections; default 60s),
+`jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s),
+and for JWT mode the secrets `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
 The engine passes structured values as JSON text (and may pass them decoded); both are accepted.
 """
 
@@ -18,9 +19,10 @@ import threading
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jsb_infra import nats_admin
+from jsb_infra import nats_admin, resolver
 from jsb_infra.durations import parse_duration
 from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
 from jsb_infra.retry import DEFAULT_BUDGET, RetryPolicy
@@ -32,6 +34,8 @@ OUTPUT_DIR_KEY = f"{PROJECT}:outputDir"
 RETRY_BUDGET_KEY = f"{PROJECT}:retryBudget"
 SETTLE_TIMEOUT_KEY = f"{PROJECT}:settleTimeout"
 DEFAULT_SETTLE_TIMEOUT = 180.0
+OPERATOR_SIGNING_KEY = f"{PROJECT}:operatorSigningKey"
+SYSTEM_CREDS_KEY = f"{PROJECT}:systemCreds"
 ADMIN_FIELDS = ("user", "password", "token", "nkey_seed", "creds_file", "tls_ca", "tls_cert", "tls_key")
 
 
@@ -52,6 +56,27 @@ class ProviderSettings(BaseModel):
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(budget=self.retry_budget)
+
+    operator_signing_key: str | None = None
+    system_creds: str | None = None
+
+    def signing_seed(self) -> str:
+        """The operator signing key (JWT mode); raises with the config key to set when it is missing."""
+        if not self.operator_signing_key:
+            raise ProviderSettingsError(
+                f"{OPERATOR_SIGNING_KEY} is not set: run "
+                f"`pulumi config set --secret {OPERATOR_SIGNING_KEY} SO...`"
+            )
+        return self.operator_signing_key
+
+    def system_user_creds(self) -> str:
+        """The system account user's `.creds` text (JWT mode); raises with the key to set when missing."""
+        if not self.system_creds:
+            raise ProviderSettingsError(
+                f"{SYSTEM_CREDS_KEY} is not set: run `pulumi config set --secret {SYSTEM_CREDS_KEY} "
+                '"$(cat sys.creds)"`'
+            )
+        return self.system_creds
 
     def admin_connection(self) -> AdminConnection:
         """The admin connection; raises with the config key to set when no server is configured."""
@@ -108,8 +133,11 @@ def settings_from_config(raw: Any) -> ProviderSettings:
         for field, key in (("retry_budget", RETRY_BUDGET_KEY), ("settle_timeout", SETTLE_TIMEOUT_KEY))
         if raw.get(key) is not None
     }
+    jwt_secrets = jwt_settings(raw)
     try:
-        return ProviderSettings(servers=servers, admin=admin, output_dir=output_dir or None, **timing)
+        return ProviderSettings(
+            servers=servers, admin=admin, output_dir=output_dir or None, **timing, **jwt_secrets
+        )
     except ValidationError as err:  # never echo the values: they may be secret
         fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in err.errors()}))
         raise ProviderSettingsError(f"provider settings invalid in field(s): {fields}") from None
@@ -121,6 +149,19 @@ def _seconds(key: str, value: Any) -> float:
         return parse_duration(_decoded(key, value)) / 1e9
     except ValueError as err:
         raise ProviderSettingsError(f"{key}: {err}") from None
+
+
+def jwt_settings(raw: Any) -> dict[str, str | None]:
+    """The JWT-mode secrets: an operator signing key seed (`SO...`) and the system user's `.creds` text."""
+    signing = raw.get(OPERATOR_SIGNING_KEY)
+    if signing is not None and not (isinstance(signing, str) and signing.startswith("SO")):
+        raise ProviderSettingsError(f"{OPERATOR_SIGNING_KEY}: must be an operator NKey seed (SO...)")
+    creds = raw.get(SYSTEM_CREDS_KEY)
+    if creds is not None and not (isinstance(creds, str) and "BEGIN NATS USER JWT" in creds):
+        raise ProviderSettingsError(
+            f"{SYSTEM_CREDS_KEY}: must be the text of a .creds file (a user JWT and seed)"
+        )
+    return {"operator_signing_key": signing or None, "system_creds": creds or None}
 
 
 def configure(raw: Any) -> None:
@@ -141,3 +182,10 @@ def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
     """An admin session with the configured connection, for the length of one provider call."""
     settings = current()
     return nats_admin.admin_session(settings.admin_connection(), retry=settings.retry_policy())
+
+
+def system_session() -> AbstractAsyncContextManager[NATS]:
+    """A connection as the system account's user (JWT mode), with the admin's servers and TLS."""
+    current_settings = current()
+    tls = current_settings.admin_connection().connect_options().get("tls")
+    return resolver.system_session(current_settings.servers, current_settings.system_user_creds(), tls)

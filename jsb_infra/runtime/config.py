@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import nkeys
+from nats.aio.client import RawCredentials
 from pydantic import ValidationError
 
+from jsb_infra.jwt_claims import JwtError, decode, parse_creds
 from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, ConsumerOutputs
 from jsb_infra.spec import problems_of
 
@@ -243,9 +245,13 @@ class Credentials:
     password: str | None = None
     token: str | None = None
     tls: TlsOptions | None = None
+    creds: str | None = None
+    """The text of a `.creds` document (JWT mode's `credentials` output), not a path."""
 
     @property
     def method(self) -> str:
+        if self.creds:
+            return "creds"
         if self.nkey_seed:
             return "nkey"
         if self.creds_file:
@@ -258,7 +264,9 @@ class Credentials:
 
     def describe(self) -> str:
         """The method, a public identity and the TLS in use, never a secret."""
-        if self.nkey_seed:
+        if self.creds:
+            who = f"user JWT {nkeys.from_seed(parse_creds(self.creds)[1].encode()).public_key.decode()}"
+        elif self.nkey_seed:
             who = f"nkey {nkeys.from_seed(self.nkey_seed.encode()).public_key.decode()}"
         elif self.creds_file:
             who = f"creds file {self.creds_file}"
@@ -271,7 +279,9 @@ class Credentials:
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect`."""
         options: dict[str, Any] = {"tls": self.tls.ssl_context()} if self.tls else {}
-        if self.nkey_seed:
+        if self.creds:
+            options["user_credentials"] = RawCredentials(self.creds)
+        elif self.nkey_seed:
             options["nkeys_seed_str"] = self.nkey_seed
         elif self.creds_file:
             options["user_credentials"] = self.creds_file
@@ -340,6 +350,15 @@ def parse_app_credentials(data: Any, where: str = "credentials") -> Credentials:
     creds = _checked(Credentials(nkey_seed=entry.seed, tls=_tls_of(data.get("tls"), f"{where}.tls")), where)
     if nkeys.from_seed(entry.seed.encode()).public_key.decode() != entry.public_key:
         raise BridgeConfigError([f"{where}.public_key: does not belong to the seed given beside it"])
+    if entry.creds is not None:  # JWT mode: the server wants the user JWT, signed with this seed
+        try:
+            user_jwt, seed = parse_creds(entry.creds)
+            subject = decode(user_jwt)["sub"]
+        except JwtError as err:
+            raise BridgeConfigError([f"{where}.creds: {err}"]) from None
+        if seed != entry.seed or subject != entry.public_key:
+            raise BridgeConfigError([f"{where}.creds: its user is not the public_key/seed given beside it"])
+        return Credentials(creds=entry.creds)
     return creds
 
 
