@@ -3,7 +3,7 @@
 It sends and reads the raw API JSON (durations in nanoseconds), so the configs rendered by
 `topology` reach the server byte for byte and come back comparable field by field, with no client
 library dataclass converting units in between. Admin credentials live in `AdminConnection`, which
-providers build inside each call from stack config: they are never resource inputs or outputs.
+providers build from stack config in the host process: they are never resource inputs or outputs.
 """
 
 from __future__ import annotations
@@ -162,16 +162,21 @@ def _identity(conn: AdminConnection) -> str:
     return "no credentials (set jsb:admin)"
 
 
-@asynccontextmanager
-async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
-    """An admin connection for the length of one provider call; always closed."""
+async def connect_admin(conn: AdminConnection) -> NATS:
+    """An open admin connection; a failure says where and as whom, never with a secret."""
     try:
-        nc = await nats.connect(**conn.connect_options())
+        return await nats.connect(**conn.connect_options())
     except Exception as err:
         raise AdminConnectError(
             f"cannot connect to {', '.join(conn.servers)} as {_identity(conn)}: {err}; "
             "check the stack config jsb:servers and the secret jsb:admin"
         ) from None
+
+
+@asynccontextmanager
+async def admin_session(conn: AdminConnection) -> AsyncIterator[JetStreamAdmin]:
+    """An admin connection of its own for the length of one session; always closed."""
+    nc = await connect_admin(conn)
     try:
         yield JetStreamAdmin(nc, timeout=conn.timeout)
     finally:

@@ -2,13 +2,12 @@
 
 Each resource module names its server-immutable fields (REFERENCE §3); everything here turns a
 desired config and the live config last read from the server into a Pulumi `DiffResult`, an adopt
-decision or a clear error. Only `JsbProvider.run` does I/O (it runs one coroutine per call: provider
-methods are called synchronously from the host's worker threads, pulumi#13153).
+decision or a clear error. Only `JsbProvider.run` does I/O (it runs each call's coroutine on the host's
+one admin loop: provider methods are called synchronously from the host's worker threads, pulumi#13153).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ from pulumi.runtime import rpc
 from pydantic import ValidationError
 
 from jsb_infra.nats_admin import differences, normalize, zero_like
-from jsb_infra.providers import settings
+from jsb_infra.providers import connection, settings
 from jsb_infra.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
 
 T = TypeVar("T")
@@ -252,9 +251,10 @@ class JsbProvider(ResourceProvider):
 
     @staticmethod
     def run(coro: Coroutine[Any, Any, T]) -> T:
-        """Run one call's I/O. A refusal is raised afresh here: the host prints the whole traceback
-        before the message, and the asyncio frames add nothing a user can act on."""
+        """Run one call's I/O on the host's shared admin loop and connection. A refusal is raised
+        afresh here: the host prints the whole traceback before the message, and the asyncio frames
+        add nothing a user can act on."""
         try:
-            return asyncio.run(coro)
+            return connection.shared.run(coro)
         except ProviderError as err:
             raise ProviderError(str(err)) from None

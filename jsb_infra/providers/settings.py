@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jsb_infra import nats_admin
 from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
+from jsb_infra.providers import connection
 
 PROJECT = "jsb"
 SERVERS_KEY = f"{PROJECT}:servers"
@@ -113,5 +113,7 @@ def current() -> ProviderSettings:
 
 
 def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
-    """An admin session with the configured connection, for the length of one provider call."""
-    return nats_admin.admin_session(current().admin_connection())
+    """An admin session on the host's shared connection (see `connection`), with the configured settings.
+
+    Await it on the shared loop only: `JsbProvider.run` puts every provider call there."""
+    return connection.shared.session(current().admin_connection())
