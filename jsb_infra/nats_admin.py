@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 API = "$JS.API"
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
+STREAM_NAME_IN_USE = 10058
+"""STREAM.CREATE of an existing stream whose config differs (an equal one is answered with its info)."""
+CONSUMER_ALREADY_EXISTS = 10148
+"""CONSUMER.CREATE with action create of an existing consumer whose config differs (nats-server 2.15.1)."""
 
 
 class AdminConnection(BaseModel):
@@ -68,6 +72,7 @@ class JetStreamApiError(RuntimeError):
     """An error the server returned for a management request."""
 
     def __init__(self, subject: str, error: dict[str, Any]):
+        self.subject = subject
         self.code = int(error.get("code", 0))
         self.err_code = int(error.get("err_code", 0))
         self.description = str(error.get("description", ""))
@@ -100,6 +105,8 @@ class JetStreamAdmin:
             raise
 
     async def create_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Create; answers with the stream's info, also for an existing stream with an equal config
+        (`did_create` false then), and refuses one that differs (STREAM_NAME_IN_USE)."""
         return await self._request(f"{API}.STREAM.CREATE.{config['name']}", config)
 
     async def update_stream(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +134,8 @@ class JetStreamAdmin:
             raise
 
     async def create_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
-        """Create; the server refuses (rather than changes) an existing consumer that differs."""
+        """Create; answers with the consumer's info, also for an existing consumer with an equal config,
+        and refuses (rather than changes) one that differs (CONSUMER_ALREADY_EXISTS)."""
         return await self._put_consumer(stream, config, "create")
 
     async def update_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:

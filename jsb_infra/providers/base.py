@@ -8,16 +8,18 @@ one admin loop: provider methods are called synchronously from the host's worker
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import nats.errors
 from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 from pydantic import ValidationError
 
-from jsb_infra.nats_admin import differences, normalize, zero_like
+from jsb_infra.nats_admin import API, JetStreamApiError, differences, normalize, zero_like
 from jsb_infra.providers import connection, settings
 from jsb_infra.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
 
@@ -69,12 +71,63 @@ def stored_live(stored: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -
     return {**defaults, **(stored or {})}
 
 
+UNORDERED = frozenset({"subjects", "filter_subjects"})
+"""List fields the server treats as sets: another order is no difference (nor a reason to write)."""
+
+
+def same_members(want: Any, have: Any) -> bool:
+    if not isinstance(want, list | tuple) or not isinstance(have, list | tuple):
+        return False
+    return sorted(map(repr, normalize(list(want)))) == sorted(map(repr, normalize(list(have))))
+
+
 def config_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Changes:
     """{field: (desired, live)} for every managed field whose live value differs.
 
-    A field missing from `live` counts as its zero value; a desired None means "absent".
+    A field missing from `live` counts as its zero value; a desired None means "absent"; subject
+    lists compare as sets.
     """
-    return differences(desired, live)
+    return {
+        key: (want, have)
+        for key, (want, have) in differences(desired, live).items()
+        if not (key in UNORDERED and same_members(want, have))
+    }
+
+
+SERVER_METADATA_PREFIX = "_nats."
+"""Metadata keys the server writes itself (server version, API level); never sent back."""
+
+
+def read_modify_write(
+    live: Mapping[str, Any], rendered: Mapping[str, Any], changes: Changes
+) -> dict[str, Any]:
+    """The config an in-place update sends: the live one with jsb-infra's fields laid over it.
+
+    The server takes an update as a whole new config, so sending only the rendered fields would reset
+    every field jsb-infra does not manage (a CLI-made stream's allow_direct, metadata) to its default.
+    Changed managed fields the renderer leaves out get their unset value (None: removed).
+    """
+    config = dict(live)
+    overlay = {key: want for key, (want, _) in changes.items() if key not in rendered}
+    for key, value in {**overlay, **rendered}.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    metadata = {
+        k: v for k, v in (config.get("metadata") or {}).items() if not k.startswith(SERVER_METADATA_PREFIX)
+    }
+    if metadata:
+        config["metadata"] = metadata
+    else:
+        config.pop("metadata", None)
+    return config
+
+
+def announce(message: str) -> None:
+    """A line in the `pulumi up` output. Dynamic providers have no log API, but the engine shows what
+    a provider host writes to stderr (as a diagnostic of the run)."""
+    print(f"jsb-infra: {message}", file=sys.stderr, flush=True)
 
 
 def describe_changes(changes: Changes) -> str:
@@ -240,6 +293,39 @@ def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFa
     return []
 
 
+# -- server refusals ------------------------------------------------------------------------------------
+SERVER_HINTS: dict[int, str] = {
+    10065: "another stream on the server already captures some of these subjects (a stream's subjects "
+    "may not overlap another's); find it with `nats stream ls --subject <subject>`, then delete or "
+    "rename it, or change the pair's apps",
+    10058: "a stream of that name exists with a different config; set `adopt: true` on the pair to take "
+    "it over, or change the spec to match",
+    10148: "a consumer of that name exists with a different config; set `adopt: true` on the pair to take "
+    "it over, or change the spec to match",
+    10052: "the server refused the stream config; change the spec field it names",
+    10012: "the server has no room for it (JetStream memory or storage limits, or the account's "
+    "limits); raise them or lower the pair's stream_options",
+    10074: "replicas above 1 need a JetStream cluster; set stream_options.replicas: 1 on a single server",
+    10039: "JetStream is not enabled for the admin's account; enable it (`jetstream: enabled` on the "
+    "account) or use an admin user of an account that has it",
+    10076: "JetStream is not enabled on the server; start it with `-js` or a `jetstream {}` block",
+    10059: "the stream does not exist on the server; run `pulumi refresh` and `pulumi up` again",
+}
+"""One-line hints for the server refusals a user can meet (err_code, nats-server server/errors.json)."""
+
+
+def explain(err: JetStreamApiError) -> str:
+    """A server refusal as one line: what was asked, what the server said, and what to do."""
+    action = err.subject.removeprefix(f"{API}.")
+    verb, _, name = action.partition(".")[2].partition(".")
+    kind = action.partition(".")[0].lower()
+    what = f"{kind} {verb.lower()} of {name.replace('.', '/')!r}" if name else action
+    hint = SERVER_HINTS.get(err.err_code, "")
+    return f"the server refused the {what}: {err.description} (err_code {err.err_code})" + (
+        f"; {hint}" if hint else ""
+    )
+
+
 # -- the provider base ---------------------------------------------------------------------------------
 class JsbProvider(ResourceProvider):
     """Holds no state of its own: it is pickled into every resource's state."""
@@ -258,3 +344,10 @@ class JsbProvider(ResourceProvider):
             return connection.shared.run(coro)
         except ProviderError as err:
             raise ProviderError(str(err)) from None
+        except JetStreamApiError as err:
+            raise ProviderError(explain(err)) from None
+        except nats.errors.TimeoutError:
+            raise ProviderError(
+                "no answer from the JetStream API in time: is JetStream enabled on the server and for the "
+                "admin's account (jsb:admin), and is the server (or its cluster's meta leader) up?"
+            ) from None

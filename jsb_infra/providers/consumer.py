@@ -4,24 +4,29 @@ Replaces (delete first) when its identity changes (durable name, stream, the str
 `stream_incarnation_key` of the pair, known at preview, and `stream_created` once known) or a field
 the server cannot update (deliver/ack/replay policy, pull <-> push, max_waiting, mem_storage);
 everything else (max_deliver, ack_wait, backoff, max_ack_pending, filter subject(s), headers_only,
-inactive_threshold) updates in place. On an interest stream, deleting a consumer drops the messages
-only it was interested in: delete and replace refuse that unless the pair allows destroying messages.
+inactive_threshold) updates in place, fields jsb-infra does not manage kept as the server has them. On
+an interest stream, deleting a consumer drops the messages only it was interested in: delete and
+replace refuse that unless the pair allows destroying messages.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import datetime
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
 from jsb_infra import names
-from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.nats_admin import CONSUMER_ALREADY_EXISTS, JetStreamAdmin, JetStreamApiError
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     JsbProvider,
     ProviderError,
     adopt_decision,
+    announce,
     app_failures,
     canonical_pair,
     config_changes,
@@ -30,6 +35,7 @@ from jsb_infra.providers.base import (
     pair_failures,
     parse_pair,
     plan_diff,
+    read_modify_write,
     stored_live,
     stored_pair,
     with_defaults,
@@ -107,9 +113,12 @@ def consumer_id(stream: str, durable: str) -> str:
     return f"{stream}/{durable}"
 
 
-def consumer_outputs(props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Every output, from what the server reported."""
+def consumer_outputs(
+    props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any], adopted: bool
+) -> dict[str, Any]:
+    """Every output, from what the server reported; `adopted`: it was on the server before the create."""
     return {
+        "adopted": adopted,
         "pair": props["pair"],
         "app": app,
         "stream_created": props.get("stream_created"),
@@ -173,8 +182,11 @@ class ConsumerProvider(JsbProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         pair, app = parse_pair(props["pair"]), props["app"]
-        info = self.run(_create_or_adopt(pair, app))
-        return CreateResult(consumer_id(pair.stream, info["name"]), consumer_outputs(props, pair, app, info))
+        info, adopted = self.run(_create_or_adopt(pair, app))
+        if adopted:
+            announce(f"adopted consumer {pair.stream}/{info['name']}: it was already on the server")
+        outputs = consumer_outputs(props, pair, app, info, adopted)
+        return CreateResult(consumer_id(pair.stream, info["name"]), outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         if "pair" not in props:
@@ -183,12 +195,12 @@ class ConsumerProvider(JsbProvider):
         info = self.run(_info(pair.stream, names.durable_name(app)))
         if info is None:
             return ReadResult("", {})
-        return ReadResult(id_, consumer_outputs(props, pair, app, info))
+        return ReadResult(id_, consumer_outputs(props, pair, app, info, bool(props.get("adopted"))))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair, app = parse_pair(news["pair"]), news["app"]
         info = self.run(_update(pair, app))
-        return UpdateResult(consumer_outputs(news, pair, app, info))
+        return UpdateResult(consumer_outputs(news, pair, app, info, bool(olds.get("adopted"))))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = stored_pair(props["pair"])
@@ -200,25 +212,62 @@ async def _info(stream: str, durable: str) -> dict[str, Any] | None:
         return await js.consumer_info(stream, durable)
 
 
-async def _create_or_adopt(pair: Pair, app: str) -> dict[str, Any]:
+async def _create_or_adopt(pair: Pair, app: str) -> tuple[dict[str, Any], bool]:
+    """Create first (one request, answered with the consumer's info); adopt only on a conflict.
+
+    The server answers an existing consumer with an equal config with its info and refuses one that
+    differs: only then is the live config read and compared. Returns the info and whether the
+    consumer was adopted (it was there before the request)."""
     durable = names.durable_name(app)
     async with settings.admin_session() as js:
+        sent = time.monotonic()
+        try:
+            info = await js.create_consumer(pair.stream, consumer_config(pair, app))
+            return info, existed_before(info, time.monotonic() - sent)
+        except JetStreamApiError as err:
+            if err.err_code != CONSUMER_ALREADY_EXISTS:
+                raise
         existing = await js.consumer_info(pair.stream, durable)
         if existing is None:
-            await js.create_consumer(pair.stream, consumer_config(pair, app))
-        elif adopt_decision(
+            raise ProviderError(
+                f"consumer {pair.stream}/{durable} was deleted while it was being adopted; "
+                "run `pulumi up` again"
+            )
+        changes = adopt_decision(
             "consumer",
             f"{pair.stream}/{durable}",
             desired_config(pair, app),
             live_config(existing, pair, app),
             adopt=pair.adopt,
             immutable=IMMUTABLE,
-        ):
-            await js.update_consumer(pair.stream, consumer_config(pair, app))
-        info = await js.consumer_info(pair.stream, durable)
-    if info is None:
-        raise ProviderError(f"consumer {pair.stream}/{durable} vanished right after it was written")
-    return info
+        )
+        if changes:
+            config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
+            existing = await js.update_consumer(pair.stream, config)
+        return existing, True
+
+
+def existed_before(info: dict[str, Any], round_trip: float) -> bool:
+    """Whether a consumer that CONSUMER.CREATE answered with was there before the request.
+
+    The answer carries no "did create" flag, but two server timestamps: `created` and `ts` (when it
+    answered). A consumer this request made is younger than the whole round trip; an older one
+    existed already (equal config: the server answers it as if created)."""
+    try:
+        age = (server_time(info["ts"]) - server_time(info["created"])).total_seconds()
+    except (KeyError, ValueError):
+        return False
+    return age > round_trip
+
+
+def server_time(text: str) -> datetime:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds, which Python keeps)."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise ValueError(f"not a server timestamp: {text!r}")
+    head, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{head}.{micros}{'+00:00' if zone == 'Z' else zone}")
 
 
 async def _update(pair: Pair, app: str) -> dict[str, Any]:
@@ -230,12 +279,11 @@ async def _update(pair: Pair, app: str) -> dict[str, Any]:
                 f"consumer {pair.stream}/{durable} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        if config_changes(desired_config(pair, app), live_config(existing, pair, app)):
-            await js.update_consumer(pair.stream, consumer_config(pair, app))
-        info = await js.consumer_info(pair.stream, durable)
-    if info is None:
-        raise ProviderError(f"consumer {pair.stream}/{durable} vanished right after it was written")
-    return info
+        changes = config_changes(desired_config(pair, app), live_config(existing, pair, app))
+        if not changes:
+            return existing
+        config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
+        return await js.update_consumer(pair.stream, config)
 
 
 async def _messages_at_stake(stream: str, durable: str) -> int:
@@ -255,17 +303,19 @@ async def _at_stake(js: JetStreamAdmin, stream: str, durable: str) -> int:
 
 async def _delete(pair: Pair, durable: str) -> None:
     async with settings.admin_session() as js:
-        interest_guard(pair, pair.stream, durable, await _at_stake(js, pair.stream, durable), "delete")
+        if not pair.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
+            interest_guard(pair, pair.stream, durable, await _at_stake(js, pair.stream, durable), "delete")
         await js.delete_consumer(pair.stream, durable)
 
 
 class Consumer(Resource, module="jsb", name="Consumer"):
-    """`app`'s durable on the pair's stream. Outputs: stream, durable, config (live), created."""
+    """`app`'s durable on the pair's stream. Outputs: stream, durable, config (live), created, adopted."""
 
     stream: pulumi.Output[str]
     durable: pulumi.Output[str]
     config: pulumi.Output[dict[str, Any]]
     created: pulumi.Output[str]
+    adopted: pulumi.Output[bool]
 
     def __init__(
         self,
@@ -283,5 +333,6 @@ class Consumer(Resource, module="jsb", name="Consumer"):
             "durable": None,
             "config": None,
             "created": None,
+            "adopted": None,
         }
         super().__init__(ConsumerProvider(), resource_name, props, opts)

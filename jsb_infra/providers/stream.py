@@ -2,7 +2,8 @@
 
 Replaces (delete first) on name, storage, and retention to or from workqueue (`stream_incarnation_key`),
 and when a field the server cannot reset was set by hand (sealed, mirror, deny_delete, deny_purge,
-allow_msg_ttl); updates everything else in place, sending the whole config. Refuses to destroy a
+allow_msg_ttl); updates everything else in place, sending the live config with the managed fields laid
+over it (fields jsb-infra does not manage stay as they are). Refuses to destroy a
 stream that still holds messages unless the pair sets `allow_destroy_with_messages`.
 """
 
@@ -13,19 +14,21 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
-from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.nats_admin import STREAM_NAME_IN_USE, JetStreamApiError
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     JsbProvider,
     ProviderError,
     Transitions,
     adopt_decision,
+    announce,
     canonical_pair,
     config_changes,
     observed,
     pair_failures,
     parse_pair,
     plan_diff,
+    read_modify_write,
     stored_live,
     stored_pair,
     with_defaults,
@@ -89,9 +92,11 @@ def stream_incarnation_key(pair: Pair) -> str:
     return f"{pair.stream}/{opts.storage}/{retention}"
 
 
-def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any]) -> dict[str, Any]:
-    """Every output, from what the server reported (never from what was sent)."""
+def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool) -> dict[str, Any]:
+    """Every output, from what the server reported (never from what was sent); `adopted`: the stream
+    was on the server before jsb-infra's first create."""
     return {
+        "adopted": adopted,
         "pair": pair_input,
         "name": info["config"]["name"],
         "config": live_config(info, pair),
@@ -151,27 +156,29 @@ class StreamProvider(JsbProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         pair = parse_pair(props["pair"])
-        info = self.run(_create_or_adopt(pair))
-        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info))
+        info, adopted = self.run(_create_or_adopt(pair))
+        if adopted:
+            announce(f"adopted stream {pair.stream!r}: it was already on the server")
+        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info, adopted))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         info = self.run(_info(id_))
         if info is None or "pair" not in props:
             return ReadResult("", {})
         pair = stored_pair(props["pair"])
-        return ReadResult(id_, stream_outputs(props["pair"], pair, info))
+        return ReadResult(id_, stream_outputs(props["pair"], pair, info, bool(props.get("adopted"))))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair = parse_pair(news["pair"])
         info = self.run(_update(pair))
-        return UpdateResult(stream_outputs(news["pair"], pair, info))
+        return UpdateResult(stream_outputs(news["pair"], pair, info, bool(olds.get("adopted"))))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = stored_pair(props["pair"])
         self.run(_delete(id_, pair))
 
 
-# -- server I/O (one admin session per provider call) --------------------------------------------
+# -- server I/O (on the host's shared admin connection) -------------------------------------------
 async def _info(name: str) -> dict[str, Any] | None:
     async with settings.admin_session() as js:
         return await js.stream_info(name)
@@ -182,30 +189,38 @@ async def _message_count(name: str) -> int:
     return int(info["state"]["messages"]) if info else 0
 
 
-async def _read_back(js: JetStreamAdmin, name: str) -> dict[str, Any]:
-    info = await js.stream_info(name)
-    if info is None:
-        raise ProviderError(f"stream {name!r} vanished right after it was written")
-    return info
+async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
+    """Create first (one request, answered with the stream's info); adopt only on a conflict.
 
-
-async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
-    desired = desired_config(pair)
+    The server answers an existing stream with an equal config as if created (`did_create` false),
+    and refuses one that differs in anything, subject order included: only then is the live config
+    read and compared field by field. Returns the info and whether the stream was adopted."""
     async with settings.admin_session() as js:
+        try:
+            info = await js.create_stream(stream_config(pair))
+            return info, info.get("did_create") is False
+        except JetStreamApiError as err:
+            if err.err_code != STREAM_NAME_IN_USE:
+                raise
         existing = await js.stream_info(pair.stream)
         if existing is None:
-            await js.create_stream(stream_config(pair))
-        elif adopt_decision(
+            raise ProviderError(
+                f"stream {pair.stream!r} was deleted while it was being adopted; run `pulumi up` again"
+            )
+        changes = adopt_decision(
             "stream",
             pair.stream,
-            desired,
+            desired_config(pair),
             live_config(existing, pair),
             adopt=pair.adopt,
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
-        ):
-            await js.update_stream(stream_config(pair))
-        return await _read_back(js, pair.stream)
+        )
+        if changes:
+            existing = await js.update_stream(
+                read_modify_write(existing["config"], stream_config(pair), changes)
+            )
+        return existing, True
 
 
 async def _update(pair: Pair) -> dict[str, Any]:
@@ -216,27 +231,30 @@ async def _update(pair: Pair) -> dict[str, Any]:
                 f"stream {pair.stream!r} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        if config_changes(desired_config(pair), live_config(existing, pair)):
-            await js.update_stream(stream_config(pair))  # whole config: the server treats it as a replacement
-        return await _read_back(js, pair.stream)
+        changes = config_changes(desired_config(pair), live_config(existing, pair))
+        if not changes:
+            return existing
+        return await js.update_stream(read_modify_write(existing["config"], stream_config(pair), changes))
 
 
 async def _delete(name: str, pair: Pair) -> None:
     async with settings.admin_session() as js:
-        info = await js.stream_info(name)
-        if info is None:
-            return
-        destroy_guard(pair, int(info["state"]["messages"]), "delete")
+        if not pair.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
+            info = await js.stream_info(name)
+            if info is None:
+                return
+            destroy_guard(pair, int(info["state"]["messages"]), "delete")
         await js.delete_stream(name)
 
 
 class Stream(Resource, module="jsb", name="Stream"):
-    """A JetStream stream for one pair. Outputs: name, config (live), created, messages."""
+    """A JetStream stream for one pair. Outputs: name, config (live), created, messages, adopted."""
 
     name: pulumi.Output[str]
     config: pulumi.Output[dict[str, Any]]
     created: pulumi.Output[str]
     messages: pulumi.Output[int]
+    adopted: pulumi.Output[bool]
 
     def __init__(
         self,
@@ -244,5 +262,12 @@ class Stream(Resource, module="jsb", name="Stream"):
         pair: pulumi.Input[dict[str, Any]],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props = {"pair": pair, "name": None, "config": None, "created": None, "messages": None}
+        props = {
+            "pair": pair,
+            "name": None,
+            "config": None,
+            "created": None,
+            "messages": None,
+            "adopted": None,
+        }
         super().__init__(StreamProvider(), resource_name, props, opts)
