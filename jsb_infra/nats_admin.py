@@ -106,7 +106,7 @@ class JetStreamAdmin:
 
     async def create_stream(self, config: dict[str, Any]) -> dict[str, Any]:
         """Create; answers with the stream's info, also for an existing stream with an equal config
-        (`did_create` false then), and refuses one that differs (STREAM_NAME_IN_USE)."""
+        (its `did_create` is true either way), and refuses one that differs (STREAM_NAME_IN_USE)."""
         return await self._request(f"{API}.STREAM.CREATE.{config['name']}", config)
 
     async def update_stream(self, config: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,11 @@ one admin loop: provider methods are called synchronously from the host's worker
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import nats.errors
@@ -122,6 +124,30 @@ def read_modify_write(
     else:
         config.pop("metadata", None)
     return config
+
+
+def existed_before(info: Mapping[str, Any], round_trip: float) -> bool:
+    """Whether the object a CREATE answered with was there before the request (an equal config: the
+    server answers it as if created).
+
+    Its `did_create` cannot tell: nats-server 2.15.1 answers `true` for an existing stream too, and a
+    consumer's answer has no such flag. Both carry two server timestamps, `created` and `ts` (when
+    the server answered): an object this request made is younger than the whole round trip."""
+    try:
+        age = (server_time(info["ts"]) - server_time(info["created"])).total_seconds()
+    except (KeyError, ValueError):
+        return False
+    return age > round_trip
+
+
+def server_time(text: str) -> datetime:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds, which Python keeps)."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise ValueError(f"not a server timestamp: {text!r}")
+    head, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{head}.{micros}{'+00:00' if zone == 'Z' else zone}")
 
 
 def announce(message: str) -> None:

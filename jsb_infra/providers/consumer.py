@@ -11,9 +11,7 @@ replace refuse that unless the pair allows destroying messages.
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import datetime
 from typing import Any
 
 import pulumi
@@ -30,6 +28,7 @@ from jsb_infra.providers.base import (
     app_failures,
     canonical_pair,
     config_changes,
+    existed_before,
     is_unknown,
     observed,
     pair_failures,
@@ -245,29 +244,6 @@ async def _create_or_adopt(pair: Pair, app: str) -> tuple[dict[str, Any], bool]:
             config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
             existing = await js.update_consumer(pair.stream, config)
         return existing, True
-
-
-def existed_before(info: dict[str, Any], round_trip: float) -> bool:
-    """Whether a consumer that CONSUMER.CREATE answered with was there before the request.
-
-    The answer carries no "did create" flag, but two server timestamps: `created` and `ts` (when it
-    answered). A consumer this request made is younger than the whole round trip; an older one
-    existed already (equal config: the server answers it as if created)."""
-    try:
-        age = (server_time(info["ts"]) - server_time(info["created"])).total_seconds()
-    except (KeyError, ValueError):
-        return False
-    return age > round_trip
-
-
-def server_time(text: str) -> datetime:
-    """An RFC 3339 server timestamp (nanoseconds cut to microseconds, which Python keeps)."""
-    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
-    if match is None:
-        raise ValueError(f"not a server timestamp: {text!r}")
-    head, fraction, zone = match.groups()
-    micros = (fraction or "0")[:6].ljust(6, "0")
-    return datetime.fromisoformat(f"{head}.{micros}{'+00:00' if zone == 'Z' else zone}")
 
 
 async def _update(pair: Pair, app: str) -> dict[str, Any]:

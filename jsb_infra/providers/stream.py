@@ -9,6 +9,7 @@ stream that still holds messages unless the pair sets `allow_destroy_with_messag
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pulumi
@@ -24,6 +25,7 @@ from jsb_infra.providers.base import (
     announce,
     canonical_pair,
     config_changes,
+    existed_before,
     observed,
     pair_failures,
     parse_pair,
@@ -192,13 +194,14 @@ async def _message_count(name: str) -> int:
 async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
     """Create first (one request, answered with the stream's info); adopt only on a conflict.
 
-    The server answers an existing stream with an equal config as if created (`did_create` false),
-    and refuses one that differs in anything, subject order included: only then is the live config
-    read and compared field by field. Returns the info and whether the stream was adopted."""
+    The server answers an existing stream with an equal config as if created, and refuses one that
+    differs in anything, subject order included: only then is the live config read and compared
+    field by field. Returns the info and whether the stream was adopted."""
     async with settings.admin_session() as js:
+        sent = time.monotonic()
         try:
             info = await js.create_stream(stream_config(pair))
-            return info, info.get("did_create") is False
+            return info, existed_before(info, time.monotonic() - sent)
         except JetStreamApiError as err:
             if err.err_code != STREAM_NAME_IN_USE:
                 raise
