@@ -42,6 +42,7 @@ bench: install
 
 # create / no-op / refresh / destroy of N pairs: jsb-infra vs the NATS CLI recipe vs a raw loop.
 BENCH_PAIRS ?= 10,50,100
+BENCH_ARGS ?= --kill 100
 bench-provision: install
 	$(PY) benchmarks/provision.py --pairs $(BENCH_PAIRS) $(BENCH_ARGS)
 

@@ -9,10 +9,11 @@ One local nats-server (admin user, monitoring port) serves every phase; for each
   `destroy`. During both no-op runs the server's API audit advisories are counted (writes =
   CREATE/UPDATE/DELETE requests) and so are the client connections opened (monitoring `varz`).
 Times are wall clock on a possibly shared machine: read the ratios, printed per N, and time per pair.
-A last section times `pulumi preview` started with SIGINT ignored (nohup, a background job of a
+With `--kill N`, a create of N pairs is SIGKILLed halfway and run again (it must converge). A last
+section times `pulumi preview` started with SIGINT ignored (nohup, a background job of a
 script) against one started normally: the language host must not make the CLI wait out a timeout.
 
-    .venv/bin/python benchmarks/provision.py [--pairs 10,50,100] [--preview] [--checkpoints]
+    .venv/bin/python benchmarks/provision.py [--pairs 10,50,100] [--preview] [--checkpoints] [--kill 100]
 """
 
 from __future__ import annotations
@@ -258,10 +259,25 @@ class PulumiProject:
         return self.pulumi("destroy", "--yes", *skip, "--stack", stack)
 
 
+def state_sizes(project: PulumiProject, stack: str) -> dict[str, float]:
+    """Bytes of exported state: the whole deployment, and per resource of each kind (inputs + outputs)."""
+    exported = subprocess.run(
+        ["pulumi", "stack", "export", "--stack", stack], cwd=project.dir, env=project.env, capture_output=True
+    ).stdout
+    resources = json.loads(exported)["deployment"]["resources"]
+    sizes: dict[str, list[int]] = {}
+    for r in resources:
+        sizes.setdefault(r["type"].rsplit(":", 1)[-1], []).append(len(json.dumps(r)))
+    out = {"state_bytes": float(len(exported))}
+    out.update({f"bytes_{kind}": sum(v) / len(v) for kind, v in sizes.items()})
+    return out
+
+
 async def jsb_runs(project: PulumiProject, server: Server, pairs: list[Pair]) -> dict[str, float]:
     name = f"bench{len(pairs)}"
     project.stack(name, pairs)
     out: dict[str, float] = {"create": project.up(name)}
+    out.update(state_sizes(project, name))
     for label, extra in (("noop", ()), ("refresh", ("--refresh",))):
         before = server.total_connections()
         async with ApiAudit(project.url) as audit:
@@ -271,6 +287,50 @@ async def jsb_runs(project: PulumiProject, server: Server, pairs: list[Pair]) ->
         out[f"{label}_conns"] = server.total_connections() - before - 1  # the audit's own connection
     out["destroy"] = project.destroy(name)
     return out
+
+
+async def stream_count(url: str) -> int:
+    nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+    try:
+        reply = json.loads((await nc.request("$JS.API.STREAM.NAMES", b"", timeout=5)).data)
+        return len(reply.get("streams") or [])
+    finally:
+        await nc.close()
+
+
+async def kill_and_converge(project: PulumiProject, pairs: list[Pair]) -> str:
+    """SIGKILL `pulumi up` once half the streams exist, `pulumi cancel` its lock, `up` again: what the
+    server and state hold afterwards (tests/test_e2e_crash.py asserts the same on 20 pairs)."""
+    name = f"kill{len(pairs)}"
+    project.stack(name, pairs)
+    skip = [] if project.preview else ["--skip-preview"]
+    first = subprocess.Popen(
+        ["pulumi", "up", "--yes", *skip, "--stack", name],
+        cwd=project.dir,
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    while await stream_count(project.url) < len(pairs) // 2 and first.poll() is None:
+        await asyncio.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    at_kill = await stream_count(project.url)
+    project.pulumi("cancel", "--yes", "--stack", name)
+    converge = project.up(name)
+    exported = subprocess.run(
+        ["pulumi", "stack", "export", "--stack", name], cwd=project.dir, env=project.env, capture_output=True
+    )
+    resources = json.loads(exported.stdout)["deployment"]["resources"]
+    kinds = Counter(r["type"].rsplit(":", 1)[-1] for r in resources if "dynamic" in r["type"])
+    adopted = sum(1 for r in resources if (r.get("outputs") or {}).get("adopted"))
+    streams = await stream_count(project.url)
+    project.destroy(name)
+    return (
+        f"killed with {at_kill}/{len(pairs)} streams made; the next up took {converge:.1f} s and adopted "
+        f"{adopted} objects; server {streams} streams; state {dict(kinds)}"
+    )
 
 
 def sigint_stall(project: PulumiProject) -> dict[str, float]:
@@ -306,6 +366,8 @@ def report(n: int, cli: dict[str, float] | None, raw: dict[str, float], jsb: dic
             f"connections opened {jsb[f'{label}_conns']:.0f}"
         )
     print(f"destroy/create {jsb['destroy'] / jsb['create']:.2f}")
+    per_kind = ", ".join(f"{k[6:]} {v:.0f}" for k, v in jsb.items() if k.startswith("bytes_"))
+    print(f"state {jsb['state_bytes'] / 1024:.0f} KiB; bytes per resource: {per_kind}")
 
 
 async def main() -> int:
@@ -319,6 +381,7 @@ async def main() -> int:
     )
     parser.add_argument("--no-cli", action="store_true", help="skip the NATS CLI recipe")
     parser.add_argument("--no-sigint", action="store_true", help="skip the SIGINT-ignored preview timing")
+    parser.add_argument("--kill", type=int, default=0, help="kill test: SIGKILL a create of N pairs halfway")
     args = parser.parse_args()
     counts = [int(n) for n in args.pairs.split(",") if n.strip()]
 
@@ -347,6 +410,10 @@ async def main() -> int:
             print(
                 f"\ncreate time per pair: {lo} pairs {1000 * per_pair[lo]:.0f} ms, {hi} pairs "
                 f"{1000 * per_pair[hi]:.0f} ms ({per_pair[hi] / per_pair[lo]:.2f}x)"
+            )
+        if args.kill:
+            print(
+                f"\nkill test ({args.kill} pairs): {await kill_and_converge(project, bench_pairs(args.kill))}"
             )
         if not args.no_sigint:
             stall = sigint_stall(project)
