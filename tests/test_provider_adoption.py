@@ -92,6 +92,10 @@ def test_a_cli_made_stream_in_another_subject_order_is_adopted_as_it_is(
     assert live["config"]["allow_direct"] is True
     outcome = host.diff(S, STREAM, stream, host.checked(S, {"pair": pair()}))
     assert outcome.changes == "DIFF_NONE"
+    host.change(S, STREAM, stream, {"pair": pair(stream_options={"max_age": "1d"})})
+    updated = stream_live(server.url)["config"]
+    assert updated["max_age"] == 86_400_000_000_000
+    assert updated["subjects"] == by_hand["subjects"] and updated["allow_direct"] is True
     host.close()
     assert f"adopted stream '{STREAM}'" in host.stderr
     assert f"adopted consumer {STREAM}/orders-workers" in host.stderr

@@ -107,11 +107,14 @@ def read_modify_write(
 
     The server takes an update as a whole new config, so sending only the rendered fields would reset
     every field jsb-infra does not manage (a CLI-made stream's allow_direct, metadata) to its default.
-    Changed managed fields the renderer leaves out get their unset value (None: removed).
+    Changed managed fields the renderer leaves out get their unset value (None: removed); a subject
+    list holding the same subjects keeps the server's order.
     """
     config = dict(live)
     overlay = {key: want for key, (want, _) in changes.items() if key not in rendered}
     for key, value in {**overlay, **rendered}.items():
+        if key in UNORDERED and same_members(value, config.get(key)):
+            continue  # the same set in the server's order: not rewritten
         if value is None:
             config.pop(key, None)
         else:
