@@ -135,3 +135,28 @@ def test_a_stream_whose_subjects_overlap_another_is_refused_in_one_line(
     assert "err_code 10065" in message and "nats stream ls --subject" in message
     assert "JetStreamApiError" not in err.value.details
     assert admin_call(server.url, lambda js: js.stream_info(STREAM)) is None
+
+
+def test_unset_values_come_from_the_server_at_create_not_from_a_version_table(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    _, stream = host.up(S, {"pair": pair()})
+    c_id, consumer = host.up(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    live = admin_call(server.url, lambda js: js.consumer_info(STREAM, "orders-workers"))
+    assert consumer["unset"]["max_waiting"] == live["config"]["max_waiting"]
+    assert (
+        stream["unset"]["max_msgs_per_subject"] == stream_live(server.url)["config"]["max_msgs_per_subject"]
+    )
+
+    # State written against a server whose default max_waiting is 1000: no drift, no replace.
+    other_default = {
+        **consumer,
+        "config": {**consumer["config"], "max_waiting": 1000},
+        "unset": {**consumer["unset"], "max_waiting": 1000},
+    }
+    news = host.checked(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    assert host.diff(C, c_id, other_default, news).changes == "DIFF_NONE"
+    # The same live value changed by hand after the create is still seen, and replaces.
+    by_hand = {**consumer, "config": {**consumer["config"], "max_waiting": 1000}}
+    outcome = host.diff(C, c_id, by_hand, news)
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == ["max_waiting"]

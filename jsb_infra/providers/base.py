@@ -64,6 +64,28 @@ def observed(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, A
     return normalize({k: live[k] if k in live else zero_like(want) for k, want in desired.items()})
 
 
+def unset_values(known: Mapping[str, Any], recorded: Any) -> dict[str, Any]:
+    """The "unset" values to compare with: those the server gave this object when it was created
+    (the `unset` output), else the known ones (what nats-server 2.15.1 gives).
+
+    So a server whose defaults differ (a later version's max_waiting) never reads as drift, let alone
+    as a replace, while a field changed by hand after the create still does."""
+    if not isinstance(recorded, dict):
+        return dict(known)
+    return {key: normalize(recorded[key]) if key in recorded else value for key, value in known.items()}
+
+
+def recorded_unset(
+    live: Mapping[str, Any], rendered: Mapping[str, Any], known: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the server filled in for the managed keys the renderer left out, read from its answer."""
+    return {
+        key: normalize(live.get(key, zero_like(value)))
+        for key, value in known.items()
+        if key not in rendered and value is not None
+    }
+
+
 def stored_live(stored: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The live config from state, with the unset values for keys it lacks.
 

@@ -35,8 +35,10 @@ from jsb_infra.providers.base import (
     parse_pair,
     plan_diff,
     read_modify_write,
+    recorded_unset,
     stored_live,
     stored_pair,
+    unset_values,
     with_defaults,
 )
 from jsb_infra.providers.stream import stream_incarnation_key
@@ -74,8 +76,9 @@ Compared, not sent: nats-server 2.15.1 gives a durable pull consumer max_waiting
 others when unset, and an update with the rendered config resets the mutable ones to these values."""
 
 
-def desired_config(pair: Pair, app: str) -> dict[str, Any]:
-    return with_defaults(consumer_config(pair, app), OPTIONAL_DEFAULTS)
+def desired_config(pair: Pair, app: str, unset: Any = None) -> dict[str, Any]:
+    """The rendered config plus the unset values (`unset` as recorded at create, else OPTIONAL_DEFAULTS)."""
+    return with_defaults(consumer_config(pair, app), unset_values(OPTIONAL_DEFAULTS, unset))
 
 
 def live_config(info: dict[str, Any], pair: Pair, app: str) -> dict[str, Any]:
@@ -113,11 +116,13 @@ def consumer_id(stream: str, durable: str) -> str:
 
 
 def consumer_outputs(
-    props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any], adopted: bool
+    props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any], adopted: bool, unset: Any
 ) -> dict[str, Any]:
-    """Every output, from what the server reported; `adopted`: it was on the server before the create."""
+    """Every output, from what the server reported; `adopted`: it was on the server before the create;
+    `unset`: the values the server gave the keys the renderer leaves out, as recorded at create."""
     return {
         "adopted": adopted,
+        "unset": unset,
         "pair": props["pair"],
         "app": app,
         "stream_created": props.get("stream_created"),
@@ -145,8 +150,8 @@ class ConsumerProvider(JsbProvider):
         old_pair = stored_pair(olds["pair"])
         app = news["app"]
         plan = plan_diff(
-            desired_config(pair, app),
-            stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
+            desired_config(pair, app, olds.get("unset")),
+            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset"))),
             immutable=IMMUTABLE,
             identity={"pair.stream": (old_pair.stream, pair.stream), "app": (olds.get("app"), app)},
             inputs={  # delete reads the flag from state: it must be stored even when nothing else changes
@@ -184,7 +189,8 @@ class ConsumerProvider(JsbProvider):
         info, adopted = self.run(_create_or_adopt(pair, app))
         if adopted:
             announce(f"adopted consumer {pair.stream}/{info['name']}: it was already on the server")
-        outputs = consumer_outputs(props, pair, app, info, adopted)
+        unset = recorded_unset(info["config"], consumer_config(pair, app), OPTIONAL_DEFAULTS)
+        outputs = consumer_outputs(props, pair, app, info, adopted, unset)
         return CreateResult(consumer_id(pair.stream, info["name"]), outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -194,12 +200,14 @@ class ConsumerProvider(JsbProvider):
         info = self.run(_info(pair.stream, names.durable_name(app)))
         if info is None:
             return ReadResult("", {})
-        return ReadResult(id_, consumer_outputs(props, pair, app, info, bool(props.get("adopted"))))
+        outputs = consumer_outputs(props, pair, app, info, bool(props.get("adopted")), props.get("unset"))
+        return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair, app = parse_pair(news["pair"]), news["app"]
-        info = self.run(_update(pair, app))
-        return UpdateResult(consumer_outputs(news, pair, app, info, bool(olds.get("adopted"))))
+        info = self.run(_update(pair, app, olds.get("unset")))
+        outputs = consumer_outputs(news, pair, app, info, bool(olds.get("adopted")), olds.get("unset"))
+        return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = stored_pair(props["pair"])
@@ -246,7 +254,7 @@ async def _create_or_adopt(pair: Pair, app: str) -> tuple[dict[str, Any], bool]:
         return existing, True
 
 
-async def _update(pair: Pair, app: str) -> dict[str, Any]:
+async def _update(pair: Pair, app: str, unset: Any) -> dict[str, Any]:
     durable = names.durable_name(app)
     async with settings.admin_session() as js:
         existing = await js.consumer_info(pair.stream, durable)
@@ -255,7 +263,7 @@ async def _update(pair: Pair, app: str) -> dict[str, Any]:
                 f"consumer {pair.stream}/{durable} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        changes = config_changes(desired_config(pair, app), live_config(existing, pair, app))
+        changes = config_changes(desired_config(pair, app, unset), live_config(existing, pair, app))
         if not changes:
             return existing
         config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
@@ -310,5 +318,6 @@ class Consumer(Resource, module="jsb", name="Consumer"):
             "config": None,
             "created": None,
             "adopted": None,
+            "unset": None,
         }
         super().__init__(ConsumerProvider(), resource_name, props, opts)

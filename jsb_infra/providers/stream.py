@@ -31,8 +31,10 @@ from jsb_infra.providers.base import (
     parse_pair,
     plan_diff,
     read_modify_write,
+    recorded_unset,
     stored_live,
     stored_pair,
+    unset_values,
     with_defaults,
 )
 from jsb_infra.spec import Pair
@@ -74,9 +76,10 @@ these values (nats-server 2.15.1 reports max_msgs_per_subject -1 and the boolean
 no_ack, mirror and sources), so a default stream shows no difference."""
 
 
-def desired_config(pair: Pair) -> dict[str, Any]:
-    """The config compared with the server's (the renderer's output plus explicit unset values)."""
-    return with_defaults(stream_config(pair), OPTIONAL_DEFAULTS)
+def desired_config(pair: Pair, unset: Any = None) -> dict[str, Any]:
+    """The config compared with the server's (the renderer's output plus explicit unset values:
+    `unset` as recorded at create, else OPTIONAL_DEFAULTS)."""
+    return with_defaults(stream_config(pair), unset_values(OPTIONAL_DEFAULTS, unset))
 
 
 def live_config(info: dict[str, Any], pair: Pair) -> dict[str, Any]:
@@ -94,11 +97,15 @@ def stream_incarnation_key(pair: Pair) -> str:
     return f"{pair.stream}/{opts.storage}/{retention}"
 
 
-def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool) -> dict[str, Any]:
+def stream_outputs(
+    pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool, unset: Any
+) -> dict[str, Any]:
     """Every output, from what the server reported (never from what was sent); `adopted`: the stream
-    was on the server before jsb-infra's first create."""
+    was on the server before jsb-infra's first create; `unset`: the values the server gave the keys
+    the renderer leaves out, as recorded at create."""
     return {
         "adopted": adopted,
+        "unset": unset,
         "pair": pair_input,
         "name": info["config"]["name"],
         "config": live_config(info, pair),
@@ -128,8 +135,8 @@ class StreamProvider(JsbProvider):
         pair = parse_pair(news["pair"])
         old_pair = stored_pair(olds["pair"])
         plan = plan_diff(
-            desired_config(pair),
-            stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
+            desired_config(pair, olds.get("unset")),
+            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset"))),
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
             inputs={
@@ -161,19 +168,22 @@ class StreamProvider(JsbProvider):
         info, adopted = self.run(_create_or_adopt(pair))
         if adopted:
             announce(f"adopted stream {pair.stream!r}: it was already on the server")
-        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info, adopted))
+        unset = recorded_unset(info["config"], stream_config(pair), OPTIONAL_DEFAULTS)
+        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info, adopted, unset))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         info = self.run(_info(id_))
         if info is None or "pair" not in props:
             return ReadResult("", {})
         pair = stored_pair(props["pair"])
-        return ReadResult(id_, stream_outputs(props["pair"], pair, info, bool(props.get("adopted"))))
+        outputs = stream_outputs(props["pair"], pair, info, bool(props.get("adopted")), props.get("unset"))
+        return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair = parse_pair(news["pair"])
-        info = self.run(_update(pair))
-        return UpdateResult(stream_outputs(news["pair"], pair, info, bool(olds.get("adopted"))))
+        info = self.run(_update(pair, olds.get("unset")))
+        outputs = stream_outputs(news["pair"], pair, info, bool(olds.get("adopted")), olds.get("unset"))
+        return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = stored_pair(props["pair"])
@@ -226,7 +236,7 @@ async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
         return existing, True
 
 
-async def _update(pair: Pair) -> dict[str, Any]:
+async def _update(pair: Pair, unset: Any) -> dict[str, Any]:
     async with settings.admin_session() as js:
         existing = await js.stream_info(pair.stream)
         if existing is None:
@@ -234,7 +244,7 @@ async def _update(pair: Pair) -> dict[str, Any]:
                 f"stream {pair.stream!r} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        changes = config_changes(desired_config(pair), live_config(existing, pair))
+        changes = config_changes(desired_config(pair, unset), live_config(existing, pair))
         if not changes:
             return existing
         return await js.update_stream(read_modify_write(existing["config"], stream_config(pair), changes))
@@ -272,5 +282,6 @@ class Stream(Resource, module="jsb", name="Stream"):
             "created": None,
             "messages": None,
             "adopted": None,
+            "unset": None,
         }
         super().__init__(StreamProvider(), resource_name, props, opts)
