@@ -37,6 +37,9 @@ from typing import Any
 import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from e2e_support import kill_tree
 
 from jsb_infra.local_server import LocalNatsServer, accounts_config, free_port
 from jsb_infra.nats_admin import JetStreamAdmin
@@ -310,11 +313,10 @@ async def kill_and_converge(project: PulumiProject, pairs: list[Pair]) -> str:
         env=project.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     while await stream_count(project.url) < len(pairs) // 2 and first.poll() is None:
         await asyncio.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
+    kill_tree(first.pid)
     first.wait()
     at_kill = await stream_count(project.url)
     project.pulumi("cancel", "--yes", "--stack", name)

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ from typing import Any
 
 import nats
 import pytest
-from e2e_support import copy_project, offline_env, pulumi_bin_dir
+from e2e_support import copy_project, kill_tree, offline_env, pulumi_bin_dir
 
 from jsb_infra.local_server import LocalNatsServer, accounts_config
 from jsb_infra.spec import parse_pairs
@@ -88,17 +87,12 @@ def test_up_killed_halfway_then_up_again_converges(tmp_path: Path, server: Local
     assert pulumi("stack", "init", "crash").returncode == 0
     up = ["up", "--yes", "--skip-preview", "--stack", "crash"]
     first = subprocess.Popen(
-        ["pulumi", *up],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes the CLI and its plugins at once
+        ["pulumi", *up], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 240
     while len(stream_names(server.url)) < KILL_AT and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
+    kill_tree(first.pid)  # the CLI and its plugins, as a crash of the machine or container would
     first.wait()
     made_before_kill = stream_names(server.url)
     assert KILL_AT <= len(made_before_kill) < PAIRS, "the kill must land halfway through the create"
