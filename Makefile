@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 
-.PHONY: install lint format test up down bench clean
+.PHONY: install lint format test up down bench bench-provision clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ down: install
 bench: install
 	$(PY) benchmarks/runtime.py
 	$(PY) benchmarks/reliability.py
+
+# create / no-op / refresh / destroy of N pairs: jsb-infra vs the NATS CLI recipe vs a raw loop.
+BENCH_PAIRS ?= 10,50,100
+BENCH_ARGS ?= --kill 100
+bench-provision: install
+	$(PY) benchmarks/provision.py --pairs $(BENCH_PAIRS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .jsb

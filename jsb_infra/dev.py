@@ -45,6 +45,9 @@ def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
     """The environment for an offline Pulumi CLI: local file backend, no update check, no plugin downloads."""
     env = dict(os.environ)
     env.setdefault("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
+    # State once per update instead of after every step (quadratic in stack size on a file backend);
+    # a killed `up` then converges on the next one (tests/test_e2e_crash.py). See docs/performance.md.
+    env.setdefault("PULUMI_SKIP_CHECKPOINTS", "true")
     env.update(
         {
             "PULUMI_BACKEND_URL": f"file://{state_dir / 'state'}",

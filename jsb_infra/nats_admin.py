@@ -3,7 +3,7 @@
 It sends and reads the raw API JSON (durations in nanoseconds), so the configs rendered by
 `topology` reach the server byte for byte and come back comparable field by field, with no client
 library dataclass converting units in between. Admin credentials live in `AdminConnection`, which
-providers build inside each call from stack config: they are never resource inputs or outputs.
+providers build from stack config in the host process: they are never resource inputs or outputs.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ def parse_headers(block: bytes) -> dict[str, str]:
         if sep and key:
             headers[key.strip()] = value.strip()
     return headers
+
+
+STREAM_NAME_IN_USE = 10058
+"""STREAM.CREATE of an existing stream whose config differs (an equal one is answered with its info)."""
+CONSUMER_ALREADY_EXISTS = 10148
+"""CONSUMER.CREATE with action create of an existing consumer whose config differs (nats-server 2.15.1)."""
 
 
 class AdminConnection(BaseModel):
@@ -98,6 +104,7 @@ class JetStreamApiError(RuntimeError):
     """An error the server returned for a management request."""
 
     def __init__(self, subject: str, error: dict[str, Any]):
+        self.subject = subject
         self.code = int(error.get("code", 0))
         self.err_code = int(error.get("err_code", 0))
         self.description = str(error.get("description", ""))
@@ -140,6 +147,8 @@ class JetStreamAdmin:
             raise
 
     async def create_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Create; answers with the stream's info, also for an existing stream with an equal config
+        (its `did_create` is true either way), and refuses one that differs (STREAM_NAME_IN_USE)."""
         return await self._request(f"{API}.STREAM.CREATE.{config['name']}", config)
 
     async def update_stream(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +229,8 @@ class JetStreamAdmin:
             raise
 
     async def create_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
-        """Create; the server refuses (rather than changes) an existing consumer that differs."""
+        """Create; answers with the consumer's info, also for an existing consumer with an equal config,
+        and refuses (rather than changes) one that differs (CONSUMER_ALREADY_EXISTS)."""
         return await self._put_consumer(stream, config, "create")
 
     async def update_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -270,19 +280,24 @@ def _identity(conn: AdminConnection) -> str:
     return "no credentials (set jsb:admin)"
 
 
-@asynccontextmanager
-async def admin_session(
-    conn: AdminConnection, retry: RetryPolicy | None = None
-) -> AsyncIterator[JetStreamAdmin]:
-    """An admin connection for the length of one provider call; always closed. With `retry`, every
-    management request of the session is retried through leader elections (`jsb_infra.retry`)."""
+async def connect_admin(conn: AdminConnection) -> NATS:
+    """An open admin connection; a failure says where and as whom, never with a secret."""
     try:
-        nc = await nats.connect(**conn.connect_options())
+        return await nats.connect(**conn.connect_options())
     except Exception as err:
         raise AdminConnectError(
             f"cannot connect to {', '.join(conn.servers)} as {_identity(conn)}: {err}; "
             "check the stack config jsb:servers and the secret jsb:admin"
         ) from None
+
+
+@asynccontextmanager
+async def admin_session(
+    conn: AdminConnection, retry: RetryPolicy | None = None
+) -> AsyncIterator[JetStreamAdmin]:
+    """An admin connection of its own for the length of one session; always closed. With `retry`, every
+    management request of the session is retried through leader elections (`jsb_infra.retry`)."""
+    nc = await connect_admin(conn)
     try:
         yield JetStreamAdmin(nc, timeout=conn.timeout, retry=retry)
     finally:

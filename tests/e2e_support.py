@@ -7,9 +7,11 @@ documents live in temp directories too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -139,3 +141,25 @@ def run_cli(stack: auto.Stack, *args: str) -> str:
 
 def admin_connection(url: str, user: str, password: str) -> AdminConnection:
     return AdminConnection(servers=[url], user=user, password=password)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process below it, as a machine crash would end them.
+
+    The Pulumi CLI starts its plugins (language host, provider hosts) in process groups of their own,
+    so killing the CLI's group leaves them running (orphaned, serving forever); find them first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    doomed, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        doomed.append(current)
+        todo.extend(children.get(current, []))
+    for target in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)

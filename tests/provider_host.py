@@ -65,11 +65,15 @@ class ProviderHost:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = provider_pb2_grpc.ResourceProviderStub(self.channel)
         self.transcript: list[str] = []
+        self.stderr = ""
+        """What the host wrote to stderr (the engine shows it in the run's output), once closed."""
 
     def close(self) -> None:
         self.channel.close()
         self.process.kill()
         self.process.wait(timeout=10)
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self.stderr = self.process.stderr.read().decode(errors="replace")
         for pipe in (self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()

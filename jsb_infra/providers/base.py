@@ -2,25 +2,27 @@
 
 Each resource module names its server-immutable fields (REFERENCE §3); everything here turns a
 desired config and the live config last read from the server into a Pulumi `DiffResult`, an adopt
-decision or a clear error. Only `JsbProvider.run` does I/O (it runs one coroutine per call: provider
-methods are called synchronously from the host's worker threads, pulumi#13153).
+decision or a clear error. Only `JsbProvider.run` does I/O (it runs each call's coroutine on the host's
+one admin loop: provider methods are called synchronously from the host's worker threads, pulumi#13153).
 """
 
 from __future__ import annotations
 
-import asyncio
+import re
 import sys
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
+import nats.errors
 from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 from pydantic import ValidationError
 
-from jsb_infra.nats_admin import AdminConnectError, JetStreamApiError, differences, normalize, zero_like
-from jsb_infra.providers import settings
+from jsb_infra.nats_admin import API, AdminConnectError, JetStreamApiError, differences, normalize, zero_like
+from jsb_infra.providers import connection, settings
 from jsb_infra.replication import NotSettled
 from jsb_infra.retry import ManagementUnavailable
 from jsb_infra.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
@@ -64,6 +66,28 @@ def observed(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, A
     return normalize({k: live[k] if k in live else zero_like(want) for k, want in desired.items()})
 
 
+def unset_values(known: Mapping[str, Any], recorded: Any) -> dict[str, Any]:
+    """The "unset" values to compare with: those the server gave this object when it was created
+    (the `unset` output), else the known ones (what nats-server 2.15.1 gives).
+
+    So a server whose defaults differ (a later version's max_waiting) never reads as drift, let alone
+    as a replace, while a field changed by hand after the create still does."""
+    if not isinstance(recorded, dict):
+        return dict(known)
+    return {key: normalize(recorded[key]) if key in recorded else value for key, value in known.items()}
+
+
+def recorded_unset(
+    live: Mapping[str, Any], rendered: Mapping[str, Any], known: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the server filled in for the managed keys the renderer left out, read from its answer."""
+    return {
+        key: normalize(live.get(key, zero_like(value)))
+        for key, value in known.items()
+        if key not in rendered and value is not None
+    }
+
+
 def stored_live(stored: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The live config from state, with the unset values for keys it lacks.
 
@@ -73,12 +97,90 @@ def stored_live(stored: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -
     return {**defaults, **(stored or {})}
 
 
+UNORDERED = frozenset({"subjects", "filter_subjects"})
+"""List fields the server treats as sets: another order is no difference (nor a reason to write)."""
+
+
+def same_members(want: Any, have: Any) -> bool:
+    if not isinstance(want, list | tuple) or not isinstance(have, list | tuple):
+        return False
+    return sorted(map(repr, normalize(list(want)))) == sorted(map(repr, normalize(list(have))))
+
+
 def config_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Changes:
     """{field: (desired, live)} for every managed field whose live value differs.
 
-    A field missing from `live` counts as its zero value; a desired None means "absent".
+    A field missing from `live` counts as its zero value; a desired None means "absent"; subject
+    lists compare as sets.
     """
-    return differences(desired, live)
+    return {
+        key: (want, have)
+        for key, (want, have) in differences(desired, live).items()
+        if not (key in UNORDERED and same_members(want, have))
+    }
+
+
+SERVER_METADATA_PREFIX = "_nats."
+"""Metadata keys the server writes itself (server version, API level); never sent back."""
+
+
+def read_modify_write(
+    live: Mapping[str, Any], rendered: Mapping[str, Any], changes: Changes
+) -> dict[str, Any]:
+    """The config an in-place update sends: the live one with jsb-infra's fields laid over it.
+
+    The server takes an update as a whole new config, so sending only the rendered fields would reset
+    every field jsb-infra does not manage (a CLI-made stream's allow_direct, metadata) to its default.
+    Changed managed fields the renderer leaves out get their unset value (None: removed); a subject
+    list holding the same subjects keeps the server's order.
+    """
+    config = dict(live)
+    overlay = {key: want for key, (want, _) in changes.items() if key not in rendered}
+    for key, value in {**overlay, **rendered}.items():
+        if key in UNORDERED and same_members(value, config.get(key)):
+            continue  # the same set in the server's order: not rewritten
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    metadata = {
+        k: v for k, v in (config.get("metadata") or {}).items() if not k.startswith(SERVER_METADATA_PREFIX)
+    }
+    if metadata:
+        config["metadata"] = metadata
+    else:
+        config.pop("metadata", None)
+    return config
+
+
+def existed_before(info: Mapping[str, Any], round_trip: float) -> bool:
+    """Whether the object a CREATE answered with was there before the request (an equal config: the
+    server answers it as if created).
+
+    Its `did_create` cannot tell: nats-server 2.15.1 answers `true` for an existing stream too, and a
+    consumer's answer has no such flag. Both carry two server timestamps, `created` and `ts` (when
+    the server answered): an object this request made is younger than the whole round trip."""
+    try:
+        age = (server_time(info["ts"]) - server_time(info["created"])).total_seconds()
+    except (KeyError, ValueError):
+        return False
+    return age > round_trip
+
+
+def server_time(text: str) -> datetime:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds, which Python keeps)."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise ValueError(f"not a server timestamp: {text!r}")
+    head, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{head}.{micros}{'+00:00' if zone == 'Z' else zone}")
+
+
+def announce(message: str) -> None:
+    """A line in the `pulumi up` output. Dynamic providers have no log API, but the engine shows what
+    a provider host writes to stderr (as a diagnostic of the run)."""
+    print(f"jsb-infra: {message}", file=sys.stderr, flush=True)
 
 
 def describe_changes(changes: Changes) -> str:
@@ -244,6 +346,39 @@ def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFa
     return []
 
 
+# -- server refusals ------------------------------------------------------------------------------------
+SERVER_HINTS: dict[int, str] = {
+    10065: "another stream on the server already captures some of these subjects (a stream's subjects "
+    "may not overlap another's); find it with `nats stream ls --subject <subject>`, then delete or "
+    "rename it, or change the pair's apps",
+    10058: "a stream of that name exists with a different config; set `adopt: true` on the pair to take "
+    "it over, or change the spec to match",
+    10148: "a consumer of that name exists with a different config; set `adopt: true` on the pair to take "
+    "it over, or change the spec to match",
+    10052: "the server refused the stream config; change the spec field it names",
+    10012: "the server has no room for it (JetStream memory or storage limits, or the account's "
+    "limits); raise them or lower the pair's stream_options",
+    10074: "replicas above 1 need a JetStream cluster; set stream_options.replicas: 1 on a single server",
+    10039: "JetStream is not enabled for the admin's account; enable it (`jetstream: enabled` on the "
+    "account) or use an admin user of an account that has it",
+    10076: "JetStream is not enabled on the server; start it with `-js` or a `jetstream {}` block",
+    10059: "the stream does not exist on the server; run `pulumi refresh` and `pulumi up` again",
+}
+"""One-line hints for the server refusals a user can meet (err_code, nats-server server/errors.json)."""
+
+
+def explain(err: JetStreamApiError) -> str:
+    """A server refusal as one line: what was asked, what the server said, and what to do."""
+    action = err.subject.removeprefix(f"{API}.")
+    verb, _, name = action.partition(".")[2].partition(".")
+    kind = action.partition(".")[0].lower()
+    what = f"{kind} {verb.lower()} of {name.replace('.', '/')!r}" if name else action
+    hint = SERVER_HINTS.get(err.err_code, "")
+    return f"the server refused the {what}: {err.description} (err_code {err.err_code})" + (
+        f"; {hint}" if hint else ""
+    )
+
+
 # -- the provider base ---------------------------------------------------------------------------------
 class JsbProvider(ResourceProvider):
     """Holds no state of its own: it is pickled into every resource's state."""
@@ -255,14 +390,25 @@ class JsbProvider(ResourceProvider):
 
     @staticmethod
     def run(coro: Coroutine[Any, Any, T]) -> T:
-        """Run one call's I/O. A refusal, a cluster that stayed unavailable for the whole retry budget,
-        a change that did not settle, a failed admin connect or a server refusal is raised as one
+        """Run one call's I/O on the host's shared admin loop and connection. A refusal, a cluster that
+        stayed unavailable for the whole retry budget, a change that did not settle, a failed admin
+        connect or a server refusal (with a hint for the codes jsb-infra knows) is raised as one
         `ProviderError` line: the host sends `traceback.format_exc()` to the engine, so the traceback
         limit is set to 0 for that raise (it applies to this host process only, and any other
         exception gets its full traceback back)."""
         _full_tracebacks()
         try:
-            return asyncio.run(coro)
+            return connection.shared.run(coro)
+        except JetStreamApiError as err:
+            sys.tracebacklimit = 0
+            raise ProviderError(explain(err)) from None
+        except nats.errors.TimeoutError:
+            sys.tracebacklimit = 0
+            raise ProviderError(
+                "no answer from the JetStream API in time: is JetStream enabled on the server and for the "
+                "admin's account (jsb:admin), and is the server (or its cluster's meta leader) up? "
+                "A re-run is safe"
+            ) from None
         except ONE_LINE_ERRORS as err:
             sys.tracebacklimit = 0
             raise ProviderError(str(err)) from None
@@ -273,7 +419,6 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
     ManagementUnavailable,
     NotSettled,
     AdminConnectError,
-    JetStreamApiError,
 )
 """Failures whose message says everything: what failed and what to do. Anything else is a bug and
 keeps its traceback."""

@@ -4,35 +4,42 @@ Replaces (delete first) when its identity changes (durable name, stream, the str
 `stream_incarnation_key` of the pair, known at preview, and `stream_created` once known) or a field
 the server cannot update (deliver/ack/replay policy, pull <-> push, max_waiting, mem_storage);
 everything else (max_deliver, ack_wait, backoff, max_ack_pending, num_replicas, filter subject(s),
-headers_only, inactive_threshold) updates in place; create and a replica change return once the
-consumer's peers are current. On an interest stream, deleting a consumer drops the messages
-only it was interested in: delete and replace refuse that unless the pair allows destroying messages.
+headers_only, inactive_threshold) updates in place, fields jsb-infra does not manage kept as the server
+has them; create and a replica change return once the consumer's peers are current. On an interest
+stream, deleting a consumer drops the messages only it was interested in: delete and replace refuse
+that unless the pair allows destroying messages.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
 from jsb_infra import names, replication
-from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.nats_admin import CONSUMER_ALREADY_EXISTS, JetStreamAdmin, JetStreamApiError
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     JsbProvider,
     ProviderError,
     adopt_decision,
+    announce,
     app_failures,
     canonical_pair,
     config_changes,
+    existed_before,
     is_unknown,
     observed,
     pair_failures,
     parse_pair,
     plan_diff,
+    read_modify_write,
+    recorded_unset,
     stored_live,
     stored_pair,
+    unset_values,
     with_defaults,
 )
 from jsb_infra.providers.stream import stream_incarnation_key
@@ -72,8 +79,9 @@ num_replicas 0 (follow the stream) when it was not given, and omits the others w
 update with the rendered config resets the mutable ones to these values."""
 
 
-def desired_config(pair: Pair, app: str) -> dict[str, Any]:
-    return with_defaults(consumer_config(pair, app), OPTIONAL_DEFAULTS)
+def desired_config(pair: Pair, app: str, unset: Any = None) -> dict[str, Any]:
+    """The rendered config plus the unset values (`unset` as recorded at create, else OPTIONAL_DEFAULTS)."""
+    return with_defaults(consumer_config(pair, app), unset_values(OPTIONAL_DEFAULTS, unset))
 
 
 def live_config(info: dict[str, Any], pair: Pair, app: str) -> dict[str, Any]:
@@ -110,9 +118,14 @@ def consumer_id(stream: str, durable: str) -> str:
     return f"{stream}/{durable}"
 
 
-def consumer_outputs(props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Every output, from what the server reported."""
+def consumer_outputs(
+    props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any], adopted: bool, unset: Any
+) -> dict[str, Any]:
+    """Every output, from what the server reported; `adopted`: it was on the server before the create;
+    `unset`: the values the server gave the keys the renderer leaves out, as recorded at create."""
     return {
+        "adopted": adopted,
+        "unset": unset,
         "pair": props["pair"],
         "app": app,
         "stream_created": props.get("stream_created"),
@@ -140,8 +153,8 @@ class ConsumerProvider(JsbProvider):
         old_pair = stored_pair(olds["pair"])
         app = news["app"]
         plan = plan_diff(
-            desired_config(pair, app),
-            stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
+            desired_config(pair, app, olds.get("unset")),
+            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset"))),
             immutable=IMMUTABLE,
             identity={"pair.stream": (old_pair.stream, pair.stream), "app": (olds.get("app"), app)},
             inputs={  # delete reads the flag from state: it must be stored even when nothing else changes
@@ -176,8 +189,12 @@ class ConsumerProvider(JsbProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         pair, app = parse_pair(props["pair"]), props["app"]
-        info = self.run(_create_or_adopt(pair, app))
-        return CreateResult(consumer_id(pair.stream, info["name"]), consumer_outputs(props, pair, app, info))
+        info, adopted = self.run(_create_or_adopt(pair, app))
+        if adopted:
+            announce(f"adopted consumer {pair.stream}/{info['name']}: it was already on the server")
+        unset = recorded_unset(info["config"], consumer_config(pair, app), OPTIONAL_DEFAULTS)
+        outputs = consumer_outputs(props, pair, app, info, adopted, unset)
+        return CreateResult(consumer_id(pair.stream, info["name"]), outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         if "pair" not in props:
@@ -186,12 +203,14 @@ class ConsumerProvider(JsbProvider):
         info = self.run(_info(pair.stream, names.durable_name(app)))
         if info is None:
             return ReadResult("", {})
-        return ReadResult(id_, consumer_outputs(props, pair, app, info))
+        outputs = consumer_outputs(props, pair, app, info, bool(props.get("adopted")), props.get("unset"))
+        return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair, app = parse_pair(news["pair"]), news["app"]
-        info = self.run(_update(pair, app))
-        return UpdateResult(consumer_outputs(news, pair, app, info))
+        info = self.run(_update(pair, app, olds.get("unset")))
+        outputs = consumer_outputs(news, pair, app, info, bool(olds.get("adopted")), olds.get("unset"))
+        return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = stored_pair(props["pair"])
@@ -203,30 +222,46 @@ async def _info(stream: str, durable: str) -> dict[str, Any] | None:
         return await js.consumer_info(stream, durable)
 
 
-async def _create_or_adopt(pair: Pair, app: str) -> dict[str, Any]:
+async def _create_or_adopt(pair: Pair, app: str) -> tuple[dict[str, Any], bool]:
+    """Create first (one request, answered with the consumer's info); adopt only on a conflict.
+
+    The server answers an existing consumer with an equal config with its info and refuses one that
+    differs: only then is the live config read and compared. Returns the info and whether the
+    consumer was adopted (it was there before the request)."""
     durable = names.durable_name(app)
     async with settings.admin_session() as js:
+        sent = time.monotonic()
+        try:
+            info = await js.create_consumer(pair.stream, consumer_config(pair, app))
+            existed = existed_before(info, time.monotonic() - sent)
+            if not existed and pair.stream_options.replicas > 1:  # one replica: created is current
+                timeout = settings.current().settle_timeout
+                await replication.wait_for_consumer(js, pair.stream, durable, timeout, quorum_only=True)
+            return info, existed
+        except JetStreamApiError as err:
+            if err.err_code != CONSUMER_ALREADY_EXISTS:
+                raise
         existing = await js.consumer_info(pair.stream, durable)
         if existing is None:
-            await js.create_consumer(pair.stream, consumer_config(pair, app))
-            timeout = settings.current().settle_timeout
-            await replication.wait_for_consumer(js, pair.stream, durable, timeout, quorum_only=True)
-        elif adopt_decision(
+            raise ProviderError(
+                f"consumer {pair.stream}/{durable} was deleted while it was being adopted; "
+                "run `pulumi up` again"
+            )
+        changes = adopt_decision(
             "consumer",
             f"{pair.stream}/{durable}",
             desired_config(pair, app),
             live_config(existing, pair, app),
             adopt=pair.adopt,
             immutable=IMMUTABLE,
-        ):
-            await js.update_consumer(pair.stream, consumer_config(pair, app))
-        info = await js.consumer_info(pair.stream, durable)
-    if info is None:
-        raise ProviderError(f"consumer {pair.stream}/{durable} vanished right after it was written")
-    return info
+        )
+        if changes:
+            config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
+            existing = await js.update_consumer(pair.stream, config)
+        return existing, True
 
 
-async def _update(pair: Pair, app: str) -> dict[str, Any]:
+async def _update(pair: Pair, app: str, unset: Any) -> dict[str, Any]:
     durable = names.durable_name(app)
     async with settings.admin_session() as js:
         existing = await js.consumer_info(pair.stream, durable)
@@ -235,17 +270,15 @@ async def _update(pair: Pair, app: str) -> dict[str, Any]:
                 f"consumer {pair.stream}/{durable} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        changes = config_changes(desired_config(pair, app), live_config(existing, pair, app))
-        if changes:
-            await js.update_consumer(pair.stream, consumer_config(pair, app))
-            if "num_replicas" in changes:
-                await replication.wait_for_consumer(
-                    js, pair.stream, durable, settings.current().settle_timeout
-                )
-        info = await js.consumer_info(pair.stream, durable)
-    if info is None:
-        raise ProviderError(f"consumer {pair.stream}/{durable} vanished right after it was written")
-    return info
+        changes = config_changes(desired_config(pair, app, unset), live_config(existing, pair, app))
+        if not changes:
+            return existing
+        config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
+        info = await js.update_consumer(pair.stream, config)
+        if "num_replicas" in changes:
+            await replication.wait_for_consumer(js, pair.stream, durable, settings.current().settle_timeout)
+            info = await js.consumer_info(pair.stream, durable) or info
+        return info
 
 
 async def _messages_at_stake(stream: str, durable: str) -> int:
@@ -265,17 +298,19 @@ async def _at_stake(js: JetStreamAdmin, stream: str, durable: str) -> int:
 
 async def _delete(pair: Pair, durable: str) -> None:
     async with settings.admin_session() as js:
-        interest_guard(pair, pair.stream, durable, await _at_stake(js, pair.stream, durable), "delete")
+        if not pair.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
+            interest_guard(pair, pair.stream, durable, await _at_stake(js, pair.stream, durable), "delete")
         await js.delete_consumer(pair.stream, durable)
 
 
 class Consumer(Resource, module="jsb", name="Consumer"):
-    """`app`'s durable on the pair's stream. Outputs: stream, durable, config (live), created."""
+    """`app`'s durable on the pair's stream. Outputs: stream, durable, config (live), created, adopted."""
 
     stream: pulumi.Output[str]
     durable: pulumi.Output[str]
     config: pulumi.Output[dict[str, Any]]
     created: pulumi.Output[str]
+    adopted: pulumi.Output[bool]
 
     def __init__(
         self,
@@ -293,5 +328,7 @@ class Consumer(Resource, module="jsb", name="Consumer"):
             "durable": None,
             "config": None,
             "created": None,
+            "adopted": None,
+            "unset": None,
         }
         super().__init__(ConsumerProvider(), resource_name, props, opts)

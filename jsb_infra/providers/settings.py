@@ -22,9 +22,10 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jsb_infra import nats_admin, resolver
+from jsb_infra import resolver
 from jsb_infra.durations import parse_duration
 from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
+from jsb_infra.providers import connection
 from jsb_infra.retry import DEFAULT_BUDGET, RetryPolicy
 
 PROJECT = "jsb"
@@ -179,9 +180,10 @@ def current() -> ProviderSettings:
 
 
 def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
-    """An admin session with the configured connection, for the length of one provider call."""
+    """An admin session on the host's shared connection (see `connection`), with the configured settings
+    and retry budget. Await it on the shared loop only: `JsbProvider.run` puts every provider call there."""
     settings = current()
-    return nats_admin.admin_session(settings.admin_connection(), retry=settings.retry_policy())
+    return connection.shared.session(settings.admin_connection(), retry=settings.retry_policy())
 
 
 def system_session() -> AbstractAsyncContextManager[NATS]:

@@ -2,35 +2,43 @@
 
 Replaces (delete first) on name, storage, and retention to or from workqueue (`stream_incarnation_key`),
 and when a field the server cannot reset was set by hand (sealed, mirror, deny_delete, deny_purge,
-allow_msg_ttl); updates everything else in place, sending the whole config. Replicas and placement
-change in place (the server scales or moves the stream); create and such an update return only once
-the stream and its consumers report their peers current (`jsb_infra.replication`). Refuses to destroy a
+allow_msg_ttl); updates everything else in place, sending the live config with the managed fields laid
+over it (fields jsb-infra does not manage stay as they are). Replicas and placement change in place
+(the server scales or moves the stream); create and such an update return only once the stream and its
+consumers report their peers current (`jsb_infra.replication`). Refuses to destroy a
 stream that still holds messages unless the pair sets `allow_destroy_with_messages`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
 from jsb_infra import replication
-from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.nats_admin import STREAM_NAME_IN_USE, JetStreamAdmin, JetStreamApiError
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
+    Changes,
     JsbProvider,
     ProviderError,
     Transitions,
     adopt_decision,
+    announce,
     canonical_pair,
     config_changes,
+    existed_before,
     observed,
     pair_failures,
     parse_pair,
     plan_diff,
+    read_modify_write,
+    recorded_unset,
     stored_live,
     stored_pair,
+    unset_values,
     with_defaults,
 )
 from jsb_infra.spec import Pair
@@ -74,9 +82,10 @@ no_ack, mirror and sources), so a default stream shows no difference. `placement
 one set by hand shows as drift (and the next update, which sends the spec's, clears it visibly)."""
 
 
-def desired_config(pair: Pair) -> dict[str, Any]:
-    """The config compared with the server's (the renderer's output plus explicit unset values)."""
-    return with_defaults(stream_config(pair), OPTIONAL_DEFAULTS)
+def desired_config(pair: Pair, unset: Any = None) -> dict[str, Any]:
+    """The config compared with the server's (the renderer's output plus explicit unset values:
+    `unset` as recorded at create, else OPTIONAL_DEFAULTS)."""
+    return with_defaults(stream_config(pair), unset_values(OPTIONAL_DEFAULTS, unset))
 
 
 def live_config(info: dict[str, Any], pair: Pair) -> dict[str, Any]:
@@ -94,9 +103,15 @@ def stream_incarnation_key(pair: Pair) -> str:
     return f"{pair.stream}/{opts.storage}/{retention}"
 
 
-def stream_outputs(pair_input: Any, pair: Pair, info: dict[str, Any]) -> dict[str, Any]:
-    """Every output, from what the server reported (never from what was sent)."""
+def stream_outputs(
+    pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool, unset: Any
+) -> dict[str, Any]:
+    """Every output, from what the server reported (never from what was sent); `adopted`: the stream
+    was on the server before jsb-infra's first create; `unset`: the values the server gave the keys
+    the renderer leaves out, as recorded at create."""
     return {
+        "adopted": adopted,
+        "unset": unset,
         "pair": pair_input,
         "name": info["config"]["name"],
         "config": live_config(info, pair),
@@ -128,8 +143,8 @@ class StreamProvider(JsbProvider):
         pair = parse_pair(news["pair"])
         old_pair = stored_pair(olds["pair"])
         plan = plan_diff(
-            desired_config(pair),
-            stored_live(olds.get("config"), OPTIONAL_DEFAULTS),
+            desired_config(pair, olds.get("unset")),
+            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset"))),
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
             inputs={
@@ -158,27 +173,32 @@ class StreamProvider(JsbProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         pair = parse_pair(props["pair"])
-        info = self.run(_create_or_adopt(pair))
-        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info))
+        info, adopted = self.run(_create_or_adopt(pair))
+        if adopted:
+            announce(f"adopted stream {pair.stream!r}: it was already on the server")
+        unset = recorded_unset(info["config"], stream_config(pair), OPTIONAL_DEFAULTS)
+        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info, adopted, unset))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         info = self.run(_info(id_))
         if info is None or "pair" not in props:
             return ReadResult("", {})
         pair = stored_pair(props["pair"])
-        return ReadResult(id_, stream_outputs(props["pair"], pair, info))
+        outputs = stream_outputs(props["pair"], pair, info, bool(props.get("adopted")), props.get("unset"))
+        return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair = parse_pair(news["pair"])
-        info = self.run(_update(pair))
-        return UpdateResult(stream_outputs(news["pair"], pair, info))
+        info = self.run(_update(pair, olds.get("unset")))
+        outputs = stream_outputs(news["pair"], pair, info, bool(olds.get("adopted")), olds.get("unset"))
+        return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         pair = stored_pair(props["pair"])
         self.run(_delete(id_, pair))
 
 
-# -- server I/O (one admin session per provider call) --------------------------------------------
+# -- server I/O (on the host's shared admin connection) -------------------------------------------
 async def _info(name: str) -> dict[str, Any] | None:
     async with settings.admin_session() as js:
         return await js.stream_info(name)
@@ -189,35 +209,44 @@ async def _message_count(name: str) -> int:
     return int(info["state"]["messages"]) if info else 0
 
 
-async def _read_back(js: JetStreamAdmin, name: str) -> dict[str, Any]:
-    info = await js.stream_info(name)
-    if info is None:
-        raise ProviderError(f"stream {name!r} vanished right after it was written")
-    return info
+async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
+    """Create first (one request, answered with the stream's info); adopt only on a conflict.
 
-
-async def _create_or_adopt(pair: Pair) -> dict[str, Any]:
-    desired = desired_config(pair)
+    The server answers an existing stream with an equal config as if created, and refuses one that
+    differs in anything, subject order included: only then is the live config read and compared
+    field by field. Returns the info and whether the stream was adopted."""
     async with settings.admin_session() as js:
+        sent = time.monotonic()
+        try:
+            info = await js.create_stream(stream_config(pair))
+            existed = existed_before(info, time.monotonic() - sent)
+            if not existed and pair.stream_options.replicas > 1:  # one replica: created is current
+                timeout = settings.current().settle_timeout
+                await replication.wait_for_stream(js, pair.stream, timeout, quorum_only=True)
+            return info, existed
+        except JetStreamApiError as err:
+            if err.err_code != STREAM_NAME_IN_USE:
+                raise
         existing = await js.stream_info(pair.stream)
         if existing is None:
-            await js.create_stream(stream_config(pair))
-            timeout = settings.current().settle_timeout
-            await replication.wait_for_stream(js, pair.stream, timeout, quorum_only=True)
-        elif adopt_decision(
+            raise ProviderError(
+                f"stream {pair.stream!r} was deleted while it was being adopted; run `pulumi up` again"
+            )
+        changes = adopt_decision(
             "stream",
             pair.stream,
-            desired,
+            desired_config(pair),
             live_config(existing, pair),
             adopt=pair.adopt,
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
-        ):
-            await _apply_update(js, existing, pair)
-        return await _read_back(js, pair.stream)
+        )
+        if changes:
+            existing = await _apply_update(js, existing, pair, changes)
+        return existing, True
 
 
-async def _update(pair: Pair) -> dict[str, Any]:
+async def _update(pair: Pair, unset: Any) -> dict[str, Any]:
     async with settings.admin_session() as js:
         existing = await js.stream_info(pair.stream)
         if existing is None:
@@ -225,35 +254,46 @@ async def _update(pair: Pair) -> dict[str, Any]:
                 f"stream {pair.stream!r} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        if config_changes(desired_config(pair), live_config(existing, pair)):
-            await _apply_update(js, existing, pair)
-        return await _read_back(js, pair.stream)
+        changes = config_changes(desired_config(pair, unset), live_config(existing, pair))
+        if not changes:
+            return existing
+        return await _apply_update(js, existing, pair, changes)
 
 
-async def _apply_update(js: JetStreamAdmin, existing: dict[str, Any], pair: Pair) -> None:
-    """The whole config (the server treats an update as a replacement); a change of replicas or
-    placement is waited for until the stream and its consumers report the new peers current."""
-    await replication.update_stream(
-        js, existing["config"], stream_config(pair), settings.current().settle_timeout
-    )
+async def _apply_update(
+    js: JetStreamAdmin, existing: dict[str, Any], pair: Pair, changes: Changes
+) -> dict[str, Any]:
+    """Send the live config with the managed fields laid over it (the server treats an update as a
+    replacement; fields jsb-infra does not manage stay as they are). A change of replicas or placement
+    is waited for until the stream and its consumers report the new peers current. Returns the info."""
+    config = read_modify_write(existing["config"], stream_config(pair), changes)
+    await replication.update_stream(js, existing["config"], config, settings.current().settle_timeout)
+    info = await js.stream_info(pair.stream)
+    if info is None:
+        raise ProviderError(
+            f"stream {pair.stream!r} vanished right after it was written; run `pulumi up` again"
+        )
+    return info
 
 
 async def _delete(name: str, pair: Pair) -> None:
     async with settings.admin_session() as js:
-        info = await js.stream_info(name)
-        if info is None:
-            return
-        destroy_guard(pair, int(info["state"]["messages"]), "delete")
+        if not pair.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
+            info = await js.stream_info(name)
+            if info is None:
+                return
+            destroy_guard(pair, int(info["state"]["messages"]), "delete")
         await js.delete_stream(name)
 
 
 class Stream(Resource, module="jsb", name="Stream"):
-    """A JetStream stream for one pair. Outputs: name, config (live), created, messages."""
+    """A JetStream stream for one pair. Outputs: name, config (live), created, messages, adopted."""
 
     name: pulumi.Output[str]
     config: pulumi.Output[dict[str, Any]]
     created: pulumi.Output[str]
     messages: pulumi.Output[int]
+    adopted: pulumi.Output[bool]
 
     def __init__(
         self,
@@ -261,5 +301,13 @@ class Stream(Resource, module="jsb", name="Stream"):
         pair: pulumi.Input[dict[str, Any]],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props = {"pair": pair, "name": None, "config": None, "created": None, "messages": None}
+        props = {
+            "pair": pair,
+            "name": None,
+            "config": None,
+            "created": None,
+            "messages": None,
+            "adopted": None,
+            "unset": None,
+        }
         super().__init__(StreamProvider(), resource_name, props, opts)

@@ -30,9 +30,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
@@ -79,6 +81,8 @@ func main() {
 		}
 	}
 
+	exitOnInterrupt()
+
 	h := &host{execShim: shim, tracing: *tracing}
 	if args := flag.Args(); len(args) > 0 {
 		h.engineAddress = args[0]
@@ -98,6 +102,23 @@ func main() {
 	if err := <-handle.Done; err != nil {
 		fatal("language host RPC stopped serving: %v", err)
 	}
+}
+
+// exitOnInterrupt ends the host on SIGINT or SIGTERM, also when it was started
+// with SIGINT ignored. The engine stops its plugins with an interrupt and waits
+// (seconds) before it kills them; a pulumi started with SIGINT ignored (nohup,
+// a background job of a non-interactive shell, some CI runners) passes the
+// ignored disposition on to its plugins, and Go keeps a signal ignored at start
+// unless signal.Notify asks for it (os/signal docs), so without this every
+// command would wait out that timeout. Exiting is what the default action of
+// either signal would do.
+func exitOnInterrupt() {
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-signals
+		os.Exit(0)
+	}()
 }
 
 func fatal(format string, args ...any) {

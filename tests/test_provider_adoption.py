@@ -1,0 +1,162 @@
+"""Create-first, adoption and in-place updates as the server sees them: request counts, adopted
+objects reported, subject order, fields jsb-infra does not manage, and server refusals explained."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from provider_host import (
+    ProviderCallError,
+    ProviderHost,
+    admin_call,
+    admin_server_config,
+    stack_config,
+)
+
+from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.providers.consumer import ConsumerProvider
+from jsb_infra.providers.stream import StreamProvider
+from jsb_infra.spec import parse_pairs
+from jsb_infra.topology import consumer_config, stream_config
+
+S, C = StreamProvider(), ConsumerProvider()
+STREAM = "orders-billing"
+
+
+def pair(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"stream": STREAM, "apps": ["orders", "billing"], "protect": False, **changes}
+    return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+
+
+def rendered(**changes: Any) -> dict[str, Any]:
+    return stream_config(parse_pairs([pair(**changes)]).pairs[0])
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
+    return make_server(admin_server_config())
+
+
+@pytest.fixture
+def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
+    with ProviderHost() as h:
+        h.configure(stack_config(server.url))
+        yield h
+
+
+def api_requests(url: str) -> int:
+    """The account's count of $JS.API requests so far (this INFO request included)."""
+    info = admin_call(url, lambda js: js._request("$JS.API.INFO"))
+    return int(info["api"]["total"])
+
+
+def stream_live(url: str) -> dict[str, Any]:
+    info = admin_call(url, lambda js: js.stream_info(STREAM))
+    assert info is not None
+    return info  # type: ignore[no-any-return]
+
+
+def test_a_new_pair_takes_three_requests_and_is_not_reported_adopted(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    before = api_requests(server.url)
+    _, stream = host.up(S, {"pair": pair()})
+    consumers = [
+        host.up(C, {"pair": pair(), "app": app, "stream_created": stream["created"]})[1]
+        for app in ("orders", "billing")
+    ]
+    assert api_requests(server.url) - before - 1 == 3  # one CREATE each, answered with the full info
+    assert stream["adopted"] is False and [c["adopted"] for c in consumers] == [False, False]
+    assert stream_live(server.url)["state"]["consumer_count"] == 2
+    host.close()
+    assert "adopted" not in host.stderr
+
+
+def test_a_cli_made_stream_in_another_subject_order_is_adopted_as_it_is(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    by_hand = {**rendered(), "allow_direct": True}
+    by_hand["subjects"] = list(reversed(by_hand["subjects"]))
+    made = admin_call(server.url, lambda js: js.create_stream(by_hand))
+    durable = consumer_config(parse_pairs([pair()]).pairs[0], "orders")
+    admin_call(server.url, lambda js: js.create_consumer(STREAM, durable))
+
+    _, stream = host.up(S, {"pair": pair()})
+    _, consumer = host.up(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    live = stream_live(server.url)
+    assert stream["adopted"] is True and consumer["adopted"] is True
+    assert live["created"] == made["created"] == stream["created"]
+    assert live["config"]["subjects"] == by_hand["subjects"], "not rewritten to jsb-infra's order"
+    assert live["config"]["allow_direct"] is True
+    outcome = host.diff(S, STREAM, stream, host.checked(S, {"pair": pair()}))
+    assert outcome.changes == "DIFF_NONE"
+    host.change(S, STREAM, stream, {"pair": pair(stream_options={"max_age": "1d"})})
+    updated = stream_live(server.url)["config"]
+    assert updated["max_age"] == 86_400_000_000_000
+    assert updated["subjects"] == by_hand["subjects"] and updated["allow_direct"] is True
+    host.close()
+    assert f"adopted stream '{STREAM}'" in host.stderr
+    assert f"adopted consumer {STREAM}/orders-workers" in host.stderr
+
+
+def test_updates_keep_the_fields_jsb_infra_does_not_manage(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, stream = host.up(S, {"pair": pair()})
+    admin_call(
+        server.url,
+        lambda js: js.update_stream({**rendered(), "allow_direct": True, "metadata": {"team": "sync"}}),
+    )
+    host.change(S, id_, stream, {"pair": pair(stream_options={"max_age": "1d", "description": "daily"})})
+    live = stream_live(server.url)["config"]
+    assert live["max_age"] == 86_400_000_000_000 and live["description"] == "daily"
+    assert live["allow_direct"] is True and live["metadata"]["team"] == "sync"
+
+    c_id, consumer = host.up(C, {"pair": pair(), "app": "billing", "stream_created": stream["created"]})
+    durable = consumer_config(parse_pairs([pair()]).pairs[0], "billing")
+    admin_call(server.url, lambda js: js.update_consumer(STREAM, {**durable, "description": "by hand"}))
+    news = {"pair": pair(consumer={"max_deliver": 9}), "app": "billing", "stream_created": stream["created"]}
+    host.change(C, c_id, consumer, news)
+    live_consumer = admin_call(server.url, lambda js: js.consumer_info(STREAM, "billing-workers"))
+    assert live_consumer["config"]["max_deliver"] == 9
+    assert live_consumer["config"]["description"] == "by hand"
+
+
+def test_a_stream_whose_subjects_overlap_another_is_refused_in_one_line(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    admin_call(server.url, lambda js: js.create_stream({"name": "other", "subjects": ["orders.sync.>"]}))
+    with pytest.raises(ProviderCallError) as err:
+        host.up(S, {"pair": pair()})
+    message = err.value.details.strip().splitlines()[-1]
+    assert "the server refused the stream create of 'orders-billing'" in message
+    assert "err_code 10065" in message and "nats stream ls --subject" in message
+    assert "JetStreamApiError" not in err.value.details
+    assert admin_call(server.url, lambda js: js.stream_info(STREAM)) is None
+
+
+def test_unset_values_come_from_the_server_at_create_not_from_a_version_table(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    _, stream = host.up(S, {"pair": pair()})
+    c_id, consumer = host.up(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    live = admin_call(server.url, lambda js: js.consumer_info(STREAM, "orders-workers"))
+    assert consumer["unset"]["max_waiting"] == live["config"]["max_waiting"]
+    assert (
+        stream["unset"]["max_msgs_per_subject"] == stream_live(server.url)["config"]["max_msgs_per_subject"]
+    )
+
+    # State written against a server whose default max_waiting is 1000: no drift, no replace.
+    other_default = {
+        **consumer,
+        "config": {**consumer["config"], "max_waiting": 1000},
+        "unset": {**consumer["unset"], "max_waiting": 1000},
+    }
+    news = host.checked(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    assert host.diff(C, c_id, other_default, news).changes == "DIFF_NONE"
+    # The same live value changed by hand after the create is still seen, and replaces.
+    by_hand = {**consumer, "config": {**consumer["config"], "max_waiting": 1000}}
+    outcome = host.diff(C, c_id, by_hand, news)
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == ["max_waiting"]
