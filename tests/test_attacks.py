@@ -536,14 +536,23 @@ async def _leafnode_ack_attack(world: World, leaf_port: int) -> bool:
     return accepted
 
 
-async def test_app_credential_cannot_open_a_leafnode(make_server):
+async def leafnode_world(
+    make_server: Callable[..., LocalNatsServer], edit: Callable[[str], str] = lambda conf: conf
+) -> tuple[World, int]:
+    """The three pairs on a server that also listens for leafnodes (its config passed through `edit`)."""
     seeds = {app: new_user_keypair()[0] for pair in PAIRS for app in pair.apps}
     leaf_port = free_port()
-    server = make_server(_with_leafnode_listener(pairs_server_config(PAIRS, seeds), leaf_port))
+    server = make_server(_with_leafnode_listener(edit(pairs_server_config(PAIRS, seeds)), leaf_port))
     for pair in PAIRS:
         await provision(server.url, pair)
     world = World(server, seeds)
     await _seed_victims(world)
+    return world, leaf_port
+
+
+async def test_app_credential_cannot_open_a_leafnode(make_server):
+    world, leaf_port = await leafnode_world(make_server)
+    server = world.server
     before = await world.snapshot()
     try:
         assert not await _leafnode_ack_attack(world, leaf_port), "the hub accepted the app's leafnode"
@@ -558,14 +567,9 @@ async def test_app_credential_cannot_open_a_leafnode(make_server):
 
 async def test_control_without_connection_type_restriction_the_leafnode_attack_works(make_server):
     """Proves the leafnode test can fail: the attack is real once `allowed_connection_types` is gone."""
-    seeds = {app: new_user_keypair()[0] for pair in PAIRS for app in pair.apps}
-    leaf_port = free_port()
-    config = pairs_server_config(PAIRS, seeds).replace('allowed_connection_types: ["STANDARD"]', "")
-    server = make_server(_with_leafnode_listener(config, leaf_port))
-    for pair in PAIRS:
-        await provision(server.url, pair)
-    world = World(server, seeds)
-    await _seed_victims(world)
+    world, leaf_port = await leafnode_world(
+        make_server, lambda conf: conf.replace('allowed_connection_types: ["STANDARD"]', "")
+    )
     before = await world.snapshot()
     try:
         assert await _leafnode_ack_attack(world, leaf_port), "the hub refused the leafnode anyway"
