@@ -116,6 +116,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         config = load_stack_pairs(args.stack) if args.stack else _load(args.config)
+        account_problem = names.jetstream_account_problem(args.jetstream_account)
+        if account_problem:
+            raise ConfigError([f"--jetstream-account: {account_problem}"])
         documents = render_documents(
             config.pairs,
             parse_nkeys(args.nkey, config),

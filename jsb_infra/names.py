@@ -6,6 +6,8 @@ the subjects the runtime client uses can never disagree.
 
 from __future__ import annotations
 
+import re
+
 DLQ_TOKEN = "dlq"
 
 
@@ -51,8 +53,26 @@ def ack_subject(stream: str, durable: str) -> str:
     return f"$JS.ACK.{stream}.{durable}" + ".*" * ACK_TOKENS_AFTER_DURABLE
 
 
+DLQ_KEEPER = "dlq-keeper"
+"""A durable on the pair's stream that reads nothing and never acks: it holds the DLQ messages.
+
+On a workqueue stream, an ack from any consumer removes a message that no consumer is interested in
+(nats-server server/stream.go, `ackMsg`), and an app may ack any sequence below its own durable's
+delivery point through its ack import: without an interested consumer, an app could delete its peer's
+dead-lettered messages. No app imports anything of this durable. Not an app's durable: app durables
+end in `-workers`."""
+
 DEFAULT_JETSTREAM_ACCOUNT = "JETSTREAM"
 """The account that holds every stream and consumer and the deploy user (and nothing else)."""
+
+
+def jetstream_account_problem(name: object) -> str | None:
+    """Why `name` cannot be the JetStream account's name (None when it can)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        return f"must be 1-64 letters, digits, '_' or '-', got {name!r}"
+    if name.startswith(app_account("")):
+        return f"{name!r} starts with {app_account('')!r}, the prefix of the app accounts"
+    return None
 
 
 def app_account(app: str) -> str:

@@ -30,7 +30,6 @@ UNREADABLE = object()
 """A config value that could not be decoded; its problem is already listed."""
 
 
-ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -126,14 +125,11 @@ def _check_jetstream_account(value: Any, problems: list[str]) -> str:
     key = f"{CONFIG_NAMESPACE}:jetstreamAccount"
     if value is None:
         return names.DEFAULT_JETSTREAM_ACCOUNT
-    if not isinstance(value, str) or not ACCOUNT_NAME.match(value):
-        problems.append(f"{key}: must be 1-64 letters, digits, '_' or '-', got {value!r}")
+    problem = names.jetstream_account_problem(value)
+    if problem:
+        problems.append(f"{key}: {problem}")
         return names.DEFAULT_JETSTREAM_ACCOUNT
-    if value.startswith(names.app_account("")):
-        problems.append(
-            f"{key}: {value!r} starts with {names.app_account('')!r}, the prefix of the app accounts"
-        )
-    return value
+    return str(value)
 
 
 def _check_deploy_user(value: Any, problems: list[str]) -> DeployUser | None:

@@ -84,3 +84,19 @@ def consumer_config(pair: Pair, app: str) -> ConsumerConfig:
 def consumer_configs(pair: Pair) -> dict[str, ConsumerConfig]:
     """Both consumers, keyed by durable name."""
     return {names.durable_name(app): consumer_config(pair, app) for app in pair.apps}
+
+
+def dlq_keeper_config(pair: Pair) -> ConsumerConfig | None:
+    """The durable that keeps the pair's DLQ messages on the stream (`names.DLQ_KEEPER`), or None
+    without a DLQ. Pull, never pulled: nothing is delivered, so nothing is ever acked away."""
+    if not pair.dlq:
+        return None
+    return {
+        "durable_name": names.DLQ_KEEPER,
+        "name": names.DLQ_KEEPER,
+        "description": "jsb-infra: holds the DLQ messages (no app reads or acks through it)",
+        "filter_subjects": [names.dlq_subject(app) for app in pair.apps],
+        "deliver_policy": "all",
+        "ack_policy": "explicit",
+        "replay_policy": "instant",
+    }

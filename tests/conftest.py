@@ -29,7 +29,7 @@ from jsb_infra.local_server import LocalNatsServer, env_nats_url
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.outputs import bridge_outputs
 from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra.topology import consumer_configs, dlq_keeper_config, stream_config
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret-for-tests"
@@ -126,14 +126,16 @@ class ProvisionedPair:
 async def provision(
     url: str, pair: Pair, options: dict[str, Any] | None = None, open_server: bool = False, **connect: Any
 ) -> None:
-    """Create the rendered stream and consumers as the admin: with no credentials on an open server,
-    `options` for how else it connects, `connect` for more nats.connect options."""
+    """Create the rendered stream and consumers (the DLQ keeper too, as the Stream provider does) as the
+    admin: with no credentials on an open server, `options` for how else it connects, `connect` for
+    more nats.connect options."""
     auth = {} if open_server else (options or {"user": ADMIN_USER, "password": ADMIN_PASSWORD})
     nc = await nats.connect(url, **auth, **connect)
     try:
         admin = JetStreamAdmin(nc)
         await admin.create_stream(stream_config(pair))
-        for config in consumer_configs(pair).values():
+        keeper = dlq_keeper_config(pair)
+        for config in [*consumer_configs(pair).values(), *([keeper] if keeper else [])]:
             await admin.create_consumer(pair.stream, config)
     finally:
         await nc.close()

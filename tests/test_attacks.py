@@ -328,6 +328,62 @@ async def test_crafted_ack_subjects_reach_no_other_consumer(arena):
     await attacker.nc.close()
 
 
+async def dlq_count(world: World, stream: str, subject: str) -> int:
+    nc = await world.admin()
+    try:
+        body = json.dumps({"subjects_filter": subject}).encode()
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout=2)).data)
+        return int((info["state"].get("subjects") or {}).get(subject, 0))
+    finally:
+        await nc.close()
+
+
+async def _ack_foreign_sequences(world: World, attacker: Attacker, pair: Pair) -> None:
+    """The attacker acks every sequence of the stream through its own durable's ack subject, after
+    moving its delivery point past them (its own message, fetched and acked): on a workqueue stream
+    the server removes any acked message that no consumer is interested in."""
+    durable = names.durable_name(ATTACKER)
+    admin = await world.admin()
+    await admin.jetstream().publish(names.publish_subject(pair.destination(ATTACKER), ATTACKER), b"own")
+    await admin.close()
+    sub = await attacker.nc.jetstream().pull_subscribe_bind(durable=durable, stream=pair.stream)
+    [own] = await sub.fetch(1, timeout=2)
+    await own.ack_sync(timeout=2)
+    last = own.metadata.sequence.stream
+    for seq in range(1, last + 1):
+        for body in (b"", b"+ACK", b"+TERM"):
+            await attacker.nc.publish(f"$JS.ACK.{pair.stream}.{durable}.1.{seq}.1.0.0", body)
+    await attacker.nc.flush()
+    await asyncio.sleep(QUIET)
+
+
+async def test_acking_foreign_sequences_through_its_own_durable_keeps_the_peers_dead_letters(arena):
+    """b's dead-lettered messages live in the pair's workqueue stream, and nothing reads them: without
+    a consumer interested in them, `a` could delete them by acking their sequences through its own
+    (legitimately imported) ack subject. The DLQ keeper durable holds them; a control without it shows
+    the attack is real."""
+    world = arena
+    pair = PAIRS[0]  # a-b
+    peer_dlq = names.dlq_subject(pair.destination(ATTACKER))
+    admin = await world.admin()
+    for _ in range(2):
+        await admin.jetstream().publish(peer_dlq, VICTIM_PAYLOAD + b"-dead-lettered")
+    await admin.close()
+    attacker = await connect_attacker(world)
+    await _ack_foreign_sequences(world, attacker, pair)
+    assert await dlq_count(world, pair.stream, peer_dlq) == 2, "the peer's DLQ messages were deleted"
+    before = await world.snapshot()
+    await assert_untouched(world, before, attacker)
+
+    # control: without the keeper the same acks delete them
+    admin = await world.admin()
+    await admin.request(f"$JS.API.CONSUMER.DELETE.{pair.stream}.{names.DLQ_KEEPER}", b"", timeout=2)
+    await admin.close()
+    await _ack_foreign_sequences(world, attacker, pair)
+    assert await dlq_count(world, pair.stream, peer_dlq) == 0, "the control attack should have worked"
+    await attacker.nc.close()
+
+
 def reply_targets(world: World) -> list[str]:
     """Reply subjects an attacker would aim the server's answers at."""
     targets = []

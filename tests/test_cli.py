@@ -218,3 +218,12 @@ def test_render_and_schema_work_when_the_doctor_cannot_load(tmp_path, capsys, mo
     capsys.readouterr()
     assert main(["doctor"]) == 2
     assert "doctor is unavailable" in capsys.readouterr().err
+
+
+def test_a_jetstream_account_named_like_an_app_account_is_refused(tmp_path, capsys):
+    """`APP_billing` would be both the JetStream account and billing's: the server refuses the imports."""
+    out = tmp_path / "out"
+    assert main(["render", str(EXAMPLE), "--out", str(out), "--jetstream-account", "APP_billing"]) == 2
+    err = capsys.readouterr().err
+    assert "--jetstream-account: 'APP_billing' starts with 'APP_', the prefix of the app accounts" in err
+    assert not out.exists()

@@ -180,7 +180,10 @@ async def server_matches(server: LocalNatsServer, pair: Pair) -> None:
     """The server holds exactly the rendered stream and consumers (raw INFO, field by field)."""
     assert await stream_names(server) == [pair.stream]
     assert differences(stream_config(pair), (await stream_info(server))["config"]) == {}
-    assert await consumer_names(server, pair.stream) == sorted(names.durable_name(a) for a in pair.apps)
+    keeper = [names.DLQ_KEEPER] if pair.dlq else []  # holds the dead letters (docs/permissions.md)
+    assert await consumer_names(server, pair.stream) == sorted(
+        [*(names.durable_name(a) for a in pair.apps), *keeper]
+    )
     for app in pair.apps:
         info = await consumer_info(server, app)
         assert info is not None

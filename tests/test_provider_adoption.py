@@ -58,7 +58,7 @@ def stream_live(url: str) -> dict[str, Any]:
     return info  # type: ignore[no-any-return]
 
 
-def test_a_new_pair_takes_three_requests_and_is_not_reported_adopted(
+def test_a_new_pair_takes_four_requests_and_is_not_reported_adopted(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
     before = api_requests(server.url)
@@ -67,9 +67,10 @@ def test_a_new_pair_takes_three_requests_and_is_not_reported_adopted(
         host.up(C, {"pair": pair(), "app": app, "stream_created": stream["created"]})[1]
         for app in ("orders", "billing")
     ]
-    assert api_requests(server.url) - before - 1 == 3  # one CREATE each, answered with the full info
+    # one CREATE each, answered with the full info; the stream's create also makes its DLQ keeper
+    assert api_requests(server.url) - before - 1 == 4
     assert stream["adopted"] is False and [c["adopted"] for c in consumers] == [False, False]
-    assert stream_live(server.url)["state"]["consumer_count"] == 2
+    assert stream_live(server.url)["state"]["consumer_count"] == 3  # 2 apps and the DLQ keeper
     host.close()
     assert "adopted" not in host.stderr
 

@@ -18,6 +18,7 @@ from provider_host import (
 )
 from pulumi.output import Unknown
 
+from jsb_infra import names
 from jsb_infra.local_server import LocalNatsServer
 from jsb_infra.providers.stream import StreamProvider
 from jsb_infra.spec import parse_pairs
@@ -457,3 +458,29 @@ def test_incarnation_key_changes_exactly_when_the_stream_is_replaced(
     assert (stream_incarnation_key(old) == stream_incarnation_key(new)) is same
     renamed = parse_pairs([{**pair(), "stream": "renamed"}]).pairs[0]
     assert stream_incarnation_key(renamed) != stream_incarnation_key(parse_pairs([pair()]).pairs[0])
+
+
+def keeper(url: str) -> dict[str, Any] | None:
+    return admin_call(url, lambda js: js.consumer_info(STREAM, names.DLQ_KEEPER))
+
+
+def test_the_dlq_keeper_follows_the_dlq_and_is_repaired_after_a_delete(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    """With the DLQ on the stream carries the keeper durable (it holds the dead letters against acks
+    from other consumers); DLQ off removes it; deleted behind Pulumi's back, refresh shows it and the
+    update puts it back."""
+    id_, outs = host.up(P, {"pair": pair(dlq=True)})
+    live = keeper(server.url)
+    assert outs["dlq_keeper"] is True and live is not None
+    assert sorted(live["config"]["filter_subjects"]) == ["billing.sync.dlq", "orders.sync.dlq"]
+
+    admin_call(server.url, lambda js: js.delete_consumer(STREAM, names.DLQ_KEEPER))
+    _, refreshed = host.read(P, id_, outs)
+    assert refreshed["dlq_keeper"] is False
+    outcome, repaired = host.change(P, id_, refreshed, {"pair": pair(dlq=True)})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    assert repaired["dlq_keeper"] is True and keeper(server.url) is not None
+
+    outcome, off = host.change(P, id_, repaired, {"pair": pair(dlq=False)})
+    assert outcome.replaces == [] and off["dlq_keeper"] is False and keeper(server.url) is None

@@ -17,8 +17,13 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
-from jsb_infra import replication
-from jsb_infra.nats_admin import STREAM_NAME_IN_USE, JetStreamAdmin, JetStreamApiError
+from jsb_infra import names, replication
+from jsb_infra.nats_admin import (
+    CONSUMER_ALREADY_EXISTS,
+    STREAM_NAME_IN_USE,
+    JetStreamAdmin,
+    JetStreamApiError,
+)
 from jsb_infra.providers import settings
 from jsb_infra.providers.base import (
     Changes,
@@ -42,7 +47,7 @@ from jsb_infra.providers.base import (
     with_defaults,
 )
 from jsb_infra.spec import Pair
-from jsb_infra.topology import stream_config
+from jsb_infra.topology import dlq_keeper_config, stream_config
 
 IMMUTABLE = {
     "name": "pair.stream",
@@ -104,13 +109,15 @@ def stream_incarnation_key(pair: Pair) -> str:
 
 
 def stream_outputs(
-    pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool, unset: Any
+    pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool, unset: Any, dlq_keeper: bool
 ) -> dict[str, Any]:
     """Every output, from what the server reported (never from what was sent); `adopted`: the stream
     was on the server before jsb-infra's first create; `unset`: the values the server gave the keys
-    the renderer leaves out, as recorded at create."""
+    the renderer leaves out, as recorded at create; `dlq_keeper`: the durable holding the DLQ messages
+    is on the stream."""
     return {
         "adopted": adopted,
+        "dlq_keeper": dlq_keeper,
         "unset": unset,
         "pair": pair_input,
         "name": info["config"]["name"],
@@ -151,7 +158,9 @@ class StreamProvider(JsbProvider):
                 "pair.allow_destroy_with_messages": (
                     old_pair.allow_destroy_with_messages,
                     pair.allow_destroy_with_messages,
-                )
+                ),
+                # state from before the keeper existed has no key: no keeper there yet
+                "dlq_keeper": (bool(olds.get("dlq_keeper", False)), pair.dlq),
             },
         )
         if plan.replaces:
@@ -177,20 +186,25 @@ class StreamProvider(JsbProvider):
         if adopted:
             announce(f"adopted stream {pair.stream!r}: it was already on the server")
         unset = recorded_unset(info["config"], stream_config(pair), OPTIONAL_DEFAULTS)
-        return CreateResult(pair.stream, stream_outputs(props["pair"], pair, info, adopted, unset))
+        outputs = stream_outputs(props["pair"], pair, info, adopted, unset, dlq_keeper=pair.dlq)
+        return CreateResult(pair.stream, outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        info = self.run(_info(id_))
+        info, keeper = self.run(_read(id_))
         if info is None or "pair" not in props:
             return ReadResult("", {})
         pair = stored_pair(props["pair"])
-        outputs = stream_outputs(props["pair"], pair, info, bool(props.get("adopted")), props.get("unset"))
+        outputs = stream_outputs(
+            props["pair"], pair, info, bool(props.get("adopted")), props.get("unset"), dlq_keeper=keeper
+        )
         return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair = parse_pair(news["pair"])
         info = self.run(_update(pair, olds.get("unset")))
-        outputs = stream_outputs(news["pair"], pair, info, bool(olds.get("adopted")), olds.get("unset"))
+        outputs = stream_outputs(
+            news["pair"], pair, info, bool(olds.get("adopted")), olds.get("unset"), dlq_keeper=pair.dlq
+        )
         return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -202,6 +216,28 @@ class StreamProvider(JsbProvider):
 async def _info(name: str) -> dict[str, Any] | None:
     async with settings.admin_session() as js:
         return await js.stream_info(name)
+
+
+async def _read(name: str) -> tuple[dict[str, Any] | None, bool]:
+    """The stream's info, and whether its DLQ keeper is there."""
+    async with settings.admin_session() as js:
+        info = await js.stream_info(name)
+        keeper = info is not None and await js.consumer_info(name, names.DLQ_KEEPER) is not None
+        return info, keeper
+
+
+async def ensure_dlq_keeper(js: JetStreamAdmin, pair: Pair) -> None:
+    """The pair's DLQ keeper on its stream when the DLQ is on, and none when it is off."""
+    config = dlq_keeper_config(pair)
+    if config is None:
+        await js.delete_consumer(pair.stream, names.DLQ_KEEPER)  # False when there was none
+        return
+    try:
+        await js.create_consumer(pair.stream, config)  # an equal one is answered as created
+    except JetStreamApiError as err:
+        if err.err_code != CONSUMER_ALREADY_EXISTS:
+            raise
+        await js.update_consumer(pair.stream, config)
 
 
 async def _message_count(name: str) -> int:
@@ -223,6 +259,7 @@ async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
             if not existed and pair.stream_options.replicas > 1:  # one replica: created is current
                 timeout = settings.current().settle_timeout
                 await replication.wait_for_stream(js, pair.stream, timeout, quorum_only=True)
+            await ensure_dlq_keeper(js, pair)
             return info, existed
         except JetStreamApiError as err:
             if err.err_code != STREAM_NAME_IN_USE:
@@ -243,6 +280,7 @@ async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
         )
         if changes:
             existing = await _apply_update(js, existing, pair, changes)
+        await ensure_dlq_keeper(js, pair)
         return existing, True
 
 
@@ -255,9 +293,10 @@ async def _update(pair: Pair, unset: Any) -> dict[str, Any]:
                 "and the next `pulumi up` recreates it"
             )
         changes = config_changes(desired_config(pair, unset), live_config(existing, pair))
-        if not changes:
-            return existing
-        return await _apply_update(js, existing, pair, changes)
+        if changes:
+            existing = await _apply_update(js, existing, pair, changes)
+        await ensure_dlq_keeper(js, pair)
+        return existing
 
 
 async def _apply_update(
