@@ -220,3 +220,32 @@ async def test_read_reports_an_account_the_resolver_does_not_hold_as_gone(operat
             JetStreamAccountJwtProvider().read, operator.jetstream_key, {"name": "X"}
         )
     assert gone.id == "" and held.id == operator.jetstream_key
+
+
+async def test_an_account_without_jetstream_gets_it_and_one_with_empty_tiers_is_refused(operator_server):
+    operator, server = operator_server
+    tiered = operator.jetstream_claims()
+    for key in jc.UNLIMITED_JETSTREAM:
+        tiered["nats"]["limits"].pop(key)
+    tiered["nats"]["limits"]["tiered_limits"] = {"R1": {"mem_storage": 0, "disk_storage": 0}}
+    await push_as_operator(server, operator, tiered)
+    with provider_settings(server.url, operator):
+        with pytest.raises(ProviderError, match=r"JetStream tiered limits are all 0"):
+            await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
+        assert "exports" not in (await live_account(server, operator))["nats"]  # nothing pushed
+        without = operator.jetstream_claims()
+        for key in jc.UNLIMITED_JETSTREAM:
+            without["nats"]["limits"].pop(key)
+        await push_as_operator(server, operator, without)
+        async with await nats.connect(
+            server.url, user_credentials=RawCredentials(operator.deploy_creds)
+        ) as nc:
+            refused = json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data)
+        assert refused["error"]["code"] == 503, refused  # JetStream not enabled for the account
+        await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
+    limits = (await live_account(server, operator))["nats"]["limits"]
+    assert all(limits[key] == jc.NO_LIMIT for key in jc.UNLIMITED_JETSTREAM)
+    async with await nats.connect(server.url, user_credentials=RawCredentials(operator.deploy_creds)) as nc:
+        reply = await nc.request("$JS.API.STREAM.CREATE.s", b'{"name": "s", "subjects": ["s"]}', timeout=2)
+        assert "error" not in json.loads(reply.data), reply.data
+    assert await streams(server, operator.deploy_creds) == ["s"]  # the deploy user now has JetStream

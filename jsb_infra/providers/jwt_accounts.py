@@ -1,9 +1,12 @@
 """JWT mode: the `JetStreamAccountJwt` and `AppAccountJwt` dynamic resources.
 
 `JetStreamAccountJwt` re-issues the operator's JetStream account (its public key is given; the
-account and its deploy user stay the operator's) with JetStream limits, the layout's private service
-exports (`token_req`) and a signing key generated here, which signs the activation tokens. On delete
-it is pushed again without exports and without that signing key: every import of it stops working.
+account and its deploy user stay the operator's) read-modify-write: create, update and delete start
+from the JWT the resolver holds and keep every claim the operator set (revocations, limits, scoped
+signing keys, imports, mappings, its own exports, ...). They replace only the private service exports
+(`token_req`) this stack pushed before with the layout's, add a signing key generated here (it signs
+the activation tokens), and give JetStream to an account that has none. On delete it is pushed again
+without those exports and without that signing key: every import of it stops working.
 
 `AppAccountJwt` is one app: its account (generated key, no JetStream, one service import per layout
 subject, each with an activation token for that account alone) and its single user (generated key,
