@@ -3,8 +3,9 @@
 - `mode: config` (default): the rendered accounts include (`accounts.conf`) is written to
   `accounts_file` (besides `jsb:outputDir`, where the documents go), and `reload` runs after it
   changed: `{command: [argv...]}` or `{signal: HUP, pid_file: /path/nats-server.pid}`.
-- `mode: jwt`: the operator's JetStream account (`jetstream_account: A...`, with the `signing_keys`
-  of its own to keep) is re-issued with the layout's exports; every app gets an account and a user.
+- `mode: jwt`: the operator's JetStream account (`jetstream_account: A...`) is re-issued with the
+  layout's exports, keeping everything else the resolver holds for it (`signing_keys`: the account's
+  keys, used only when the resolver holds no JWT for it yet); every app gets an account and a user.
   The secrets are separate keys, `jsb:operatorSigningKey` and `jsb:systemCreds`, read only by the
   providers. `rotate: {app: token}` re-issues an app's user whenever its token changes.
 """
@@ -112,7 +113,7 @@ def parse_auth(value: Any) -> AuthSettings:
     if not isinstance(keys, list) or not all(
         isinstance(k, str) and ACCOUNT_PUBLIC_KEY.match(k) for k in keys
     ):
-        problems.append(f"{KEY}.signing_keys: must be a list of account public keys (A...) to keep")
+        problems.append(f"{KEY}.signing_keys: must be a list of account public keys (A...)")
         keys = []
     adopt = value.get("adopt", False)
     if not isinstance(adopt, bool):

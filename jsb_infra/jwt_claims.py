@@ -187,6 +187,74 @@ def jetstream_account_claims(
     return {"name": name, "sub": account_key, "nats": nats}
 
 
+def signing_key_of(entry: Any) -> str:
+    """The public key of a `signing_keys` entry: a plain key, or a scoped key's object (nats-io/jwt v2
+    `SigningKeys` marshals a key with a scope as `{"kind": "user_scope", "key": ..., "template": ...}`)."""
+    return str(entry.get("key") if isinstance(entry, Mapping) else entry)
+
+
+def jetstream_enabled(limits: Mapping[str, Any]) -> bool:
+    """Whether account limits give JetStream: a non-zero mem or disk storage, in the tiered limits when
+    there are any, else in the flat ones (nats-io/jwt v2 `OperatorLimits.IsJSEnabled`)."""
+    tiers = limits.get("tiered_limits") or {}
+    scopes = list(tiers.values()) if tiers else [limits]
+    return any(scope.get("mem_storage", 0) != 0 or scope.get("disk_storage", 0) != 0 for scope in scopes)
+
+
+def reissued_jetstream_account(
+    live: Mapping[str, Any],
+    exports: list[ServiceExport],
+    owned: set[str],
+    add_signing_key: str | None,
+    drop_signing_keys: set[str],
+) -> dict[str, Any]:
+    """The live JetStream account with only jsb-infra's part changed (read-modify-write).
+
+    Every claim the operator set stays as it is (name, revocations, limits, imports, mappings,
+    default permissions, tags, scoped signing keys with their templates, exports of its own), except:
+    the exports with an `owned` subject (what this stack exported before) or a subject of `exports`
+    are replaced by `exports`; the `drop_signing_keys` leave `signing_keys` and `add_signing_key`
+    joins it; and an account without JetStream gets unlimited JetStream. Limits of an account that
+    has JetStream are never changed."""
+    claims: dict[str, Any] = json.loads(_json(live))
+    nats = claims.setdefault("nats", {})
+    replaced = owned | {e.subject for e in exports}
+    kept = [e for e in nats.get("exports") or [] if e.get("subject") not in replaced]
+    merged = kept + [e.claim() for e in sorted(exports, key=lambda e: e.subject)]
+    if merged:
+        nats["exports"] = merged
+    else:
+        nats.pop("exports", None)
+    keys = [k for k in nats.get("signing_keys") or [] if signing_key_of(k) not in drop_signing_keys]
+    if add_signing_key and add_signing_key not in {signing_key_of(k) for k in keys}:
+        keys.append(add_signing_key)
+    if keys:
+        nats["signing_keys"] = keys
+    else:
+        nats.pop("signing_keys", None)
+    if add_signing_key:  # deployed: the streams live in this account
+        limits = nats.setdefault("limits", {})
+        if not jetstream_enabled(limits):
+            if limits.get("tiered_limits"):
+                raise JwtError(
+                    f"account {claims.get('sub')}: its JetStream tiered limits are all 0; give it JetStream "
+                    "(nsc edit account --js-tier ...) or remove the tiers"
+                )
+            limits.update(UNLIMITED_JETSTREAM)
+    return claims
+
+
+def canonical(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """`content` with exports and signing keys in key order (their order means nothing to a server)."""
+    result: dict[str, Any] = json.loads(_json(content(claims)))
+    nats = result.get("nats") or {}
+    if "exports" in nats:
+        nats["exports"] = sorted(nats["exports"], key=lambda e: str(e.get("subject")))
+    if "signing_keys" in nats:
+        nats["signing_keys"] = sorted(nats["signing_keys"], key=signing_key_of)
+    return result
+
+
 def activation_claims(subject: str, importer_key: str, exporter_key: str) -> dict[str, Any]:
     """The JetStream account's permission for one app account to import one service subject.
     Signed by a signing key of the exporter, so `issuer_account` names the exporter."""

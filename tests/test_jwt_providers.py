@@ -1,4 +1,5 @@
-"""The JWT-mode providers against a real operator-mode server: adopt, refusals and read.
+"""The JWT-mode providers against a real operator-mode server: read-modify-write of the operator's
+JetStream account, adopt, refusals and read.
 
 The providers run in this process, in a thread as the host runs them; their I/O is real (the
 resolver of a nats-server in operator mode with a full directory resolver). The engine's part is
@@ -8,13 +9,18 @@ covered by tests/test_e2e_jwt.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import nats
 import nkeys
 import pytest
-from operator_support import Operator, provider_settings
+from nats.aio.client import RawCredentials
+from operator_support import Operator, provider_settings, user_creds
 
 from jsb_infra import jwt_claims as jc
 from jsb_infra import resolver
@@ -26,12 +32,14 @@ from jsb_infra.resolver import ResolverError
 EXPORTS = [{"subject": "orders.sync.billing", "response_type": "Singleton"}]
 
 
-def js_props(operator: Operator, adopt: bool = False) -> dict[str, object]:
+def js_props(
+    operator: Operator, adopt: bool = False, exports: list[dict[str, str]] = EXPORTS
+) -> dict[str, Any]:
     return {
         "name": "JETSTREAM",
         "public_key": operator.jetstream_key,
         "signing_key": jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)),
-        "exports": EXPORTS,
+        "exports": exports,
         "signing_keys": [operator.jetstream_signing_key],
         "adopt": adopt,
     }
@@ -50,21 +58,139 @@ async def push_as_operator(server: LocalNatsServer, operator: Operator, claims: 
         await resolver.push(nc, jc.encode(claims, operator.signing_seed))
 
 
-async def test_an_account_exporting_what_the_stack_does_not_is_adopted_only_when_asked(operator_server):
+async def live_account(server: LocalNatsServer, operator: Operator) -> dict[str, Any]:
+    async with resolver.system_session([server.url], operator.system_creds) as nc:
+        return jc.decode(await resolver.lookup(nc, operator.jetstream_key) or "")
+
+
+async def test_an_export_of_a_subject_the_stack_exports_is_taken_over_only_when_asked(operator_server):
+    """The account already exports one of the layout's subjects (an earlier stack's, state lost):
+    refused without adopt; with it the export becomes the stack's. Another export is kept either way."""
     operator, server = operator_server
     claims = operator.jetstream_claims()
-    claims["nats"]["exports"] = [jc.ServiceExport("payroll.requests").claim()]
+    claims["nats"]["exports"] = [
+        jc.ServiceExport("orders.sync.billing", "Stream").claim(),
+        jc.ServiceExport("payroll.requests").claim(),
+    ]
     await push_as_operator(server, operator, claims)
     with provider_settings(server.url, operator):
-        with pytest.raises(ProviderError, match=r"already exports \['payroll.requests'\].*adopt: true"):
+        with pytest.raises(ProviderError, match=r"already exports \['orders.sync.billing'\].*adopt: true"):
             await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
+        assert "response_type" in (await live_account(server, operator))["nats"]["exports"][0]  # untouched
         created = await asyncio.to_thread(
             JetStreamAccountJwtProvider().create, js_props(operator, adopt=True)
         )
-        outs = created.outs
-    async with resolver.system_session([server.url], operator.system_creds) as nc:
-        live = jc.decode(await resolver.lookup(nc, operator.jetstream_key) or "")
-    assert [e["subject"] for e in live["nats"]["exports"]] == ["orders.sync.billing"] and outs["jwt"]
+        await asyncio.to_thread(JetStreamAccountJwtProvider().delete, operator.jetstream_key, created.outs)
+    live = await live_account(server, operator)
+    assert [e["subject"] for e in live["nats"]["exports"]] == ["payroll.requests"]
+
+
+# -- read-modify-write: what the operator set on the JetStream account survives create, update, delete --
+async def connects(server: LocalNatsServer, creds: str) -> bool:
+    async def quiet(_: Exception) -> None:
+        pass
+
+    try:
+        nc = await nats.connect(
+            server.url,
+            user_credentials=RawCredentials(creds),
+            allow_reconnect=False,
+            connect_timeout=2,
+            error_cb=quiet,
+        )
+    except Exception:
+        return False
+    await nc.close()
+    return True
+
+
+async def streams(server: LocalNatsServer, deploy_creds: str) -> list[str]:
+    async with await nats.connect(server.url, user_credentials=RawCredentials(deploy_creds)) as nc:
+        reply = await nc.request("$JS.API.STREAM.NAMES", b"", timeout=2)
+        return list(json.loads(reply.data).get("streams") or [])
+
+
+async def monitor_tries_to_delete(server: LocalNatsServer, creds: str, stream: str) -> dict[str, Any]:
+    """The scoped monitor user asks for account info (its template allows it), then deletes `stream`."""
+    errors: list[str] = []
+
+    async def note(err: Exception) -> None:
+        errors.append(str(err))
+
+    async with await nats.connect(
+        server.url, user_credentials=RawCredentials(creds), error_cb=note, allow_reconnect=False
+    ) as nc:
+        info = json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data)
+        assert info["type"] == "io.nats.jetstream.api.v1.account_info_response", info
+        with contextlib.suppress(nats.errors.TimeoutError):  # a denied request gets no answer
+            await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=0.5)
+        await nc.flush()
+    return {"errors": errors, "limits": info.get("limits")}
+
+
+async def test_create_update_delete_keep_what_the_operator_set_on_the_jetstream_account(
+    make_server: Callable[..., LocalNatsServer], tmp_path: Path
+):
+    operator = Operator()
+    leaked_creds = user_creds("leaked", operator.jetstream_key, operator.jetstream_signing_seed)
+    leaked_key = jc.public_key(jc.parse_creds(leaked_creds)[1])
+    scoped_seed = jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
+    scope = {
+        "kind": "user_scope",
+        "key": jc.public_key(scoped_seed),
+        "role": "monitor",
+        "template": {"pub": {"allow": ["$JS.API.INFO"]}, "sub": {"allow": ["_INBOX.>"]}, "subs": -1},
+    }
+    monitor_seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
+    monitor_user = {  # no permissions of its own: they come from the scope of the key that issued it
+        "name": "monitor",
+        "sub": jc.public_key(monitor_seed),
+        "nats": {"type": "user", "version": 2, "issuer_account": operator.jetstream_key},
+    }
+    monitor_creds = jc.creds_document(jc.encode(monitor_user, scoped_seed), monitor_seed)
+    claims = operator.jetstream_claims()
+    nats_claims = claims["nats"]
+    nats_claims["revocations"] = {leaked_key: int(time.time())}  # nsc revocations add-user
+    nats_claims["limits"].update({"disk_storage": 8 << 20, "mem_storage": 1 << 20, "streams": 5})
+    nats_claims["signing_keys"] = [operator.jetstream_signing_key, scope]
+    nats_claims["exports"] = [jc.ServiceExport("payroll.requests").claim()]
+    nats_claims["tags"] = ["team:payments"]
+    operator.jetstream_jwt = jc.encode(claims, operator.signing_seed)
+    server = make_server(operator.server_config(tmp_path / "resolver"))
+    async with await nats.connect(server.url, user_credentials=RawCredentials(operator.deploy_creds)) as nc:
+        config = {"name": "victim", "subjects": ["victim.>"], "max_bytes": 1 << 20}
+        reply = await nc.request("$JS.API.STREAM.CREATE.victim", json.dumps(config).encode(), timeout=2)
+        assert "error" not in json.loads(reply.data), reply.data
+
+    async def operator_part_unchanged(our_exports: set[str], our_key: str | None) -> None:
+        live = (await live_account(server, operator))["nats"]
+        assert live["revocations"] == nats_claims["revocations"]
+        assert live["limits"] == nats_claims["limits"]
+        assert live["tags"] == ["team:payments"]
+        assert {e["subject"] for e in live.get("exports") or []} == {"payroll.requests"} | our_exports
+        keys = live["signing_keys"]
+        assert operator.jetstream_signing_key in keys and scope in keys  # the scope with its template
+        assert {jc.signing_key_of(k) for k in keys} - {operator.jetstream_signing_key, scope["key"]} == (
+            {our_key} if our_key else set()
+        )
+        assert not await connects(server, leaked_creds), "the revoked user was let in"
+        attempt = await monitor_tries_to_delete(server, monitor_creds, "victim")
+        assert any("permissions violation" in e.lower() for e in attempt["errors"]), attempt
+        assert await streams(server, operator.deploy_creds) == ["victim"]  # the deletion did not happen
+        assert attempt["limits"]["max_storage"] == 8 << 20  # the server applies the operator's limits
+
+    await operator_part_unchanged(set(), None)
+    provider = JetStreamAccountJwtProvider()
+    with provider_settings(server.url, operator):
+        props = js_props(operator)
+        time.sleep(1)  # the resolver keeps the stored JWT if ours was issued earlier
+        created = (await asyncio.to_thread(provider.create, props)).outs
+        await operator_part_unchanged({"orders.sync.billing"}, props["signing_key"])
+        moved = {**props, "exports": [{"subject": "billing.sync.orders", "response_type": "Singleton"}]}
+        updated = (await asyncio.to_thread(provider.update, operator.jetstream_key, created, moved)).outs
+        await operator_part_unchanged({"billing.sync.orders"}, props["signing_key"])
+        await asyncio.to_thread(provider.delete, operator.jetstream_key, updated)
+    await operator_part_unchanged(set(), None)
 
 
 async def test_a_jwt_signed_by_an_untrusted_key_is_refused_before_the_push(operator_server):
@@ -94,3 +220,32 @@ async def test_read_reports_an_account_the_resolver_does_not_hold_as_gone(operat
             JetStreamAccountJwtProvider().read, operator.jetstream_key, {"name": "X"}
         )
     assert gone.id == "" and held.id == operator.jetstream_key
+
+
+async def test_an_account_without_jetstream_gets_it_and_one_with_empty_tiers_is_refused(operator_server):
+    operator, server = operator_server
+    tiered = operator.jetstream_claims()
+    for key in jc.UNLIMITED_JETSTREAM:
+        tiered["nats"]["limits"].pop(key)
+    tiered["nats"]["limits"]["tiered_limits"] = {"R1": {"mem_storage": 0, "disk_storage": 0}}
+    await push_as_operator(server, operator, tiered)
+    with provider_settings(server.url, operator):
+        with pytest.raises(ProviderError, match=r"JetStream tiered limits are all 0"):
+            await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
+        assert "exports" not in (await live_account(server, operator))["nats"]  # nothing pushed
+        without = operator.jetstream_claims()
+        for key in jc.UNLIMITED_JETSTREAM:
+            without["nats"]["limits"].pop(key)
+        await push_as_operator(server, operator, without)
+        async with await nats.connect(
+            server.url, user_credentials=RawCredentials(operator.deploy_creds)
+        ) as nc:
+            refused = json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data)
+        assert refused["error"]["code"] == 503, refused  # JetStream not enabled for the account
+        await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
+    limits = (await live_account(server, operator))["nats"]["limits"]
+    assert all(limits[key] == jc.NO_LIMIT for key in jc.UNLIMITED_JETSTREAM)
+    async with await nats.connect(server.url, user_credentials=RawCredentials(operator.deploy_creds)) as nc:
+        reply = await nc.request("$JS.API.STREAM.CREATE.s", b'{"name": "s", "subjects": ["s"]}', timeout=2)
+        assert "error" not in json.loads(reply.data), reply.data
+    assert await streams(server, operator.deploy_creds) == ["s"]  # the deploy user now has JetStream

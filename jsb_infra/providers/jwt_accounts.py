@@ -1,9 +1,12 @@
 """JWT mode: the `JetStreamAccountJwt` and `AppAccountJwt` dynamic resources.
 
 `JetStreamAccountJwt` re-issues the operator's JetStream account (its public key is given; the
-account and its deploy user stay the operator's) with JetStream limits, the layout's private service
-exports (`token_req`) and a signing key generated here, which signs the activation tokens. On delete
-it is pushed again without exports and without that signing key: every import of it stops working.
+account and its deploy user stay the operator's) read-modify-write: create, update and delete start
+from the JWT the resolver holds and keep every claim the operator set (revocations, limits, scoped
+signing keys, imports, mappings, its own exports, ...). They replace only the private service exports
+(`token_req`) this stack pushed before with the layout's, add a signing key generated here (it signs
+the activation tokens), and give JetStream to an account that has none. On delete it is pushed again
+without those exports and without that signing key: every import of it stops working.
 
 `AppAccountJwt` is one app: its account (generated key, no JetStream, one service import per layout
 subject, each with an activation token for that account alone) and its single user (generated key,
@@ -88,12 +91,45 @@ async def _lookup(account_key: str) -> str | None:
 
 
 # -- the JetStream account -----------------------------------------------------------------------------
-def jetstream_claims(props: dict[str, Any], deployed: bool = True) -> dict[str, Any]:
-    """The JetStream account as deployed, or (`deployed=False`) as a destroy leaves it: no exports, and
-    not our signing key, so every activation token it signed stops working."""
-    keys = list(props.get("signing_keys") or []) + ([props["signing_key"]] if deployed else [])
-    exports = _services(props.get("exports") or []) if deployed else []
-    return jc.jetstream_account_claims(props["name"], props["public_key"], exports, keys)
+def owned_exports(state: dict[str, Any]) -> set[str]:
+    """The export subjects this stack pushed (its `exports` output): the only ones it replaces or removes."""
+    return {item["subject"] for item in state.get("exports") or []}
+
+
+def jetstream_claims(
+    props: dict[str, Any],
+    live: dict[str, Any] | None,
+    owned: set[str] | None = None,
+    deployed: bool = True,
+    drop_signing_keys: set[str] | None = None,
+) -> dict[str, Any]:
+    """The JetStream account as deployed, or (`deployed=False`) as a destroy leaves it: without our
+    exports and our signing key, so every activation token it signed stops working.
+
+    `live`: the claims the resolver holds; everything the operator set in them is kept (see
+    `jwt_claims.reissued_jetstream_account`). `owned`: the export subjects pushed before (default:
+    `props`' own). With no live JWT (the resolver does not hold the account) the account is built
+    from `props`: JetStream, `signing_keys` and the exports."""
+    ours = props["signing_key"]
+    if live is None:
+        keys = list(props.get("signing_keys") or []) + ([ours] if deployed else [])
+        exports = _services(props.get("exports") or []) if deployed else []
+        return jc.jetstream_account_claims(props["name"], props["public_key"], exports, keys)
+    try:
+        return jc.reissued_jetstream_account(
+            live,
+            _services(props.get("exports") or []) if deployed else [],
+            owned_exports(props) if owned is None else owned,
+            ours if deployed else None,
+            (drop_signing_keys or set()) | ({ours} if not deployed else set()),
+        )
+    except jc.JwtError as err:
+        raise ProviderError(str(err)) from None
+
+
+def _live_claims(account_key: str) -> dict[str, Any] | None:
+    token = JsbProvider.run(_lookup(account_key))
+    return jc.decode(token, verify=False) if token else None
 
 
 class AccountSigningKeyProvider(JsbProvider):
@@ -146,8 +182,11 @@ class JetStreamAccountJwtProvider(JsbProvider):
             key: (olds.get(key), news.get(key))
             for key in ("name", "exports", "signing_key", "signing_keys", "adopt")
         }
-        if not is_unknown(news):  # drift: the resolver holds another JWT than the one we would push
-            inputs["jwt"] = (_content(olds.get("jwt")), jetstream_claims(news))
+        if not is_unknown(news) and olds.get("jwt"):
+            # drift: the resolver holds (state's `jwt`, after a refresh) another JWT than we would push
+            held = jc.decode(olds["jwt"], verify=False)
+            desired = jetstream_claims(news, held, owned=owned_exports(olds))
+            inputs["jwt"] = (jc.canonical(held), jc.canonical(desired))
         return plan_diff(
             {},
             {},
@@ -157,19 +196,9 @@ class JetStreamAccountJwtProvider(JsbProvider):
         ).result()
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        live = self.run(_lookup(props["public_key"]))
-        if live and not props.get("adopt"):
-            foreign = [
-                e["subject"]
-                for e in (jc.decode(live, verify=False)["nats"].get("exports") or [])
-                if e.get("subject") not in {x["subject"] for x in props.get("exports") or []}
-            ]
-            if foreign:
-                raise ProviderError(
-                    f"account {props['public_key']} already exports {foreign}, which this stack does not; "
-                    "set `adopt: true` in jsb:auth to replace its exports with the layout's"
-                )
-        return CreateResult(props["public_key"], self._issue(props))
+        live = _live_claims(props["public_key"])
+        self._refuse_foreign(props, live, owned=set())
+        return CreateResult(props["public_key"], self._issue(props, live, owned=set()))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         live = self.run(_lookup(id_))
@@ -178,14 +207,41 @@ class JetStreamAccountJwtProvider(JsbProvider):
         return ReadResult(id_, {**props, "jwt": live})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._issue(news))
+        live = _live_claims(news["public_key"])
+        owned = owned_exports(olds)
+        self._refuse_foreign(news, live, owned)
+        replaced = {olds["signing_key"]} - {news["signing_key"]} if olds.get("signing_key") else set()
+        return UpdateResult(self._issue(news, live, owned, drop_signing_keys=replaced))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        token = jc.encode(jetstream_claims(props, deployed=False), settings.current().signing_seed())
-        self.run(_push(token))
+        claims = jetstream_claims(props, _live_claims(props["public_key"]), deployed=False)
+        self.run(_push(jc.encode(claims, settings.current().signing_seed())))
 
-    def _issue(self, props: dict[str, Any]) -> dict[str, Any]:
-        token = jc.encode(jetstream_claims(props), settings.current().signing_seed())
+    @staticmethod
+    def _refuse_foreign(props: dict[str, Any], live: dict[str, Any] | None, owned: set[str]) -> None:
+        """Unless `adopt`, refuse to take over an export of the live account that this stack did not
+        push (`owned`) but whose subject it would now export; other exports are kept anyway."""
+        if live is None or props.get("adopt"):
+            return
+        wanted = owned_exports(props) - owned
+        foreign = sorted(
+            e["subject"] for e in live["nats"].get("exports") or [] if e.get("subject") in wanted
+        )
+        if foreign:
+            raise ProviderError(
+                f"account {props['public_key']} already exports {foreign}, which this stack did not "
+                "export before; set `adopt: true` in jsb:auth to take those exports over"
+            )
+
+    def _issue(
+        self,
+        props: dict[str, Any],
+        live: dict[str, Any] | None,
+        owned: set[str],
+        drop_signing_keys: set[str] | None = None,
+    ) -> dict[str, Any]:
+        claims = jetstream_claims(props, live, owned, drop_signing_keys=drop_signing_keys)
+        token = jc.encode(claims, settings.current().signing_seed())
         self.run(_push(token))
         return {**props, "jwt": token}
 
