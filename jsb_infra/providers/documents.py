@@ -10,6 +10,7 @@ out of `files` on refresh, so the next `up` writes it again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -70,6 +71,17 @@ def remove_files(paths: list[str], root: str | None = None) -> None:
             parent = parent.parent
 
 
+def digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def stored_digests(state: dict[str, Any]) -> dict[str, str]:
+    """{relative path: digest} of what was written (state written before digests kept the texts)."""
+    if state.get("digests") is not None:
+        return dict(state["digests"])
+    return {relative: digest(text) for relative, text in (state.get("documents") or {}).items()}
+
+
 class ServerDocumentsProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         documents = news.get("documents")
@@ -89,9 +101,11 @@ class ServerDocumentsProvider(JsbProvider):
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         documents = news.get("documents") or {}
         inputs: dict[str, tuple[Any, Any]] = {}
-        old_documents = olds.get("documents") or {}
-        for relative in sorted(set(old_documents) | set(documents)):
-            inputs[f"documents.{relative}"] = (old_documents.get(relative), documents.get(relative))
+        old_digests = stored_digests(olds)
+        for relative in sorted(set(old_digests) | set(documents)):
+            text = documents.get(relative)
+            new = text if is_unknown(text) else (digest(text) if text is not None else None)
+            inputs[f"documents.{relative}"] = (old_digests.get(relative), new)
         if not is_unknown(documents):
             wanted = sorted(target_paths(settings.current().output_dir, documents))
             inputs["files"] = (sorted(olds.get("files") or []), wanted)
@@ -102,11 +116,13 @@ class ServerDocumentsProvider(JsbProvider):
         return CreateResult("server-documents", outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        documents = props.get("documents") or {}
+        digests = stored_digests(props)
         intact = [
             path
-            for path, text in target_paths(settings.current().output_dir, documents).items()
-            if path in (props.get("files") or []) and Path(path).is_file() and Path(path).read_text() == text
+            for path, expected in target_paths(settings.current().output_dir, digests).items()
+            if path in (props.get("files") or [])
+            and Path(path).is_file()
+            and digest(Path(path).read_text(encoding="utf-8")) == expected
         ]
         return ReadResult(id_, {**props, "files": intact})
 
@@ -121,13 +137,18 @@ class ServerDocumentsProvider(JsbProvider):
         contents = target_paths(settings.current().output_dir, documents)
         remove_files([path for path in old_files if path not in contents], settings.current().output_dir)
         write_files(contents)
-        return {"documents": documents, "files": sorted(contents)}
+        # The texts are inputs (a preview diff shows them); outputs keep a digest each, not a second copy.
+        return {
+            "digests": {relative: digest(text) for relative, text in documents.items()},
+            "files": sorted(contents),
+        }
 
 
 class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
-    """The rendered documents of a deployment. Outputs: documents, files (where they were written)."""
+    """The rendered documents of a deployment. Outputs: digests (one per document), files (where they
+    were written)."""
 
-    documents: pulumi.Output[dict[str, str]]
+    digests: pulumi.Output[dict[str, str]]
     files: pulumi.Output[list[str]]
 
     def __init__(
@@ -137,5 +158,8 @@ class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(
-            ServerDocumentsProvider(), resource_name, {"documents": documents, "files": None}, opts
+            ServerDocumentsProvider(),
+            resource_name,
+            {"documents": documents, "digests": None, "files": None},
+            opts,
         )
