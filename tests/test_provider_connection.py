@@ -69,7 +69,7 @@ def test_concurrent_calls_share_one_connection(host: ProviderHost, monitored: Mo
     for i, ids in enumerate(created):
         assert ids[0] == f"conn{i}-sync"
         names = admin_call(monitored.server.url, lambda js, i=i: js.stream_info(f"conn{i}-sync"))
-        assert names is not None and names["state"]["consumer_count"] == 2
+        assert names is not None and names["state"]["consumer_count"] == 3  # 2 apps, the DLQ keeper
 
 
 def test_a_dropped_connection_is_replaced_at_the_next_call(
@@ -83,4 +83,4 @@ def test_a_dropped_connection_is_replaced_at_the_next_call(
     assert monitored.total_connections() - before == 1
     for i in (0, 1):
         live = admin_call(monitored.server.url, lambda js, i=i: js.stream_info(f"conn{i}-sync"))
-        assert live is not None and live["state"]["consumer_count"] == 2
+        assert live is not None and live["state"]["consumer_count"] == 3  # 2 apps, the DLQ keeper
