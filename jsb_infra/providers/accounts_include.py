@@ -12,7 +12,6 @@ the `include` first, then the file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -31,13 +30,9 @@ from pulumi.dynamic import (
 )
 
 from jsb_infra.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
-from jsb_infra.providers.documents import write_files
+from jsb_infra.providers.documents import digest, write_files
 
 RELOAD_TIMEOUT = 30.0
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def run_reload(reload: dict[str, Any] | None) -> str:
