@@ -27,8 +27,8 @@ from jsb_infra.spec import parse_pairs
 APPS = ["orders", "billing"]
 DENIAL_TIMEOUT = 0.5
 
-# No backoff, so a nak delay is exact (REFERENCE §3); a 2s ack wait tells a lost nak (2s) from a
-# working one (the delay), and lets in_progress prove it extends the deadline.
+# No backoff, so a nak delay is exact (a backoff adds backoff[n-1] - ack_wait); a 2s ack wait tells
+# a lost nak (2s) from a working one (the delay), and lets in_progress prove it extends the deadline.
 SHORT_PAIR = {
     "stream": "orders-billing-sync",
     "apps": APPS,

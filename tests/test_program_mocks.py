@@ -1,6 +1,6 @@
 """The Pulumi program and the AppPair component under `pulumi.runtime.set_mocks`.
 
-What mocks can show (REFERENCE §4): the resource graph the program registers (types, names, parents,
+What mocks can show: the resource graph the program registers (types, names, parents,
 counts, options), the stack outputs and their schema, which outputs are secret, and that a bad stack
 config stops the program before anything registers. What they cannot show (check/diff/update, the
 provider in a fresh process) is covered by the provider-host and end-to-end tests.

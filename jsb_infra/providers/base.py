@@ -1,6 +1,7 @@
 """Shared, pure logic of the jsb-infra dynamic providers: normalize, compare, decide update vs replace.
 
-Each resource module names its server-immutable fields (REFERENCE §3); everything here turns a
+Each resource module names the fields the server refuses to update (nats-server server/stream.go
+`configUpdateCheckLocked`, server/consumer.go `checkNewConsumerConfig`); everything here turns a
 desired config and the live config last read from the server into a Pulumi `DiffResult`, an adopt
 decision or a clear error. Only `JsbProvider.run` does I/O (it runs each call's coroutine on the host's
 one admin loop: provider methods are called synchronously from the host's worker threads, pulumi#13153).

@@ -56,7 +56,8 @@ IMMUTABLE = {
     "max_waiting": "max_waiting",
     "mem_storage": "mem_storage",
 }
-"""Consumer fields the server refuses to update (REFERENCE §3), among those jsb-infra manages.
+"""Consumer fields the server refuses to update (nats-server server/consumer.go,
+`checkNewConsumerConfig`), among those jsb-infra manages.
 
 The spec pins deliver all / ack explicit / replay instant and a default pull consumer, so only a
 consumer adopted or changed outside jsb-infra can differ in these; the diff replaces it rather than

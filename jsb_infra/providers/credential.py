@@ -3,7 +3,8 @@
 One per app, across all its pairs: the app is one account with one user. No server I/O: the public
 key goes into the account layout (the app account's user), the seed to the app. The
 seed is an output under a new name, so the resource declares it in `additional_secret_outputs`;
-otherwise the engine would store it in plain text (REFERENCE §4).
+otherwise the engine would store it in plain text (it re-marks as secret only outputs whose
+same-named input was secret).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ from jsb_infra.providers.base import (
 
 
 def document_paths(output_dir: str | None, stream: str, app: str) -> list[str]:
-    """Where the documents go (the render layout of DESIGN.md); none without an output directory."""
+    """Where the documents go (`<dir>/<stream>/permissions/<app>.json` and `.conf`); none without an
+    output directory."""
     if not output_dir:
         return []
     base = Path(output_dir) / stream / "permissions"

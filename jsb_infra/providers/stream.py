@@ -59,7 +59,8 @@ IMMUTABLE = {
     "deny_purge": "deny_purge",
     "allow_msg_ttl": "allow_msg_ttl",
 }
-"""Stream fields the server refuses to update (REFERENCE §3), among those jsb-infra manages.
+"""Stream fields the server refuses to update (nats-server server/stream.go,
+`configUpdateCheckLocked`), among those jsb-infra manages.
 
 The spec never sets the last five, so only a stream sealed, mirrored or locked by hand differs
 there, always in the direction the server refuses (true -> false, mirror -> none): a replace."""

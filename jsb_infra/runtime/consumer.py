@@ -1,6 +1,6 @@
 """Consuming one app's durable: decode, handle, then ack, nak with the bridge's backoff, or dead-letter.
 
-Redelivery timing, derived from what nats-server really does (REFERENCE §3, server/consumer.go):
+Redelivery timing, derived from what nats-server really does (server/consumer.go, nak handling):
 after delivery n fails we want the next delivery `backoff[n-1]` later (the last entry repeats), the
 same schedule the server applies when an ack wait runs out. A bare `-NAK` is redelivered at once, so
 we send `nak(delay=d)`; but on a consumer with a backoff the server backdates the message by ack_wait
