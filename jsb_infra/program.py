@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pulumi
 
 from jsb_infra import names
-from jsb_infra.accounts import DeployUser, account_layout
+from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.component import AppPair
 from jsb_infra.documents import render_documents
 from jsb_infra.identities import accounts_include, jwt_identities, read_auth
@@ -230,19 +230,17 @@ def build(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[Any]]:
     }
     public_keys = pulumi.Output.all(**{app: cred.public_key for app, cred in credentials.items()})
 
-    def documents(keys: dict[str, str]) -> dict[str, str]:
-        rendered = render_documents(
-            pairs,
-            keys,
-            deploy=settings.deploy,
-            jetstream_account=settings.jetstream_account,
-            servers=settings.bridge_servers,
-        )
-        return {str(path): text for path, text in rendered.items()}
-
-    # What does not depend on the generated keys is a plain value, known at preview.
-    keyless: dict[str, pulumi.Input[str]] = dict(documents({}))
-    accounts_conf = public_keys.apply(lambda keys: documents(keys)["accounts.conf"])
+    # What does not depend on the generated keys is a plain value, known at preview; the accounts
+    # include names each app's user by its key, so it waits for the credentials.
+    rendered = render_documents(
+        pairs,
+        {},
+        deploy=settings.deploy,
+        jetstream_account=settings.jetstream_account,
+        servers=settings.bridge_servers,
+    )
+    keyless: dict[str, pulumi.Input[str]] = {str(path): text for path, text in rendered.items()}
+    accounts_conf = public_keys.apply(lambda keys: render_accounts_conf(layout, keys, settings.deploy))
     server_documents = ServerDocuments("server-documents", {**keyless, "accounts.conf": accounts_conf})
     accounts_include(auth, accounts_conf)  # config mode: where the servers include it, then reload
     return {
