@@ -291,8 +291,9 @@ class OutboxRelay:
     async def _publish(self, claim: _Claim) -> tuple[list[int], list[tuple[int, str]], list[Any]]:
         """Publish a claimed batch; returns (sent row ids, (row id, error) of the others, results)."""
         if not self.client.nc.is_connected:
-            # publish_batch would give each event its own bounded retries (a long stall for a batch):
-            # while the client reconnects, give the claim back and wait instead.
+            # publish_batch would spend its publish budget waiting for the connection while holding
+            # the claim: while the client reconnects, give the claim back (another relay may take it)
+            # and wait instead.
             raise ConnectionError(f"{self.client.name} is not connected (reconnecting); waiting")
         self._step("claimed", len(claim.rows))
         loads = json.loads

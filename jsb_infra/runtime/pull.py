@@ -47,7 +47,6 @@ from nats.nuid import NUID
 log = logging.getLogger("jsb_infra.runtime")
 
 STATUS_HEARTBEAT = "100"
-STATUS_BAD_REQUEST = "400"
 STATUS_NO_MESSAGES = "404"
 STATUS_REQUEST_TIMEOUT = "408"
 STATUS_CONFLICT = "409"

@@ -109,10 +109,6 @@ def schema_ddl(dialect: str) -> str:
     return "\n".join(line.rstrip().replace("\t", "  ") for line in text_.splitlines()) + "\n"
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
