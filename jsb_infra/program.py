@@ -231,25 +231,18 @@ def layout_problem(previous_bridges: Any, previous_layout: Any) -> str | None:
     )
 
 
-def layout_guard() -> pulumi.ResourceOptions:
-    """Options that hold every resource back until the stack's previous outputs show a layout this
-    program can manage: on an older one, nothing is registered and the run fails with what to do (a
-    new key per app and a rewritten accounts include would lock every app out)."""
-    previous = pulumi.StackReference(
-        "previous-outputs",
-        stack_name=f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}",
-    )
-
-    def check(outputs: dict[str, Any] | None) -> pulumi.Resource:
-        outputs = outputs or {}
-        problem = layout_problem(outputs.get("bridges"), outputs.get("layout"))
-        if problem:
-            raise StateLayoutError(problem)
-        return previous
-
-    # From the whole outputs at once: `get_output` of a large output lifts every nested value.
-    ready = previous.outputs.apply(check)
-    return pulumi.ResourceOptions(depends_on=[ready])
+def check_state_layout() -> None:
+    """Refuse, before any resource is registered, to run on a stack whose resources have an older
+    layout: a new key per app and a rewritten accounts include would lock every app out, and the old
+    protected resources would fail the run halfway. Reads the stack's own last outputs through the
+    engine's built-in `pulumi:pulumi:readStackOutputs` (what a StackReference reads, without a
+    resource in state or in every preview)."""
+    name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+    result = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
+    outputs = (result.value or {}).get("outputs") or {}
+    problem = layout_problem(outputs.get("bridges"), outputs.get("layout"))
+    if problem:
+        raise StateLayoutError(problem)
 
 
 def build(config: pulumi.Config | None = None) -> dict[str, Any]:
@@ -268,18 +261,16 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
     auth = read_auth(config or pulumi.Config(CONFIG_NAMESPACE))
     pairs = list(settings.pairs)
     layout = account_layout(pairs, settings.jetstream_account)
-    guarded = layout_guard()
+    check_state_layout()
     # JWT mode: accounts and users are JWTs (jsb_infra.identities)
     credentials = (
-        AppCredentials("app-credentials", [a.app for a in layout.apps], opts=guarded)
-        if auth.mode == "config"
-        else None
+        AppCredentials("app-credentials", [a.app for a in layout.apps]) if auth.mode == "config" else None
     )
     pair_streams = {
         pair.stream: PairStream(
             pair.resource_name,
             canonical_pair(pair),
-            opts=pulumi.ResourceOptions.merge(guarded, pulumi.ResourceOptions(protect=pair.protect)),
+            opts=pulumi.ResourceOptions(protect=pair.protect),
         )
         for pair in pairs
     }
@@ -300,10 +291,8 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
     )
     keyless: dict[str, pulumi.Input[str]] = {str(path): text for path, text in rendered.items()}
     accounts_conf = public_keys.apply(lambda keys: render_accounts_conf(layout, keys, settings.deploy))
-    server_documents = ServerDocuments(
-        "server-documents", {**keyless, "accounts.conf": accounts_conf}, opts=guarded
-    )
-    accounts_include(auth, accounts_conf, guarded)  # config mode: where the servers include it, then reload
+    server_documents = ServerDocuments("server-documents", {**keyless, "accounts.conf": accounts_conf})
+    accounts_include(auth, accounts_conf)  # config mode: where the servers include it, then reload
     return {
         # Plain values where the spec alone decides: exported as they are (an Output would be walked
         # into one Output per nested value, seconds for a fleet), and known at preview.
@@ -312,7 +301,7 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
         "bridge_check": pulumi.Output.all(*(b.check for b in bridges.values())).apply(
             lambda checks: f"{len(checks)} pairs: consumers match the bridges"
         ),
-        "credentials": pulumi.Output.secret(jwt_identities(layout, auth, guarded))
+        "credentials": pulumi.Output.secret(jwt_identities(layout, auth))
         if auth.mode == "jwt"
         else pulumi.Output.secret(
             {

@@ -200,6 +200,13 @@ async def publish_as_admin(server: LocalNatsServer, subject: str, payloads: list
         await nc.close()
 
 
+SAME_BUT_PAIR = 3
+"""Unchanged when only the pair's settings stored with it change: the stack, the apps' credentials
+and the server documents."""
+SAME_BUT_PAIR_AND_DOCUMENTS = 2
+"""Unchanged when the pair and the documents rendered from it change: the stack and the credentials."""
+
+
 def changes(summary: dict[str, int] | None) -> set[str]:
     """The kinds of change in a preview/up summary, without "same"."""
     return {op for op, count in (summary or {}).items() if count and op != "same"}
@@ -209,8 +216,8 @@ def changes(summary: dict[str, int] | None) -> set[str]:
 async def test_01_up_from_nothing_creates_exactly_the_rendered_topology(stack, server, out_dir, memo):
     assert await stream_names(server) == []
     result = stack.up(color="never")
-    # stack, AppPair, stream, 2 consumers, 2 credentials (one per app), the server documents
-    assert result.summary.resource_changes == {"create": 8}
+    # stack, the pair's stream with its consumers, the apps' credentials, the server documents
+    assert result.summary.resource_changes == {"create": 4}
     pair = parse_pairs([BASE_PAIR]).pairs[0]
     await server_matches(server, pair)
     written = sorted(p.name for p in (out_dir / STREAM / "permissions").iterdir())
@@ -235,14 +242,13 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
     assert stream_before["state"]["messages"] == 3
     consumers_before = {app: await consumer_info(server, app) for app in APPS}
 
-    # The stream alone updating in place leaves its outputs (`created` too) unknown at preview; the
-    # consumers, whose stream is not replaced, must still preview as unchanged.
+    # A stream setting: the pair updates in place (the consumers in it are not recreated, below).
     set_pair(stack, with_changes(stream_options={"max_age": "2h"}))
     stream_only = stack.preview(color="never")
     assert changes(stream_only.change_summary) == {"update"}, stream_only.stdout
-    # the stream, and the rendered stream.json among the server documents
+    # the pair, and the rendered stream.json among the server documents
     assert stream_only.change_summary["update"] == 2, stream_only.stdout
-    assert "jsb:Stream" in stream_only.stdout and "jsb:Consumer" not in stream_only.stdout
+    assert "jsb:PairStream" in stream_only.stdout and "replace" not in stream_only.stdout
 
     # backoff [1s, 2s] -> [2s, 3s]: the server's ack_wait (= backoff[0]) goes 1s -> 2s.
     changed = set_pair(
@@ -250,10 +256,10 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
     )
     assert changed.consumer_for("billing").ack_wait == 2 * SECOND_NS != billing.ack_wait
     preview = stack.preview(color="never")
-    # the stream, 2 consumers, and the documents (consumer configs, bridges)
-    assert preview.change_summary == {"same": 4, "update": 4}, preview.stdout
+    # the pair, and the documents (consumer configs, bridges)
+    assert preview.change_summary == {"same": SAME_BUT_PAIR_AND_DOCUMENTS, "update": 2}, preview.stdout
     up = stack.up(color="never")
-    assert up.summary.resource_changes == {"same": 4, "update": 4}, up.stdout
+    assert up.summary.resource_changes == {"same": SAME_BUT_PAIR_AND_DOCUMENTS, "update": 2}, up.stdout
 
     await server_matches(server, changed)
     stream_after = await stream_info(server)
@@ -305,9 +311,11 @@ async def test_03b_preview_diff_shows_permission_and_bridge_changes(stack, serve
     }
     set_plain_config(stack, {"jsb:pairs": [current, shipping]})
     added = stack.preview(color="never", diff=True)
-    # AppPair, stream, 2 consumers and one new identity (billing keeps its own)
-    assert added.change_summary.get("create") == 5, added.stdout
-    assert added.stdout.count("+ pulumi-python:dynamic/jsb:AppCredential: (create)") == 1, added.stdout
+    # the new pair, and one new identity among the apps' credentials (billing keeps its own)
+    assert added.change_summary.get("create") == 1, added.stdout
+    assert added.stdout.count("+ pulumi-python:dynamic/jsb:PairStream: (create)") == 1, added.stdout
+    credentials = added.stdout.split("pulumi-python:dynamic/jsb:AppCredentials: (update)", 1)[1]
+    assert re.search(r'\+ \[\d\]: "shipping"', credentials.split("pulumi-python:dynamic", 1)[0]), added.stdout
     added_outputs = outputs_section(added.stdout)
     assert re.search(r"\+ shipping\s*: \{", added_outputs), added_outputs
     assert re.search(r"\+ billing\.sync\.shipping\s+:", added_outputs), added_outputs
@@ -340,7 +348,15 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
         stack.up(color="never")
     assert guard in str(refused_up.value)
     # kept by a failed up
-    assert sorted(stack.outputs()) == ["accounts_conf", "bridges", "credentials", "documents", "permissions"]
+    assert sorted(stack.outputs()) == [
+        "accounts_conf",
+        "bridge_check",
+        "bridges",
+        "credentials",
+        "documents",
+        "layout",
+        "permissions",
+    ]
 
     set_pair(stack, current)
     info = await stream_info(server)
@@ -354,13 +370,15 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     opted_in = {**current, "allow_destroy_with_messages": True}
     set_pair(stack, opted_in)
     up = stack.up(color="never")
-    # stored on the stream and on both consumers (their delete reads it on an interest stream)
-    assert up.summary.resource_changes == {"same": 5, "update": 3}, up.stdout
+    # stored with the pair (the deletes of its stream and consumers read it)
+    assert up.summary.resource_changes == {"same": SAME_BUT_PAIR, "update": 1}, up.stdout
     set_pair(stack, {**limits, "allow_destroy_with_messages": True})
     preview = stack.preview(color="never")
-    # the preview already knows the consumers go with the stream (its incarnation key changes)
-    assert preview.change_summary == {"same": 4, "replace": 3, "update": 1}, preview.stdout
-    assert "jsb:Stream" in preview.stdout and "replace" in preview.stdout
+    # the pair is replaced (its stream, and the consumers with it), the documents updated
+    assert preview.change_summary == {"same": SAME_BUT_PAIR_AND_DOCUMENTS, "replace": 1, "update": 1}, (
+        preview.stdout
+    )
+    assert "jsb:PairStream" in preview.stdout and "replace" in preview.stdout
 
     set_pair(stack, opted_in)  # restore: nothing was replaced
     assert changes(stack.preview(color="never").change_summary) == set()
@@ -382,7 +400,7 @@ async def test_05_out_of_band_edit_shows_in_refresh_and_up_puts_it_back(stack, s
     assert refresh.summary.resource_changes.get("update") == 1, refresh.stdout
     preview = stack.preview(color="never")
     assert preview.change_summary.get("update") == 1, preview.stdout
-    assert "billing-consumer" in preview.stdout
+    assert f"jsb:PairStream: (update)" in preview.stdout or "jsb:PairStream" in preview.stdout
 
     up = stack.up(color="never")
     assert changes(up.summary.resource_changes) == {"update"}
@@ -401,9 +419,10 @@ async def test_06_out_of_band_delete_is_recreated(stack, server, memo):
     assert changes(stack.preview(color="never").change_summary) == set()
     # ... `up --refresh` (Pulumi's way to see drift) reads the consumer as gone and recreates it.
     up = stack.up(color="never", refresh=True)
-    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("create") == 1, (
+    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("update") == 1, (
         up.stdout
     )
+    assert changes(up.summary.resource_changes) == {"update"}, up.stdout
     new = await consumer_info(server, "orders")
     assert new is not None and old is not None and new["created"] != old["created"]
     await server_matches(server, pair)
