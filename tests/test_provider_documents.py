@@ -1,5 +1,5 @@
-"""AppCredentials (and the legacy AppCredential), ServerDocuments and the legacy PermissionDocument through the real provider host;
-provider settings from config."""
+"""AppCredentials (and the legacy AppCredential), ServerDocuments and the legacy PermissionDocument
+through the real provider host; provider settings from config."""
 
 from __future__ import annotations
 
