@@ -15,7 +15,7 @@ from typing import Any
 import nkeys
 import pytest
 from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
-    CREDENTIAL_T,
+    CREDENTIALS_T,
     SERVERS,
     TWO_PAIRS,
     RecordingMonitor,
@@ -49,7 +49,7 @@ def test_jwt_mode_registers_accounts_and_users_not_nkey_credentials(monitor: Rec
 
     run_program(check)
     layout = account_layout(parse_pairs(TWO_PAIRS).pairs)
-    assert monitor.of_type(CREDENTIAL_T) == []
+    assert monitor.of_type(CREDENTIALS_T) == []
     [signing] = monitor.of_type(SIGNING_T)
     [jetstream] = monitor.of_type(JS_T)
     apps = {r.inputs["app"]: r for r in monitor.of_type(APP_T)}
@@ -67,6 +67,8 @@ def test_jwt_mode_registers_accounts_and_users_not_nkey_credentials(monitor: Rec
         assert reg.inputs["publish"] == list(account.publish)
         assert reg.inputs["name"] == account.account
     assert apps["billing"].inputs["rotate"] == "1" and apps["orders"].inputs["rotate"] == ""
+    guard = monitor.previous_outputs_reference().urn  # a stack of an older layout registers none of them
+    assert all(guard in r.dependencies for r in [signing, jetstream, *apps.values()])
 
 
 def test_config_mode_with_an_accounts_file_registers_the_include_and_its_reload(
@@ -81,7 +83,9 @@ def test_config_mode_with_an_accounts_file_registers_the_include_and_its_reload(
     run_program(check)
     [include] = monitor.of_type(INCLUDE_T)
     assert include.inputs["path"] == "/etc/nats/accounts.conf" and include.inputs["reload"] == reload
-    assert len(monitor.of_type(CREDENTIAL_T)) == 3 and monitor.of_type(APP_T) == []
+    assert monitor.previous_outputs_reference().urn in include.dependencies
+    [credentials] = monitor.of_type(CREDENTIALS_T)
+    assert credentials.inputs["apps"] == ["billing", "orders", "shipping"] and monitor.of_type(APP_T) == []
 
 
 @pytest.mark.parametrize(

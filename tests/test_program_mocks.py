@@ -1,13 +1,16 @@
-"""The Pulumi program and the AppPair component under `pulumi.runtime.set_mocks`.
+"""The Pulumi program under `pulumi.runtime.set_mocks`.
 
-What mocks can show: the resource graph the program registers (types, names, parents,
-counts, options), the stack outputs and their schema, which outputs are secret, and that a bad stack
-config stops the program before anything registers. What they cannot show (check/diff/update, the
-provider in a fresh process) is covered by the provider-host and end-to-end tests.
+What mocks can show: the resource graph the program registers (types, names, parents, counts,
+options, dependencies), the stack outputs and their schema, which outputs are secret, that a bad stack
+config or a stack of an older resource layout stops the program before anything registers, and that a
+consumer whose live config differs from its bridge fails the run. What they cannot show
+(check/diff/update, the provider in a fresh process) is covered by the provider-host and end-to-end
+tests.
 
 The monitor below records each registration request and, like the engine, marks the outputs named in
 `additional_secret_outputs` as secret; the mocks answer like the providers would, derived from the
-inputs with the same pure modules (topology, permissions, nkeys).
+inputs with the same pure modules (topology, names, nkeys), and answer the program's reference to its
+own stack with the previous outputs a test sets.
 """
 
 from __future__ import annotations
@@ -32,18 +35,20 @@ from pulumi.runtime.sync_await import _sync_await
 
 from jsb_infra import names, topology
 from jsb_infra.accounts import account_layout
-from jsb_infra.component import COMPONENT_TYPE, AppPair
+from jsb_infra.bridge_check import BridgeMismatch
 from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.outputs import AppCredentials, BridgeOutputs, bridge_outputs
-from jsb_infra.program import build, main
-from jsb_infra.providers.consumer import Consumer
-from jsb_infra.providers.credential import AppCredential
+from jsb_infra.outputs import AppCredentials as AppCredentialsOutput
+from jsb_infra.outputs import BridgeOutputs, bridge_outputs
+from jsb_infra.program import LAYOUT, StateLayoutError, build, main
+from jsb_infra.providers.base import canonical_pair
+from jsb_infra.providers.credential import AppCredentials
 from jsb_infra.providers.documents import ServerDocuments
-from jsb_infra.providers.stream import Stream
+from jsb_infra.providers.pair_stream import PairStream
 from jsb_infra.spec import ConfigError, Pair
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ["nats://127.0.0.1:4222"]
+ORGANIZATION, PROJECT, STACK = "organization", "jsb", "dev"
 
 
 def dynamic_type(cls: type) -> str:
@@ -51,9 +56,9 @@ def dynamic_type(cls: type) -> str:
     return f"pulumi-python:{cls._resource_type_name}"  # type: ignore[attr-defined]
 
 
-STREAM_T, CONSUMER_T = dynamic_type(Stream), dynamic_type(Consumer)
-CREDENTIAL_T, DOCUMENTS_T = dynamic_type(AppCredential), dynamic_type(ServerDocuments)
-CHILDREN_PER_PAIR = Counter({STREAM_T: 1, CONSUMER_T: 2})
+PAIR_STREAM_T, CREDENTIALS_T = dynamic_type(PairStream), dynamic_type(AppCredentials)
+DOCUMENTS_T = dynamic_type(ServerDocuments)
+STACK_REFERENCE_T = "pulumi:pulumi:StackReference"
 
 ORDERS_BILLING: dict[str, Any] = {
     "stream": "orders-billing-sync",
@@ -70,6 +75,16 @@ BILLING_SHIPPING: dict[str, Any] = {
     "consumer_overrides": {"shipping": {"max_ack_pending": 1000}},
 }
 TWO_PAIRS = [ORDERS_BILLING, BILLING_SHIPPING]
+TWO_PAIRS_GRAPH = Counter({PAIR_STREAM_T: 2, CREDENTIALS_T: 1, DOCUMENTS_T: 1})
+"""Config mode without an accounts file: one PairStream per pair, one AppCredentials, one ServerDocuments."""
+
+LiveConsumer = Callable[[str, str, dict[str, Any]], dict[str, Any] | None]
+"""(stream, app, rendered consumer config) -> the config the mocked server reports for that durable
+(None: the durable is missing from the pair's state)."""
+
+
+def as_rendered(stream: str, app: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    return config
 
 
 # -- the mock engine -----------------------------------------------------------------------------------
@@ -81,55 +96,98 @@ class Registration:
     parent: str
     custom: bool
     protect: bool
+    delete_before_replace: bool
     dependencies: tuple[str, ...]
     secret_outputs: tuple[str, ...]
     inputs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Read:
+    """A `ReadResource` request: how a StackReference reaches the engine."""
+
+    urn: str
+    type: str
+    name: str
+    id: str
+    inputs: dict[str, Any]
+
+
 class ProviderLikeMocks(pulumi.runtime.Mocks):
-    """Answers each dynamic resource with the outputs its provider's create would return."""
+    """Answers each dynamic resource with the outputs its provider's create would return, and the
+    program's reference to its own stack with `previous_outputs` (a new stack has none)."""
+
+    def __init__(self) -> None:
+        self.previous_outputs: dict[str, Any] = {}
+        self.live_consumer: LiveConsumer = as_rendered
 
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         inputs = {k: v for k, v in args.inputs.items() if k != "__provider"}
+        if args.typ == STACK_REFERENCE_T:
+            return inputs["name"], {
+                "name": inputs["name"],
+                "outputs": self.previous_outputs,
+                "secretOutputNames": [],
+            }
         return self._outputs(args.typ, args.name, inputs)
 
-    @staticmethod
-    def _outputs(typ: str, name: str, inputs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        if typ == STREAM_T:
+    def _outputs(self, typ: str, name: str, inputs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        if typ == PAIR_STREAM_T:
             pair = Pair.model_validate(inputs["pair"])
-            config = topology.stream_config(pair)
             return pair.stream, {
-                **inputs,
-                "name": pair.stream,
-                "config": config,
-                "created": "t0",
-                "messages": 0,
+                "pair": inputs["pair"],
+                "stream": {
+                    "adopted": False,
+                    "dlq_keeper": pair.dlq,
+                    "unset": {},
+                    "name": pair.stream,
+                    "config": topology.stream_config(pair),
+                    "created": "t0",
+                    "messages": 0,
+                },
+                "consumers": {
+                    app: consumer for app in pair.apps if (consumer := self._consumer(pair, app)) is not None
+                },
             }
-        if typ == CONSUMER_T:
-            pair, app = Pair.model_validate(inputs["pair"]), inputs["app"]
-            config = topology.consumer_config(pair, app)
-            durable = names.durable_name(app)
-            outs = {**inputs, "stream": pair.stream, "durable": durable, "config": config, "created": "t1"}
-            return f"{pair.stream}/{durable}", outs
-        if typ == CREDENTIAL_T:
-            seed, public_key = new_user_keypair()
-            return public_key, {**inputs, "public_key": public_key, "seed": seed}
+        if typ == CREDENTIALS_T:
+            keys = {app: new_user_keypair() for app in inputs["apps"]}
+            return "app-credentials", {
+                "apps": inputs["apps"],
+                "public_keys": {app: public_key for app, (_, public_key) in keys.items()},
+                "seeds": {app: seed for app, (seed, _) in keys.items()},
+            }
         if typ == DOCUMENTS_T:
             return "server-documents", {**inputs, "files": []}
-        return f"{name}-id", inputs  # components: no physical id, outputs come from register_outputs
+        return f"{name}-id", inputs
+
+    def _consumer(self, pair: Pair, app: str) -> dict[str, Any] | None:
+        live = self.live_consumer(pair.stream, app, dict(topology.consumer_config(pair, app)))
+        if live is None:
+            return None
+        return {
+            "adopted": False,
+            "unset": {},
+            "app": app,
+            "stream": pair.stream,
+            "durable": names.durable_name(app),
+            "config": live,
+            "created": "t1",
+        }
 
 
 class RecordingMonitor(MockMonitor):
-    """The mock monitor, plus a record of every registration request (the graph the engine would see)."""
+    """The mock monitor, plus a record of every registration and read request (the graph the engine
+    would see)."""
 
     mocks: ProviderLikeMocks
 
     def __init__(self, mocks: ProviderLikeMocks) -> None:
         super().__init__(mocks)
         self.registrations: list[Registration] = []
+        self.reads: list[Read] = []
 
     def RegisterResource(self, request: Any) -> Any:
         """Called from the SDK's worker threads: keeps no per-call state on `self` but the record."""
@@ -145,11 +203,25 @@ class RecordingMonitor(MockMonitor):
                     parent=request.parent,
                     custom=request.custom,
                     protect=request.protect,
+                    delete_before_replace=request.deleteBeforeReplace,
                     dependencies=tuple(request.dependencies),
                     secret_outputs=tuple(request.additionalSecretOutputs),
                     inputs=rpc.deserialize_properties(request.object),
                 )
             )
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)
+        self.reads.append(
+            Read(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                id=request.id,
+                inputs=rpc.deserialize_properties(request.properties),
+            )
+        )
         return response
 
     @staticmethod
@@ -165,6 +237,14 @@ class RecordingMonitor(MockMonitor):
 
     def of_type(self, typ: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == typ]
+
+    def state(self, registration: Registration) -> dict[str, Any]:
+        """The outputs the mocks answered the registration with (secrets unwrapped)."""
+        return dict(self.resources[registration.urn].state)
+
+    def previous_outputs_reference(self) -> Read:
+        [reference] = [r for r in self.reads if r.type == STACK_REFERENCE_T]
+        return reference
 
 
 @pytest.fixture
@@ -182,7 +262,14 @@ def monitor() -> Iterator[RecordingMonitor]:
     asyncio.set_event_loop(loop)
     root_token = pulumi.runtime.settings.ROOT.set(None)
     recording = RecordingMonitor(ProviderLikeMocks())
-    pulumi.runtime.set_mocks(recording.mocks, project="jsb", stack="dev", preview=False, monitor=recording)
+    pulumi.runtime.set_mocks(
+        recording.mocks,
+        project=PROJECT,
+        stack=STACK,
+        preview=False,
+        monitor=recording,
+        organization=ORGANIZATION,
+    )
     try:
         yield recording
     finally:
@@ -210,148 +297,186 @@ def run_program(check: Callable[[], Awaitable[None]]) -> None:
     pulumi.runtime.test(lambda: check())()
 
 
-async def resolved(output: pulumi.Output[Any]) -> tuple[Any, bool]:
+def run_build() -> None:
+    async def check() -> None:
+        build()
+
+    run_program(check)
+
+
+def run_main() -> None:
+    """What `stacks/__main__.py` does, in the mock runtime."""
+
+    async def check() -> None:
+        main()
+
+    run_program(check)
+
+
+def bridge_check_verdict() -> tuple[Any, bool]:
+    """Run the program and wait for its `bridge_check` output: (value, secret)."""
+    verdicts: list[tuple[Any, bool]] = []
+
+    async def check() -> None:
+        verdicts.append(await resolved(build()["bridge_check"]))
+
+    run_program(check)
+    return verdicts[0]
+
+
+async def resolved(value: Any) -> tuple[Any, bool]:
+    """A stack output's value and whether it is secret (a plain value is exported as it is)."""
+    output = pulumi.Output.from_input(value)
     return await output.future(), await output.is_secret()
 
 
+def exported_bridges(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`bridges` as a run of either layout exports it."""
+    parsed = [Pair.model_validate(raw) for raw in pairs]
+    return {
+        p.stream: {a: bridge_outputs(p, a, SERVERS).model_dump(mode="json") for a in p.apps} for p in parsed
+    }
+
+
+OLDER_LAYOUT_OUTPUTS = {"bridges": exported_bridges(TWO_PAIRS), "permissions": {}, "accounts_conf": ""}
+"""What a stack of the AppPair / AppCredential layout exported: `bridges`, and no `layout`."""
+
+
 # -- the resource graph ----------------------------------------------------------------------------------
-def test_two_pairs_register_one_component_each_with_its_children(monitor: RecordingMonitor) -> None:
+def test_two_pairs_register_one_pair_stream_each_one_credentials_and_one_documents(
+    monitor: RecordingMonitor,
+) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
+    run_build()
 
-    async def check() -> None:
-        build()
-
-    run_program(check)
-
-    components = monitor.of_type(COMPONENT_TYPE)
-    assert sorted(c.name for c in components) == sorted(p["stream"] for p in TWO_PAIRS)
-    assert all(not c.custom and "::pulumi:pulumi:Stack::" in c.parent for c in components)
-
-    children = [r for r in monitor.registrations if r.parent in {c.urn for c in components}]
-    assert len(children) == sum(CHILDREN_PER_PAIR.values()) * len(TWO_PAIRS)
-    for component in components:
-        mine = [r for r in children if r.parent == component.urn]
-        assert Counter(r.type for r in mine) == CHILDREN_PER_PAIR, component.name
-        assert all(r.custom for r in mine)
-    # One identity per app across its pairs (billing is in both), and one set of server documents.
-    top = [r for r in monitor.registrations if r.type in (CREDENTIAL_T, DOCUMENTS_T)]
-    assert Counter(r.type for r in top) == Counter({CREDENTIAL_T: 3, DOCUMENTS_T: 1})
-    assert sorted(r.inputs["app"] for r in monitor.of_type(CREDENTIAL_T)) == ["billing", "orders", "shipping"]
-    assert all("::pulumi:pulumi:Stack::" in r.parent for r in top)
+    assert Counter(r.type for r in monitor.registrations) == TWO_PAIRS_GRAPH
+    assert all(r.custom and "::pulumi:pulumi:Stack::" in r.parent for r in monitor.registrations)
+    pair_streams = {r.name: r for r in monitor.of_type(PAIR_STREAM_T)}
+    assert sorted(pair_streams) == sorted(p["stream"] for p in TWO_PAIRS)
+    for raw in TWO_PAIRS:
+        reg = pair_streams[raw["stream"]]
+        # The whole pair as the provider stores it (the wire drops None values and carries numbers
+        # as floats: the pair read back is the same pair).
+        assert Pair.model_validate(reg.inputs["pair"]) == Pair.model_validate(raw)
+        assert set(reg.inputs["pair"]) <= set(canonical_pair(Pair.model_validate(raw)))
+        assert "__provider" in reg.inputs  # a dynamic resource: its provider travels with it
+    # One identity per app across its pairs (billing is in both), all in one resource, sorted.
+    [credentials] = monitor.of_type(CREDENTIALS_T)
+    assert credentials.name == "app-credentials"
+    assert credentials.inputs["apps"] == ["billing", "orders", "shipping"]
+    [documents] = monitor.of_type(DOCUMENTS_T)
+    assert documents.name == "server-documents"
 
 
-def test_children_carry_their_pair_and_app(monitor: RecordingMonitor) -> None:
+def test_every_resource_waits_for_the_check_of_the_stacks_previous_outputs(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
+    run_build()
 
-    async def check() -> None:
-        build()
-
-    run_program(check)
-
-    by_urn = {c.urn: c.name for c in monitor.of_type(COMPONENT_TYPE)}
-    for typ in (STREAM_T, CONSUMER_T):
-        for reg in monitor.of_type(typ):
-            assert reg.inputs["pair"]["stream"] == by_urn[reg.parent]
-            assert "__provider" in reg.inputs  # a dynamic resource: its provider travels with it
-    apps_per_stream = Counter((by_urn[r.parent], r.inputs["app"]) for r in monitor.of_type(CONSUMER_T))
-    expected = {(p["stream"], app) for p in TWO_PAIRS for app in p["apps"]}
-    assert set(apps_per_stream) == expected and set(apps_per_stream.values()) == {1}
+    reference = monitor.previous_outputs_reference()
+    assert reference.name == "previous-outputs"
+    assert reference.inputs["name"] == f"{ORGANIZATION}/{PROJECT}/{STACK}"  # the stack itself
+    assert monitor.registrations and all(reference.urn in r.dependencies for r in monitor.registrations)
 
 
-def test_server_documents_hold_the_whole_render_known_without_keys(monitor: RecordingMonitor) -> None:
+def test_server_documents_hold_the_whole_render_and_the_generated_keys(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
+    run_build()
 
-    async def check() -> None:
-        build()
-
-    run_program(check)
     [documents] = monitor.of_type(DOCUMENTS_T)
     docs = documents.inputs["documents"]
     assert "accounts.conf" in docs and "apps/billing.json" in docs
     assert "orders-billing-sync/bridges/orders.json" in docs
-    keys = sorted(r.inputs["app"] for r in monitor.of_type(CREDENTIAL_T))
-    assert all(f"APP_{app}" in docs["accounts.conf"] for app in keys)
+    assert "billing-shipping-sync/bridges/shipping.json" in docs
+    [credentials] = monitor.of_type(CREDENTIALS_T)
+    public_keys = monitor.state(credentials)["public_keys"]
+    assert sorted(public_keys) == ["billing", "orders", "shipping"]
+    assert all(f"APP_{app}" in docs["accounts.conf"] for app in public_keys)
     users = re.findall(r'nkey: "(U[A-Z2-7]{55})"', docs["accounts.conf"])
-    assert len(users) == len(set(users)) == 3, "every app's user, by its generated key"
+    assert sorted(users) == sorted(public_keys.values()), "every app's user, by its generated key"
+    assert len(set(users)) == 3
 
 
-def test_stream_protection_consumer_dependency_and_secret_seed_declared(monitor: RecordingMonitor) -> None:
+def test_pair_protection_follows_the_pair_and_nothing_else_is_protected(monitor: RecordingMonitor) -> None:
+    """Removing a protected pair must not delete its stream and durables: the apps would stop, and on
+    an interest stream the messages only they were interested in would go."""
     set_stack_config(TWO_PAIRS, SERVERS)
+    run_build()
 
-    async def check() -> None:
-        build()
-
-    run_program(check)
-
-    by_urn = {c.urn: c.name for c in monitor.of_type(COMPONENT_TYPE)}
-    protected = {by_urn[s.parent]: s.protect for s in monitor.of_type(STREAM_T)}
+    protected = {r.name: r.protect for r in monitor.of_type(PAIR_STREAM_T)}
     assert protected == {"orders-billing-sync": True, "billing-shipping-sync": False}
-
-    stream_urn = {by_urn[s.parent]: s.urn for s in monitor.of_type(STREAM_T)}
-    for consumer in monitor.of_type(CONSUMER_T):
-        assert stream_urn[by_urn[consumer.parent]] in consumer.dependencies
-
-    for credential in monitor.of_type(CREDENTIAL_T):
-        assert "seed" in credential.secret_outputs
-    for reg in monitor.registrations:
-        if reg.type != CREDENTIAL_T:
-            assert "seed" not in reg.secret_outputs
+    assert [r.protect for r in monitor.of_type(CREDENTIALS_T) + monitor.of_type(DOCUMENTS_T)] == [False] * 2
 
 
-def test_a_protected_pair_protects_its_consumers_too_but_not_credentials_or_documents(
-    monitor: RecordingMonitor,
-) -> None:
-    """Removing a protected pair must not delete its consumers: the apps would stop, and on an
-    interest stream the messages only they were interested in would go."""
+@pytest.mark.parametrize("protect", [True, False])
+def test_a_pairs_protect_setting_reaches_its_pair_stream(monitor: RecordingMonitor, protect: bool) -> None:
+    set_stack_config([{**ORDERS_BILLING, "protect": protect}], SERVERS)
+    run_build()
+
+    [pair_stream] = monitor.of_type(PAIR_STREAM_T)
+    assert pair_stream.protect is protect
+    assert pair_stream.inputs["pair"]["protect"] is protect
+
+
+def test_a_pair_stream_is_deleted_before_it_is_replaced(monitor: RecordingMonitor) -> None:
+    """A replacement keeps the stream's name: the old one must go first or the create finds it."""
     set_stack_config(TWO_PAIRS, SERVERS)
+    run_build()
+
+    assert [r.delete_before_replace for r in monitor.of_type(PAIR_STREAM_T)] == [True, True]
+    assert [r.delete_before_replace for r in monitor.of_type(CREDENTIALS_T)] == [False]
+
+
+def test_only_the_credentials_seeds_are_declared_secret(monitor: RecordingMonitor) -> None:
+    set_stack_config(TWO_PAIRS, SERVERS)
+    run_build()
+
+    declared = {r.type: r.secret_outputs for r in monitor.registrations}
+    assert declared == {PAIR_STREAM_T: (), CREDENTIALS_T: ("seeds",), DOCUMENTS_T: ()}
+
+
+def test_app_credentials_seeds_are_secret_and_public_keys_are_not(monitor: RecordingMonitor) -> None:
+    found: dict[str, Any] = {}
 
     async def check() -> None:
-        build()
+        credentials = AppCredentials("app-credentials", ["orders", "billing"])
+        found["seeds"] = await resolved(credentials.seeds)
+        found["public_keys"] = await resolved(credentials.public_keys)
 
     run_program(check)
-
-    by_urn = {c.urn: c.name for c in monitor.of_type(COMPONENT_TYPE)}
-    consumers = Counter((by_urn[c.parent], c.protect) for c in monitor.of_type(CONSUMER_T))
-    assert consumers == {("orders-billing-sync", True): 2, ("billing-shipping-sync", False): 2}
-    assert [r.protect for r in monitor.of_type(CREDENTIAL_T)] == [False] * 3
-    assert [r.protect for r in monitor.of_type(DOCUMENTS_T)] == [False]
-
-
-@pytest.mark.parametrize("override", [True, False])
-def test_the_protect_override_covers_the_stream_and_its_consumers(
-    monitor: RecordingMonitor, override: bool
-) -> None:
-    pair = Pair.model_validate({**ORDERS_BILLING, "protect": not override})
-
-    async def check() -> None:
-        AppPair(pair.stream, pair=pair, servers=SERVERS, protect=override)
-
-    run_program(check)
-    assert [r.protect for r in monitor.of_type(STREAM_T) + monitor.of_type(CONSUMER_T)] == [override] * 3
+    (seeds, seeds_secret), (public_keys, keys_secret) = found["seeds"], found["public_keys"]
+    assert (seeds_secret, keys_secret) == (True, False)
+    assert set(seeds) == set(public_keys) == {"orders", "billing"}
+    assert {app: public_key_of(seed) for app, seed in seeds.items()} == public_keys
+    assert len(set(public_keys.values())) == 2
 
 
-def test_a_pair_id_keeps_the_component_name_across_a_stream_rename(monitor: RecordingMonitor) -> None:
+def test_a_pair_id_keeps_the_resource_name_across_a_stream_rename(monitor: RecordingMonitor) -> None:
     set_stack_config(
         [{**ORDERS_BILLING, "stream": "orders-billing-v2", "id": "orders-billing-sync"}], SERVERS
     )
+    exports: dict[str, Any] = {}
 
     async def check() -> None:
-        build()
+        exports.update(build())
 
     run_program(check)
-    assert [c.name for c in monitor.of_type(COMPONENT_TYPE)] == ["orders-billing-sync"]
-    [stream] = monitor.of_type(STREAM_T)
-    assert (
-        stream.name == "orders-billing-sync-stream" and stream.inputs["pair"]["stream"] == "orders-billing-v2"
-    )
+    [pair_stream] = monitor.of_type(PAIR_STREAM_T)
+    assert pair_stream.name == "orders-billing-sync"
+    assert pair_stream.inputs["pair"]["stream"] == "orders-billing-v2"
+    assert set(exports["bridges"]) == {"orders-billing-v2"}  # apps are told the stream's new name
 
 
 # -- the stack outputs ------------------------------------------------------------------------------------
-def test_bridges_export_validates_against_the_contract_and_is_not_secret(monitor: RecordingMonitor) -> None:
+def test_bridges_export_is_a_plain_value_that_validates_against_the_contract(
+    monitor: RecordingMonitor,
+) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
 
     async def check() -> None:
-        bridges, secret = await resolved(build()["bridges"])
+        exported = build()["bridges"]
+        # Known at preview and exported as it is: plain JSON, no Output anywhere inside.
+        json.dumps(exported)  # what `pulumi stack output bridges --json` prints must be plain JSON
+        bridges, secret = await resolved(exported)
         assert secret is False
         assert set(bridges) == {p["stream"] for p in TWO_PAIRS}
         for raw in TWO_PAIRS:
@@ -366,42 +491,43 @@ def test_bridges_export_validates_against_the_contract_and_is_not_secret(monitor
                 assert bridge.consumer.max_ack_pending == consumer["max_ack_pending"]
         assert bridges["billing-shipping-sync"]["shipping"]["consumer"]["max_ack_pending"] == 1000
         assert bridges["billing-shipping-sync"]["billing"]["dlq_subject"] is None
-        json.dumps(bridges)  # what `pulumi stack output bridges --json` prints must be plain JSON
 
     run_program(check)
 
 
-def test_credentials_export_is_secret_and_holds_one_key_pair_per_app(monitor: RecordingMonitor) -> None:
+def test_layout_and_bridge_check_exports(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
 
     async def check() -> None:
-        credentials, secret = await resolved(build()["credentials"])
-        assert secret is True
-        assert set(credentials) == {"orders", "billing", "shipping"}
-        public_keys = []
-        for app, entry in credentials.items():
-            creds = AppCredentials.model_validate(entry)
-            assert public_key_of(creds.seed) == creds.public_key
-            assert creds.account == f"APP_{app}"
-            public_keys.append(creds.public_key)
-        assert len(set(public_keys)) == len(public_keys)
+        exports = build()
+        assert exports["layout"] == LAYOUT == "pair-stream"
+        assert await resolved(exports["bridge_check"]) == ("2 pairs: consumers match the bridges", False)
 
     run_program(check)
 
 
-def test_credential_seed_outputs_are_secret_and_public_keys_are_not(monitor: RecordingMonitor) -> None:
-    secrets: dict[str, tuple[bool, bool]] = {}
+def test_credentials_export_is_secret_and_holds_the_generated_key_pair_of_each_app(
+    monitor: RecordingMonitor,
+) -> None:
+    set_stack_config(TWO_PAIRS, SERVERS)
+    found: dict[str, Any] = {}
 
     async def check() -> None:
-        for app in ("orders", "billing"):
-            credential = AppCredential(f"{app}-credential", app)
-            seed, seed_secret = await resolved(credential.seed)
-            public_key, key_secret = await resolved(credential.public_key)
-            assert public_key_of(seed) == public_key
-            secrets[app] = (seed_secret, key_secret)
+        found["credentials"] = await resolved(build()["credentials"])
 
     run_program(check)
-    assert secrets == {"orders": (True, False), "billing": (True, False)}
+    credentials, secret = found["credentials"]
+    assert secret is True
+    assert set(credentials) == {"orders", "billing", "shipping"}
+    for app, entry in credentials.items():
+        creds = AppCredentialsOutput.model_validate(entry)
+        assert public_key_of(creds.seed) == creds.public_key
+        assert creds.account == f"APP_{app}"
+    [registered] = monitor.of_type(CREDENTIALS_T)
+    state = monitor.state(registered)
+    assert {app: e["public_key"] for app, e in credentials.items()} == state["public_keys"]
+    assert {app: e["seed"] for app, e in credentials.items()} == state["seeds"]
+    assert len({e["public_key"] for e in credentials.values()}) == 3
 
 
 def test_permissions_export_shows_each_apps_subjects_keyed(monitor: RecordingMonitor) -> None:
@@ -409,6 +535,7 @@ def test_permissions_export_shows_each_apps_subjects_keyed(monitor: RecordingMon
 
     async def check() -> None:
         exports = build()
+        json.dumps(exports["permissions"])  # a plain value, known at preview
         permissions, secret = await resolved(exports["permissions"])
         assert secret is False
         layout = account_layout([Pair.model_validate(raw) for raw in TWO_PAIRS])
@@ -428,17 +555,20 @@ def test_permissions_export_shows_each_apps_subjects_keyed(monitor: RecordingMon
 def test_main_exports_the_outputs(monitor: RecordingMonitor) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
     exported: dict[str, Any] = {}
+    keys = ("layout", "bridges", "bridge_check", "credentials", "permissions", "accounts_conf", "documents")
 
     async def check() -> None:
         main()
         stack = pulumi.runtime.get_root_resource()
         assert stack is not None
-        for key in ("bridges", "credentials", "permissions", "accounts_conf"):
+        for key in keys:
             exported[key] = await resolved(stack.outputs[key])  # type: ignore[attr-defined]
 
     run_program(check)
-    assert [secret for _, secret in exported.values()] == [False, True, False, False]
+    assert {k: secret for k, (_, secret) in exported.items()} == {k: k == "credentials" for k in keys}
+    assert exported["layout"][0] == "pair-stream"
     assert set(exported["bridges"][0]) == {"orders-billing-sync", "billing-shipping-sync"}
+    assert exported["bridge_check"][0] == "2 pairs: consumers match the bridges"
 
 
 def test_stacks_main_runs_the_program_on_the_dev_stack_config(monitor: RecordingMonitor) -> None:
@@ -453,10 +583,12 @@ def test_stacks_main_runs_the_program_on_the_dev_stack_config(monitor: Recording
         runpy.run_path(str(ROOT / "stacks" / "__main__.py"), run_name="__main__")
 
     run_program(check)
-    assert [c.name for c in monitor.of_type(COMPONENT_TYPE)] == ["orders-billing-sync"]
-    assert Counter(
-        r.type for r in monitor.registrations if r.type != COMPONENT_TYPE
-    ) == CHILDREN_PER_PAIR + Counter({CREDENTIAL_T: 2, DOCUMENTS_T: 1})
+    assert [r.name for r in monitor.of_type(PAIR_STREAM_T)] == ["orders-billing-sync"]
+    assert Counter(r.type for r in monitor.registrations) == Counter(
+        {PAIR_STREAM_T: 1, CREDENTIALS_T: 1, DOCUMENTS_T: 1}
+    )
+    [credentials] = monitor.of_type(CREDENTIALS_T)
+    assert credentials.inputs["apps"] == ["billing", "orders"]
 
 
 def test_pulumi_yaml_points_at_the_program_and_the_stack_files() -> None:
@@ -466,6 +598,78 @@ def test_pulumi_yaml_points_at_the_program_and_the_stack_files() -> None:
     assert project["runtime"]["name"] == "python"
     assert project["runtime"]["options"] == {"toolchain": "pip", "virtualenv": ".venv"}
     assert (ROOT / project["runtime"]["options"]["virtualenv"] / "bin" / "python").exists()
+
+
+# -- the stack's previous outputs: a stack of an older layout is refused ---------------------------------
+@pytest.mark.parametrize(
+    "previous",
+    [OLDER_LAYOUT_OUTPUTS, {**OLDER_LAYOUT_OUTPUTS, "layout": "some-later-layout"}],
+    ids=["AppPair layout (no layout output)", "a layout this version does not write"],
+)
+def test_a_stack_of_another_layout_fails_the_run_before_anything_registers(
+    monitor: RecordingMonitor, previous: dict[str, Any]
+) -> None:
+    """Registering the new layout over the old one would give every app a new key and rewrite the
+    accounts include: every app locked out. The run fails and names the command that converts the state."""
+    monitor.mocks.previous_outputs = previous
+    set_stack_config(TWO_PAIRS, SERVERS)
+
+    with pytest.raises(StateLayoutError) as err:
+        run_main()
+    assert "older layout" in str(err.value) and "Nothing was changed" in str(err.value)
+    assert "`jsb-infra migrate-state --stack <stack>`" in str(err.value)
+    assert monitor.previous_outputs_reference().inputs["name"] == f"{ORGANIZATION}/{PROJECT}/{STACK}"
+    assert monitor.registrations == []  # no PairStream, AppCredentials or ServerDocuments reached the engine
+    assert list(monitor.resources) == [monitor.previous_outputs_reference().urn]
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [{}, {"layout": "pair-stream", "bridges": exported_bridges(TWO_PAIRS)}],
+    ids=["a new stack", "a stack of this layout"],
+)
+def test_a_new_stack_or_one_of_this_layout_runs_normally(
+    monitor: RecordingMonitor, previous: dict[str, Any]
+) -> None:
+    monitor.mocks.previous_outputs = previous
+    set_stack_config(TWO_PAIRS, SERVERS)
+    verdict = bridge_check_verdict()
+    assert Counter(r.type for r in monitor.registrations) == TWO_PAIRS_GRAPH
+    assert verdict == ("2 pairs: consumers match the bridges", False)
+
+
+# -- bridge_check: the live consumers against the bridges the apps are given ----------------------------
+def test_a_live_consumer_that_differs_from_its_bridge_fails_the_run_naming_the_field(
+    monitor: RecordingMonitor,
+) -> None:
+    def drifted(stream: str, app: str, config: dict[str, Any]) -> dict[str, Any]:
+        if (stream, app) == ("billing-shipping-sync", "shipping"):
+            return {**config, "max_deliver": config["max_deliver"] + 1}
+        return config
+
+    monitor.mocks.live_consumer = drifted
+    set_stack_config(TWO_PAIRS, SERVERS)
+
+    with pytest.raises(BridgeMismatch) as err:
+        run_main()
+    text = str(err.value)
+    assert "consumer billing-shipping-sync/shipping-workers" in text and "app shipping" in text
+    assert "max_deliver: bridge 3, server 4" in text
+    assert "max_ack_pending" not in text and "backoff" not in text  # only the field that differs
+    assert "pulumi up --refresh" in text
+    assert Counter(r.type for r in monitor.registrations) == TWO_PAIRS_GRAPH  # the check runs after them
+
+
+def test_a_live_config_reported_in_floats_matches_its_bridge(monitor: RecordingMonitor) -> None:
+    """Numbers that crossed JSON may come back as floats: equal values are not a mismatch."""
+    monitor.mocks.live_consumer = lambda stream, app, config: {
+        **config,
+        "max_deliver": float(config["max_deliver"]),
+        "max_ack_pending": float(config["max_ack_pending"]),
+    }
+    set_stack_config(TWO_PAIRS, SERVERS)
+    verdict = bridge_check_verdict()
+    assert verdict == ("2 pairs: consumers match the bridges", False)
 
 
 # -- invalid stack config: nothing registers -----------------------------------------------------------
