@@ -58,7 +58,7 @@ def dynamic_type(cls: type) -> str:
 
 PAIR_STREAM_T, CREDENTIALS_T = dynamic_type(PairStream), dynamic_type(AppCredentials)
 DOCUMENTS_T = dynamic_type(ServerDocuments)
-STACK_REFERENCE_T = "pulumi:pulumi:StackReference"
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 
 ORDERS_BILLING: dict[str, Any] = {
     "stream": "orders-billing-sync",
@@ -102,36 +102,26 @@ class Registration:
     inputs: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Read:
-    """A `ReadResource` request: how a StackReference reaches the engine."""
-
-    urn: str
-    type: str
-    name: str
-    id: str
-    inputs: dict[str, Any]
-
-
 class ProviderLikeMocks(pulumi.runtime.Mocks):
     """Answers each dynamic resource with the outputs its provider's create would return, and the
-    program's reference to its own stack with `previous_outputs` (a new stack has none)."""
+    engine's `readStackOutputs` of the program's own stack with `previous_outputs` (a new stack has
+    none); every invoke is recorded, in order, with the registrations made before it."""
 
     def __init__(self) -> None:
         self.previous_outputs: dict[str, Any] = {}
         self.live_consumer: LiveConsumer = as_rendered
+        self.invokes: list[tuple[str, dict[str, Any], int]] = []
+        self.registered = 0
 
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
+        self.invokes.append((args.token, dict(args.args), self.registered))
+        if args.token == READ_STACK_OUTPUTS:
+            return {"name": args.args["name"], "outputs": self.previous_outputs, "secretOutputNames": []}, []
+        return {}, []
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        self.registered += 1
         inputs = {k: v for k, v in args.inputs.items() if k != "__provider"}
-        if args.typ == STACK_REFERENCE_T:
-            return inputs["name"], {
-                "name": inputs["name"],
-                "outputs": self.previous_outputs,
-                "secretOutputNames": [],
-            }
         return self._outputs(args.typ, args.name, inputs)
 
     def _outputs(self, typ: str, name: str, inputs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -187,7 +177,6 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: ProviderLikeMocks) -> None:
         super().__init__(mocks)
         self.registrations: list[Registration] = []
-        self.reads: list[Read] = []
 
     def RegisterResource(self, request: Any) -> Any:
         """Called from the SDK's worker threads: keeps no per-call state on `self` but the record."""
@@ -211,19 +200,6 @@ class RecordingMonitor(MockMonitor):
             )
         return response
 
-    def ReadResource(self, request: Any) -> Any:
-        response = super().ReadResource(request)
-        self.reads.append(
-            Read(
-                urn=response.urn,
-                type=request.type,
-                name=request.name,
-                id=request.id,
-                inputs=rpc.deserialize_properties(request.properties),
-            )
-        )
-        return response
-
     @staticmethod
     def _with_secret_outputs(response: Any, keys: list[str]) -> Any:
         """The engine keeps outputs named in `additional_secret_outputs` secret; so does this monitor."""
@@ -242,9 +218,10 @@ class RecordingMonitor(MockMonitor):
         """The outputs the mocks answered the registration with (secrets unwrapped)."""
         return dict(self.resources[registration.urn].state)
 
-    def previous_outputs_reference(self) -> Read:
-        [reference] = [r for r in self.reads if r.type == STACK_REFERENCE_T]
-        return reference
+    def previous_outputs_reads(self) -> list[tuple[dict[str, Any], int]]:
+        """Each `readStackOutputs` the program made: its arguments, and how many resources had
+        registered before it."""
+        return [(args, before) for token, args, before in self.mocks.invokes if token == READ_STACK_OUTPUTS]
 
 
 @pytest.fixture
@@ -368,14 +345,14 @@ def test_two_pairs_register_one_pair_stream_each_one_credentials_and_one_documen
     assert documents.name == "server-documents"
 
 
-def test_every_resource_waits_for_the_check_of_the_stacks_previous_outputs(monitor: RecordingMonitor) -> None:
+def test_the_stacks_previous_outputs_are_read_once_before_any_resource_registers(
+    monitor: RecordingMonitor,
+) -> None:
     set_stack_config(TWO_PAIRS, SERVERS)
     run_build()
 
-    reference = monitor.previous_outputs_reference()
-    assert reference.name == "previous-outputs"
-    assert reference.inputs["name"] == f"{ORGANIZATION}/{PROJECT}/{STACK}"  # the stack itself
-    assert monitor.registrations and all(reference.urn in r.dependencies for r in monitor.registrations)
+    assert monitor.previous_outputs_reads() == [({"name": f"{ORGANIZATION}/{PROJECT}/{STACK}"}, 0)]
+    assert Counter(r.type for r in monitor.registrations) == TWO_PAIRS_GRAPH
 
 
 def test_server_documents_hold_the_whole_render_and_the_generated_keys(monitor: RecordingMonitor) -> None:
@@ -618,9 +595,9 @@ def test_a_stack_of_another_layout_fails_the_run_before_anything_registers(
         run_main()
     assert "older layout" in str(err.value) and "Nothing was changed" in str(err.value)
     assert "`jsb-infra migrate-state --stack <stack>`" in str(err.value)
-    assert monitor.previous_outputs_reference().inputs["name"] == f"{ORGANIZATION}/{PROJECT}/{STACK}"
+    assert monitor.previous_outputs_reads() == [({"name": f"{ORGANIZATION}/{PROJECT}/{STACK}"}, 0)]
     assert monitor.registrations == []  # no PairStream, AppCredentials or ServerDocuments reached the engine
-    assert list(monitor.resources) == [monitor.previous_outputs_reference().urn]
+    assert list(monitor.resources) == []
 
 
 @pytest.mark.parametrize(
