@@ -190,18 +190,17 @@ def _group_pairs(old: list[dict[str, Any]], problems: list[str]) -> list[_Pair]:
     return list(pairs.values())
 
 
-def _pair_stream(
-    pair: _Pair, parent: str | None, prefix: str, provider: Any, problems: list[str]
-) -> dict[str, Any] | None:
+def _pair_stream(pair: _Pair, parent: str | None, prefix: str, problems: list[str]) -> dict[str, Any] | None:
     found: list[str] = []
-    entry = _pair_stream_entry(pair, parent, prefix, provider, found)
+    entry = _pair_stream_entry(pair, parent, prefix, found)
     problems.extend(found)
     return entry
 
 
 def _pair_stream_entry(
-    pair: _Pair, parent: str | None, prefix: str, provider: Any, problems: list[str]
+    pair: _Pair, parent: str | None, prefix: str, problems: list[str]
 ) -> dict[str, Any] | None:
+    """The PairStream of one AppPair (its `__provider` set by the caller), or None with the problems."""
     name = urn_name(pair.component["urn"])
     if not pair.streams:
         for consumer in pair.consumers:
@@ -250,8 +249,8 @@ def _pair_stream_entry(
         "custom": True,
         "id": stream.get("id") or stream_name,
         "type": PAIR_STREAM_TYPE,
-        "inputs": {PROVIDER_KEY: provider, "pair": spec},
-        "outputs": {PROVIDER_KEY: provider, "pair": spec, "stream": outputs, "consumers": consumers},
+        "inputs": {PROVIDER_KEY: None, "pair": spec},
+        "outputs": {PROVIDER_KEY: None, "pair": spec, "stream": outputs, "consumers": consumers},
         "parent": parent,
         "protect": bool(stream.get("protect")),
         "provider": stream.get("provider"),
@@ -263,8 +262,9 @@ def _pair_stream_entry(
 
 
 def _app_credentials(
-    credentials: list[dict[str, Any]], parent: str | None, prefix: str, provider: Any, problems: list[str]
+    credentials: list[dict[str, Any]], parent: str | None, prefix: str, problems: list[str]
 ) -> dict[str, Any] | None:
+    """The AppCredentials of all AppCredentials (its `__provider` set by the caller), or None."""
     public_keys: dict[str, str] = {}
     seeds: dict[str, str] = {}
     for resource in credentials:
@@ -296,9 +296,9 @@ def _app_credentials(
         "custom": True,
         "id": CREDENTIALS_NAME,
         "type": CREDENTIALS_TYPE,
-        "inputs": {PROVIDER_KEY: provider, "apps": apps},
+        "inputs": {PROVIDER_KEY: None, "apps": apps},
         "outputs": {
-            PROVIDER_KEY: provider,
+            PROVIDER_KEY: None,
             "apps": apps,
             "public_keys": {app: public_keys[app] for app in apps},
             "seeds": secret({app: seeds[app] for app in apps}),
@@ -365,8 +365,8 @@ def migrate(
 ) -> tuple[dict[str, Any], MigrationReport]:
     """The migrated copy of `document` (`pulumi stack export --show-secrets` output) and what changed.
 
-    `providers`: the new resources' `__provider` values, or a function giving them (called only when
-    there is something to migrate). Raises MigrationRefused listing every problem; `document` is never
+    `providers`: the new resources' `__provider` values, or a function giving them (called only once
+    the deployment is known to migrate). Raises MigrationRefused listing every problem; `document` is never
     modified.
     """
     result = copy.deepcopy(document)
@@ -393,14 +393,13 @@ def migrate(
         raise MigrationRefused(problems)
 
     if old:
-        resolved = providers() if callable(providers) else providers
         parent = stack["urn"] if stack else None
         prefix = urn_prefix(old[0]["urn"])
         pair_groups = _group_pairs(old, problems)
         replacement: dict[str, dict[str, Any]] = {}  # first old URN of a group -> its new resource
         renamed: dict[str, str] = {}
         for group in pair_groups:
-            entry = _pair_stream(group, parent, prefix, resolved.pair_stream, problems)
+            entry = _pair_stream(group, parent, prefix, problems)
             if entry is None:
                 continue
             sources = [group.component, *group.streams, *group.consumers]
@@ -412,7 +411,7 @@ def migrate(
                 f"({consumers}) -> PairStream{' (protected)' if entry.get('protect') else ''}"
             )
         credentials = [r for r in old if r["type"] == CREDENTIAL_TYPE]
-        creds_entry = _app_credentials(credentials, parent, prefix, resolved.credentials, problems)
+        creds_entry = _app_credentials(credentials, parent, prefix, problems)
         if creds_entry is not None:
             replacement[credentials[0]["urn"]] = creds_entry
             renamed.update({r["urn"]: creds_entry["urn"] for r in credentials})
@@ -434,6 +433,10 @@ def migrate(
                 migrated.append(resource)
         if problems:
             raise MigrationRefused(problems)
+        resolved = providers() if callable(providers) else providers
+        for entry in replacement.values():
+            provider = resolved.pair_stream if entry["type"] == PAIR_STREAM_TYPE else resolved.credentials
+            entry["inputs"][PROVIDER_KEY] = entry["outputs"][PROVIDER_KEY] = provider
         deployment["resources"] = migrated
 
     if stack is not None and layout is None:

@@ -199,18 +199,19 @@ def test_migrating_twice_changes_nothing_and_the_input_is_untouched(before):
     assert before == pristine
     assert first.changed
 
-    def never() -> SerializedProviders:
-        raise AssertionError("a migrated deployment needs no provider")
-
-    again, second = migrate(after, never)
+    again, second = migrate(after, no_providers)
     assert again == after
     assert not second.changed
     assert second.lines() == ["nothing to migrate: the state already has the pair-stream layout"]
 
 
+def no_providers() -> SerializedProviders:
+    raise AssertionError("the providers are needed only for a deployment that migrates")
+
+
 def refused(document: dict[str, Any]) -> str:
     with pytest.raises(MigrationRefused) as err:
-        migrate(document, PROVIDERS)
+        migrate(document, no_providers)
     return str(err.value)
 
 
