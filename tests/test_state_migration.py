@@ -282,3 +282,18 @@ def test_unsettled_or_half_migrated_states_are_refused(before):
     unknown = copy.deepcopy(after)
     by_name(unknown, "jsb-fleet")["outputs"]["layout"] = "something-else"
     assert "layout is 'something-else'" in refused(unknown)
+
+
+def test_a_stack_without_app_credentials_gets_pair_streams_only(before):
+    """JWT mode: the apps' identities are JWT resources, which the migration keeps as they are."""
+    old_credentials = {r["urn"] for r in by_type(before, CREDENTIAL_TYPE)}
+    for resource in resources(before):
+        resource["dependencies"] = [u for u in resource.get("dependencies") or [] if u not in old_credentials]
+        for prop, urns in (resource.get("propertyDependencies") or {}).items():
+            resource["propertyDependencies"][prop] = [u for u in urns if u not in old_credentials]
+    before["deployment"]["resources"] = [r for r in resources(before) if r["urn"] not in old_credentials]
+
+    after, report = migrate(before, PROVIDERS)
+    assert len(by_type(after, PAIR_STREAM_TYPE)) == 2
+    assert by_type(after, CREDENTIALS_TYPE) == [] and report.credentials == []
+    assert by_name(after, "server-documents") == by_name(before, "server-documents")
