@@ -122,10 +122,17 @@ def run(args: argparse.Namespace) -> int:
     except PulumiFailed as err:
         print(f"migrate-state: {err}; the backup is {backup}", file=sys.stderr)
         return EXIT_FAILED
-    problems = verify(args, seeds_of(before))
+    try:
+        problems = verify(args, seeds_of(before))
+    except PulumiFailed as err:
+        problems = [str(err)]
     if problems:
-        pulumi(args, "stack", "import", "--file", str(backup))
-        print(f"migrate-state: restored the backup {backup}, because:", file=sys.stderr)
+        try:
+            pulumi(args, "stack", "import", "--file", str(backup))
+            restored = f"restored the backup {backup}"
+        except PulumiFailed as err:
+            restored = f"could not restore the backup {backup} ({err}); import it by hand"
+        print(f"migrate-state: {restored}, because:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_FAILED
