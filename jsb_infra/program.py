@@ -1,4 +1,4 @@
-"""The Pulumi program: stack config in, one AppPair per pair, stack outputs out.
+"""The Pulumi program: stack config in, one PairStream per pair, stack outputs out.
 
 `stacks/__main__.py` only calls `main()`. The logic lives here so mock tests can import and run it.
 Every pair (and the server list) is validated before the first resource is registered: a bad stack
@@ -17,11 +17,13 @@ import pulumi
 
 from jsb_infra import names
 from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
-from jsb_infra.component import AppPair
+from jsb_infra.bridge_check import checked_bridges
 from jsb_infra.documents import render_documents
 from jsb_infra.identities import accounts_include, jwt_identities, read_auth
-from jsb_infra.providers.credential import AppCredential
+from jsb_infra.providers.base import canonical_pair
+from jsb_infra.providers.credential import AppCredentials
 from jsb_infra.providers.documents import ServerDocuments
+from jsb_infra.providers.pair_stream import PairStream
 from jsb_infra.spec import ConfigError, Pair, parse_pairs
 
 CONFIG_NAMESPACE = "jsb"
@@ -29,6 +31,11 @@ SERVER_SCHEMES = ("nats", "tls", "ws", "wss")
 UNREADABLE = object()
 """A config value that could not be decoded; its problem is already listed."""
 
+
+LAYOUT = "pair-stream"
+"""The resource layout this program writes (stack output `layout`): one PairStream per pair and one
+AppCredentials, where stacks written before held an AppPair component with a Stream and two
+Consumers per pair and an AppCredential per app."""
 
 USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -207,28 +214,80 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     return settings
 
 
-def build(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[Any]]:
+class StateLayoutError(pulumi.RunError):
+    """The stack holds resources of an older layout: `jsb-infra migrate-state` must convert them first."""
+
+
+def layout_problem(previous_bridges: Any, previous_layout: Any) -> str | None:
+    """Why this program must not run on the stack whose last outputs these are (None: it may)."""
+    if previous_bridges is None or previous_layout == LAYOUT:
+        return None  # a new stack, or one of this layout
+    return (
+        "this stack's resources have an older layout (an AppPair component, a Stream and Consumers "
+        f"per pair, an AppCredential per app; this version writes {LAYOUT!r}: one PairStream per pair "
+        "and one AppCredentials). Nothing was changed. Convert the state first, which keeps every "
+        "stream, consumer and app key: `jsb-infra migrate-state --stack <stack>`, then run `pulumi up` "
+        "again"
+    )
+
+
+def layout_guard() -> pulumi.ResourceOptions:
+    """Options that hold every resource back until the stack's previous outputs show a layout this
+    program can manage: on an older one, nothing is registered and the run fails with what to do (a
+    new key per app and a rewritten accounts include would lock every app out)."""
+    previous = pulumi.StackReference(
+        "previous-outputs",
+        stack_name=f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}",
+    )
+
+    def check(outputs: dict[str, Any] | None) -> pulumi.Resource:
+        outputs = outputs or {}
+        problem = layout_problem(outputs.get("bridges"), outputs.get("layout"))
+        if problem:
+            raise StateLayoutError(problem)
+        return previous
+
+    # From the whole outputs at once: `get_output` of a large output lifts every nested value.
+    ready = previous.outputs.apply(check)
+    return pulumi.ResourceOptions(depends_on=[ready])
+
+
+def build(config: pulumi.Config | None = None) -> dict[str, Any]:
     """Validate the whole stack config, then register every resource; returns the stack outputs.
 
-    Per pair an `AppPair` (stream and consumers); per app one `AppCredential` (the app is one account
-    with one user, across all its pairs); one `ServerDocuments` with everything rendered (the accounts
-    include file among them). `bridges` (apps read it) and `permissions` (what a reviewer reads) derive
-    from the spec alone, so `pulumi preview --diff` shows their changes; `credentials` is secret (NKey
-    seeds); `accounts_conf` is the nats-server include for config-file auth.
+    Per pair one `PairStream` (its stream and consumers, protected unless the pair says otherwise:
+    removing a pair must not delete the durables its apps read from); one `AppCredentials` with every
+    app's key (an app is one account with one user, across all its pairs); one `ServerDocuments` with
+    everything rendered (the accounts include file among them). Few resources on purpose: the engine
+    costs milliseconds per registered resource on every run. `bridges` (apps read it) and `permissions`
+    (what a reviewer reads) derive from the spec alone, so `pulumi preview --diff` shows their changes;
+    `bridge_check` fails the `up` when a live consumer differs from its bridge; `credentials` is secret
+    (NKey seeds); `accounts_conf` is the nats-server include for config-file auth.
     """
     settings = read_stack_settings(config)
     auth = read_auth(config or pulumi.Config(CONFIG_NAMESPACE))
     pairs = list(settings.pairs)
     layout = account_layout(pairs, settings.jetstream_account)
-    credentials = {
-        account.app: AppCredential(f"{account.app}-credential", account.app)
-        for account in layout.apps
-        if auth.mode == "config"  # JWT mode: accounts and users are JWTs (jsb_infra.identities)
+    guarded = layout_guard()
+    # JWT mode: accounts and users are JWTs (jsb_infra.identities)
+    credentials = (
+        AppCredentials("app-credentials", [a.app for a in layout.apps], opts=guarded)
+        if auth.mode == "config"
+        else None
+    )
+    pair_streams = {
+        pair.stream: PairStream(
+            pair.resource_name,
+            canonical_pair(pair),
+            opts=pulumi.ResourceOptions.merge(guarded, pulumi.ResourceOptions(protect=pair.protect)),
+        )
+        for pair in pairs
     }
-    components = {
-        pair.stream: AppPair(pair.resource_name, pair=pair, servers=settings.bridge_servers) for pair in pairs
+    bridges = {
+        pair.stream: checked_bridges(pair_streams[pair.stream], pair, settings.bridge_servers)
+        for pair in pairs
     }
-    public_keys = pulumi.Output.all(**{app: cred.public_key for app, cred in credentials.items()})
+    public_keys = credentials.public_keys if credentials else pulumi.Output.from_input({})
 
     # What does not depend on the generated keys is a plain value, known at preview; the accounts
     # include names each app's user by its key, so it waits for the credentials.
@@ -241,23 +300,33 @@ def build(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[Any]]:
     )
     keyless: dict[str, pulumi.Input[str]] = {str(path): text for path, text in rendered.items()}
     accounts_conf = public_keys.apply(lambda keys: render_accounts_conf(layout, keys, settings.deploy))
-    server_documents = ServerDocuments("server-documents", {**keyless, "accounts.conf": accounts_conf})
-    accounts_include(auth, accounts_conf)  # config mode: where the servers include it, then reload
+    server_documents = ServerDocuments(
+        "server-documents", {**keyless, "accounts.conf": accounts_conf}, opts=guarded
+    )
+    accounts_include(auth, accounts_conf, guarded)  # config mode: where the servers include it, then reload
     return {
-        "bridges": pulumi.Output.from_input({s: c.bridges for s, c in components.items()}),
-        "credentials": pulumi.Output.secret(jwt_identities(layout, auth))
+        # Plain values where the spec alone decides: exported as they are (an Output would be walked
+        # into one Output per nested value, seconds for a fleet), and known at preview.
+        "layout": LAYOUT,
+        "bridges": {stream: b.bridges for stream, b in bridges.items()},
+        "bridge_check": pulumi.Output.all(*(b.check for b in bridges.values())).apply(
+            lambda checks: f"{len(checks)} pairs: consumers match the bridges"
+        ),
+        "credentials": pulumi.Output.secret(jwt_identities(layout, auth, guarded))
         if auth.mode == "jwt"
         else pulumi.Output.secret(
             {
                 account.app: {
                     "account": account.account,
-                    "public_key": credentials[account.app].public_key,
-                    "seed": credentials[account.app].seed,
+                    "public_key": credentials.public_keys[account.app],
+                    "seed": credentials.seeds[account.app],
                 }
                 for account in layout.apps
             }
+            if credentials
+            else {}
         ),
-        "permissions": pulumi.Output.from_input({a.app: a.document() for a in layout.apps}),
+        "permissions": {a.app: a.document() for a in layout.apps},
         "accounts_conf": accounts_conf,
         "documents": server_documents.files,
     }
