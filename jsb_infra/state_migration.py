@@ -18,7 +18,6 @@ migrated deployment migrates to itself, unchanged.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -114,17 +113,15 @@ def serialized_providers() -> SerializedProviders:
     """The new resources' `__provider`, as pulumi.dynamic serializes them (imports Pulumi: deploy side)."""
     from pulumi.dynamic.dynamic import serialize_provider
 
-    pair_stream = importlib.import_module("jsb_infra.providers.pair_stream")
-    credential = importlib.import_module("jsb_infra.providers.credential")
+    from jsb_infra.providers.credential import AppCredentialsProvider
+    from jsb_infra.providers.pair_stream import PairStreamProvider
 
     def stored(provider: Any) -> Any:
         text = serialize_provider(provider)
         # pulumi.dynamic stores it as a secret unless the provider opts out (as JsbProvider does)
         return secret(text) if getattr(provider, "serialize_as_secret_always", True) else text
 
-    return SerializedProviders(
-        stored(pair_stream.PairStreamProvider()), stored(credential.AppCredentialsProvider())
-    )
+    return SerializedProviders(stored(PairStreamProvider()), stored(AppCredentialsProvider()))
 
 
 # -- URNs ---------------------------------------------------------------------------------------------
