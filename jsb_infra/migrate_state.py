@@ -40,13 +40,16 @@ class PulumiFailed(RuntimeError):
 
 
 def pulumi(args: argparse.Namespace, *command: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [args.pulumi, *command, "--stack", args.stack, "--non-interactive"],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=args.cwd,
-    )
+    try:
+        result = subprocess.run(
+            [args.pulumi, *command, "--stack", args.stack, "--non-interactive"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=args.cwd,
+        )
+    except OSError as err:
+        raise PulumiFailed(f"cannot run {args.pulumi!r} (give the CLI with --pulumi): {err}") from None
     if result.returncode != 0:
         raise PulumiFailed(
             f"`pulumi {' '.join(command)}` failed ({result.returncode}): {result.stderr.strip()}"
@@ -92,6 +95,13 @@ def verify(args: argparse.Namespace, seeds: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        serialized_providers()
+    except ImportError as err:
+        print(
+            f"migrate-state needs the deploy side (pip install 'jsb-infra[deploy]'): {err}", file=sys.stderr
+        )
+        return EXIT_FAILED
     try:
         before = json.loads(pulumi(args, "stack", "export", "--show-secrets"))
         after, report = migrate(before, serialized_providers)

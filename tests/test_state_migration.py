@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from jsb_infra import cli
 from jsb_infra.credentials import public_key_of
 from jsb_infra.state_migration import (
     APP_PAIR_TYPE,
@@ -297,3 +298,11 @@ def test_a_stack_without_app_credentials_gets_pair_streams_only(before):
     assert len(by_type(after, PAIR_STREAM_TYPE)) == 2
     assert by_type(after, CREDENTIALS_TYPE) == [] and report.credentials == []
     assert by_name(after, "server-documents") == by_name(before, "server-documents")
+
+
+def test_the_command_without_a_pulumi_cli_says_which_it_tried(tmp_path, capsys):
+    missing = tmp_path / "no-pulumi-here"
+    assert cli.main(["migrate-state", "--stack", "fleet", "--pulumi", str(missing)]) == 1
+    assert (
+        f"migrate-state: cannot run {str(missing)!r} (give the CLI with --pulumi)" in capsys.readouterr().err
+    )
