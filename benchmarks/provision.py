@@ -32,14 +32,13 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from e2e_support import kill_tree
+from e2e_support import ApiAudit, kill_tree
 
 from jsb_infra.local_server import LocalNatsServer, accounts_config, free_port
 from jsb_infra.nats_admin import JetStreamAdmin
@@ -49,7 +48,6 @@ from jsb_infra.topology import consumer_config, stream_config
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_USER, ADMIN_PASSWORD = "admin", "bench-admin"
 PASSPHRASE = "jsb-bench"
-WRITE_ACTIONS = (".CREATE.", ".UPDATE.", ".DELETE.")
 
 
 def bench_pairs(n: int) -> list[Pair]:
@@ -98,36 +96,6 @@ class Server:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
-
-
-class ApiAudit:
-    """Counts `$JS.API` requests by subject from the server's API audit advisories."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.subjects: Counter[str] = Counter()
-
-    async def __aenter__(self) -> ApiAudit:
-        self.nc = await nats.connect(self.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
-
-        async def on_advisory(msg: Any) -> None:
-            self.subjects[json.loads(msg.data).get("subject", "?")] += 1
-
-        await self.nc.subscribe("$JS.EVENT.ADVISORY.API", cb=on_advisory)
-        await self.nc.flush()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.sleep(0.3)  # advisories trail the replies
-        await self.nc.close()
-
-    @property
-    def total(self) -> int:
-        return sum(self.subjects.values())
-
-    @property
-    def writes(self) -> int:
-        return sum(n for s, n in self.subjects.items() if any(a in s for a in WRITE_ACTIONS))
 
 
 # -- the NATS CLI recipe ---------------------------------------------------------------------------------
@@ -283,7 +251,7 @@ async def jsb_runs(project: PulumiProject, server: Server, pairs: list[Pair]) ->
     out.update(state_sizes(project, name))
     for label, extra in (("noop", ()), ("refresh", ("--refresh",))):
         before = server.total_connections()
-        async with ApiAudit(project.url) as audit:
+        async with ApiAudit(project.url, ADMIN_USER, ADMIN_PASSWORD) as audit:
             out[label] = await asyncio.to_thread(project.up, name, *extra)
         out[f"{label}_api"] = audit.total
         out[f"{label}_writes"] = audit.writes

@@ -5,7 +5,8 @@ every file is written (jsb_infra.rendered_tree), so a bad config never leaves ha
 and files of removed pairs are pruned. `render --check` compares instead of writing (for CI). An
 invalid config exits with status 2 and one `field: rule` line per problem on stderr.
 
-Nothing here imports Pulumi: `render`, `schema`, `export` and `doctor` work in a runtime-only install.
+Nothing here imports Pulumi: `render`, `schema`, `export` and `doctor` work in a runtime-only install
+(`migrate-state` imports the deploy side's providers only when it runs).
 """
 
 from __future__ import annotations
@@ -191,6 +192,16 @@ def _add_reliability(subparsers: Any) -> None:
         parser.set_defaults(handler=module.run)
 
 
+def _add_migrate_state(subparsers: Any) -> None:
+    """`migrate-state`: a stack's state from the AppPair layout to PairStream (runs `pulumi`)."""
+    from jsb_infra import migrate_state
+
+    help_text = "move a stack's state from the AppPair layout to PairStream (backup, then import)"
+    parser = subparsers.add_parser("migrate-state", help=help_text, description=help_text)
+    migrate_state.add_arguments(parser)
+    parser.set_defaults(handler=migrate_state.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jsb-infra", description="Typed JetStream app-pair topology and least-privilege permissions."
@@ -250,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_doctor(subparsers)
     _add_reliability(subparsers)
+    _add_migrate_state(subparsers)
     return parser
 
 

@@ -7,6 +7,7 @@ documents live in temp directories too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,10 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import nats
 import pulumi.automation as auto
 import pytest
 from semver import VersionInfo
@@ -163,3 +166,38 @@ def kill_tree(pid: int) -> None:
     for target in doomed:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
+
+
+WRITE_ACTIONS = (".CREATE.", ".UPDATE.", ".DELETE.")
+"""The `$JS.API` requests that change the server."""
+
+
+class ApiAudit:
+    """Counts `$JS.API` requests by subject from the server's API audit advisories, as a user of the
+    JetStream account (`async with ApiAudit(url, user, password) as audit: ...`)."""
+
+    def __init__(self, url: str, user: str, password: str):
+        self.url, self.user, self.password = url, user, password
+        self.subjects: Counter[str] = Counter()
+
+    async def __aenter__(self) -> ApiAudit:
+        self.nc = await nats.connect(self.url, user=self.user, password=self.password)
+
+        async def on_advisory(msg: Any) -> None:
+            self.subjects[json.loads(msg.data).get("subject", "?")] += 1
+
+        await self.nc.subscribe("$JS.EVENT.ADVISORY.API", cb=on_advisory)
+        await self.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0.3)  # advisories trail the replies
+        await self.nc.close()
+
+    @property
+    def total(self) -> int:
+        return sum(self.subjects.values())
+
+    @property
+    def writes(self) -> int:
+        return sum(n for s, n in self.subjects.items() if any(a in s for a in WRITE_ACTIONS))

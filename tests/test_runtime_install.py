@@ -107,6 +107,20 @@ def test_render_works_in_the_base_install(runtime_venv, tmp_path):
     assert (tmp_path / "orders-billing-sync" / "stream.json").is_file()
 
 
+def test_migrate_state_in_the_base_install_asks_for_the_deploy_side(runtime_venv, tmp_path):
+    """It converts Pulumi state (with the deploy side's providers): without them it stops at once,
+    before running `pulumi`, saying what to install."""
+    cli = str(runtime_venv / "bin" / "jsb-infra")
+    done = subprocess.run(
+        [cli, "migrate-state", "--stack", "dev", "--pulumi", str(tmp_path / "no-such-pulumi")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "migrate-state needs the deploy side (pip install 'jsb-infra[deploy]')" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 APP_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
