@@ -214,33 +214,61 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     return settings
 
 
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
+READ_STACK_RESOURCES = "pulumi:pulumi:readStackResourceOutputs"
+OLDER_LAYOUT_TYPES = frozenset(
+    {
+        "jsb:index:AppPair",
+        "pulumi-python:dynamic/jsb:Stream",
+        "pulumi-python:dynamic/jsb:Consumer",
+        "pulumi-python:dynamic/jsb:AppCredential",
+    }
+)
+"""The resource types of the layout before `pair-stream`."""
+
+
 class StateLayoutError(pulumi.RunError):
-    """The stack holds resources of an older layout: `jsb-infra migrate-state` must convert them first."""
+    """The stack holds resources of another layout: `jsb-infra migrate-state` must convert them first."""
 
 
-def layout_problem(previous_bridges: Any, previous_layout: Any) -> str | None:
-    """Why this program must not run on the stack whose last outputs these are (None: it may)."""
-    if previous_bridges is None or previous_layout == LAYOUT:
-        return None  # a new stack, or one of this layout
+def layout_problem(previous_layout: Any, older_types: list[str]) -> str | None:
+    """Why this program must not run on a stack whose last `layout` output and resource types of the
+    older layout are these (None: it may)."""
+    if previous_layout not in (None, LAYOUT):
+        return (
+            f"this stack was written by a jsb-infra whose resource layout is {previous_layout!r}; this "
+            f"version writes {LAYOUT!r} and cannot manage it. Nothing was changed. Run the version "
+            "that wrote the stack"
+        )
+    if not older_types:
+        return None
     return (
-        "this stack's resources have an older layout (an AppPair component, a Stream and Consumers "
-        f"per pair, an AppCredential per app; this version writes {LAYOUT!r}: one PairStream per pair "
-        "and one AppCredentials). Nothing was changed. Convert the state first, which keeps every "
-        "stream, consumer and app key: `jsb-infra migrate-state --stack <stack>`, then run `pulumi up` "
-        "again"
+        f"this stack's resources have an older layout ({', '.join(older_types)}: an AppPair "
+        "component, a Stream and Consumers per pair, an AppCredential per app; this version writes "
+        f"{LAYOUT!r}: one PairStream per pair and one AppCredentials). Nothing was changed. Convert "
+        "the state first, which keeps every stream, consumer and app key: `jsb-infra migrate-state "
+        "--stack <stack>`, then run `pulumi up` again"
     )
 
 
 def check_state_layout() -> None:
-    """Refuse, before any resource is registered, to run on a stack whose resources have an older
+    """Refuse, before any resource is registered, to run on a stack whose resources have another
     layout: a new key per app and a rewritten accounts include would lock every app out, and the old
-    protected resources would fail the run halfway. Reads the stack's own last outputs through the
-    engine's built-in `pulumi:pulumi:readStackOutputs` (what a StackReference reads, without a
-    resource in state or in every preview)."""
+    protected resources would fail the run halfway.
+
+    Reads the stack's own last outputs through the engine's built-in `pulumi:pulumi:readStackOutputs`
+    (what a StackReference reads, without a resource in state and in every preview); only when they
+    carry no `layout` (a new stack, or one of the older layout, even one whose first `up` failed
+    before writing outputs) are the types of its resources read (`readStackResourceOutputs`)."""
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    result = pulumi.runtime.invoke("pulumi:pulumi:readStackOutputs", {"name": name})
-    outputs = (result.value or {}).get("outputs") or {}
-    problem = layout_problem(outputs.get("bridges"), outputs.get("layout"))
+    outputs = (pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name}).value or {}).get("outputs") or {}
+    layout = outputs.get("layout")
+    older: list[str] = []
+    if layout is None:
+        found = pulumi.runtime.invoke(READ_STACK_RESOURCES, {"stackName": name}).value or {}
+        types = {r.get("type") for r in (found.get("outputs") or {}).values() if isinstance(r, dict)}
+        older = sorted(t for t in types if t in OLDER_LAYOUT_TYPES)
+    problem = layout_problem(layout, older)
     if problem:
         raise StateLayoutError(problem)
 

@@ -59,6 +59,7 @@ def dynamic_type(cls: type) -> str:
 PAIR_STREAM_T, CREDENTIALS_T = dynamic_type(PairStream), dynamic_type(AppCredentials)
 DOCUMENTS_T = dynamic_type(ServerDocuments)
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
+READ_STACK_RESOURCES = "pulumi:pulumi:readStackResourceOutputs"
 
 ORDERS_BILLING: dict[str, Any] = {
     "stream": "orders-billing-sync",
@@ -109,6 +110,7 @@ class ProviderLikeMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.previous_outputs: dict[str, Any] = {}
+        self.previous_resources: dict[str, str] = {}  # {urn: type} of the resources in the stack's state
         self.live_consumer: LiveConsumer = as_rendered
         self.invokes: list[tuple[str, dict[str, Any], int]] = []
         self.registered = 0
@@ -117,6 +119,9 @@ class ProviderLikeMocks(pulumi.runtime.Mocks):
         self.invokes.append((args.token, dict(args.args), self.registered))
         if args.token == READ_STACK_OUTPUTS:
             return {"name": args.args["name"], "outputs": self.previous_outputs, "secretOutputNames": []}, []
+        if args.token == READ_STACK_RESOURCES:
+            resources = {urn: {"type": typ, "outputs": {}} for urn, typ in self.previous_resources.items()}
+            return {"name": args.args["stackName"], "outputs": resources}, []
         return {}, []
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -317,6 +322,17 @@ def exported_bridges(pairs: list[dict[str, Any]]) -> dict[str, Any]:
 
 OLDER_LAYOUT_OUTPUTS = {"bridges": exported_bridges(TWO_PAIRS), "permissions": {}, "accounts_conf": ""}
 """What a stack of the AppPair / AppCredential layout exported: `bridges`, and no `layout`."""
+OLDER_LAYOUT_RESOURCES = {
+    "urn:pulumi:dev::jsb::pulumi:pulumi:Stack::jsb-dev": "pulumi:pulumi:Stack",
+    "urn:pulumi:dev::jsb::jsb:index:AppPair::orders-billing-sync": "jsb:index:AppPair",
+    "urn:pulumi:dev::jsb::jsb:index:AppPair$pulumi-python:dynamic/jsb:Stream::orders-billing-sync-stream": (
+        "pulumi-python:dynamic/jsb:Stream"
+    ),
+    "urn:pulumi:dev::jsb::pulumi-python:dynamic/jsb:AppCredential::orders-credential": (
+        "pulumi-python:dynamic/jsb:AppCredential"
+    ),
+}
+"""Resources of a stack of that layout (their types are what the program looks at)."""
 
 
 # -- the resource graph ----------------------------------------------------------------------------------
@@ -580,24 +596,42 @@ def test_pulumi_yaml_points_at_the_program_and_the_stack_files() -> None:
 # -- the stack's previous outputs: a stack of an older layout is refused ---------------------------------
 @pytest.mark.parametrize(
     "previous",
-    [OLDER_LAYOUT_OUTPUTS, {**OLDER_LAYOUT_OUTPUTS, "layout": "some-later-layout"}],
-    ids=["AppPair layout (no layout output)", "a layout this version does not write"],
+    [OLDER_LAYOUT_OUTPUTS, {}],
+    ids=["AppPair layout", "AppPair layout whose first up failed before writing outputs"],
 )
-def test_a_stack_of_another_layout_fails_the_run_before_anything_registers(
+def test_a_stack_of_the_older_layout_fails_the_run_before_anything_registers(
     monitor: RecordingMonitor, previous: dict[str, Any]
 ) -> None:
     """Registering the new layout over the old one would give every app a new key and rewrite the
     accounts include: every app locked out. The run fails and names the command that converts the state."""
     monitor.mocks.previous_outputs = previous
+    monitor.mocks.previous_resources = OLDER_LAYOUT_RESOURCES
     set_stack_config(TWO_PAIRS, SERVERS)
 
     with pytest.raises(StateLayoutError) as err:
         run_main()
-    assert "older layout" in str(err.value) and "Nothing was changed" in str(err.value)
-    assert "`jsb-infra migrate-state --stack <stack>`" in str(err.value)
+    text = str(err.value)
+    assert "older layout" in text and "Nothing was changed" in text
+    assert (
+        "jsb:index:AppPair, pulumi-python:dynamic/jsb:AppCredential, pulumi-python:dynamic/jsb:Stream" in text
+    )
+    assert "`jsb-infra migrate-state --stack <stack>`" in text
     assert monitor.previous_outputs_reads() == [({"name": f"{ORGANIZATION}/{PROJECT}/{STACK}"}, 0)]
+    reads = [(token, args) for token, args, _ in monitor.mocks.invokes if token == READ_STACK_RESOURCES]
+    assert reads == [(READ_STACK_RESOURCES, {"stackName": f"{ORGANIZATION}/{PROJECT}/{STACK}"})]
     assert monitor.registrations == []  # no PairStream, AppCredentials or ServerDocuments reached the engine
     assert list(monitor.resources) == []
+
+
+def test_a_stack_of_a_layout_this_version_does_not_write_fails_the_run_before_anything_registers(
+    monitor: RecordingMonitor,
+) -> None:
+    monitor.mocks.previous_outputs = {**OLDER_LAYOUT_OUTPUTS, "layout": "some-later-layout"}
+    set_stack_config(TWO_PAIRS, SERVERS)
+
+    with pytest.raises(StateLayoutError, match=r"layout is 'some-later-layout'.*Nothing was changed"):
+        run_main()
+    assert monitor.registrations == [] and list(monitor.resources) == []
 
 
 @pytest.mark.parametrize(
