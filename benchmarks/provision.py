@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -318,6 +319,20 @@ def sigint_stall(project: PulumiProject) -> dict[str, float]:
 
 
 # -- report -----------------------------------------------------------------------------------------------
+def marginal_costs(runs: dict[int, dict[str, float]]) -> str:
+    """What each further pair costs between consecutive N (the fixed start-up of the CLI, the program
+    and the provider host cancels out): equal figures mean the cost is linear in the pairs."""
+    ns = sorted(runs)
+    lines = ["marginal ms per pair (between consecutive N; flat = linear):"]
+    for label in ("create", "noop", "refresh", "destroy"):
+        steps = [
+            f"{a}->{b}: {1000 * (runs[b][label] - runs[a][label]) / (b - a):.0f}"
+            for a, b in itertools.pairwise(ns)
+        ]
+        lines.append(f"  {label:<8} " + ", ".join(steps))
+    return "\n".join(lines)
+
+
 def report(n: int, cli: dict[str, float] | None, raw: dict[str, float], jsb: dict[str, float]) -> None:
     print(f"\n== {n} pairs ==")
     rows = [
@@ -368,6 +383,7 @@ async def main() -> int:
     print(f"nats-server {url}; pulumi from {pulumi_bin} ({mode}); log {project.log}")
     try:
         per_pair: dict[int, float] = {}
+        runs: dict[int, dict[str, float]] = {}
         for n in counts:
             pairs = bench_pairs(n)
             cli = cli_recipe(nats_bin / "nats", url, pairs) if nats_bin else None
@@ -375,12 +391,14 @@ async def main() -> int:
             jsb = await jsb_runs(project, server, pairs)
             report(n, cli, raw, jsb)
             per_pair[n] = jsb["create"] / n
+            runs[n] = jsb
         if len(per_pair) > 1:
             lo, hi = min(per_pair), max(per_pair)
             print(
                 f"\ncreate time per pair: {lo} pairs {1000 * per_pair[lo]:.0f} ms, {hi} pairs "
                 f"{1000 * per_pair[hi]:.0f} ms ({per_pair[hi] / per_pair[lo]:.2f}x)"
             )
+            print(marginal_costs(runs))
         if args.kill:
             print(
                 f"\nkill test ({args.kill} pairs): {await kill_and_converge(project, bench_pairs(args.kill))}"

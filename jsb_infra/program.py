@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -251,6 +252,20 @@ def layout_problem(previous_layout: Any, older_types: list[str]) -> str | None:
     )
 
 
+def read_own_stack(token: str, args: dict[str, Any], attempts: int = 20, pause: float = 0.1) -> Any:
+    """A built-in invoke that reads this stack's last saved state, retried a few times: on a file
+    backend with checkpoints on, the engine may be rewriting that file (its first checkpoint of this
+    run) at the moment it is read, and the read fails with "failed to load checkpoint: EOF"."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return pulumi.runtime.invoke(token, args).value
+        except Exception:
+            if attempt == attempts:
+                raise
+            time.sleep(pause)
+    return None
+
+
 def check_state_layout() -> None:
     """Refuse, before any resource is registered, to run on a stack whose resources have another
     layout: a new key per app and a rewritten accounts include would lock every app out, and the old
@@ -261,11 +276,11 @@ def check_state_layout() -> None:
     carry no `layout` (a new stack, or one of the older layout, even one whose first `up` failed
     before writing outputs) are the types of its resources read (`readStackResourceOutputs`)."""
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    outputs = (pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name}).value or {}).get("outputs") or {}
+    outputs = (read_own_stack(READ_STACK_OUTPUTS, {"name": name}) or {}).get("outputs") or {}
     layout = outputs.get("layout")
     older: list[str] = []
     if layout is None:
-        found = pulumi.runtime.invoke(READ_STACK_RESOURCES, {"stackName": name}).value or {}
+        found = read_own_stack(READ_STACK_RESOURCES, {"stackName": name}) or {}
         types = {r.get("type") for r in (found.get("outputs") or {}).values() if isinstance(r, dict)}
         older = sorted(t for t in types if t in OLDER_LAYOUT_TYPES)
     problem = layout_problem(layout, older)

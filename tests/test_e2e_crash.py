@@ -117,20 +117,13 @@ def test_up_killed_halfway_then_up_again_converges(tmp_path: Path, server: Local
     assert not deployment.get("pending_operations")
     resources = deployment["resources"]
     kinds = Counter(r["type"].rsplit(":", 1)[-1] for r in resources if "dynamic" in r["type"])
-    assert kinds == {
-        "Stream": PAIRS,
-        "Consumer": 2 * PAIRS,
-        "AppCredential": 2 * PAIRS,  # one per app (every app here is in one pair)
-        "ServerDocuments": 1,
-    }
+    assert kinds == {"PairStream": PAIRS, "AppCredentials": 1, "ServerDocuments": 1}
     urns = [r["urn"] for r in resources]
     assert len(urns) == len(set(urns))
 
-    keys = {
-        r["outputs"]["app"]: r["outputs"]["public_key"]
-        for r in resources
-        if r["type"].endswith(":AppCredential")
-    }
+    [credentials] = [r for r in resources if r["type"].endswith(":AppCredentials")]
+    keys = credentials["outputs"]["public_keys"]
+    assert sorted(keys) == sorted(app for p in pairs() for app in p["apps"])
     assert len(keys) == len(set(keys.values())) == 2 * PAIRS, "one identity per app"
     # the account layout written to disk names exactly the identities in state, each app its own
     accounts = (out / "accounts.conf").read_text()

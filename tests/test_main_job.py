@@ -78,7 +78,7 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
     assert doctor.run(parser.parse_args(args)) == 0
 
     again = _dev("up", env)
-    assert again.returncode == 0 and "8 unchanged" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "4 unchanged" in again.stdout, again.stdout + again.stderr
 
     down = _dev("down", env)
     assert down.returncode == 0, down.stdout + down.stderr
