@@ -26,6 +26,7 @@ from jsb_infra.providers.credential import AppCredentials
 from jsb_infra.providers.documents import ServerDocuments
 from jsb_infra.providers.pair_stream import PairStream
 from jsb_infra.spec import ConfigError, Pair, parse_pairs
+from jsb_infra.state_migration import OLD_TYPES
 
 CONFIG_NAMESPACE = "jsb"
 SERVER_SCHEMES = ("nats", "tls", "ws", "wss")
@@ -217,17 +218,6 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_STACK_RESOURCES = "pulumi:pulumi:readStackResourceOutputs"
-OLDER_LAYOUT_TYPES = frozenset(
-    {
-        "jsb:index:AppPair",
-        "pulumi-python:dynamic/jsb:Stream",
-        "pulumi-python:dynamic/jsb:Consumer",
-        "pulumi-python:dynamic/jsb:AppCredential",
-    }
-)
-"""The resource types of the layout before `pair-stream`."""
-
-
 class StateLayoutError(pulumi.RunError):
     """The stack holds resources of another layout: `jsb-infra migrate-state` must convert them first."""
 
@@ -282,7 +272,7 @@ def check_state_layout() -> None:
     if layout is None:
         found = read_own_stack(READ_STACK_RESOURCES, {"stackName": name}) or {}
         types = {r.get("type") for r in (found.get("outputs") or {}).values() if isinstance(r, dict)}
-        older = sorted(t for t in types if t in OLDER_LAYOUT_TYPES)
+        older = sorted(t for t in types if t in OLD_TYPES)
     problem = layout_problem(layout, older)
     if problem:
         raise StateLayoutError(problem)
