@@ -218,6 +218,8 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_STACK_RESOURCES = "pulumi:pulumi:readStackResourceOutputs"
+
+
 class StateLayoutError(pulumi.RunError):
     """The stack holds resources of another layout: `jsb-infra migrate-state` must convert them first."""
 

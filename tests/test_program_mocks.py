@@ -37,12 +37,13 @@ from jsb_infra import names, topology
 from jsb_infra.accounts import account_layout
 from jsb_infra.bridge_check import BridgeMismatch
 from jsb_infra.credentials import new_user_keypair, public_key_of
+from jsb_infra.documents import render_documents
 from jsb_infra.outputs import AppCredentials as AppCredentialsOutput
 from jsb_infra.outputs import BridgeOutputs, bridge_outputs
 from jsb_infra.program import LAYOUT, StateLayoutError, build, main
 from jsb_infra.providers.base import canonical_pair
 from jsb_infra.providers.credential import AppCredentials
-from jsb_infra.providers.documents import ServerDocuments
+from jsb_infra.providers.documents import ServerDocuments, digest, unpack_documents
 from jsb_infra.providers.pair_stream import PairStream
 from jsb_infra.spec import ConfigError, Pair
 
@@ -376,7 +377,12 @@ def test_server_documents_hold_the_whole_render_and_the_generated_keys(monitor: 
     run_build()
 
     [documents] = monitor.of_type(DOCUMENTS_T)
-    docs = documents.inputs["documents"]
+    docs = unpack_documents(documents.inputs["bundle"])
+    assert documents.inputs["digests"] == {path: digest(text) for path, text in docs.items()}
+    rendered = render_documents([Pair.model_validate(raw) for raw in TWO_PAIRS], {}, servers=SERVERS)
+    assert {str(p): t for p, t in rendered.items()}.keys() - {"accounts.conf"} == docs.keys() - {
+        "accounts.conf"
+    }
     assert "accounts.conf" in docs and "apps/billing.json" in docs
     assert "orders-billing-sync/bridges/orders.json" in docs
     assert "billing-shipping-sync/bridges/shipping.json" in docs

@@ -14,7 +14,7 @@ from provider_host import UNKNOWN, ProviderCallError, ProviderHost
 from jsb_infra.credentials import public_key_of
 from jsb_infra.permissions import app_permissions, render_claims_json
 from jsb_infra.providers.credential import AppCredentialProvider, AppCredentialsProvider
-from jsb_infra.providers.documents import ServerDocumentsProvider
+from jsb_infra.providers.documents import ServerDocumentsProvider, digest, pack_documents
 from jsb_infra.providers.permission_document import PermissionDocumentProvider
 from jsb_infra.providers.settings import ProviderSettingsError, settings_from_config
 from jsb_infra.providers.stream import StreamProvider
@@ -105,19 +105,27 @@ def test_credential_of_a_stack_made_before_the_account_layout_still_reads_and_de
 DOCS = ServerDocumentsProvider()
 
 
+def docs_props(documents: dict[str, str]) -> dict[str, Any]:
+    """The inputs ServerDocuments registers: a digest per document and the texts packed."""
+    return {
+        "digests": {path: digest(text) for path, text in documents.items()},
+        "bundle": pack_documents(documents),
+    }
+
+
 def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHost, out_dir: Path) -> None:
     documents = {
         "accounts.conf": "accounts {}\n",
         "apps/orders.json": "{}\n",
         "s/permissions/orders.json": "x",
     }
-    id_, outs = host.up(DOCS, {"documents": documents})
+    id_, outs = host.up(DOCS, docs_props(documents))
     assert outs["files"] == sorted(str(out_dir / rel) for rel in documents)
     assert (out_dir / "accounts.conf").read_text() == "accounts {}\n"
-    assert host.diff(DOCS, id_, outs, {"documents": documents}).changes == "DIFF_NONE"
+    assert host.diff(DOCS, id_, outs, docs_props(documents)).changes == "DIFF_NONE"
 
     changed = {"accounts.conf": "accounts { A {} }\n", "apps/orders.json": "{}\n"}
-    outcome, new_outs = host.change(DOCS, id_, outs, {"documents": changed})
+    outcome, new_outs = host.change(DOCS, id_, outs, docs_props(changed))
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     assert (out_dir / "accounts.conf").read_text() == "accounts { A {} }\n"
     assert not (out_dir / "s").exists(), "a document that went away is removed, with its empty directories"
@@ -125,8 +133,8 @@ def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHo
     (out_dir / "apps/orders.json").write_text("edited by hand")
     _, refreshed = host.read(DOCS, id_, new_outs)
     assert str(out_dir / "apps/orders.json") not in refreshed["files"]
-    assert host.diff(DOCS, id_, refreshed, {"documents": changed}).changes == "DIFF_SOME"
-    _, repaired = host.change(DOCS, id_, refreshed, {"documents": changed})
+    assert host.diff(DOCS, id_, refreshed, docs_props(changed)).changes == "DIFF_SOME"
+    _, repaired = host.change(DOCS, id_, refreshed, docs_props(changed))
     assert (out_dir / "apps/orders.json").read_text() == "{}\n"
 
     host.delete(DOCS, id_, repaired)
@@ -135,8 +143,35 @@ def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHo
 
 @pytest.mark.parametrize("path", ["../escape.conf", "/etc/passwd", "a/../../b", ""])
 def test_server_documents_refuse_paths_outside_the_output_dir(host: ProviderHost, path: str) -> None:
-    _, failures = host.check(DOCS, {"documents": {path: "x"}})
+    _, failures = host.check(DOCS, docs_props({path: "x"}))
     assert failures and "must be a relative path inside the output directory" in failures[0][1]
+
+
+def test_server_documents_refuse_a_bundle_that_does_not_hold_what_the_digests_name(
+    host: ProviderHost, out_dir: Path
+) -> None:
+    documents = {"accounts.conf": "accounts {}\n", "apps/orders.json": "{}\n"}
+    tampered = {**docs_props(documents), "bundle": pack_documents({**documents, "accounts.conf": "other"})}
+    _, failures = host.check(DOCS, tampered)
+    assert failures == [("bundle", "bundle: documents.accounts.conf does not match its digest")]
+    missing = {**docs_props(documents), "bundle": pack_documents({"apps/orders.json": "{}\n"})}
+    assert host.check(DOCS, missing)[1] == [
+        ("bundle", "bundle: must hold exactly the documents named in digests")
+    ]
+    assert host.check(DOCS, {**docs_props(documents), "bundle": "not packed"})[1][0][0] == "bundle"
+    assert not out_dir.exists(), "refused at check: nothing written"
+
+
+def test_server_documents_state_that_kept_the_texts_diffs_by_digest_without_a_change(
+    host: ProviderHost, out_dir: Path
+) -> None:
+    """State written when the texts were the inputs (and the outputs held only digests and files)."""
+    documents = {"accounts.conf": "accounts {}\n", "apps/orders.json": "{}\n"}
+    files = sorted(str(out_dir / rel) for rel in documents)
+    old_outputs = {"digests": {p: digest(t) for p, t in documents.items()}, "files": files}
+    assert host.diff(DOCS, "server-documents", old_outputs, docs_props(documents)).changes == "DIFF_NONE"
+    older = {"documents": documents, "files": files}  # before the digests were kept
+    assert host.diff(DOCS, "server-documents", older, docs_props(documents)).changes == "DIFF_NONE"
 
 
 def test_credential_class_declares_the_seed_secret() -> None:

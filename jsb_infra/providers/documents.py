@@ -1,8 +1,12 @@
 """The `ServerDocuments` dynamic resource: the rendered documents a deploy ships to the servers.
 
-Its input is the whole set of documents, keyed by relative path (`accounts.conf`, `apps/<app>.json`,
-`<stream>/permissions/<app>.json`, ...), rendered by the pure core from the spec, so `pulumi preview
---diff` shows each document's change. When the stack config names an output directory
+Its inputs are the whole set of documents rendered by the pure core from the spec, keyed by relative
+path (`accounts.conf`, `apps/<app>.json`, `<stream>/permissions/<app>.json`, ...): `digests` holds one
+digest per path, so `pulumi preview --diff` names each document that changes, and `bundle` the texts,
+compressed (a fleet's documents are about a megabyte of repetitive text, which the engine would
+otherwise copy, store and ship on every run; what changes inside them is shown keyed in the stack
+outputs `permissions`, `bridges` and `accounts_conf`, and in the rendered tree a PR commits). When the
+stack config names an output directory
 (`jsb:outputDir`), create and update write them there (each file atomically; files of documents that
 went away are removed) and delete removes them. A file edited or deleted behind Pulumi's back drops
 out of `files` on refresh, so the next `up` writes it again.
@@ -10,8 +14,11 @@ out of `files` on refresh, so the next `up` writes it again.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -75,6 +82,38 @@ def digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def pack_documents(documents: dict[str, str]) -> str:
+    """The texts as one compact string input (zlib-compressed JSON, base64)."""
+    text = json.dumps(documents, sort_keys=True, separators=(",", ":"))
+    return base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
+
+
+def unpack_documents(bundle: str) -> dict[str, str]:
+    documents = json.loads(zlib.decompress(base64.b64decode(bundle)).decode("utf-8"))
+    if not isinstance(documents, dict) or not all(isinstance(t, str) for t in documents.values()):
+        raise ValueError("not a {path: text} object")
+    return documents
+
+
+def bundle_problem(bundle: Any, digests: Any) -> str | None:
+    """Why `bundle` does not hold exactly the documents `digests` names (None: it does)."""
+    if is_unknown(bundle) or is_unknown(digests) or not isinstance(digests, dict):
+        return None
+    if not isinstance(bundle, str):
+        return "bundle: must be the packed documents (ServerDocuments packs them)"
+    try:
+        documents = unpack_documents(bundle)
+    except (ValueError, zlib.error) as err:
+        return f"bundle: cannot be unpacked ({err})"
+    if set(documents) != set(digests):
+        return "bundle: must hold exactly the documents named in digests"
+    for relative, text in documents.items():
+        want = digests[relative]
+        if not is_unknown(want) and digest(text) != want:
+            return f"bundle: documents.{relative} does not match its digest"
+    return None
+
+
 def stored_digests(state: dict[str, Any]) -> dict[str, str]:
     """{relative path: digest} of what was written (state written before digests kept the texts)."""
     if state.get("digests") is not None:
@@ -84,50 +123,50 @@ def stored_digests(state: dict[str, Any]) -> dict[str, str]:
 
 class ServerDocumentsProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        documents = news.get("documents")
+        digests = news.get("digests")
         failures: list[CheckFailure] = []
-        if not is_unknown(documents):
-            if not isinstance(documents, dict):
-                failures.append(CheckFailure("documents", "documents: must be an object {path: text}"))
+        if not is_unknown(digests):
+            if not isinstance(digests, dict):
+                failures.append(CheckFailure("digests", "digests: must be an object {path: digest}"))
             else:
-                for relative, text in documents.items():
+                for relative in digests:
                     problem = path_problem(relative)
                     if problem:
-                        failures.append(CheckFailure("documents", problem))
-                    elif not is_unknown(text) and not isinstance(text, str):
-                        failures.append(CheckFailure("documents", f"documents.{relative}: must be text"))
+                        failures.append(CheckFailure("digests", problem))
+                problem = bundle_problem(news.get("bundle"), digests)
+                if problem:
+                    failures.append(CheckFailure("bundle", problem))
         return CheckResult(dict(news), failures)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        documents = news.get("documents") or {}
+        digests = news.get("digests") or {}
         inputs: dict[str, tuple[Any, Any]] = {}
         old_digests = stored_digests(olds)
-        for relative in sorted(set(old_digests) | set(documents)):
-            text = documents.get(relative)
-            new = text if is_unknown(text) else (digest(text) if text is not None else None)
-            inputs[f"documents.{relative}"] = (old_digests.get(relative), new)
-        if not is_unknown(documents):
-            wanted = sorted(target_paths(settings.current().output_dir, documents))
+        for relative in sorted(set(old_digests) | set(digests)):
+            inputs[f"documents.{relative}"] = (old_digests.get(relative), digests.get(relative))
+        if not is_unknown(digests):
+            wanted = sorted(target_paths(settings.current().output_dir, digests))
             inputs["files"] = (sorted(olds.get("files") or []), wanted)
         return plan_diff({}, {}, immutable={}, inputs=inputs).result()
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = self._apply(props["documents"], [])
+        outs = self._apply(unpack_documents(props["bundle"]), [])
         return CreateResult("server-documents", outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         digests = stored_digests(props)
+        files = set(props.get("files") or [])
         intact = [
             path
             for path, expected in target_paths(settings.current().output_dir, digests).items()
-            if path in (props.get("files") or [])
+            if path in files
             and Path(path).is_file()
             and digest(Path(path).read_text(encoding="utf-8")) == expected
         ]
-        return ReadResult(id_, {**props, "files": intact})
+        return ReadResult(id_, {"digests": digests, "files": intact})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._apply(news["documents"], list(olds.get("files") or [])))
+        return UpdateResult(self._apply(unpack_documents(news["bundle"]), list(olds.get("files") or [])))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         remove_files(list(props.get("files") or []), settings.current().output_dir)
@@ -137,7 +176,6 @@ class ServerDocumentsProvider(JsbProvider):
         contents = target_paths(settings.current().output_dir, documents)
         remove_files([path for path in old_files if path not in contents], settings.current().output_dir)
         write_files(contents)
-        # The texts are inputs (a preview diff shows them); outputs keep a digest each, not a second copy.
         return {
             "digests": {relative: digest(text) for relative, text in documents.items()},
             "files": sorted(contents),
@@ -145,8 +183,8 @@ class ServerDocumentsProvider(JsbProvider):
 
 
 class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
-    """The rendered documents of a deployment. Outputs: digests (one per document), files (where they
-    were written)."""
+    """The rendered documents of a deployment. Inputs: digests (one per document), bundle (the texts,
+    packed). Outputs: digests, files (where they were written)."""
 
     digests: pulumi.Output[dict[str, str]]
     files: pulumi.Output[list[str]]
@@ -154,12 +192,23 @@ class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
     def __init__(
         self,
         resource_name: str,
-        documents: pulumi.Input[dict[str, pulumi.Input[str]]],
+        documents: dict[str, pulumi.Input[str]],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """`documents`: {relative path: text}; a text may be an Output (the accounts include waits for
+        the apps' keys), every other digest is known at preview."""
+        known = {path: text for path, text in documents.items() if isinstance(text, str)}
+        late = {path: pulumi.Output.from_input(text) for path, text in documents.items() if path not in known}
+        digests: dict[str, pulumi.Input[str]] = {path: digest(text) for path, text in known.items()}
+        digests.update({path: text.apply(digest) for path, text in late.items()})
+        bundle: pulumi.Input[str] = (
+            pulumi.Output.all(**late).apply(lambda texts: pack_documents({**known, **texts}))
+            if late
+            else pack_documents(known)
+        )
         super().__init__(
             ServerDocumentsProvider(),
             resource_name,
-            {"documents": documents, "digests": None, "files": None},
+            {"digests": digests, "bundle": bundle, "files": None},
             opts,
         )
