@@ -295,12 +295,23 @@ async def kill_and_converge(project: PulumiProject, pairs: list[Pair]) -> str:
     )
     resources = json.loads(exported.stdout)["deployment"]["resources"]
     kinds = Counter(r["type"].rsplit(":", 1)[-1] for r in resources if "dynamic" in r["type"])
-    adopted = sum(1 for r in resources if (r.get("outputs") or {}).get("adopted"))
+    pair_states = [r.get("outputs") or {} for r in resources if r["type"].endswith(":PairStream")]
+    adopted = sum(1 for o in pair_states if (o.get("stream") or {}).get("adopted"))
+    adopted_consumers = sum(
+        1 for o in pair_states for c in (o.get("consumers") or {}).values() if c.get("adopted")
+    )
+    [credentials] = [r.get("outputs") or {} for r in resources if r["type"].endswith(":AppCredentials")]
+    keys = credentials.get("public_keys") or {}
+    apps = {app for p in pairs for app in p.apps}
+    identities = (
+        "one identity per app" if set(keys) == apps and len(set(keys.values())) == len(apps) else "WRONG"
+    )
     streams = await stream_count(project.url)
     project.destroy(name)
     return (
         f"killed with {at_kill}/{len(pairs)} streams made; the next up took {converge:.1f} s and adopted "
-        f"{adopted} objects; server {streams} streams; state {dict(kinds)}"
+        f"{adopted} streams and {adopted_consumers} consumers; server {streams} streams; state "
+        f"{dict(kinds)}, {len(keys)} app keys for {len(apps)} apps ({identities})"
     )
 
 
