@@ -48,7 +48,15 @@ def test_client_source_has_no_management_api():
     # and it does use only the data-path calls
     data_path = ("client.py", "consumer.py", "pull.py", "pubacks.py")
     client_text = "".join((RUNTIME_DIR / name).read_text() for name in data_path)
-    for call in ("CONSUMER.MSG.NEXT.", "js.publish(", ".ack(", ".nak(", ".in_progress(", ".term("):
+    # publishing is a plain publish with a reply inbox (the stream answers with the PubAck)
+    for call in (
+        "CONSUMER.MSG.NEXT.",
+        "nc.publish(subject, body, reply=",
+        ".ack(",
+        ".nak(",
+        ".in_progress(",
+        ".term(",
+    ):
         assert call in client_text
 
 

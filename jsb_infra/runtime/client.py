@@ -206,6 +206,8 @@ class BridgeClient:
 
     async def close(self) -> None:
         """Flush what is buffered (acks included) and close."""
+        if self._puback_inbox is not None:
+            self._puback_inbox.close()
         if self._connection_owner is not None:
             if self._nc is not None and not self._nc.is_closed:
                 await self._nc.flush()
@@ -332,7 +334,7 @@ class BridgeClient:
         """Attempt, and on a retryable failure pause (`retry_wait`, doubling up to `retry_max_wait`) and
         attempt again while the monotonic `deadline` has not passed. The first attempt is always made
         with the full `publish_timeout`; later ones wait at most until the deadline."""
-        js = self.js
+        pubacks = await self._pubacks()
         msg_id = headers.get(self._msg_id_header)
         pause = self.retry_wait
         timeout = self.publish_timeout
@@ -342,7 +344,9 @@ class BridgeClient:
             while True:
                 attempt += 1
                 try:
-                    ack = await js.publish(subject, body, timeout=timeout, headers=headers)
+                    if pubacks.nc is not self.nc:  # a new connection (not a reconnect of this one)
+                        pubacks = await self._pubacks()
+                    ack = await pubacks.request(subject, body, headers, timeout)
                 except Exception as err:
                     if not is_retryable_publish_error(err):
                         raise

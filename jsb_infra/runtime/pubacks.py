@@ -1,17 +1,24 @@
-"""Pipelined JetStream publishes: each a plain publish whose PubAck comes back on one inbox subscription.
+"""JetStream publishes whose PubAck comes back on one inbox subscription of the connection.
 
 What nats-py's `js.publish_async` does, without what `publish_batch` does not need on its hot path: its
 semaphore (`publish_batch` keeps its own bound), a random token per publish (a counter does, the inbox is
 this connection's own), a done callback per future, and the generic `PubAck.from_response` for the common
 answer. The answers are those of nats-py's `_handle_async_reply`: a `503` status (no stream took the
 subject) fails the future with `NoStreamResponseError`, an `error` document with `APIError`.
+
+`request` is the one-at-a-time form (a sequential publish): the same path, awaited, with its timeout
+kept by one watchdog per inbox instead of a timer per publish (`asyncio.wait_for` schedules and cancels
+one for every call), which fails an unanswered request with `nats.errors.TimeoutError`, as nats-py's
+`js.publish` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,6 +27,8 @@ from nats.js.api import PubAck
 from nats.nuid import NUID
 
 NO_RESPONDERS = "503"
+WATCHDOG_SLACK = 0.01
+"""Seconds past the earliest deadline the watchdog wakes at (deadlines are kept to about this)."""
 _PLAIN_PUBACK_FIELDS = frozenset({"stream", "seq", "duplicate", "domain"})
 
 
@@ -32,6 +41,9 @@ class PubAckInbox:
         self.pending: dict[str, asyncio.Future[PubAck]] = {}  # token -> future, until answered or given up
         self._serial = 0
         self._sub: Subscription | None = None
+        self._deadlines: dict[asyncio.Future[PubAck], float] = {}  # the awaited requests' deadlines
+        self._watchdog: asyncio.Task[None] | None = None
+        self._wake_at = 0.0  # when the watchdog wakes next
 
     async def start(self) -> PubAckInbox:
         self._sub = await self.nc.subscribe(f"{self._prefix}*", cb=self._answer)
@@ -49,6 +61,39 @@ class PubAckInbox:
             del self.pending[token]
             raise
         return future
+
+    async def request(self, subject: str, body: bytes, headers: dict[str, str], timeout: float) -> PubAck:
+        """Publish and wait for the PubAck, at most `timeout` seconds (then `nats.errors.TimeoutError`)."""
+        future = await self.publish(subject, body, headers)
+        deadline = time.monotonic() + timeout
+        self._deadlines[future] = deadline
+        if self._watchdog is None or self._watchdog.done() or deadline < self._wake_at:
+            if self._watchdog is not None:
+                self._watchdog.cancel()  # it sleeps past this deadline
+            self._watchdog = asyncio.get_running_loop().create_task(self._expire())
+        try:
+            return await future
+        finally:
+            del self._deadlines[future]
+            if not future.done():  # the caller was cancelled: nothing waits for this answer any more
+                future.cancel()
+            if future.cancelled() or future.exception() is not None:
+                self.forget([future])  # an answer pops its own entry
+
+    async def _expire(self) -> None:
+        """Fail each awaited request whose deadline has passed; sleeps until the earliest one."""
+        while self._deadlines:
+            now = time.monotonic()
+            for future, deadline in list(self._deadlines.items()):
+                if deadline <= now and not future.done():
+                    future.set_exception(nats.errors.TimeoutError())
+            self._wake_at = min(self._deadlines.values(), default=now) + WATCHDOG_SLACK
+            await asyncio.sleep(max(self._wake_at - now, 0.0))
+        self._wake_at = 0.0
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def forget(self, futures: list[asyncio.Future[PubAck] | None]) -> None:
         """Drop the table entries of `futures` that are done (answered, failed or cancelled)."""

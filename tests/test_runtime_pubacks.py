@@ -1,0 +1,56 @@
+"""PubAckInbox against a real nats-server: the PubAck of a sequential publish, and the timeout that one
+watchdog keeps for every awaited request (no timer per publish)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.runtime.pubacks import WATCHDOG_SLACK, PubAckInbox
+
+
+async def test_request_returns_the_pubacks_and_times_out_only_the_unanswered_one(
+    make_server: Callable[..., LocalNatsServer],
+) -> None:
+    server = make_server()
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="S", subjects=["s.>"])
+        silent = await nc.subscribe("quiet.>")  # takes the message, never answers: not "no responders"
+        inbox = await PubAckInbox(nc, "_INBOX").start()
+
+        acks = [
+            await inbox.request("s.a", f"m{i}".encode(), {"Nats-Msg-Id": f"id{i}"}, 5.0) for i in range(3)
+        ]
+        assert [a.seq for a in acks] == [1, 2, 3] and {a.stream for a in acks} == {"S"}
+        again = await inbox.request("s.a", b"m0", {"Nats-Msg-Id": "id0"}, 5.0)
+        assert again.duplicate and again.seq == 1, "the same msg id: the stream keeps one copy"
+
+        # A long request is waiting when a short one comes: the watchdog wakes for the short one.
+        slow = asyncio.create_task(inbox.request("quiet.a", b"x", {}, 30.0))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(nats.errors.TimeoutError):
+            await inbox.request("quiet.b", b"y", {}, 0.3)
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 0.3 + WATCHDOG_SLACK + 0.2, waited
+        assert not slow.done(), "the long request still waits"
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        assert inbox.pending == {}, "timed-out and cancelled requests leave no entry behind"
+
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await inbox.request("nothing.here", b"z", {}, 5.0)
+        assert (await js.stream_info("S")).state.messages == 3
+        await silent.unsubscribe()
+        inbox.close()
+    finally:
+        await nc.close()
