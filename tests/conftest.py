@@ -5,6 +5,9 @@
   test with `JSB_NATS_BACKEND=container`, which then requires Docker); else the embedded binary.
 - `make_server`: a factory for servers with accounts, users and permissions; stopped at teardown
   (always the embedded binary: their config is a file).
+- `server` and `host`: a server with only the deploy's admin user, and the real dynamic-provider host
+  configured for it, which must never send the admin password back (the provider tests; a module
+  that needs another server or host defines its own).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import nats
 import pytest
 import sqlalchemy
 from nats.aio.client import Client as NATS
+from provider_host import ProviderHost, admin_server_config, assert_no_secret, stack_config
 
 from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.credentials import new_user_keypair, public_key_of
@@ -61,6 +65,19 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
+    return make_server(admin_server_config())
+
+
+@pytest.fixture
+def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
+    with ProviderHost() as h:
+        h.configure(stack_config(server.url))
+        yield h
+        assert_no_secret(h)
 
 
 def _container_url() -> Iterator[str]:

@@ -3,7 +3,6 @@ objects reported, subject order, fields jsb-infra does not manage, and server re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,8 +10,6 @@ from provider_host import (
     ProviderCallError,
     ProviderHost,
     admin_call,
-    admin_server_config,
-    stack_config,
 )
 
 from jsb_infra.local_server import LocalNatsServer
@@ -32,18 +29,6 @@ def pair(**changes: Any) -> dict[str, Any]:
 
 def rendered(**changes: Any) -> dict[str, Any]:
     return stream_config(parse_pairs([pair(**changes)]).pairs[0])
-
-
-@pytest.fixture
-def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
-    return make_server(admin_server_config())
-
-
-@pytest.fixture
-def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
-    with ProviderHost() as h:
-        h.configure(stack_config(server.url))
-        yield h
 
 
 def api_requests(url: str) -> int:

@@ -7,7 +7,6 @@ the NATS CLI or changed by hand would), and the stream-incarnation replace via `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,10 +15,7 @@ from provider_host import (
     ProviderCallError,
     ProviderHost,
     admin_call,
-    admin_server_config,
-    assert_no_secret,
     publish,
-    stack_config,
 )
 
 from jsb_infra.local_server import LocalNatsServer
@@ -41,19 +37,6 @@ def pair(**changes: Any) -> dict[str, Any]:
 
 def typed(spec: dict[str, Any]) -> Pair:
     return parse_pairs([spec]).pairs[0]
-
-
-@pytest.fixture
-def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
-    return make_server(admin_server_config())
-
-
-@pytest.fixture
-def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
-    with ProviderHost() as h:
-        h.configure(stack_config(server.url))
-        yield h
-        assert_no_secret(h)
 
 
 C = ConsumerProvider()

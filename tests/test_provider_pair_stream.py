@@ -10,7 +10,6 @@ tested with them; these tests prove the pair resource applies them part by part.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,10 +17,7 @@ from provider_host import (
     ProviderCallError,
     ProviderHost,
     admin_call,
-    admin_server_config,
-    assert_no_secret,
     publish,
-    stack_config,
 )
 
 from jsb_infra import names
@@ -37,19 +33,6 @@ INTEREST = {"stream_options": {"retention": "interest"}, "dlq": False}
 def pair(**changes: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"stream": STREAM, "apps": ["orders", "billing"], "protect": False, **changes}
     return parse_pairs([spec]).pairs[0].model_dump(mode="json")
-
-
-@pytest.fixture
-def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
-    return make_server(admin_server_config())
-
-
-@pytest.fixture
-def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
-    with ProviderHost() as h:
-        h.configure(stack_config(server.url))
-        yield h
-        assert_no_secret(h)
 
 
 def on_server(url: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,10 +10,8 @@ from provider_host import (
     ProviderCallError,
     ProviderHost,
     admin_call,
-    admin_server_config,
     assert_no_secret,
     publish,
-    stack_config,
 )
 from pulumi.output import Unknown
 
@@ -35,19 +32,6 @@ def pair(**changes: Any) -> dict[str, Any]:
         else:
             spec[key] = value
     return parse_pairs([spec]).pairs[0].model_dump(mode="json")
-
-
-@pytest.fixture
-def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
-    return make_server(admin_server_config())
-
-
-@pytest.fixture
-def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
-    with ProviderHost() as h:
-        h.configure(stack_config(server.url))
-        yield h
-        assert_no_secret(h)
 
 
 P = StreamProvider()
