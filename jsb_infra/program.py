@@ -245,9 +245,9 @@ def layout_problem(previous_layout: Any, older_types: list[str]) -> str | None:
 
 
 def read_own_stack(token: str, args: dict[str, Any], attempts: int = 20, pause: float = 0.1) -> Any:
-    """A built-in invoke that reads this stack's last saved state, retried a few times: on a file
-    backend with checkpoints on, the engine may be rewriting that file (its first checkpoint of this
-    run) at the moment it is read, and the read fails with "failed to load checkpoint: EOF"."""
+    """A built-in invoke that reads this stack's last saved state, retried for up to two seconds: on
+    a file backend with checkpoints on, such a read at the start of a new stack's first `up` failed
+    once in the test suite with "failed to load checkpoint: EOF" and succeeded when run again."""
     for attempt in range(1, attempts + 1):
         try:
             return pulumi.runtime.invoke(token, args).value

@@ -50,6 +50,12 @@ async def test_request_returns_the_pubacks_and_times_out_only_the_unanswered_one
         with pytest.raises(nats.js.errors.NoStreamResponseError):
             await inbox.request("nothing.here", b"z", {}, 5.0)
         assert (await js.stream_info("S")).state.messages == 3
+        # closing while a request waits must not leave it waiting forever
+        waiting = asyncio.create_task(inbox.request("quiet.c", b"w", {}, 0.3))
+        await asyncio.sleep(0.05)
+        inbox.close()
+        with pytest.raises(nats.errors.TimeoutError):
+            await asyncio.wait_for(waiting, 2.0)
         await silent.unsubscribe()
         inbox.close()
     finally:

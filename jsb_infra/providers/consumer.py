@@ -177,7 +177,7 @@ class ConsumerProvider(JsbProvider):
         """Fail the preview, not the `up` halfway: the replace deletes the consumer first, and that
         delete sees only the stored pair."""
         durable = names.durable_name(old_app)
-        at_stake = self.run(_messages_at_stake(old_pair.stream, durable))
+        at_stake = self.run(messages_at_stake(old_pair.stream, durable))
         because = f" (because {', '.join(replaces)} changed)"
         interest_guard(pair, old_pair.stream, durable, at_stake, "replace", because)
         if at_stake and not old_pair.allow_destroy_with_messages:
@@ -282,7 +282,7 @@ async def _update(pair: Pair, app: str, unset: Any) -> dict[str, Any]:
         return info
 
 
-async def _messages_at_stake(stream: str, durable: str) -> int:
+async def messages_at_stake(stream: str, durable: str) -> int:
     async with settings.admin_session() as js:
         return await _at_stake(js, stream, durable)
 

@@ -98,7 +98,7 @@ class PairStreamProvider(JsbProvider):
             changed = changed or bool(plan.changes)
         for app in old_consumers.keys() - set(pair.apps):
             durable = names.durable_name(app)
-            at_stake = self.run(consumer._messages_at_stake(old_pair.stream, durable))
+            at_stake = self.run(consumer.messages_at_stake(old_pair.stream, durable))
             consumer.interest_guard(pair, old_pair.stream, durable, at_stake, "delete", " (app removed)")
             changed = True
         return DiffResult(changes=changed, replaces=[], delete_before_replace=None)
@@ -163,7 +163,7 @@ class PairStreamProvider(JsbProvider):
             return consumer_entry(CONSUMER_PROVIDER.create(new).outs)
         if plan.changes:
             return consumer_entry(CONSUMER_PROVIDER.update(id_, old, new).outs)
-        return consumer_entry({**old, "pair": news["pair"]})
+        return consumer_entry(old)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """The stream goes, and its consumers with it (guarded by the stream's message count)."""

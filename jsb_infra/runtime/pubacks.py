@@ -92,7 +92,8 @@ class PubAckInbox:
         self._wake_at = 0.0
 
     def close(self) -> None:
-        if self._watchdog is not None:
+        """Stop the watchdog, unless a request still waits: it times that one out, then ends."""
+        if self._watchdog is not None and not self._deadlines:
             self._watchdog.cancel()
 
     def forget(self, futures: list[asyncio.Future[PubAck] | None]) -> None:
