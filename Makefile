@@ -34,10 +34,10 @@ test: install lint
 	PATH="$(PULUMI_PATH)" $(PY) -m pytest -q
 
 up: install
-	PATH="$(PULUMI_PATH)" $(PY) -m jsb_infra.dev up
+	PATH="$(PULUMI_PATH)" $(PY) -m jsb_infra.local.dev up
 
 down: install
-	PATH="$(PULUMI_PATH)" $(PY) -m jsb_infra.dev down
+	PATH="$(PULUMI_PATH)" $(PY) -m jsb_infra.local.dev down
 
 bench: install
 	$(PY) benchmarks/runtime.py

@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from e2e_support import ApiAudit, kill_tree
 
-from jsb_infra.local_server import LocalNatsServer, accounts_config, free_port
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import consumer_config, stream_config
+from jsb_infra.local.server import LocalNatsServer, accounts_config, free_port
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_config, stream_config
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_USER, ADMIN_PASSWORD = "admin", "bench-admin"

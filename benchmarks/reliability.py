@@ -31,16 +31,16 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jsb_infra.local_postgres import LocalPostgres, postgres_bin_dir
-from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_configs, stream_config
+from jsb_infra.local.postgres import LocalPostgres, postgres_bin_dir
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.outputs import bridge_outputs
 from jsb_infra.runtime import BridgeClient, Delivery, Event
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.outbox import Outbox, OutboxRelay
 from jsb_infra.runtime.storage import create_schema, engine_for_url, inbox_table, outbox_table
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
 
 PAIR = parse_pairs([{"stream": "bench-sync", "apps": ["pub", "sub"]}]).pairs[0]
 NOTE = "x" * 130

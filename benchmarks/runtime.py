@@ -48,14 +48,14 @@ from nats.js.client import JetStreamContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_configs, stream_config
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.outputs import BridgeOutputs, bridge_outputs
 from jsb_infra.runtime import BridgeClient, ConsumerLoop, ConsumerStats, Credentials, Delivery, Event
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIR = parse_pairs([{"stream": "bench-sync", "apps": ["pub", "sub"]}]).pairs[0]

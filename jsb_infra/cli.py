@@ -1,7 +1,7 @@
 """The `jsb-infra` command: render the documents of a config, print its schema, run the doctor.
 
 `render` derives everything in memory first and swaps the whole output directory into place only when
-every file is written (jsb_infra.rendered_tree), so a bad config never leaves half a directory behind
+every file is written (jsb_infra.ops.rendered_tree), so a bad config never leaves half a directory behind
 and files of removed pairs are pruned. `render --check` compares instead of writing (for CI). An
 invalid config exits with status 2 and one `field: rule` line per problem on stderr.
 
@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jsb_infra import export as export_command
-from jsb_infra import names, rendered_tree, strict_yaml
-from jsb_infra.accounts import DeployUser
-from jsb_infra.documents import render_documents, render_json
-from jsb_infra.spec import Config, ConfigError, config_json_schema, load_config, parse_pairs
+from jsb_infra.core import names, strict_yaml
+from jsb_infra.core.accounts import DeployUser
+from jsb_infra.core.documents import render_documents, render_json
+from jsb_infra.core.spec import Config, ConfigError, config_json_schema, load_config, parse_pairs
+from jsb_infra.ops import export as export_command
+from jsb_infra.ops import rendered_tree
 
 EXIT_INVALID = 2
 EXIT_DIFFERS = 1
@@ -179,7 +180,7 @@ def _add_doctor(subparsers: Any) -> None:
 
 def _add_reliability(subparsers: Any) -> None:
     """`relay` (outbox relay process), `dlq` and `status` (operator commands, admin credentials)."""
-    from jsb_infra import dlq, status
+    from jsb_infra.ops import dlq, status
     from jsb_infra.runtime import relay
 
     for name, module, help_text in (
@@ -194,7 +195,7 @@ def _add_reliability(subparsers: Any) -> None:
 
 def _add_migrate_state(subparsers: Any) -> None:
     """`migrate-state`: a stack's state from the AppPair layout to PairStream (runs `pulumi`)."""
-    from jsb_infra import migrate_state
+    from jsb_infra.deploy.migration import migrate_state
 
     help_text = "move a stack's state from the AppPair layout to PairStream (backup, then import)"
     parser = subparsers.add_parser("migrate-state", help=help_text, description=help_text)

@@ -23,7 +23,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
 
-from jsb_infra.jwt_claims import decode
+from jsb_infra.core.jwt_claims import decode
 
 UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
 VARZ_SUBJECT = "$SYS.REQ.SERVER.PING.VARZ"

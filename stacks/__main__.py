@@ -1,5 +1,5 @@
-"""The jsb Pulumi program (Pulumi.yaml `main: stacks/`); the logic is jsb_infra.program, tested with mocks."""
+"""The jsb Pulumi program (Pulumi.yaml `main: stacks/`); the logic is jsb_infra.deploy.program."""
 
-from jsb_infra.program import main
+from jsb_infra.deploy.program import main
 
 main()

@@ -25,15 +25,15 @@ import sqlalchemy
 from nats.aio.client import Client as NATS
 from provider_host import ProviderHost, admin_server_config, assert_no_secret, stack_config
 
-from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
-from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.local_cluster import LocalNatsCluster
-from jsb_infra.local_postgres import LocalPostgres
-from jsb_infra.local_server import LocalNatsServer, env_nats_url
+from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import consumer_configs, dlq_keeper_config, stream_config
+from jsb_infra.local.cluster import LocalNatsCluster
+from jsb_infra.local.postgres import LocalPostgres
+from jsb_infra.local.server import LocalNatsServer, env_nats_url
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.outputs import bridge_outputs
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_configs, dlq_keeper_config, stream_config
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret-for-tests"

@@ -17,16 +17,16 @@ from typing import Any
 
 import nkeys
 
-from jsb_infra import jwt_claims as jc
-from jsb_infra.accounts import account_layout
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.providers import settings
-from jsb_infra.providers.jwt_accounts import (
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core.accounts import account_layout
+from jsb_infra.core.spec import Pair
+from jsb_infra.deploy.providers import settings
+from jsb_infra.deploy.providers.jwt_accounts import (
     AccountSigningKeyProvider,
     AppAccountJwtProvider,
     JetStreamAccountJwtProvider,
 )
-from jsb_infra.spec import Pair
+from jsb_infra.local.server import LocalNatsServer
 
 
 def user_creds(name: str, account: str, signing_seed: str) -> str:

@@ -192,7 +192,7 @@ ADMIN_PASSWORD = "pw-7Qx9-distinctive-admin-secret"
 
 
 def admin_server_config() -> str:
-    from jsb_infra.local_server import accounts_config
+    from jsb_infra.local.server import accounts_config
 
     return accounts_config([], ADMIN_USER, ADMIN_PASSWORD)
 

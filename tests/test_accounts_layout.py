@@ -19,14 +19,14 @@ import nats
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV, provision
 
-from jsb_infra import names
-from jsb_infra.accounts import STANDARD_CONNECTIONS, account_layout, render_accounts_conf
 from jsb_infra.cli import main
-from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.outputs import bridge_outputs
+from jsb_infra.core import names
+from jsb_infra.core.accounts import STANDARD_CONNECTIONS, account_layout, render_accounts_conf
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import load_config, parse_pairs
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, doctor
-from jsb_infra.spec import load_config, parse_pairs
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
 

@@ -35,11 +35,11 @@ from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
 from operator_support import Operator, issue_layout
 
-from jsb_infra import jwt_claims as jc
-from jsb_infra import names
-from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.local_server import LocalNatsServer, free_port
-from jsb_infra.spec import Pair, parse_pairs
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core import names
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.local.server import LocalNatsServer, free_port
 
 CONSUMER = {"backoff": [], "ack_wait": "30s", "max_deliver": 5}
 PAIRS = parse_pairs(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import nkeys
 import pytest
 
-from jsb_infra import jwt_claims as jc
-from jsb_infra.auth import AuthSettings, Reload, parse_auth
-from jsb_infra.providers import settings
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core.auth import AuthSettings, Reload, parse_auth
+from jsb_infra.core.spec import ConfigError
+from jsb_infra.deploy.providers import settings
 from jsb_infra.runtime import BridgeConfigError, load_credentials
-from jsb_infra.spec import ConfigError
 
 ACCOUNT = jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
 

@@ -1,4 +1,4 @@
-"""`jsb_infra.bridge_check` against a `PairStream` answered by the mock engine of test_program_mocks:
+"""`jsb_infra.deploy.bridge_check` against a `PairStream` answered by the mock engine of test_program_mocks:
 the bridges an app is given derive from the spec, and the check fails once the pair's consumers
 report a live config that differs (provider semantics are tested live)."""
 
@@ -17,12 +17,12 @@ from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
     run_program,
 )
 
-from jsb_infra.bridge_check import BridgeMismatch, check_bridge_against_live, checked_bridges
-from jsb_infra.outputs import bridge_outputs
-from jsb_infra.providers.base import canonical_pair
-from jsb_infra.providers.pair_stream import PairStream
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_config
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_config
+from jsb_infra.deploy.bridge_check import BridgeMismatch, check_bridge_against_live, checked_bridges
+from jsb_infra.deploy.providers.base import canonical_pair
+from jsb_infra.deploy.providers.pair_stream import PairStream
 
 PAIR = parse_pairs([{"stream": "orders-billing", "apps": ["orders", "billing"]}]).pairs[0]
 SERVERS = ["nats://127.0.0.1:4222"]

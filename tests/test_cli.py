@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from jsb_infra.cli import main
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.permissions import app_permissions, render_claims_json
-from jsb_infra.rendered_tree import MANIFEST
-from jsb_infra.spec import load_config
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.permissions import app_permissions, render_claims_json
+from jsb_infra.core.spec import load_config
+from jsb_infra.core.topology import consumer_configs, stream_config
+from jsb_infra.ops.rendered_tree import MANIFEST
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
 CLI = Path(sys.executable).parent / "jsb-infra"

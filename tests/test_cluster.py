@@ -23,13 +23,13 @@ from conftest import ADMIN_PASSWORD, ADMIN_USER
 from nats.js.api import PubAck
 from provider_host import ProviderCallError, ProviderHost
 
-from jsb_infra.local_cluster import LocalNatsCluster
-from jsb_infra.outputs import bridge_outputs
-from jsb_infra.providers.consumer import ConsumerProvider
-from jsb_infra.providers.stream import StreamProvider
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import stream_config
+from jsb_infra.deploy.providers.consumer import ConsumerProvider
+from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.local.cluster import LocalNatsCluster
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, health_check
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import stream_config
 
 STREAM = "orders-billing-sync"
 APPS = ("orders", "billing")

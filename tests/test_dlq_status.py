@@ -14,15 +14,15 @@ from reliability_support import business, effects, wait_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jsb_infra import dlq, status
 from jsb_infra.cli import build_parser
-from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_configs, stream_config
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.ops import dlq, status
 from jsb_infra.runtime import BridgeClient, Delivery, Event
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.storage import create_schema, engine_for_url
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
 
 PAIR = {
     "stream": "dlq-sync",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jsb_infra.durations import format_duration, parse_duration
-from jsb_infra.spec import ConfigError, parse_pairs
+from jsb_infra.core.durations import format_duration, parse_duration
+from jsb_infra.core.spec import ConfigError, parse_pairs
 
 S = 1_000_000_000
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER
 from e2e_support import copy_project, offline_env, pulumi_bin_dir, pulumi_command, set_admin, set_plain_config
 
-from jsb_infra.local_cluster import LocalNatsCluster
+from jsb_infra.local.cluster import LocalNatsCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -30,11 +30,11 @@ from e2e_support import (
     set_plain_config,
 )
 
-from jsb_infra import names
-from jsb_infra.accounts import account_layout, render_accounts_conf
-from jsb_infra.local_server import LocalNatsServer, nats_server_binary
+from jsb_infra.core import names
+from jsb_infra.core.accounts import account_layout, render_accounts_conf
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.local.server import LocalNatsServer, nats_server_binary
 from jsb_infra.runtime import load_bridge, load_credentials
-from jsb_infra.spec import parse_pairs
 
 pytestmark = pytest.mark.e2e
 

@@ -24,9 +24,9 @@ import nats
 import pytest
 from e2e_support import copy_project, kill_tree, offline_env, pulumi_bin_dir
 
-from jsb_infra import names
-from jsb_infra.local_server import LocalNatsServer, accounts_config
-from jsb_infra.spec import parse_pairs
+from jsb_infra.core import names
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.local.server import LocalNatsServer, accounts_config
 
 ADMIN_USER, ADMIN_PASSWORD = "admin", "crash-test-admin"
 PAIRS = 20

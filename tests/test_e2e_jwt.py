@@ -35,13 +35,14 @@ from e2e_support import (
 from nats.aio.client import RawCredentials
 from operator_support import Operator
 
-from jsb_infra import jwt_claims as jc
-from jsb_infra import names, resolver
-from jsb_infra.accounts import account_layout
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.outputs import BridgeOutputs
+from jsb_infra import resolver
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core import names
+from jsb_infra.core.accounts import account_layout
+from jsb_infra.core.outputs import BridgeOutputs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.runtime import BridgeClient, Credentials, load_bridge, load_credentials
-from jsb_infra.spec import parse_pairs
 
 pytestmark = pytest.mark.e2e
 

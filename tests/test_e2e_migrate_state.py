@@ -37,18 +37,18 @@ from e2e_support import (
     set_plain_config,
 )
 
-from jsb_infra import names
-from jsb_infra.accounts import account_layout, render_accounts_conf
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.outputs import BridgeOutputs
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.state_migration import (
+from jsb_infra.core import names
+from jsb_infra.core.accounts import account_layout, render_accounts_conf
+from jsb_infra.core.outputs import BridgeOutputs
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.deploy.migration.state_migration import (
     CREDENTIAL_TYPE,
     CREDENTIALS_TYPE,
     OLD_TYPES,
     PAIR_STREAM_TYPE,
     serialized_providers,
 )
+from jsb_infra.local.server import LocalNatsServer
 
 pytestmark = pytest.mark.e2e
 

@@ -31,14 +31,14 @@ from e2e_support import (
     set_plain_config,
 )
 
-from jsb_infra import names
-from jsb_infra.accounts import account_layout, render_accounts_conf
-from jsb_infra.credentials import public_key_of
-from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.core import names
+from jsb_infra.core.accounts import account_layout, render_accounts_conf
+from jsb_infra.core.credentials import public_key_of
+from jsb_infra.core.outputs import AppCredentials, BridgeOutputs, bridge_outputs
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import consumer_config, stream_config
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import admin_session, differences
-from jsb_infra.outputs import AppCredentials, BridgeOutputs, bridge_outputs
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_config, stream_config
 
 pytestmark = pytest.mark.e2e
 

@@ -19,10 +19,10 @@ from conftest import DEFAULT_PAIR
 from dotenv import dotenv_values
 
 from jsb_infra.cli import main
-from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.outputs import bridge_outputs
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import Pair, parse_pairs
 from jsb_infra.runtime.config import load_bridge, load_credentials
-from jsb_infra.spec import Pair, parse_pairs
 
 CLI = Path(sys.executable).parent / "jsb-infra"
 PAIR = parse_pairs([DEFAULT_PAIR]).pairs[0]

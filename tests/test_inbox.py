@@ -11,7 +11,7 @@ from reliability_support import business, effects, wait_for
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from jsb_infra.outputs import ConsumerOutputs
+from jsb_infra.core.outputs import ConsumerOutputs
 from jsb_infra.runtime import BridgeClient, Delivery, Event, encode
 from jsb_infra.runtime.inbox import Inbox, minimum_retention, redelivery_span_ns
 from jsb_infra.runtime.outbox import Outbox, OutboxRelay

@@ -22,11 +22,11 @@ import pytest
 from nats.aio.client import RawCredentials
 from operator_support import Operator, provider_settings, user_creds
 
-from jsb_infra import jwt_claims as jc
 from jsb_infra import resolver
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.providers.base import ProviderError
-from jsb_infra.providers.jwt_accounts import AppAccountJwtProvider, JetStreamAccountJwtProvider
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.deploy.providers.base import ProviderError
+from jsb_infra.deploy.providers.jwt_accounts import AppAccountJwtProvider, JetStreamAccountJwtProvider
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.resolver import ResolverError
 
 EXPORTS = [{"subject": "orders.sync.billing", "response_type": "Singleton"}]

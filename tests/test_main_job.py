@@ -1,4 +1,4 @@
-"""The main job (`make up` / `make down`, i.e. python -m jsb_infra.dev) on a throwaway copy of the project.
+"""The main job (`make up` / `make down`: python -m jsb_infra.local.dev) on a throwaway copy.
 
 It runs the real Pulumi CLI on the committed dev stack config (only the port is moved to a free one),
 then checks what an app would rely on, and that `down` leaves nothing running.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e_support import copy_project, pulumi_bin_dir
 
-from jsb_infra.local_server import free_port
+from jsb_infra.local.server import free_port
 from jsb_infra.runtime import doctor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,11 @@ def _project_copy(tmp: Path, port: int) -> Path:
 
 def _dev(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jsb_infra.dev", command], env=env, text=True, capture_output=True, timeout=300
+        [sys.executable, "-m", "jsb_infra.local.dev", command],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
     )
 
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reliability_support import wait_for
 from sqlalchemy.orm import Session
 
-from jsb_infra.local_server import free_port
+from jsb_infra.local.server import free_port
 from jsb_infra.runtime import BridgeClient, Delivery, Event, encode
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.metrics import BridgeMetrics

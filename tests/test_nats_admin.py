@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.local_server import accounts_config
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.local.server import accounts_config
 from jsb_infra.nats_admin import AdminConnectError, AdminConnection, admin_session, differences
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jsb_infra import topology
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, bridge_outputs
-from jsb_infra.spec import Pair
+from jsb_infra.core import topology
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, bridge_outputs
+from jsb_infra.core.spec import Pair
 
 SERVERS = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
 

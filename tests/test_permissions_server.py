@@ -19,10 +19,10 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from jsb_infra import names
-from jsb_infra.accounts import account_layout, render_accounts_conf
-from jsb_infra.permissions import app_permissions
-from jsb_infra.spec import parse_pairs
+from jsb_infra.core import names
+from jsb_infra.core.accounts import account_layout, render_accounts_conf
+from jsb_infra.core.permissions import app_permissions
+from jsb_infra.core.spec import parse_pairs
 
 APPS = ["orders", "billing"]
 DENIAL_TIMEOUT = 0.5

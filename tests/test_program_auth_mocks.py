@@ -25,12 +25,12 @@ from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
     set_stack_config,
 )
 
-from jsb_infra import jwt_claims as jc
-from jsb_infra.accounts import account_layout
-from jsb_infra.program import build
-from jsb_infra.providers.accounts_include import AccountsInclude
-from jsb_infra.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
-from jsb_infra.spec import ConfigError, parse_pairs
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core.accounts import account_layout
+from jsb_infra.core.spec import ConfigError, parse_pairs
+from jsb_infra.deploy.program import build
+from jsb_infra.deploy.providers.accounts_include import AccountsInclude
+from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 
 ACCOUNT = jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
 SIGNING_T, JS_T, APP_T = (dynamic_type(c) for c in (AccountSigningKey, JetStreamAccountJwt, AppAccountJwt))

@@ -33,19 +33,19 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.sync_await import _sync_await
 
-from jsb_infra import names, topology
-from jsb_infra.accounts import account_layout
-from jsb_infra.bridge_check import BridgeMismatch
-from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.documents import render_documents
-from jsb_infra.outputs import AppCredentials as AppCredentialsOutput
-from jsb_infra.outputs import BridgeOutputs, bridge_outputs
-from jsb_infra.program import LAYOUT, StateLayoutError, build, main
-from jsb_infra.providers.base import canonical_pair
-from jsb_infra.providers.credential import AppCredentials
-from jsb_infra.providers.documents import ServerDocuments, digest, unpack_documents
-from jsb_infra.providers.pair_stream import PairStream
-from jsb_infra.spec import ConfigError, Pair
+from jsb_infra.core import names, topology
+from jsb_infra.core.accounts import account_layout
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.documents import render_documents
+from jsb_infra.core.outputs import AppCredentials as AppCredentialsOutput
+from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
+from jsb_infra.core.spec import ConfigError, Pair
+from jsb_infra.deploy.bridge_check import BridgeMismatch
+from jsb_infra.deploy.program import LAYOUT, StateLayoutError, build, main
+from jsb_infra.deploy.providers.base import canonical_pair
+from jsb_infra.deploy.providers.credential import AppCredentials
+from jsb_infra.deploy.providers.documents import ServerDocuments, digest, unpack_documents
+from jsb_infra.deploy.providers.pair_stream import PairStream
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ["nats://127.0.0.1:4222"]

@@ -12,11 +12,11 @@ from provider_host import (
     admin_call,
 )
 
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.providers.consumer import ConsumerProvider
-from jsb_infra.providers.stream import StreamProvider
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_config, stream_config
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_config, stream_config
+from jsb_infra.deploy.providers.consumer import ConsumerProvider
+from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.local.server import LocalNatsServer
 
 S, C = StreamProvider(), ConsumerProvider()
 STREAM = "orders-billing"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from provider_host import ProviderHost, admin_call, admin_server_config, assert_no_secret, stack_config
 
-from jsb_infra.local_server import LocalNatsServer, free_port
-from jsb_infra.providers.consumer import ConsumerProvider
-from jsb_infra.providers.stream import StreamProvider
-from jsb_infra.spec import parse_pairs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.deploy.providers.consumer import ConsumerProvider
+from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.local.server import LocalNatsServer, free_port
 
 S, C = StreamProvider(), ConsumerProvider()
 

@@ -18,12 +18,12 @@ from provider_host import (
     publish,
 )
 
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.outputs import bridge_outputs_from_live
-from jsb_infra.providers.consumer import ConsumerProvider
-from jsb_infra.providers.stream import StreamProvider
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_config
+from jsb_infra.core.outputs import bridge_outputs_from_live
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import consumer_config
+from jsb_infra.deploy.providers.consumer import ConsumerProvider
+from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
 DURABLE = "orders-workers"

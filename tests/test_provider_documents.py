@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from provider_host import UNKNOWN, ProviderCallError, ProviderHost
 
-from jsb_infra.credentials import public_key_of
-from jsb_infra.permissions import app_permissions, render_claims_json
-from jsb_infra.providers.credential import AppCredentialProvider, AppCredentialsProvider
-from jsb_infra.providers.documents import ServerDocumentsProvider, digest, pack_documents
-from jsb_infra.providers.permission_document import PermissionDocumentProvider
-from jsb_infra.providers.settings import ProviderSettingsError, settings_from_config
-from jsb_infra.providers.stream import StreamProvider
-from jsb_infra.spec import parse_pairs
+from jsb_infra.core.credentials import public_key_of
+from jsb_infra.core.permissions import app_permissions, render_claims_json
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.deploy.providers.credential import AppCredentialProvider, AppCredentialsProvider
+from jsb_infra.deploy.providers.documents import ServerDocumentsProvider, digest, pack_documents
+from jsb_infra.deploy.providers.permission_document import PermissionDocumentProvider
+from jsb_infra.deploy.providers.settings import ProviderSettingsError, settings_from_config
+from jsb_infra.deploy.providers.stream import StreamProvider
 
 CRED = AppCredentialProvider()
 CREDS = AppCredentialsProvider()
@@ -175,7 +175,7 @@ def test_server_documents_state_that_kept_the_texts_diffs_by_digest_without_a_ch
 
 
 def test_credential_class_declares_the_seed_secret() -> None:
-    from jsb_infra.providers import credential
+    from jsb_infra.deploy.providers import credential
 
     assert credential.SECRET_OUTPUTS == ["seed"]
     assert credential.APPS_SECRET_OUTPUTS == ["seeds"]

@@ -20,10 +20,10 @@ from provider_host import (
     publish,
 )
 
-from jsb_infra import names
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.providers.pair_stream import PairStreamProvider
-from jsb_infra.spec import parse_pairs
+from jsb_infra.core import names
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.deploy.providers.pair_stream import PairStreamProvider
+from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
 P = PairStreamProvider()

@@ -26,14 +26,14 @@ from provider_host import (
     stack_config,
 )
 
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.providers.base import ProviderError, parse_pair, stored_pair
-from jsb_infra.providers.consumer import ConsumerProvider
-from jsb_infra.providers.permission_document import PermissionDocumentProvider
-from jsb_infra.providers.stream import StreamProvider, stream_incarnation_key
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_config, stream_config
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_config, stream_config
+from jsb_infra.deploy.providers.base import ProviderError, parse_pair, stored_pair
+from jsb_infra.deploy.providers.consumer import ConsumerProvider
+from jsb_infra.deploy.providers.permission_document import PermissionDocumentProvider
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_incarnation_key
+from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
 APPS = ("orders", "billing")

@@ -15,11 +15,11 @@ from provider_host import (
 )
 from pulumi.output import Unknown
 
-from jsb_infra import names
-from jsb_infra.local_server import LocalNatsServer
-from jsb_infra.providers.stream import StreamProvider
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import stream_config
+from jsb_infra.core import names
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import stream_config
+from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
 
@@ -436,7 +436,7 @@ def test_stream_state_written_before_the_managed_fields_existed_shows_no_diff(ho
 def test_incarnation_key_changes_exactly_when_the_stream_is_replaced(
     before: dict[str, Any], after: dict[str, Any], same: bool
 ) -> None:
-    from jsb_infra.providers.stream import stream_incarnation_key
+    from jsb_infra.deploy.providers.stream import stream_incarnation_key
 
     old, new = (parse_pairs([pair(stream_options=o)]).pairs[0] for o in (before, after))
     assert (stream_incarnation_key(old) == stream_incarnation_key(new)) is same

@@ -10,7 +10,7 @@ import pytest
 from test_cli import EXAMPLE, EXPECTED_LAYOUT, tree
 
 from jsb_infra import cli
-from jsb_infra.rendered_tree import MANIFEST
+from jsb_infra.ops.rendered_tree import MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_STACK = REPO / "stacks" / "Pulumi.dev.yaml"

@@ -10,10 +10,10 @@ import nats.errors
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER
 
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.topology import consumer_configs, stream_config
 from jsb_infra.nats_admin import JetStreamAdmin, JetStreamApiError
 from jsb_infra.retry import ManagementUnavailable, RetryPolicy, is_transient, retrying
-from jsb_infra.spec import parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
 
 
 def api_error(err_code: int, description: str = "x") -> JetStreamApiError:
@@ -78,7 +78,7 @@ async def test_the_budget_is_a_deadline_and_the_error_is_one_line():
 async def test_a_repeated_create_with_an_equal_config_succeeds_so_a_timed_out_create_is_recognized(
     make_server,
 ):
-    from jsb_infra.local_server import accounts_config
+    from jsb_infra.local.server import accounts_config
 
     server = make_server(accounts_config([], ADMIN_USER, ADMIN_PASSWORD))
     pair = parse_pairs([{"stream": "retry-sync", "apps": ["orders", "billing"]}]).pairs[0]

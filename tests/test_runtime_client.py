@@ -11,11 +11,11 @@ import pytest
 from nats.js.api import PubAck
 
 import jsb_infra.runtime as runtime_pkg
-from jsb_infra.local_server import free_port
-from jsb_infra.outputs import BridgeOutputs, bridge_outputs
+from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.local.server import free_port
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, health_check
 from jsb_infra.runtime.client import KEPT_PERMISSION_VIOLATIONS
-from jsb_infra.spec import parse_pairs
 
 RUNTIME_DIR = Path(runtime_pkg.__file__).parent
 FORBIDDEN = ["$JS.API.STREAM", "CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "$JS.API.INFO",

@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.outputs import ConsumerOutputs, bridge_outputs
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.outputs import ConsumerOutputs, bridge_outputs
+from jsb_infra.core.spec import parse_pairs
 from jsb_infra.runtime.config import (
     BridgeConfigError,
     Credentials,
@@ -25,7 +26,6 @@ from jsb_infra.runtime.consumer import (
     server_nak_extra_ns,
 )
 from jsb_infra.runtime.envelope import EnvelopeError, decode, encode, new_event, uuid4_str
-from jsb_infra.spec import parse_pairs
 
 S = 1_000_000_000
 PAIR = parse_pairs([{"stream": "orders-billing-sync", "apps": ["orders", "billing"]}]).pairs[0]

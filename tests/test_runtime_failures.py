@@ -11,10 +11,10 @@ import nats.errors
 import pytest
 from nats.js.api import PubAck
 
+from jsb_infra.core.topology import stream_config
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, EnvelopeError, Event, PublishError
 from jsb_infra.runtime.consumer import DLQ_DELIVERY_COUNT, DLQ_REASON, DLQ_STREAM_SEQUENCE
-from jsb_infra.topology import stream_config
 
 TWO_TRIES = {
     "stream": "dlqfail-sync",

@@ -24,18 +24,18 @@ import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, pair_server_config, provision
 from test_nats_admin import make_tls_files
 
-from jsb_infra.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import parse_pairs
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.outputs import bridge_outputs
-from jsb_infra.spec import parse_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME_MODULES = [
     "jsb_infra.runtime",
     "jsb_infra.runtime.doctor",
-    "jsb_infra.outputs",
+    "jsb_infra.core.outputs",
     "jsb_infra.cli",
-    "jsb_infra.export",
+    "jsb_infra.ops.export",
 ]
 DEPLOY_ONLY = ("pulumi", "grpc", "semver", "debugpy", "dill")
 

@@ -12,7 +12,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from jsb_infra.local_server import LocalNatsServer
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.runtime.pubacks import WATCHDOG_SLACK, PubAckInbox
 
 

@@ -15,10 +15,10 @@ from conftest import provision
 from nats.js.api import PubAck
 from nats.js.errors import APIError, BadRequestError
 
+from jsb_infra.core.topology import stream_config
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime import BridgeClient, Credentials, PublishError, health_check
 from jsb_infra.runtime.client import is_retryable_publish_error
-from jsb_infra.topology import stream_config
 
 
 def app_client(pp, app: str, **options) -> BridgeClient:

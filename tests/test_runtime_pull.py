@@ -8,10 +8,10 @@ import time
 import pytest
 
 from jsb_infra import runtime
+from jsb_infra.core.topology import consumer_configs
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event
 from jsb_infra.runtime.consumer import Consumer, ConsumerLoop
-from jsb_infra.topology import consumer_configs
 
 
 def app_client(pp, app: str) -> BridgeClient:

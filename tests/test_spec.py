@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from jsb_infra import names
-from jsb_infra.accounts import account_layout, render_accounts_conf
-from jsb_infra.permissions import app_permissions, render_claims_json, render_conf
-from jsb_infra.spec import (
+from jsb_infra.core import names
+from jsb_infra.core.accounts import account_layout, render_accounts_conf
+from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
+from jsb_infra.core.spec import (
     MAX_APP_LEN,
     MAX_NAME_LEN,
     ConfigError,
@@ -19,7 +19,7 @@ from jsb_infra.spec import (
     parse_config,
     parse_pairs,
 )
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra.core.topology import consumer_configs, stream_config
 
 S = 1_000_000_000
 NAME_RULE = "names may contain only ASCII letters, digits, '-' and '_'"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from jsb_infra.spec import ConfigError, Pair, parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra.core.spec import ConfigError, Pair, parse_pairs
+from jsb_infra.core.topology import consumer_configs, stream_config
 
 
 def pair(**fields: Any) -> dict[str, Any]:

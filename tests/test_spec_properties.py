@@ -31,12 +31,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from jsb_infra.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.cli import main
-from jsb_infra.credentials import new_user_keypair
-from jsb_infra.local_server import LocalNatsServer, nats_server_binary
+from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.local.server import LocalNatsServer, nats_server_binary
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.spec import parse_pairs
 
 TEXT = st.characters(max_codepoint=0xFFFF, blacklist_categories=("Cs",))
 

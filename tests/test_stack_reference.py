@@ -1,4 +1,5 @@
-"""`jsb_infra.stack_reference` in a real second Pulumi program: one stack exports what jsb-infra exports,
+"""`jsb_infra.deploy.stack_reference` in a real second Pulumi program: one stack exports what
+jsb-infra exports,
 another reads one app's bridge, credentials and runtime environment through a StackReference (real
 CLI, local file backend, inline programs)."""
 
@@ -12,11 +13,11 @@ import pulumi.automation as auto
 import pytest
 from e2e_support import offline_env, pulumi_bin_dir, pulumi_command
 
-from jsb_infra.credentials import new_user_keypair, public_key_of
-from jsb_infra.outputs import bridge_outputs
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.deploy.stack_reference import app_outputs
 from jsb_infra.runtime.config import load_bridge, load_credentials
-from jsb_infra.spec import parse_pairs
-from jsb_infra.stack_reference import app_outputs
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from jsb_infra import cli
-from jsb_infra.credentials import public_key_of
-from jsb_infra.state_migration import (
+from jsb_infra.core.credentials import public_key_of
+from jsb_infra.deploy.migration.state_migration import (
     APP_PAIR_TYPE,
     CONSUMER_TYPE,
     CREDENTIAL_TYPE,

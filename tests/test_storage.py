@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from jsb_infra.outputs import bridge_outputs
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import parse_pairs
 from jsb_infra.runtime.envelope import new_event
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.outbox import Outbox, pending_count
 from jsb_infra.runtime.storage import create_schema, engine_for_url, schema_ddl
-from jsb_infra.spec import parse_pairs
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 

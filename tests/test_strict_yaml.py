@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from jsb_infra import strict_yaml
 from jsb_infra.cli import main
+from jsb_infra.core import strict_yaml
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from jsb_infra.local_server import env_nats_url
-from jsb_infra.spec import Pair, parse_pairs
-from jsb_infra.topology import consumer_configs, stream_config
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import consumer_configs, stream_config
+from jsb_infra.local.server import env_nats_url
 
 S = 1_000_000_000
 

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
-from jsb_infra.outputs import BridgeOutputs
+from jsb_infra.core.outputs import BridgeOutputs
 from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
 from jsb_infra.runtime.pubacks import PubAckInbox

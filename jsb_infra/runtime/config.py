@@ -1,6 +1,6 @@
 """Where an app's bridge and credentials come from: a dict, the stack-output JSON, or the environment.
 
-The bridge is one app's `BridgeOutputs` (the contract in `jsb_infra.outputs`). A file (or the inline
+The bridge is one app's `BridgeOutputs` (the contract in `jsb_infra.core.outputs`). A file (or the inline
 JSON of `JSB_BRIDGE_JSON`) may hold that one bridge, or the whole `bridges` map (`pulumi stack output
 bridges --json`), or all stack outputs; a map is narrowed with `stream`/`app` (implied when there is
 only one choice). Credentials are one app's `{public_key, seed}`, from a map keyed by app (or, as older
@@ -24,9 +24,9 @@ import nkeys
 from nats.aio.client import RawCredentials
 from pydantic import ValidationError
 
-from jsb_infra.jwt_claims import JwtError, decode, parse_creds
-from jsb_infra.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, ConsumerOutputs
-from jsb_infra.spec import problems_of
+from jsb_infra.core.jwt_claims import JwtError, decode, parse_creds
+from jsb_infra.core.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, ConsumerOutputs
+from jsb_infra.core.spec import problems_of
 
 ENV_BRIDGE_FILE = "JSB_BRIDGE_FILE"
 ENV_BRIDGE_JSON = "JSB_BRIDGE_JSON"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import nats.errors
 from nats.aio.msg import Msg
 
-from jsb_infra.outputs import ConsumerOutputs
+from jsb_infra.core.outputs import ConsumerOutputs
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, EnvelopeError, Event, decode
 from jsb_infra.runtime.pull import Puller, PullStats
 
@@ -537,5 +537,5 @@ def dlq_headers(msg: Msg, reason: str, error: str) -> dict[str, str]:
 
 # Deprecated: the former name of `ConsumerLoop`, kept as the very same class so that code and type
 # annotations written against it keep working. `Consumer` is also the Pulumi resource
-# `jsb_infra.providers.consumer.Consumer`; new code says `ConsumerLoop`.
+# `jsb_infra.deploy.providers.consumer.Consumer`; new code says `ConsumerLoop`.
 Consumer = ConsumerLoop

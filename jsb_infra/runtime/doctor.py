@@ -26,7 +26,7 @@ from typing import TextIO
 
 import nats.errors
 
-from jsb_infra import names
+from jsb_infra.core import names
 from jsb_infra.runtime.client import BridgeClient
 from jsb_infra.runtime.config import BridgeConfigError, load_bridge, load_credentials
 from jsb_infra.runtime.probe import PROBE_HEADER, probe_publish

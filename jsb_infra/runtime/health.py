@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jsb_infra.durations import format_duration
-from jsb_infra.outputs import BridgeOutputs
+from jsb_infra.core.durations import format_duration
+from jsb_infra.core.outputs import BridgeOutputs
 from jsb_infra.runtime.client import BridgeClient
 from jsb_infra.runtime.probe import probe_publish
 

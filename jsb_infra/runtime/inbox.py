@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from jsb_infra.outputs import BridgeOutputs, ConsumerOutputs
+from jsb_infra.core.outputs import BridgeOutputs, ConsumerOutputs
 from jsb_infra.runtime.consumer import Delivery, Handler, intended_redelivery_ns
 from jsb_infra.runtime.envelope import Event
 from jsb_infra.runtime.storage import inbox_table, utc_now

@@ -52,7 +52,7 @@ from jsb_infra.runtime.storage import (
 )
 
 if TYPE_CHECKING:
-    from jsb_infra.outputs import BridgeOutputs
+    from jsb_infra.core.outputs import BridgeOutputs
     from jsb_infra.runtime.client import BridgeClient
 
 log = logging.getLogger("jsb_infra.runtime")

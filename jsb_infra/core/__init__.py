@@ -1,0 +1,1 @@
+"""The pure core: spec -> topology -> accounts/permissions -> documents and outputs. No I/O."""

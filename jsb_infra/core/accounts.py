@@ -1,0 +1,183 @@
+"""All pairs -> the account layout that makes least privilege hold, rendered as a nats-server include.
+
+Subject permissions inside one shared JetStream account are not enough: the server itself sends
+replies (a pull's 404/408 status, a PubAck, an ack_sync confirmation) to whatever reply subject the
+requester chose, inside the account, so an app could aim them at `$JS.API.STREAM.DELETE.<any>` or at
+another stream's subjects. The layout therefore is:
+
+- one JetStream account holding every stream and consumer and the deploy user, nothing else;
+- one account per app, without JetStream, holding that app's single user (one identity per app,
+  across all its pairs), which reaches the streams only through service imports of exactly what its
+  runtime needs, each exported by the JetStream account to that app's account alone.
+
+A reply subject that crosses a service import is rewritten by the server to a private `_R_` subject in
+the exporting account and the answer is delivered back in the app's own account, which has no
+JetStream and no stream subjects: reply tricks land nowhere. App users may only open ordinary client
+connections (`allowed_connection_types: ["STANDARD"]`): over a leafnode connection the server does not
+refuse a client's own `$JS.ACK` reply subjects. Pure: no I/O; the same pairs render the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jsb_infra.core import names
+from jsb_infra.core.permissions import Rights, Service, app_permissions, conf_list
+from jsb_infra.core.spec import Pair
+
+STANDARD_CONNECTIONS = ("STANDARD",)
+"""The only connection type an app user may open (no leafnode, websocket or MQTT)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppAccount(Rights):
+    """One app's account: the services it imports from the JetStream account and its user's rights."""
+
+    app: str
+    account: str
+    streams: tuple[str, ...]
+
+    def document(self) -> dict[str, Any]:
+        """What a reviewer reads: keyed by subject, so a diff names the subject added or removed."""
+        return {
+            "account": self.account,
+            "streams": list(self.streams),
+            "connection_types": list(STANDARD_CONNECTIONS),
+            **self.reasons(),
+        }
+
+
+@dataclass(frozen=True)
+class DeployUser:
+    """The deploy's identity in the JetStream account: an NKey public key, or a user whose password
+    the server reads from an environment variable (so no secret is written into the file)."""
+
+    nkey: str | None = None
+    user: str | None = None
+    password_env: str | None = None
+
+    def conf_entry(self) -> str | None:
+        if self.nkey:
+            return f"{{nkey: {json.dumps(self.nkey)}}}"
+        if self.user:
+            env = self.password_env or "JSB_DEPLOY_PASSWORD"
+            return f"{{user: {json.dumps(self.user)}, password: ${env}}}"
+        return None
+
+
+@dataclass(frozen=True)
+class AccountLayout:
+    """The JetStream account and every app account of one deployment."""
+
+    jetstream_account: str
+    apps: tuple[AppAccount, ...]
+
+    def app(self, name: str) -> AppAccount:
+        for account in self.apps:
+            if account.app == name:
+                return account
+        raise KeyError(f"{name!r} is not an app of this deployment")
+
+    def exports(self) -> list[tuple[Service, str]]:
+        """Every service the JetStream account exports, with the one account it is exported to."""
+        return [(service, account.account) for account in self.apps for service in account.services]
+
+
+def account_layout(
+    pairs: Iterable[Pair], jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
+) -> AccountLayout:
+    """Group every pair's per-app services by app: one account and one user per app."""
+    services: dict[str, list[Service]] = {}
+    streams: dict[str, list[str]] = {}
+    subscribe: dict[str, list[str]] = {}
+    for pair in pairs:
+        for app in pair.apps:
+            perms = app_permissions(pair, app)
+            services.setdefault(app, []).extend(perms.services)
+            streams.setdefault(app, []).append(pair.stream)
+            for subject in perms.subscribe:
+                if subject not in subscribe.setdefault(app, []):
+                    subscribe[app].append(subject)
+    apps = tuple(
+        AppAccount(
+            app=app,
+            account=names.app_account(app),
+            streams=tuple(streams[app]),
+            services=tuple(services[app]),
+            subscribe=tuple(subscribe[app]),
+        )
+        for app in sorted(services)
+    )
+    return AccountLayout(jetstream_account=jetstream_account, apps=apps)
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)
+
+
+def render_accounts_conf(
+    layout: AccountLayout, nkeys: Mapping[str, str] | None = None, deploy: DeployUser | None = None
+) -> str:
+    """The whole `accounts { ... }` block, loadable by nats-server as is (`include "accounts.conf"`).
+
+    `nkeys` maps app -> its user's NKey public key; an app without one gets its account and imports but
+    no user yet (a comment says how to add it). Without `deploy` the JetStream account has no user.
+    """
+    nkeys = nkeys or {}
+    out = [
+        "# jsb-infra: the NATS accounts of this deployment. Generated from the spec; do not edit.",
+        '# Include it in the server config: include "accounts.conf"',
+        "accounts {",
+        f"  {_q(layout.jetstream_account)} {{",
+        "    # Every stream and consumer, and the deploy user. Apps reach it only through the exports below.",
+        "    jetstream: enabled",
+    ]
+    entry = deploy.conf_entry() if deploy else None
+    if entry:
+        out.append(f"    users: [\n      {entry}\n    ]")
+    else:
+        out.append('    # users: [ {nkey: "U..."} ]  (the deploy user: none given)')
+    out.append("    exports: [")
+    for account in layout.apps:
+        out.append(f"      # app {account.app}")
+        for service in account.services:
+            response = ', response_type: "Stream"' if service.response_type == "Stream" else ""
+            out.append(
+                f"      {{service: {_q(service.subject)}, accounts: [{_q(account.account)}]{response}}}"
+            )
+    out.append("    ]")
+    out.append("  }")
+    for account in layout.apps:
+        out.append(f"  {_q(account.account)} {{")
+        out.append(
+            f"    # app {account.app} (streams: {', '.join(account.streams)}); no JetStream of its own"
+        )
+        key = nkeys.get(account.app)
+        if key:
+            out += [
+                "    users: [",
+                "      {",
+                f"        nkey: {_q(key)}",
+                f"        allowed_connection_types: {json.dumps(list(STANDARD_CONNECTIONS))}",
+                "        permissions: {",
+                f"          publish: {{allow: {conf_list(list(account.publish), '          ')}}}",
+                f"          subscribe: {{allow: {conf_list(list(account.subscribe), '          ')}}}",
+                "        }",
+                "      }",
+                "    ]",
+            ]
+        else:
+            out.append(f"    # users: none yet; render with --nkey {account.app}=U... to add the app's user")
+        out.append("    imports: [")
+        for service in account.services:
+            out.append(
+                f"      {{service: {{account: {_q(layout.jetstream_account)}, "
+                f"subject: {_q(service.subject)}}}}}"
+            )
+        out.append("    ]")
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"

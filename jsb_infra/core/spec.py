@@ -1,0 +1,622 @@
+"""The typed app-pair spec: the one input everything else is derived from.
+
+One YAML shape serves the CLI and the Pulumi stack config (`jsb:pairs`). Every rule the NATS server
+would enforce later (or, worse, silently work around) is checked here, before anything touches a
+server, with a message that names the field and the rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from jsb_infra.core import names, strict_yaml
+from jsb_infra.core.durations import DURATION_PATTERN, format_duration, parse_duration
+
+MAX_NAME_LEN = 255  # nats-server JSMaxNameLen (bytes), for streams and consumers alike
+MAX_FILE_NAME_LEN = 255  # bytes in one path component on common file systems (ext4, XFS, APFS, NTFS)
+LONGEST_APP_FILE = names.durable_name("") + ".json"  # render writes consumers/<app>-workers.json
+MAX_APP_LEN = min(MAX_NAME_LEN - len(names.durable_name("")), MAX_FILE_NAME_LEN - len(LONGEST_APP_FILE))
+MAX_DESCRIPTION_LEN = 4096  # nats-server JSMaxDescriptionLen (bytes), server/jetstream.go
+MAX_REPLICAS = 5  # nats-server StreamMaxReplicas
+INT32_MAX = 2**31 - 1  # the server's int32 fields (max_msg_size)
+# The server holds the other counts in 64 bits (2^63-1), but a pair travels through Pulumi (inputs,
+# state) as a protobuf Struct, whose numbers are 64-bit floats: exact only up to 2^53-1. Durations
+# travel as text (`1m30s`) and keep the server's own 2^63 ns bound (jsb_infra.core.durations).
+MAX_EXACT_INT = 2**53 - 1
+MIN_WINDOW_NS = 100_000_000  # nats-server refuses a duplicate window or max age under 100ms
+NAME_CHARSET = "ASCII letters, digits, '-' and '_'"
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _duration(value: object) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as err:
+        raise rule(str(err)) from None
+
+
+def _whole_number(value: object, info: ValidationInfo) -> object:
+    """New input must be a number that is whole: no `true` or `"5"` taken as a number.
+
+    An integral float (`5.0`) is its integer: Pulumi carries every number as a float.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if enforcing_rules(info) and (isinstance(value, bool) or not isinstance(value, int)):
+        raise rule(f"must be a whole number written in decimal, got {value!r}")
+    return value
+
+
+def _bounded(limit: int, why: str) -> Any:
+    def check(value: int, info: ValidationInfo) -> int:
+        if enforcing_rules(info) and value > limit:
+            raise rule(f"{info.field_name} must be at most {limit} ({why}), got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+Count = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    _bounded(MAX_EXACT_INT, "2^53-1: Pulumi carries numbers as 64-bit floats, exact only up to there"),
+]
+Int32 = Annotated[int, BeforeValidator(_whole_number), _bounded(INT32_MAX, "the server holds it in 32 bits")]
+
+
+Duration = Annotated[
+    int,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s", "1m30s", "7d"]},
+                {"type": "number", "minimum": 0, "description": "seconds"},
+            ]
+        }
+    ),
+]
+"""A duration held as integer nanoseconds, written as `500ms`, `30s`, `1m30s`, `2h`, `7d` or seconds."""
+
+GEM_BACKOFF = ["1s", "5s", "15s", "30s", "60s"]
+DEFAULT_ACK_WAIT_NS = 30 * 1_000_000_000
+
+
+def rule(message: str) -> PydanticCustomError:
+    """A validation error whose text is the rule itself (no `Value error,` prefix)."""
+    return PydanticCustomError("jsb_rule", message)
+
+
+STORED_CONTEXT = {"stored": True}
+"""Validation context of a pair an earlier run stored: `Pair.model_validate(v, context=STORED_CONTEXT)`."""
+
+
+def enforcing_rules(info: ValidationInfo) -> bool:
+    """False when re-reading a stored pair (`STORED_CONTEXT`): then only types are parsed.
+
+    The pair was valid under the rules of the version that stored it; a rule added since must not
+    stop a diff, refresh or destroy of what already exists. New input is always validated in full.
+    """
+    return not (isinstance(info.context, dict) and info.context.get("stored"))
+
+
+def _check_nats_name(kind: str, value: str, max_len: int) -> str:
+    """Names become subjects, nats-server config strings and file names: one safe charset for all.
+
+    nats-server refuses '.', '*', '>', '/' and '\\' in stream and consumer names; its config parser
+    has no escape for non-ASCII text; file systems limit a path component to 255 bytes. Restricting
+    names to ASCII letters, digits, '-' and '_' keeps every rendered document parseable as written.
+    """
+    if not value:
+        raise rule(f"{kind} name must not be empty")
+    bad = [ch for ch in value if not _NAME.fullmatch(ch)]
+    if bad:
+        shown = ", ".join(sorted({repr(ch) for ch in bad}))
+        raise rule(
+            f"{kind} name {value!r} contains {shown}; names may contain only {NAME_CHARSET} (NATS "
+            "forbids '.', '*', '>', path separators, whitespace and control characters, and the server's "
+            "config files have no escape for non-ASCII text)"
+        )
+    size = len(value.encode())
+    if size > max_len:
+        raise rule(f"{kind} name {value!r} is {size} bytes; the limit is {max_len}")
+    return value
+
+
+def _check_app_name(value: str) -> str:
+    _check_nats_name("app", value, MAX_APP_LEN)
+    if value == names.DLQ_TOKEN:
+        raise rule(
+            f"app name {value!r} is reserved: every app's DLQ subject is '<app>.sync.{names.DLQ_TOKEN}'"
+        )
+    if value.startswith("$") or value.startswith("_INBOX"):
+        raise rule(
+            f"app name {value!r} starts with a reserved prefix "
+            "('$' belongs to the server, '_INBOX' to reply inboxes)"
+        )
+    return value
+
+
+def _check_positive(field: str, ns: int) -> int:
+    if ns <= 0:
+        raise rule(f"{field} must be a positive duration, got {format_duration(ns)}")
+    return ns
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a config must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ConsumerFieldRules(StrictModel):
+    """Single-field rules shared by the pair's settings and per-app overrides (None = not given)."""
+
+    @field_validator("max_deliver", "max_ack_pending", check_fields=False)
+    @classmethod
+    def _at_least_one(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1 and enforcing_rules(info):
+            raise rule(f"{info.field_name} must be at least 1, got {v}")
+        return v
+
+    @field_validator("replicas", check_fields=False)
+    @classmethod
+    def _consumer_replicas_range(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not 1 <= v <= MAX_REPLICAS and enforcing_rules(info):
+            raise rule(
+                f"replicas must be between 1 and {MAX_REPLICAS} (leave it out to follow the stream), got {v}"
+            )
+        return v
+
+    @field_validator("ack_wait", check_fields=False)
+    @classmethod
+    def _ack_wait_positive(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return v if v is None or not enforcing_rules(info) else _check_positive("ack_wait", v)
+
+    @field_validator("backoff", check_fields=False)
+    @classmethod
+    def _backoff_positive(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None or not enforcing_rules(info):
+            return v
+        for i, ns in enumerate(v):
+            _check_positive(f"backoff[{i}]", ns)
+        return v
+
+
+class ConsumerSettings(_ConsumerFieldRules):
+    """How a durable consumer redelivers. Defaults are the jetstream_bridge gem's.
+
+    `ack_wait` is derived from `backoff[0]` when a backoff is set, because the server replaces ack_wait
+    with backoff[0] anyway; an explicit ack_wait that differs is refused rather than silently changed.
+    """
+
+    max_deliver: Count = Field(5, description="Deliveries before a message goes to the DLQ (>= 1).")
+    ack_wait: Duration | None = Field(
+        None, description="Omit when a backoff is set: it is then backoff[0]. Without a backoff: default 30s."
+    )
+    backoff: list[Duration] = Field(
+        default_factory=lambda: [parse_duration(d) for d in GEM_BACKOFF],
+        description="Redelivery delays by delivery count; no longer than max_deliver.",
+    )
+    max_ack_pending: Count = Field(25000, description="Unacknowledged messages in flight (>= 1).")
+    replicas: int | None = Field(
+        None,
+        description="Copies of the consumer's state (1 to 5, at most the stream's). Leave out to follow the "
+        "stream (required on workqueue and interest streams, where the server demands equal replicas).",
+    )
+    memory_storage: bool = Field(
+        False,
+        description="Keep the consumer's state in memory (fewer disk writes; lost when all its replicas "
+        "restart at once, then redelivered). Changing it replaces the consumer.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> ConsumerSettings:
+        if enforcing_rules(info):
+            check_consumer_rules(self.max_deliver, self.ack_wait, self.backoff)
+        return self
+
+
+class ConsumerOverride(_ConsumerFieldRules):
+    """A per-app change to the pair's consumer settings; fields left out keep the pair's value."""
+
+    max_deliver: Count | None = None
+    ack_wait: Duration | None = None
+    backoff: list[Duration] | None = None
+    max_ack_pending: Count | None = None
+    replicas: int | None = None
+    memory_storage: bool | None = None
+
+
+def check_consumer_rules(max_deliver: int, ack_wait: int | None, backoff: list[int]) -> None:
+    """Rules that involve more than one consumer field (the server's, plus the ack_wait trap)."""
+    if len(backoff) > max_deliver:
+        raise rule(
+            f"backoff has {len(backoff)} entries but max_deliver is {max_deliver}; "
+            "the server refuses a backoff longer than max_deliver"
+        )
+    if backoff and ack_wait is not None and ack_wait != backoff[0]:
+        raise rule(
+            f"ack_wait {format_duration(ack_wait)} contradicts backoff[0] {format_duration(backoff[0])}: "
+            "with a backoff the server replaces ack_wait by backoff[0]; leave ack_wait out (it is derived) "
+            "or start the backoff with it"
+        )
+
+
+class ResolvedConsumer(StrictModel):
+    """The settings one app's durable really runs with: what the server holds, nothing derived left."""
+
+    max_deliver: int
+    ack_wait: int
+    backoff: tuple[int, ...]
+    max_ack_pending: int
+    replicas: int | None = None  # None: follows the stream
+    memory_storage: bool = False
+
+
+class Placement(StrictModel):
+    """Where the stream's replicas may live: a cluster by name and/or servers carrying all of `tags`
+    (their `server_tags`). The server picks peers that match when the stream is created or scaled, and
+    moves the stream when the placement changes."""
+
+    cluster: str | None = Field(None, description="Name of the cluster (its `cluster { name }`).")
+    tags: list[str] = Field(default_factory=list, description="Server tags every replica's server must have.")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and enforcing_rules(info) and (not v or any(ch.isspace() for ch in v)):
+            raise rule(f"cluster must be a non-empty cluster name without whitespace, got {v!r}")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if not enforcing_rules(info):
+            return v
+        for i, tag in enumerate(v):
+            if not tag.strip():
+                raise rule(f"tags[{i}] must not be empty")
+        lowered = [t.lower() for t in v]
+        if len(set(lowered)) != len(lowered):
+            raise rule(f"tags must be distinct (the server compares them ignoring case), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self, info: ValidationInfo) -> Placement:
+        if enforcing_rules(info) and self.cluster is None and not self.tags:
+            raise rule("placement needs a cluster or tags; leave placement out to let the server choose")
+        return self
+
+
+class StreamOptions(StrictModel):
+    """Stream-level options. Storage, and retention to or from workqueue, cannot change in place: such a
+    change replaces the stream (limits <-> interest is in place)."""
+
+    replicas: Count = Field(1, description="1 to 5; more than 1 needs a JetStream cluster.")
+    placement: Placement | None = Field(
+        None, description="Cluster and/or server tags for the replicas; a change moves the stream."
+    )
+    storage: Literal["file", "memory"] = "file"
+    retention: Literal["workqueue", "limits", "interest"] = "workqueue"
+    duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
+    max_age: Duration = Field(0, description="Oldest message kept; 0 sets no age limit.")
+    max_bytes: Count = Field(-1, description="-1 for unlimited.")
+    max_msgs: Count = Field(-1, description="-1 for unlimited.")
+    max_msg_size: Int32 = Field(-1, description="-1 for unlimited; at most 2^31-1.")
+    description: str = Field("", description="At most 4096 bytes of UTF-8.")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_range(cls, v: int, info: ValidationInfo) -> int:
+        if not 1 <= v <= MAX_REPLICAS and enforcing_rules(info):
+            raise rule(f"replicas must be between 1 and {MAX_REPLICAS}, got {v}")
+        return v
+
+    @field_validator("duplicate_window")
+    @classmethod
+    def _window_positive(cls, v: int, info: ValidationInfo) -> int:
+        if enforcing_rules(info) and v < MIN_WINDOW_NS:
+            raise rule(
+                f"duplicate_window must be at least 100ms (the server's minimum), got {format_duration(v)}"
+            )
+        return v
+
+    @field_validator("max_age")
+    @classmethod
+    def _age_minimum(cls, v: int, info: ValidationInfo) -> int:
+        if enforcing_rules(info) and 0 < v < MIN_WINDOW_NS:
+            raise rule(
+                f"max_age must be 0 (no age limit) or at least 100ms (the server's minimum), "
+                f"got {format_duration(v)}"
+            )
+        return v
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str, info: ValidationInfo) -> str:
+        if not enforcing_rules(info):
+            return v
+        try:
+            size = len(v.encode())
+        except UnicodeEncodeError:
+            raise rule("description must be valid Unicode text (it holds a lone surrogate)") from None
+        if size > MAX_DESCRIPTION_LEN:
+            raise rule(f"description is {size} bytes of UTF-8; the server's limit is {MAX_DESCRIPTION_LEN}")
+        return v
+
+    @field_validator("max_bytes", "max_msgs", "max_msg_size")
+    @classmethod
+    def _limit(cls, v: int, info: ValidationInfo) -> int:
+        if (v == 0 or v < -1) and enforcing_rules(info):
+            raise rule(f"{info.field_name} must be -1 (unlimited) or positive, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _window_within_age(self, info: ValidationInfo) -> StreamOptions:
+        if enforcing_rules(info) and self.max_age and self.duplicate_window > self.max_age:
+            raise rule(
+                f"duplicate_window {format_duration(self.duplicate_window)} is longer than max_age "
+                f"{format_duration(self.max_age)}; the server refuses a dedupe window longer than max_age"
+            )
+        return self
+
+
+class Pair(StrictModel):
+    """Two apps that sync over one stream."""
+
+    stream: str = Field(description="Stream name, unique across pairs.")
+    id: str | None = Field(
+        None,
+        description="The pair's identity in the Pulumi state (default: the stream name). To rename a "
+        "stream, set `id` to its current name and change `stream`: the rename is then a previewed, guarded "
+        "replace of the stream instead of a second pair whose stream collides with the first.",
+    )
+    apps: tuple[str, str] = Field(description="Exactly two distinct app names.")
+    dlq: bool = Field(True, description="Give each app a `<app>.sync.dlq` subject in the stream.")
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    consumer_overrides: dict[str, ConsumerOverride] = Field(
+        default_factory=dict, description="Per-app changes to `consumer`, keyed by app name."
+    )
+    stream_options: StreamOptions = Field(default_factory=StreamOptions)
+    adopt: bool = Field(
+        False, description="Update an existing stream/consumer that differs, instead of refusing to adopt it."
+    )
+    allow_destroy_with_messages: bool = Field(
+        False, description="Allow replacing or deleting the stream while it still holds messages."
+    )
+    protect: bool = Field(True, description="Set Pulumi's protect on the stream.")
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, v: str, info: ValidationInfo) -> str:
+        return _check_nats_name("stream", v, MAX_NAME_LEN) if enforcing_rules(info) else v
+
+    @field_validator("id")
+    @classmethod
+    def _id_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _check_nats_name("id", v, MAX_NAME_LEN) if v is not None and enforcing_rules(info) else v
+
+    @property
+    def resource_name(self) -> str:
+        """The name of the pair's Pulumi component: stable across a stream rename when `id` is set."""
+        return self.id or self.stream
+
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, v: tuple[str, str], info: ValidationInfo) -> tuple[str, str]:
+        if not enforcing_rules(info):
+            return v
+        for app in v:
+            _check_app_name(app)
+        if v[0] == v[1]:
+            raise rule(f"apps must be two distinct apps, got {v[0]!r} twice")
+        return v
+
+    @model_validator(mode="after")
+    def _overrides(self, info: ValidationInfo) -> Pair:
+        if not enforcing_rules(info):
+            return self
+        for app in self.consumer_overrides:
+            if app not in self.apps:
+                raise rule(
+                    f"consumer_overrides names {app!r}, which is not one of this pair's apps "
+                    f"{list(self.apps)}"
+                )
+            try:
+                self.consumer_for(app)
+            except PydanticCustomError as err:
+                raise rule(f"consumer_overrides.{app}: {err.message()}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _consumer_replicas_fit_the_stream(self, info: ValidationInfo) -> Pair:
+        if not enforcing_rules(info):
+            return self
+        opts = self.stream_options
+        for app in self.apps:
+            where = (
+                f"consumer_overrides.{app}.replicas"
+                if self._overridden(app, "replicas")
+                else "consumer.replicas"
+            )
+            replicas = self.consumer_for(app).replicas
+            if replicas is None:
+                continue
+            if replicas > opts.replicas:
+                raise rule(
+                    f"{where}: {replicas} exceeds the stream's replicas ({opts.replicas}); the server "
+                    "refuses a consumer with more replicas than its stream"
+                )
+            if opts.retention != "limits" and replicas != opts.replicas:
+                raise rule(
+                    f"{where}: on a {opts.retention} stream the server requires the consumer's replicas to "
+                    f"equal the stream's ({opts.replicas}); leave replicas out to follow the stream"
+                )
+        return self
+
+    def _overridden(self, app: str, field_name: str) -> bool:
+        override = self.consumer_overrides.get(app)
+        return override is not None and getattr(override, field_name) is not None
+
+    @model_validator(mode="after")
+    def _dlq_needs_a_retaining_stream(self, info: ValidationInfo) -> Pair:
+        if enforcing_rules(info) and self.dlq and self.stream_options.retention == "interest":
+            raise rule(
+                "stream_options.retention: interest keeps a message only while a consumer is interested "
+                "in it, and no consumer reads the DLQ subjects, so every dead-lettered message would be "
+                "dropped; use workqueue or limits, or set dlq: false"
+            )
+        return self
+
+    # -- derived names -----------------------------------------------------------------------------
+    def destination(self, app: str) -> str:
+        """The other app of the pair."""
+        a, b = self.apps
+        if app not in self.apps:
+            raise KeyError(f"{app!r} is not an app of stream {self.stream!r}")
+        return b if app == a else a
+
+    def subjects(self) -> list[str]:
+        """Every subject the stream captures, in a fixed order."""
+        a, b = self.apps
+        subjects = [names.publish_subject(a, b), names.publish_subject(b, a)]
+        if self.dlq:
+            subjects += [names.dlq_subject(a), names.dlq_subject(b)]
+        return subjects
+
+    def consumer_for(self, app: str) -> ResolvedConsumer:
+        """The pair's consumer settings with `app`'s override applied and ack_wait derived."""
+        override = self.consumer_overrides.get(app)
+        given = override.model_dump(exclude_none=True) if override else {}
+        settings = self.consumer.model_copy(update=given)
+        check_consumer_rules(settings.max_deliver, settings.ack_wait, settings.backoff)
+        if settings.backoff:
+            ack_wait = settings.backoff[0]
+        else:
+            ack_wait = settings.ack_wait if settings.ack_wait is not None else DEFAULT_ACK_WAIT_NS
+        return ResolvedConsumer(
+            max_deliver=settings.max_deliver,
+            ack_wait=ack_wait,
+            backoff=tuple(settings.backoff),
+            max_ack_pending=settings.max_ack_pending,
+            replicas=settings.replicas,
+            memory_storage=settings.memory_storage,
+        )
+
+
+class Config(StrictModel):
+    """All pairs of a deployment; checks that pairs cannot collide on one server."""
+
+    pairs: list[Pair] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_collisions(self) -> Config:
+        check_pairs_disjoint(self.pairs)
+        return self
+
+
+def check_pairs_disjoint(pairs: Iterable[Pair]) -> None:
+    """No two pairs share a stream name or a subject (the server would refuse the second stream)."""
+    stream_owner: dict[str, int] = {}
+    subject_owner: dict[str, tuple[int, str]] = {}
+    id_owner: dict[str, int] = {}
+    for i, pair in enumerate(pairs):
+        if pair.stream in stream_owner:
+            raise rule(
+                f"pairs[{i}].stream: {pair.stream!r} is already the stream of "
+                f"pairs[{stream_owner[pair.stream]}]"
+            )
+        stream_owner[pair.stream] = i
+        if pair.resource_name in id_owner:
+            raise rule(
+                f"pairs[{i}].id: {pair.resource_name!r} is already the identity (id, or stream name when no "
+                f"id is set) of pairs[{id_owner[pair.resource_name]}]; identities must be unique"
+            )
+        id_owner[pair.resource_name] = i
+        for subject in pair.subjects():
+            if subject in subject_owner:
+                j, other = subject_owner[subject]
+                hint = (
+                    " (an app in two pairs may have its DLQ on in only one)"
+                    if subject.endswith(".dlq")
+                    else ""
+                )
+                raise rule(
+                    f"pairs[{i}] (stream {pair.stream!r}) overlaps pairs[{j}] (stream {other!r}) on subject "
+                    f"{subject!r}{hint}; subjects of different streams must not overlap"
+                )
+            subject_owner[subject] = (i, pair.stream)
+
+
+class ConfigError(ValueError):
+    """A config that breaks a rule; `problems` lists `field: rule` lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid jsb-infra config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _loc(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def problems_of(err: ValidationError, root: str = "") -> list[str]:
+    """`field: rule` lines for every error in `err`, fields written as `pairs[0].consumer.backoff`."""
+    lines = []
+    for e in err.errors():
+        where = _loc(([root] if root else []) + list(e["loc"]))
+        lines.append(f"{where}: {e['msg']}" if where else e["msg"])
+    return lines
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a config mapping (`{"pairs": [...]}`); raises ConfigError naming every bad field."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(problems_of(err)) from None
+
+
+def parse_pairs(pairs: Any) -> Config:
+    """Validate the stack config value `jsb:pairs` (the bare list)."""
+    return parse_config({"pairs": pairs})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config YAML file (strict YAML: see jsb_infra.core.strict_yaml)."""
+    try:
+        data = strict_yaml.load_file(path)
+    except strict_yaml.YamlProblem as err:
+        raise ConfigError([str(err)]) from None
+    return parse_config(data)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (and of `jsb:pairs` under `properties.pairs`)."""
+    return Config.model_json_schema()

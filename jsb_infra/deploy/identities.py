@@ -1,0 +1,85 @@
+"""How the program delivers identities per `jsb:auth` mode: the JWT-mode resources, and config mode's
+accounts include with its reload hook. The program calls these; the layout is the same in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+
+from jsb_infra.core.accounts import AccountLayout
+from jsb_infra.core.auth import KEY as AUTH_KEY
+from jsb_infra.core.auth import AuthSettings, parse_auth
+from jsb_infra.core.spec import ConfigError
+from jsb_infra.deploy.providers.accounts_include import AccountsInclude
+from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
+
+
+def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulumi.Output[Any]]:
+    """The JetStream account's JWT and one account + user per app; returns {app: credentials entry}.
+
+    Each entry is what `jsb_infra.core.outputs.AppCredentials` describes: the user's key and seed, its
+    account's key, and the `.creds` document (user JWT + seed) the runtime client connects with.
+    """
+    assert auth.jetstream_account is not None
+    signing = AccountSigningKey("jetstream-signing-key", auth.jetstream_account)
+    jetstream = JetStreamAccountJwt(
+        "jetstream-account",
+        name=layout.jetstream_account,
+        public_key=auth.jetstream_account,
+        signing_key=signing.public_key,
+        exports=[
+            {"subject": service.subject, "response_type": service.response_type}
+            for service, _ in layout.exports()
+        ],
+        signing_keys=list(auth.signing_keys),
+        adopt=auth.adopt,
+    )
+    entries: dict[str, pulumi.Output[Any]] = {}
+    for account in layout.apps:
+        app = AppAccountJwt(
+            f"{account.app}-account",
+            app=account.app,
+            name=account.account,
+            imports=[{"subject": s.subject, "response_type": s.response_type} for s in account.services],
+            publish=list(account.publish),
+            subscribe=list(account.subscribe),
+            jetstream_account=auth.jetstream_account,
+            jetstream_signing_seed=signing.seed,
+            rotate=auth.rotate.get(account.app, ""),
+            opts=pulumi.ResourceOptions(depends_on=[jetstream]),  # its exports and signing key first
+        )
+        entries[account.app] = pulumi.Output.from_input(
+            {
+                "account": app.account_key,
+                "public_key": app.user_key,
+                "seed": app.user_seed,
+                "creds": app.creds,
+            }
+        )
+    return entries
+
+
+def accounts_include(auth: AuthSettings, text: pulumi.Input[str]) -> AccountsInclude | None:
+    """Config mode with `accounts_file`: the include written there, and the reload hook run."""
+    if auth.mode != "config" or not auth.accounts_file:
+        return None
+    return AccountsInclude(
+        "accounts-include", auth.accounts_file, text, auth.reload.as_input() if auth.reload else None
+    )
+
+
+def read_auth(config: pulumi.Config) -> AuthSettings:
+    """`jsb:auth` from the stack config (JSON text for an object), validated."""
+    raw = config.get("auth")
+    if raw is None:
+        return parse_auth(None)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError(
+            [f"{AUTH_KEY}: must be an object in the stack config, got the string {raw!r}"]
+        ) from None
+    return parse_auth(value)

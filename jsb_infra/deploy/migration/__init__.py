@@ -1,0 +1,1 @@
+"""State migration between resource layouts (`jsb-infra migrate-state`)."""

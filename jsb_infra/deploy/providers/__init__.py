@@ -1,0 +1,13 @@
+"""Pulumi dynamic resources for one app pair: Stream, Consumer, AppCredential, PermissionDocument.
+
+Each module holds one resource and its provider; `base` holds the shared diff logic and
+`settings` the admin connection the engine hands over through `configure` (never in state).
+Modules here have no import-time side effects: the provider host imports them to unpickle.
+"""
+
+from jsb_infra.deploy.providers.consumer import Consumer
+from jsb_infra.deploy.providers.credential import AppCredential
+from jsb_infra.deploy.providers.permission_document import PermissionDocument
+from jsb_infra.deploy.providers.stream import Stream
+
+__all__ = ["AppCredential", "Consumer", "PermissionDocument", "Stream"]

@@ -1,0 +1,117 @@
+"""Config mode: the `AccountsInclude` dynamic resource writes the rendered accounts include where the
+servers read it, and runs the reload hook after it changed, so `pulumi up` next to the servers applies
+the app accounts and users at once (nats-server re-reads its config on SIGHUP or `--signal reload`,
+without dropping clients).
+
+Inputs: `path`, `text` (the whole `accounts { ... }` block), `reload` ({command: [argv...]} or
+{signal: HUP, pid_file: PATH}). The file is replaced atomically (a reloading server never reads half
+of it). `read` notices a file edited or removed behind Pulumi's back, so the next `up` writes it again.
+Delete leaves the file: the servers' config includes it and the deploy user may live in it; remove
+the `include` first, then the file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    UpdateResult,
+)
+
+from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
+from jsb_infra.deploy.providers.documents import digest, write_files
+
+RELOAD_TIMEOUT = 30.0
+
+
+def run_reload(reload: dict[str, Any] | None) -> str:
+    """Run the hook; returns what was done. Raises ProviderError when it fails (the file stays written)."""
+    if not reload:
+        return "no reload hook"
+    command = reload.get("command")
+    if command:
+        try:
+            result = subprocess.run(list(command), capture_output=True, text=True, timeout=RELOAD_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise ProviderError(f"reload command {command[0]!r} failed to run: {err}") from None
+        if result.returncode != 0:
+            raise ProviderError(
+                f"reload command {command[0]!r} exited with {result.returncode}: "
+                f"{result.stderr.strip()[-500:]}"
+            )
+        return f"ran {command[0]}"
+    pid_file, name = reload.get("pid_file"), reload.get("signal") or "HUP"
+    try:
+        pid = int(Path(str(pid_file)).read_text().strip())
+    except (OSError, ValueError) as err:
+        raise ProviderError(f"reload: cannot read a pid from {pid_file!r}: {err}") from None
+    try:
+        os.kill(pid, getattr(signal, f"SIG{name}"))
+    except OSError as err:
+        raise ProviderError(f"reload: cannot signal {name} to pid {pid} (from {pid_file}): {err}") from None
+    return f"sent SIG{name} to {pid}"
+
+
+class AccountsIncludeProvider(JsbProvider):
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        path, text = news.get("path"), news.get("text")
+        if not is_unknown(path) and not (isinstance(path, str) and path):
+            failures.append(CheckFailure("path", "path: must be the file the servers include"))
+        if not is_unknown(text) and not isinstance(text, str):
+            failures.append(CheckFailure("text", "text: must be the rendered accounts block"))
+        return CheckResult(dict(news), failures)
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        inputs = {key: (olds.get(key), news.get(key)) for key in ("path", "text", "reload")}
+        if not is_unknown(news.get("text")):
+            inputs["written"] = (olds.get("written"), digest(news["text"]))
+        return plan_diff({}, {}, immutable={}, inputs=inputs).result()
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(str(props["path"]), self._apply(props))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        target = Path(str(props.get("path") or id_))
+        written = digest(target.read_text()) if target.is_file() else None
+        return ReadResult(id_, {**props, "written": written})
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._apply(news))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """The file stays: see the module docstring."""
+
+    @staticmethod
+    def _apply(props: dict[str, Any]) -> dict[str, Any]:
+        write_files({str(props["path"]): props["text"]})
+        return {**props, "written": digest(props["text"]), "reloaded": run_reload(props.get("reload"))}
+
+
+class AccountsInclude(Resource, module="jsb", name="AccountsInclude"):
+    """The accounts include file. Outputs: written (sha256 of the text), reloaded (what the hook did)."""
+
+    written: pulumi.Output[str]
+    reloaded: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        path: str,
+        text: pulumi.Input[str],
+        reload: dict[str, Any] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {"path": path, "text": text, "reload": reload, "written": None, "reloaded": None}
+        super().__init__(AccountsIncludeProvider(), resource_name, props, opts)

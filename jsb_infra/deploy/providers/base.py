@@ -1,0 +1,439 @@
+"""Shared, pure logic of the jsb-infra dynamic providers: normalize, compare, decide update vs replace.
+
+Each resource module names the fields the server refuses to update (nats-server server/stream.go
+`configUpdateCheckLocked`, server/consumer.go `checkNewConsumerConfig`); everything here turns a
+desired config and the live config last read from the server into a Pulumi `DiffResult`, an adopt
+decision or a clear error. Only `JsbProvider.run` does I/O (it runs each call's coroutine on the host's
+one admin loop: provider methods are called synchronously from the host's worker threads, pulumi#13153).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import nats.errors
+from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceProvider
+from pulumi.output import Unknown
+from pulumi.runtime import rpc
+from pydantic import ValidationError
+
+from jsb_infra.core.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
+from jsb_infra.deploy.providers import connection, settings
+from jsb_infra.nats_admin import API, AdminConnectError, JetStreamApiError, differences, normalize, zero_like
+from jsb_infra.replication import NotSettled
+from jsb_infra.retry import ManagementUnavailable
+
+T = TypeVar("T")
+Changes = dict[str, tuple[Any, Any]]
+
+
+HOST_SWITCH_INTERVAL = 0.001
+"""Seconds a provider-host thread may hold the GIL while another waits (`sys.setswitchinterval`)."""
+
+
+class ProviderError(RuntimeError):
+    """A refusal the user must act on (data-loss guard, adopt conflict, object gone)."""
+
+
+# -- values ------------------------------------------------------------------------------------------
+def is_unknown(value: Any) -> bool:
+    """True when `value` is, or contains, a preview-time unknown (the host decodes them as `Unknown`)."""
+    if isinstance(value, Unknown) or (isinstance(value, str) and value == rpc.UNKNOWN):
+        return True
+    if isinstance(value, dict):
+        return any(is_unknown(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(is_unknown(v) for v in value)
+    return False
+
+
+def with_defaults(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The desired config plus the "unset" values of the optional keys jsb-infra manages.
+
+    Without them, removing a description or a backoff would never show as a difference, and a field
+    set by hand (a push consumer's deliver_subject, a stream's deny_delete) would be adopted silently.
+    An unset value of None ("absent", like a stream's mirror) is kept, so it is compared too.
+    """
+    return {k: normalize(v) for k, v in {**defaults, **config}.items()}
+
+
+def observed(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The live config cut down to the keys jsb-infra manages (the server adds many defaults).
+
+    The server omits empty values, so a managed key it leaves out holds its zero value; it is filled
+    in, so the `config` output shows every managed key (None ones aside: Pulumi drops them).
+    """
+    return normalize({k: live[k] if k in live else zero_like(want) for k, want in desired.items()})
+
+
+def unset_values(known: Mapping[str, Any], recorded: Any) -> dict[str, Any]:
+    """The "unset" values to compare with: those the server gave this object when it was created
+    (the `unset` output), else the known ones (what nats-server 2.15.1 gives).
+
+    So a server whose defaults differ (a later version's max_waiting) never reads as drift, let alone
+    as a replace, while a field changed by hand after the create still does."""
+    if not isinstance(recorded, dict):
+        return dict(known)
+    return {key: normalize(recorded[key]) if key in recorded else value for key, value in known.items()}
+
+
+def recorded_unset(
+    live: Mapping[str, Any], rendered: Mapping[str, Any], known: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the server filled in for the managed keys the renderer left out, read from its answer."""
+    return {
+        key: normalize(live.get(key, zero_like(value)))
+        for key, value in known.items()
+        if key not in rendered and value is not None
+    }
+
+
+def stored_live(stored: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The live config from state, with the unset values for keys it lacks.
+
+    State written before a key was managed, or a None that Pulumi dropped, must not read as a
+    change (a missing max_waiting read as 0 would replace every consumer).
+    """
+    return {**defaults, **(stored or {})}
+
+
+UNORDERED = frozenset({"subjects", "filter_subjects"})
+"""List fields the server treats as sets: another order is no difference (nor a reason to write)."""
+
+
+def same_members(want: Any, have: Any) -> bool:
+    if not isinstance(want, list | tuple) or not isinstance(have, list | tuple):
+        return False
+    return sorted(map(repr, normalize(list(want)))) == sorted(map(repr, normalize(list(have))))
+
+
+def config_changes(desired: Mapping[str, Any], live: Mapping[str, Any]) -> Changes:
+    """{field: (desired, live)} for every managed field whose live value differs.
+
+    A field missing from `live` counts as its zero value; a desired None means "absent"; subject
+    lists compare as sets.
+    """
+    return {
+        key: (want, have)
+        for key, (want, have) in differences(desired, live).items()
+        if not (key in UNORDERED and same_members(want, have))
+    }
+
+
+SERVER_METADATA_PREFIX = "_nats."
+"""Metadata keys the server writes itself (server version, API level); never sent back."""
+
+
+def read_modify_write(
+    live: Mapping[str, Any], rendered: Mapping[str, Any], changes: Changes
+) -> dict[str, Any]:
+    """The config an in-place update sends: the live one with jsb-infra's fields laid over it.
+
+    The server takes an update as a whole new config, so sending only the rendered fields would reset
+    every field jsb-infra does not manage (a CLI-made stream's allow_direct, metadata) to its default.
+    Changed managed fields the renderer leaves out get their unset value (None: removed); a subject
+    list holding the same subjects keeps the server's order.
+    """
+    config = dict(live)
+    overlay = {key: want for key, (want, _) in changes.items() if key not in rendered}
+    for key, value in {**overlay, **rendered}.items():
+        if key in UNORDERED and same_members(value, config.get(key)):
+            continue  # the same set in the server's order: not rewritten
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    metadata = {
+        k: v for k, v in (config.get("metadata") or {}).items() if not k.startswith(SERVER_METADATA_PREFIX)
+    }
+    if metadata:
+        config["metadata"] = metadata
+    else:
+        config.pop("metadata", None)
+    return config
+
+
+def existed_before(info: Mapping[str, Any], round_trip: float) -> bool:
+    """Whether the object a CREATE answered with was there before the request (an equal config: the
+    server answers it as if created).
+
+    Its `did_create` cannot tell: nats-server 2.15.1 answers `true` for an existing stream too, and a
+    consumer's answer has no such flag. Both carry two server timestamps, `created` and `ts` (when
+    the server answered): an object this request made is younger than the whole round trip."""
+    try:
+        age = (server_time(info["ts"]) - server_time(info["created"])).total_seconds()
+    except (KeyError, ValueError):
+        return False
+    return age > round_trip
+
+
+def server_time(text: str) -> datetime:
+    """An RFC 3339 server timestamp (nanoseconds cut to microseconds, which Python keeps)."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise ValueError(f"not a server timestamp: {text!r}")
+    head, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{head}.{micros}{'+00:00' if zone == 'Z' else zone}")
+
+
+def announce(message: str) -> None:
+    """A line in the `pulumi up` output. Dynamic providers have no log API, but the engine shows what
+    a provider host writes to stderr (as a diagnostic of the run)."""
+    print(f"jsb-infra: {message}", file=sys.stderr, flush=True)
+
+
+def describe_changes(changes: Changes) -> str:
+    return "; ".join(f"{k}: desired {want!r}, server has {have!r}" for k, (want, have) in changes.items())
+
+
+# -- update or replace -------------------------------------------------------------------------------
+Transitions = Mapping[str, frozenset[tuple[Any, Any]]]
+
+
+def immutable_paths(
+    changes: Changes, immutable: Mapping[str, str], in_place: Transitions | None = None
+) -> list[str]:
+    """The replace keys for `changes`: immutable fields, except transitions the server allows in place.
+
+    `immutable` maps a config field to the input path reported to Pulumi; `in_place` lists the
+    (live, desired) value pairs of an immutable field that may still change in place.
+    """
+    out: list[str] = []
+    for field_name, (want, have) in changes.items():
+        if field_name not in immutable:
+            continue
+        if in_place and any((have, want) == allowed for allowed in in_place.get(field_name, ())):
+            continue  # compared, not hashed: a live value may be a dict (a mirror) or a list
+        if immutable[field_name] not in out:
+            out.append(immutable[field_name])
+    return out
+
+
+@dataclass
+class Plan:
+    """What a diff found: changed config fields, other changed inputs, and what forces a replace."""
+
+    config: Changes = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    replaces: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.config or self.inputs or self.replaces)
+
+    def result(self) -> DiffResult:
+        """Names are fixed on the server, so a replacement must delete first (create would collide)."""
+        return DiffResult(
+            changes=self.changed,
+            replaces=self.replaces,
+            delete_before_replace=True if self.replaces else None,
+        )
+
+
+def plan_diff(
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any],
+    *,
+    immutable: Mapping[str, str],
+    in_place: Transitions | None = None,
+    identity: Mapping[str, tuple[Any, Any]] | None = None,
+    inputs: Mapping[str, tuple[Any, Any]] | None = None,
+) -> Plan:
+    """Compare a desired config with the last-read live one, plus inputs that are not config.
+
+    `identity` {path: (old, new)}: a known change replaces; an unknown new value (preview) is shown
+    as a change only, and the real `up`, where the value is known, decides. `inputs` {path: (old, new)}:
+    a change updates in place.
+    """
+    plan = Plan()
+    plan.config = config_changes(desired, live)
+    plan.replaces = immutable_paths(plan.config, immutable, in_place)
+    for path, (old, new) in (identity or {}).items():
+        if is_unknown(new):
+            plan.inputs.append(path)
+        elif normalize(old) != normalize(new) and path not in plan.replaces:
+            plan.replaces.append(path)
+    for path, (old, new) in (inputs or {}).items():
+        if is_unknown(new) or normalize(old) != normalize(new):
+            plan.inputs.append(path)
+    return plan
+
+
+def adopt_decision(
+    kind: str,
+    name: str,
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any],
+    *,
+    adopt: bool,
+    immutable: Mapping[str, str],
+    in_place: Transitions | None = None,
+) -> Changes:
+    """Decide whether `create` may take over an existing object; returns the fields to update.
+
+    Equal: adopt as is ({}). Different: refuse with every differing field, unless `adopt` is set,
+    then update in place; a difference the server cannot update is refused either way.
+    """
+    changes = config_changes(desired, live)
+    if not changes:
+        return {}
+    if not adopt:
+        raise ProviderError(
+            f"{kind} {name!r} already exists on the server with a different config "
+            f"({describe_changes(changes)}); "
+            "set `adopt: true` on the pair to update it in place, or change the spec to match"
+        )
+    fixed = {k: v for k, v in changes.items() if immutable_paths({k: v}, immutable, in_place)}
+    if fixed:
+        raise ProviderError(
+            f"cannot adopt {kind} {name!r}: the server cannot change {describe_changes(fixed)} in place; "
+            "delete or migrate it by hand, or change the spec to match"
+        )
+    return changes
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+def pair_failures(value: Any, prop: str = "pair") -> tuple[Pair | None, list[CheckFailure]]:
+    """Validate a `pair` input through the spec; failures name the field and the rule."""
+    if is_unknown(value):
+        return None, []
+    if not isinstance(value, dict):
+        return None, [CheckFailure(prop, f"{prop}: must be a pair object (Pair.model_dump(mode='json'))")]
+    try:
+        return parse_pairs([normalize(value)]).pairs[0], []
+    except ConfigError as err:
+        return None, [CheckFailure(prop, p.replace("pairs[0]", prop, 1)) for p in err.problems]
+
+
+def canonical_pair(pair: Pair) -> dict[str, Any]:
+    """The pair as the provider stores it: defaults filled in, durations as text."""
+    return pair.model_dump(mode="json")
+
+
+def parse_pair(value: Any) -> Pair:
+    """The validated pair of a checked input (check already reported bad input)."""
+    pair, failures = pair_failures(value)
+    if pair is None:
+        reasons = "; ".join(f.reason for f in failures) or "pair is not known yet"
+        raise ProviderError(f"invalid pair: {reasons}")
+    return pair
+
+
+def stored_pair(value: Any, prop: str = "pair") -> Pair:
+    """The pair an earlier run stored (`olds` / `props` of diff, read and delete), read leniently.
+
+    Types are parsed, the spec's rules are not applied: the pair was valid under the rules of the
+    version that wrote it, and a rule added since (the host runs today's code on yesterday's state)
+    must not make an existing stack fail to diff, refresh or destroy. New inputs still go through
+    `pair_failures` / `parse_pair` in full. State that is not a pair at all is still an error.
+    """
+    if not isinstance(value, dict):
+        raise ProviderError(f"invalid stored {prop}: must be a pair object (Pair.model_dump(mode='json'))")
+    try:
+        return Pair.model_validate(normalize(value), context=STORED_CONTEXT)
+    except ValidationError as err:
+        raise ProviderError(f"invalid stored {prop}: {'; '.join(problems_of(err, prop))}") from None
+
+
+def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFailure]:
+    if is_unknown(app):
+        return []
+    if not isinstance(app, str) or not app:
+        return [CheckFailure(prop, f"{prop}: must be an app name")]
+    if pair is not None and app not in pair.apps:
+        return [CheckFailure(prop, f"{prop}: {app!r} is not one of the pair's apps {list(pair.apps)}")]
+    return []
+
+
+# -- server refusals ------------------------------------------------------------------------------------
+SERVER_HINTS: dict[int, str] = {
+    10065: "another stream on the server already captures some of these subjects (a stream's subjects "
+    "may not overlap another's); find it with `nats stream ls --subject <subject>`, then delete or "
+    "rename it, or change the pair's apps",
+    10058: "a stream of that name exists with a different config; set `adopt: true` on the pair to take "
+    "it over, or change the spec to match",
+    10148: "a consumer of that name exists with a different config; set `adopt: true` on the pair to take "
+    "it over, or change the spec to match",
+    10052: "the server refused the stream config; change the spec field it names",
+    10012: "the server has no room for it (JetStream memory or storage limits, or the account's "
+    "limits); raise them or lower the pair's stream_options",
+    10074: "replicas above 1 need a JetStream cluster; set stream_options.replicas: 1 on a single server",
+    10039: "JetStream is not enabled for the admin's account; enable it (`jetstream: enabled` on the "
+    "account) or use an admin user of an account that has it",
+    10076: "JetStream is not enabled on the server; start it with `-js` or a `jetstream {}` block",
+    10059: "the stream does not exist on the server; run `pulumi refresh` and `pulumi up` again",
+}
+"""One-line hints for the server refusals a user can meet (err_code, nats-server server/errors.json)."""
+
+
+def explain(err: JetStreamApiError) -> str:
+    """A server refusal as one line: what was asked, what the server said, and what to do."""
+    action = err.subject.removeprefix(f"{API}.")
+    verb, _, name = action.partition(".")[2].partition(".")
+    kind = action.partition(".")[0].lower()
+    what = f"{kind} {verb.lower()} of {name.replace('.', '/')!r}" if name else action
+    hint = SERVER_HINTS.get(err.err_code, "")
+    return f"the server refused the {what}: {err.description} (err_code {err.err_code})" + (
+        f"; {hint}" if hint else ""
+    )
+
+
+# -- the provider base ---------------------------------------------------------------------------------
+class JsbProvider(ResourceProvider):
+    """Holds no state of its own: it is pickled into every resource's state."""
+
+    serialize_as_secret_always = False
+
+    def configure(self, req: ConfigureRequest) -> None:
+        # The host answers the engine on worker threads while the admin connection lives on its own
+        # loop thread; a shorter GIL switch interval (CPython's default is 5 ms) lets that thread
+        # handle the server's answers sooner when workers are busy (a refresh's reads: ~14 ms -> ~10 ms
+        # each at 100 pairs). This process is the provider host and nothing else.
+        sys.setswitchinterval(HOST_SWITCH_INTERVAL)
+        settings.configure(req.config)
+
+    @staticmethod
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        """Run one call's I/O on the host's shared admin loop and connection. A refusal, a cluster that
+        stayed unavailable for the whole retry budget, a change that did not settle, a failed admin
+        connect or a server refusal (with a hint for the codes jsb-infra knows) is raised as one
+        `ProviderError` line: the host sends `traceback.format_exc()` to the engine, so the traceback
+        limit is set to 0 for that raise (it applies to this host process only, and any other
+        exception gets its full traceback back)."""
+        _full_tracebacks()
+        try:
+            return connection.shared.run(coro)
+        except JetStreamApiError as err:
+            sys.tracebacklimit = 0
+            raise ProviderError(explain(err)) from None
+        except nats.errors.TimeoutError:
+            sys.tracebacklimit = 0
+            raise ProviderError(
+                "no answer from the JetStream API in time: is JetStream enabled on the server and for the "
+                "admin's account (jsb:admin), and is the server (or its cluster's meta leader) up? "
+                "A re-run is safe"
+            ) from None
+        except ONE_LINE_ERRORS as err:
+            sys.tracebacklimit = 0
+            raise ProviderError(str(err)) from None
+
+
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
+    ProviderError,
+    ManagementUnavailable,
+    NotSettled,
+    AdminConnectError,
+)
+"""Failures whose message says everything: what failed and what to do. Anything else is a bug and
+keeps its traceback."""
+
+
+def _full_tracebacks() -> None:
+    if hasattr(sys, "tracebacklimit"):
+        del sys.tracebacklimit

@@ -1,0 +1,1 @@
+"""Operator tools: render, dlq, status, export, admin commands."""

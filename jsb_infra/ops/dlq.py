@@ -1,0 +1,271 @@
+"""DLQ operations for an operator: list, show, replay and purge one app's dead letters.
+
+An app's DLQ subject (`<app>.sync.dlq`) lives in its pair's stream; the runtime consumer parks a
+message there with the original body and headers saying why (`Jsb-Dlq-Reason`, `Jsb-Delivery-Count`,
+`Jsb-Original-Subject`, `Jsb-Stream-Sequence`, `Jsb-Consumer`, `Jsb-Error`). These commands read it
+with `STREAM.MSG.GET` (`next_by_subj`), so no consumer is created, and remove with `STREAM.MSG.DELETE`.
+
+Replay republishes the body to the original subject with `Nats-Msg-Id: replay:<stream>:<dlq seq>`, a
+stable id per DLQ message, and only after the PubAck deletes the DLQ message: a replay interrupted
+between the two and run again is dropped by the stream's duplicate window, so the event is stored
+once. The body keeps its `event_id`, so an inbox still answers a redelivery of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from jsb_infra.core import names
+from jsb_infra.nats_admin import AdminConnectError, JetStreamAdmin, StoredMessage, admin_session
+from jsb_infra.ops.admin_cli import add_admin_arguments, checked_connection, name_problems
+from jsb_infra.runtime.consumer import (
+    DLQ_CONSUMER,
+    DLQ_DELIVERY_COUNT,
+    DLQ_ERROR,
+    DLQ_ORIGINAL_SUBJECT,
+    DLQ_REASON,
+    DLQ_STREAM_SEQUENCE,
+)
+from jsb_infra.runtime.envelope import MSG_ID_HEADER
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One DLQ message, its headers read."""
+
+    seq: int
+    time: str
+    reason: str
+    delivery_count: str
+    original_subject: str
+    original_sequence: str
+    consumer: str
+    error: str
+    event_id: str
+    event_type: str
+    body: bytes
+
+    @classmethod
+    def from_message(cls, message: StoredMessage) -> DeadLetter:
+        h = message.headers
+        try:
+            doc = json.loads(message.data)
+        except ValueError:
+            doc = None
+        event = doc if isinstance(doc, dict) else {}
+        return cls(
+            seq=message.seq,
+            time=message.time,
+            reason=h.get(DLQ_REASON, "?"),
+            delivery_count=h.get(DLQ_DELIVERY_COUNT, "?"),
+            original_subject=h.get(DLQ_ORIGINAL_SUBJECT, ""),
+            original_sequence=h.get(DLQ_STREAM_SEQUENCE, "?"),
+            consumer=h.get(DLQ_CONSUMER, "?"),
+            error=h.get(DLQ_ERROR, ""),
+            event_id=str(event.get("event_id", "?")),
+            event_type=str(event.get("event_type", "?")),
+            body=message.data,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields.pop("body")
+        return fields
+
+
+def replay_msg_id(stream: str, dlq_seq: int) -> str:
+    """The `Nats-Msg-Id` of a replay: fixed per DLQ message, so replaying it twice stores it once."""
+    return f"replay:{stream}:{dlq_seq}"
+
+
+def replay_problem(letter: DeadLetter, app: str) -> str | None:
+    """Why `letter` must not be replayed, or None. The target must be a subject `app` consumes
+    (`<peer>.sync.<app>`): an admin publish could otherwise go anywhere a header says."""
+    parts = letter.original_subject.split(".")
+    if not letter.original_subject:
+        return f"no {DLQ_ORIGINAL_SUBJECT} header"
+    if len(parts) != 3 or parts[1] != "sync" or parts[2] != app or parts[0] == app:
+        return (
+            f"{DLQ_ORIGINAL_SUBJECT} {letter.original_subject!r} is not a subject {app} consumes "
+            f"(<peer>.sync.{app})"
+        )
+    return None
+
+
+async def dead_letters(admin: JetStreamAdmin, stream: str, app: str) -> list[DeadLetter]:
+    return [DeadLetter.from_message(m) async for m in admin.messages(stream, names.dlq_subject(app))]
+
+
+async def _selected(admin: JetStreamAdmin, args: argparse.Namespace) -> list[DeadLetter]:
+    letters = await dead_letters(admin, args.stream, args.app)
+    if getattr(args, "all", False):
+        return letters
+    wanted = set(args.seq or [])
+    return [letter for letter in letters if letter.seq in wanted]
+
+
+async def replay_one(admin: JetStreamAdmin, stream: str, letter: DeadLetter) -> str:
+    """Publish the body to its original subject, then delete the DLQ message; returns what happened."""
+    msg_id = replay_msg_id(stream, letter.seq)
+    reply = await admin.nc.request(
+        letter.original_subject, letter.body, timeout=admin.timeout, headers={MSG_ID_HEADER: msg_id}
+    )
+    ack = json.loads(reply.data)
+    if "error" in ack:
+        raise RuntimeError(f"the stream refused the replay: {ack['error']}")
+    if ack.get("stream") != stream:
+        raise RuntimeError(
+            f"{letter.original_subject} is captured by stream {ack.get('stream')!r}, not {stream!r}"
+        )
+    await admin.delete_message(stream, letter.seq)
+    how = "already stored (duplicate)" if ack.get("duplicate") else "stored"
+    return (
+        f"replayed seq {letter.seq} to {letter.original_subject} as stream seq {ack['seq']}, {how}; removed"
+    )
+
+
+# -- commands -------------------------------------------------------------------------------------
+def _row(letter: DeadLetter) -> str:
+    error = letter.error if len(letter.error) <= 60 else letter.error[:57] + "..."
+    when = letter.time[:19].replace("T", " ")
+    return (
+        f"{letter.seq:>7}  {when:<19}  {letter.reason:<11} {letter.delivery_count:>4}  "
+        f"{letter.original_subject:<24} {letter.event_type:<20} {letter.event_id:<36}  {error}"
+    )
+
+
+async def cmd_list(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
+    letters = await dead_letters(admin, args.stream, args.app)
+    if args.json:
+        print(json.dumps([letter.summary() for letter in letters], indent=2), file=out)
+        return 0
+    print(f"{len(letters)} message(s) on {names.dlq_subject(args.app)} in stream {args.stream}", file=out)
+    if letters:
+        print(
+            f"{'seq':>7}  {'time':<19}  {'reason':<11} {'dlv':>4}  {'original subject':<24} "
+            f"{'event type':<20} {'event id':<36}  error",
+            file=out,
+        )
+    for letter in letters:
+        print(_row(letter), file=out)
+    return 0
+
+
+async def cmd_show(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
+    letters = await _selected(admin, args)
+    missing = set(args.seq) - {letter.seq for letter in letters}
+    for letter in letters:
+        message = await admin.get_message(args.stream, letter.seq)
+        assert message is not None
+        if args.json:
+            doc = {
+                **letter.summary(),
+                "headers": message.headers,
+                "body": message.data.decode(errors="replace"),
+            }
+            print(json.dumps(doc, indent=2), file=out)
+            continue
+        print(f"seq {letter.seq} ({letter.time}) on {message.subject}", file=out)
+        for key, value in message.headers.items():
+            print(f"  {key}: {value}", file=out)
+        print(f"  body: {message.data.decode(errors='replace')}", file=out)
+    for seq in sorted(missing):
+        print(f"seq {seq}: not on {names.dlq_subject(args.app)} in stream {args.stream}", file=sys.stderr)
+    return EXIT_FAILED if missing else 0
+
+
+async def cmd_replay(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
+    failed = False
+    for letter in await _selected(admin, args):
+        problem = replay_problem(letter, args.app)
+        if problem:
+            failed = True
+            print(f"seq {letter.seq}: not replayed: {problem}", file=out)
+            continue
+        msg_id = replay_msg_id(args.stream, letter.seq)
+        if args.dry_run:
+            print(
+                f"would replay seq {letter.seq} (event {letter.event_id}) to {letter.original_subject} "
+                f"with {MSG_ID_HEADER} {msg_id}, then remove it",
+                file=out,
+            )
+            continue
+        try:
+            print(await replay_one(admin, args.stream, letter), file=out)
+        except Exception as err:
+            failed = True
+            print(f"seq {letter.seq}: replay failed, left in the DLQ: {err}", file=out)
+    return EXIT_FAILED if failed else 0
+
+
+async def cmd_purge(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
+    for letter in await _selected(admin, args):
+        if args.dry_run:
+            print(f"would remove seq {letter.seq} (event {letter.event_id}, {letter.reason})", file=out)
+        elif await admin.delete_message(args.stream, letter.seq):
+            print(f"removed seq {letter.seq} (event {letter.event_id})", file=out)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "show": cmd_show, "replay": cmd_replay, "purge": cmd_purge}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=list(COMMANDS), help="list | show | replay | purge")
+    parser.add_argument("--stream", required=True, help="the pair's stream")
+    parser.add_argument("--app", required=True, help="the app whose DLQ (<app>.sync.dlq) to read")
+    parser.add_argument(
+        "--seq", type=int, action="append", help="a DLQ message's stream sequence, repeatable"
+    )
+    parser.add_argument("--all", action="store_true", help="replay or purge every DLQ message")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="say what replay or purge would do; change nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="list and show as JSON")
+    add_admin_arguments(parser)
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.action in ("replay", "purge") and not (args.seq or args.all):
+        problems.append(f"{args.action}: name the messages with --seq N (repeatable) or --all")
+    if args.action == "show" and not args.seq:
+        problems.append("show: --seq N is required")
+    if args.seq and args.all:
+        problems.append("--all: not together with --seq")
+    if any(seq < 1 for seq in args.seq or []):
+        problems.append("--seq: stream sequences start at 1")
+    return problems + name_problems(args.stream, args.app)
+
+
+async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    problems = check_arguments(args)
+    conn = checked_connection("dlq", args, problems)
+    if conn is None:
+        return EXIT_INVALID
+    try:
+        async with admin_session(conn) as admin:
+            if await admin.stream_info(args.stream) is None:
+                print(
+                    f"jsb-infra dlq: --stream: no stream {args.stream!r} on {', '.join(conn.servers)}",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+            return await COMMANDS[args.action](admin, args, out)
+    except AdminConnectError as err:
+        print(f"jsb-infra dlq: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `jsb-infra dlq`."""
+    return asyncio.run(run_async(args))

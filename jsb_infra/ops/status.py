@@ -1,0 +1,150 @@
+"""`jsb-infra status`: per pair and app, what waits, what is in flight, what was dead-lettered, and when
+the app last pulled or acked. Admin credentials: it reads `CONSUMER.INFO` and `STREAM.INFO` (with a
+`subjects_filter` for the DLQ count), which no app credential may call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from jsb_infra.core import names
+from jsb_infra.nats_admin import AdminConnectError, JetStreamAdmin, admin_session
+from jsb_infra.ops.admin_cli import add_admin_arguments, checked_connection, name_problems
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+DURABLE_SUFFIX = names.durable_name("")
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    stream: str
+    app: str
+    durable: str
+    pending: int | None  # stored, not yet delivered to the app
+    ack_pending: int | None  # delivered, not yet acked
+    redelivered: int | None  # of the ack-pending ones, delivered more than once
+    waiting_pulls: int | None
+    dlq: int  # messages on <app>.sync.dlq
+    last_delivered: str | None
+    last_acked: str | None
+    problem: str | None = None
+
+
+def app_status(stream: str, app: str, consumer: dict[str, Any] | None, dlq_count: int) -> AppStatus:
+    """One row from the durable's CONSUMER.INFO (None: not there) and the DLQ count. Pure."""
+    durable = names.durable_name(app)
+    if consumer is None:
+        return AppStatus(
+            stream, app, durable, None, None, None, None, dlq_count, None, None, f"no durable {durable}"
+        )
+    return AppStatus(
+        stream=stream,
+        app=app,
+        durable=durable,
+        pending=int(consumer.get("num_pending", 0)),
+        ack_pending=int(consumer.get("num_ack_pending", 0)),
+        redelivered=int(consumer.get("num_redelivered", 0)),
+        waiting_pulls=int(consumer.get("num_waiting", 0)),
+        dlq=dlq_count,
+        last_delivered=(consumer.get("delivered") or {}).get("last_active"),
+        last_acked=(consumer.get("ack_floor") or {}).get("last_active"),
+    )
+
+
+async def pair_status(admin: JetStreamAdmin, stream: str, apps: list[str] | None) -> list[AppStatus]:
+    """Rows for `apps`, or for every durable named `<app>-workers` on the stream."""
+    if apps is None:
+        apps = [
+            n.removesuffix(DURABLE_SUFFIX)
+            for n in await admin.consumer_names(stream)
+            if n.endswith(DURABLE_SUFFIX)
+        ]
+    rows = []
+    for app in apps:
+        dlq_subject = names.dlq_subject(app)
+        info = await admin.stream_info_subjects(stream, dlq_subject)
+        dlq_count = int(((info or {}).get("state", {}).get("subjects") or {}).get(dlq_subject, 0))
+        rows.append(
+            app_status(stream, app, await admin.consumer_info(stream, names.durable_name(app)), dlq_count)
+        )
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value[:19].replace("T", " ")  # the server's RFC 3339 time, to the second
+    return str(value)
+
+
+def render_table(rows: list[AppStatus]) -> str:
+    header = ("stream", "app", "pending", "ack pending", "redelivered", "dlq", "last delivered", "last acked")
+    table = [header] + [
+        (
+            r.stream,
+            r.app,
+            _cell(r.pending),
+            _cell(r.ack_pending),
+            _cell(r.redelivered),
+            _cell(r.dlq),
+            _cell(r.last_delivered),
+            _cell(r.last_acked) + (f"  ({r.problem})" if r.problem else ""),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in table
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", action="append", required=True, help="a pair's stream, repeatable")
+    parser.add_argument(
+        "--app", action="append", help="an app, repeatable (default: every <app>-workers durable)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_admin_arguments(parser)
+
+
+async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    problems = [p for stream in args.stream for p in name_problems(stream, None)]
+    problems += [p for app in args.app or [] for p in name_problems(None, app)]
+    conn = checked_connection("status", args, problems)
+    if conn is None:
+        return EXIT_INVALID
+    rows: list[AppStatus] = []
+    missing = []
+    try:
+        async with admin_session(conn) as admin:
+            for stream in args.stream:
+                if await admin.stream_info(stream) is None:
+                    missing.append(stream)
+                    continue
+                rows += await pair_status(admin, stream, args.app)
+    except AdminConnectError as err:
+        print(f"jsb-infra status: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2), file=out)
+    else:
+        print(render_table(rows), file=out)
+    for stream in missing:
+        print(
+            f"jsb-infra status: --stream: no stream {stream!r} on {', '.join(conn.servers)}", file=sys.stderr
+        )
+    return EXIT_FAILED if missing or any(r.problem for r in rows) else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `jsb-infra status`."""
+    return asyncio.run(run_async(args))
