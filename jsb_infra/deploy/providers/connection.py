@@ -34,8 +34,7 @@ class SharedAdmin:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._nc: NATS | None = None
-        self._key: str | None = None
+        self._connections: dict[str, NATS] = {}
         self._connecting: asyncio.Lock | None = None
         self.connections_made = 0
 
@@ -77,21 +76,22 @@ class SharedAdmin:
             self._connecting = asyncio.Lock()  # made on the loop thread, the only one that awaits it
         key = conn.model_dump_json()  # in memory only: it holds the credentials
         async with self._connecting:
-            nc = self._nc
-            if nc is not None and self._key == key and nc.is_connected:
+            nc = self._connections.get(key)
+            if nc is not None and nc.is_connected:
                 return nc
             if nc is not None and not nc.is_closed:
                 await nc.close()
-            self._nc = None
-            self._nc = await connect_admin(conn)
-            self._key = key
+            self._connections.pop(key, None)
+            nc = await connect_admin(conn)
+            self._connections[key] = nc
             self.connections_made += 1
-            return self._nc
+            return nc
 
     async def _close_connection(self) -> None:
-        nc, self._nc = self._nc, None
-        if nc is not None and not nc.is_closed:
-            await nc.close()
+        connections, self._connections = list(self._connections.values()), {}
+        for nc in connections:
+            if not nc.is_closed:
+                await nc.close()
 
     def close(self) -> None:
         """Close the connection and stop the loop thread (at exit; a later `run` starts afresh)."""

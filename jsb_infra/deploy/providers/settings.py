@@ -10,6 +10,11 @@ password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputD
 `jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s),
 and for JWT mode the secrets `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
 The engine passes structured values as JSON text (and may pass them decoded); both are accepted.
+
+A resource may carry its own `connection` input (what `jsb_infra.Connection.as_input()` makes): its
+servers, its admin credentials (a secret input, or the name of a stack config key holding them, which
+keeps them out of state), its retry budget and settle timeout. `for_connection` resolves it against the
+stack config; a resource without one (or with `{"stack_config": true}`) uses the `jsb:` keys above.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class ProviderSettings(BaseModel):
 
 _lock = threading.Lock()
 _current: ProviderSettings | None = None
+_raw_config: Any = None
+CONNECTION_FIELDS = ("name", "servers", "admin", "admin_config_key", "retry_budget", "settle_timeout")
 
 
 def _decoded(key: str, value: Any) -> Any:
@@ -167,10 +174,70 @@ def jwt_settings(raw: Any) -> dict[str, str | None]:
 
 def configure(raw: Any) -> None:
     """Record the settings for this host process (called from every provider's `configure`)."""
-    global _current
+    global _current, _raw_config
     settings = settings_from_config(raw)
     with _lock:
         _current = settings
+        _raw_config = raw
+
+
+def connection_problem(value: Any) -> str | None:
+    """Why a `connection` input cannot be used (None: it can). Never repeats a value."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "connection: must be an object (jsb_infra.Connection(...).as_input())"
+    unknown = sorted(set(value) - set(CONNECTION_FIELDS) - {"stack_config"})
+    if unknown:
+        return f"connection: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CONNECTION_FIELDS)}"
+    if value.get("stack_config"):
+        return None
+    servers = value.get("servers")
+    if not isinstance(servers, list) or not servers or not all(isinstance(s, str) and s for s in servers):
+        return "connection.servers: must be a non-empty list of server URLs"
+    admin = value.get("admin")
+    if admin is not None and not isinstance(admin, dict):
+        return f"connection.admin: must be an object with keys {', '.join(ADMIN_FIELDS)}"
+    if isinstance(admin, dict) and set(admin) - set(ADMIN_FIELDS):
+        return f"connection.admin: unknown key(s); allowed: {', '.join(ADMIN_FIELDS)}"
+    if admin is not None and value.get("admin_config_key"):
+        return "connection: give admin or admin_config_key, not both"
+    return None
+
+
+def for_connection(value: Any) -> ProviderSettings:
+    """The settings a resource's `connection` input stands for (see the module docstring)."""
+    base = current()
+    if not isinstance(value, dict) or value.get("stack_config"):
+        return base
+    problem = connection_problem(value)
+    if problem:
+        raise ProviderSettingsError(problem)
+    admin = value.get("admin")
+    key = value.get("admin_config_key")
+    if key:
+        with _lock:
+            raw = _raw_config
+        admin = _decoded(key, raw.get(key)) if raw is not None else None
+        if admin is None:
+            raise ProviderSettingsError(
+                f"connection {value.get('name')!r}: the stack config has no {key}; set it with "
+                f"`pulumi config set --secret --path '{key}.password' ...`"
+            )
+        if not isinstance(admin, dict) or set(admin) - set(ADMIN_FIELDS):
+            raise ProviderSettingsError(f"{key}: must be an object with keys {', '.join(ADMIN_FIELDS)}")
+    timing = {
+        field: float(value[field])
+        for field in ("retry_budget", "settle_timeout")
+        if value.get(field) is not None
+    }
+    return base.model_copy(
+        update={
+            "servers": list(value["servers"]),
+            "admin": {k: str(v) for k, v in (admin or {}).items() if v is not None},
+            **timing,
+        }
+    )
 
 
 def current() -> ProviderSettings:
@@ -179,10 +246,11 @@ def current() -> ProviderSettings:
         return _current if _current is not None else ProviderSettings()
 
 
-def admin_session() -> AbstractAsyncContextManager[JetStreamAdmin]:
-    """An admin session on the host's shared connection (see `connection`), with the configured settings
-    and retry budget. Await it on the shared loop only: `JsbProvider.run` puts every provider call there."""
-    settings = current()
+def admin_session(conn: Any = None) -> AbstractAsyncContextManager[JetStreamAdmin]:
+    """An admin session on the host's shared connection (see `connection`) for a resource's
+    `connection` input (None: the stack config), with its retry budget. Await it on the shared loop
+    only: `JsbProvider.run` puts every provider call there."""
+    settings = for_connection(conn)
     return connection.shared.session(settings.admin_connection(), retry=settings.retry_policy())
 
 
