@@ -17,14 +17,16 @@ from jsb_infra.deploy.providers.accounts_include import AccountsInclude
 from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 
 
-def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulumi.Output[Any]]:
+def jwt_identities(
+    layout: AccountLayout, auth: AuthSettings, opts: pulumi.ResourceOptions | None = None
+) -> dict[str, pulumi.Output[Any]]:
     """The JetStream account's JWT and one account + user per app; returns {app: credentials entry}.
 
     Each entry is what `jsb_infra.core.outputs.AppCredentials` describes: the user's key and seed, its
     account's key, and the `.creds` document (user JWT + seed) the runtime client connects with.
     """
     assert auth.jetstream_account is not None
-    signing = AccountSigningKey("jetstream-signing-key", auth.jetstream_account)
+    signing = AccountSigningKey("jetstream-signing-key", auth.jetstream_account, opts=opts)
     jetstream = JetStreamAccountJwt(
         "jetstream-account",
         name=layout.jetstream_account,
@@ -36,6 +38,7 @@ def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulum
         ],
         signing_keys=list(auth.signing_keys),
         adopt=auth.adopt,
+        opts=opts,
     )
     entries: dict[str, pulumi.Output[Any]] = {}
     for account in layout.apps:
@@ -49,7 +52,9 @@ def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulum
             jetstream_account=auth.jetstream_account,
             jetstream_signing_seed=signing.seed,
             rotate=auth.rotate.get(account.app, ""),
-            opts=pulumi.ResourceOptions(depends_on=[jetstream]),  # its exports and signing key first
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(depends_on=[jetstream])
+            ),  # exports first
         )
         entries[account.app] = pulumi.Output.from_input(
             {
@@ -62,12 +67,18 @@ def jwt_identities(layout: AccountLayout, auth: AuthSettings) -> dict[str, pulum
     return entries
 
 
-def accounts_include(auth: AuthSettings, text: pulumi.Input[str]) -> AccountsInclude | None:
+def accounts_include(
+    auth: AuthSettings, text: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+) -> AccountsInclude | None:
     """Config mode with `accounts_file`: the include written there, and the reload hook run."""
     if auth.mode != "config" or not auth.accounts_file:
         return None
     return AccountsInclude(
-        "accounts-include", auth.accounts_file, text, auth.reload.as_input() if auth.reload else None
+        "accounts-include",
+        auth.accounts_file,
+        text,
+        auth.reload.as_input() if auth.reload else None,
+        opts=opts,
     )
 
 

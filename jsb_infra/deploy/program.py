@@ -1,27 +1,25 @@
-"""The Pulumi program: stack config in, one PairStream per pair, stack outputs out.
+"""The config-driven Pulumi program (`stacks/__main__.py`, what `make up` runs): a thin reader of the
+`jsb:` stack config that builds the same public API a user's own program composes.
 
-`stacks/__main__.py` only calls `main()`. The logic lives here so mock tests can import and run it.
 Every pair (and the server list) is validated before the first resource is registered: a bad stack
-config fails the preview with the field and the rule, and leaves nothing half-created.
+config fails the preview with the field and the rule, and leaves nothing half-created. Per pair one
+`AppPair` (named by the pair's `id`, else its stream), then one `AppAccounts` for all of them; every
+child reaches the servers through the default connection, the `jsb:` stack config keys.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pulumi
 
-from jsb_infra.core.accounts import account_layout, render_accounts_conf
-from jsb_infra.core.documents import render_documents
 from jsb_infra.core.spec import ConfigError
-from jsb_infra.deploy.bridge_check import checked_bridges
-from jsb_infra.deploy.identities import accounts_include, jwt_identities, read_auth
-from jsb_infra.deploy.migration.state_migration import OLD_TYPES
-from jsb_infra.deploy.providers.base import canonical_pair
-from jsb_infra.deploy.providers.credential import AppCredentials
-from jsb_infra.deploy.providers.documents import ServerDocuments
-from jsb_infra.deploy.providers.pair_stream import PairStream
+from jsb_infra.deploy.app_accounts import AppAccounts, AppAccountsArgs
+from jsb_infra.deploy.component import AppPair
+from jsb_infra.deploy.connection import Connection
+from jsb_infra.deploy.identities import read_auth
 from jsb_infra.deploy.stack_settings import (  # noqa: F401  (the program's settings, also imported from here)
     CONFIG_NAMESPACE,
     StackSettings,
@@ -29,10 +27,27 @@ from jsb_infra.deploy.stack_settings import (  # noqa: F401  (the program's sett
     read_stack_settings,
 )
 
-LAYOUT = "pair-stream"
-"""The resource layout this program writes (stack output `layout`): one PairStream per pair and one
-AppCredentials, where stacks written before held an AppPair component with a Stream and two
-Consumers per pair and an AppCredential per app."""
+LAYOUT = "app-pair"
+"""The resource layout this program writes (stack output `layout`)."""
+
+PAIR_STREAM_TYPES = ("pulumi-python:dynamic/jsb:PairStream", "pulumi-python:dynamic/jsb:AppCredentials")
+"""Resource types of the `pair-stream` layout (one PairStream per pair, one AppCredentials)."""
+PAIR_INPUT_TYPES = ("pulumi-python:dynamic/jsb:Stream", "pulumi-python:dynamic/jsb:Consumer")
+"""Types that the layout before `pair-stream` shares with this one; its resources carry the whole
+pair (a `pair` output), this layout's carry their own rendered config."""
+
+
+def older_layout_types(resources: Iterable[dict[str, Any]]) -> list[str]:
+    """The resource types, among a stack's resources ({type, outputs}), that belong to an older layout."""
+    older = set()
+    for resource in resources:
+        kind = resource.get("type")
+        if kind in PAIR_STREAM_TYPES or (
+            kind in PAIR_INPUT_TYPES and "pair" in (resource.get("outputs") or {})
+        ):
+            older.add(str(kind))
+    return sorted(older)
+
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_STACK_RESOURCES = "pulumi:pulumi:readStackResourceOutputs"
@@ -54,11 +69,11 @@ def layout_problem(previous_layout: Any, older_types: list[str]) -> str | None:
     if not older_types:
         return None
     return (
-        f"this stack's resources have an older layout ({', '.join(older_types)}: an AppPair "
-        "component, a Stream and Consumers per pair, an AppCredential per app; this version writes "
-        f"{LAYOUT!r}: one PairStream per pair and one AppCredentials). Nothing was changed. Convert "
-        "the state first, which keeps every stream, consumer and app key: `jsb-infra migrate-state "
-        "--stack <stack>`, then run `pulumi up` again"
+        f"this stack's resources have an older layout ({', '.join(older_types)}); this version writes "
+        f"{LAYOUT!r}: an AppPair component per pair with a Stream, a Consumer and a PermissionDocument "
+        "per app, and an AppAccounts component with an AppCredential per app. Nothing was changed. "
+        "Convert the state first, which keeps every stream, consumer and app key: `jsb-infra "
+        "migrate-state --stack <stack>`, then run `pulumi up` again"
     )
 
 
@@ -91,8 +106,7 @@ def check_state_layout() -> None:
     older: list[str] = []
     if layout is None:
         found = read_own_stack(READ_STACK_RESOURCES, {"stackName": name}) or {}
-        types = {r.get("type") for r in (found.get("outputs") or {}).values() if isinstance(r, dict)}
-        older = sorted(t for t in types if t in OLD_TYPES)
+        older = older_layout_types(r for r in (found.get("outputs") or {}).values() if isinstance(r, dict))
     problem = layout_problem(layout, older)
     if problem:
         raise StateLayoutError(problem)
@@ -101,76 +115,37 @@ def check_state_layout() -> None:
 def build(config: pulumi.Config | None = None) -> dict[str, Any]:
     """Validate the whole stack config, then register every resource; returns the stack outputs.
 
-    Per pair one `PairStream` (its stream and consumers, protected unless the pair says otherwise:
-    removing a pair must not delete the durables its apps read from); one `AppCredentials` with every
-    app's key (an app is one account with one user, across all its pairs); one `ServerDocuments` with
-    everything rendered (the accounts include file among them). Few resources on purpose: the engine
-    costs milliseconds per registered resource on every run. `bridges` (apps read it) and `permissions`
-    (what a reviewer reads) derive from the spec alone, so `pulumi preview --diff` shows their changes;
-    `bridge_check` fails the `up` when a live consumer differs from its bridge; `credentials` is secret
-    (NKey seeds); `accounts_conf` is the nats-server include for config-file auth.
+    `bridges` (apps read it) and `permissions` (what a reviewer reads) derive from the spec alone, so
+    `pulumi preview --diff` shows their changes; `credentials` is secret (NKey seeds, or JWT-mode
+    `.creds`); `accounts_conf` is the nats-server include for config-file auth.
     """
+    config = config or pulumi.Config(CONFIG_NAMESPACE)
     settings = read_stack_settings(config)
-    auth = read_auth(config or pulumi.Config(CONFIG_NAMESPACE))
-    pairs = list(settings.pairs)
-    layout = account_layout(pairs, settings.jetstream_account)
+    auth = read_auth(config)
     check_state_layout()
-    # JWT mode: accounts and users are JWTs (jsb_infra.deploy.identities)
-    credentials = (
-        AppCredentials("app-credentials", [a.app for a in layout.apps]) if auth.mode == "config" else None
+    connection = Connection("stack-config", servers=settings.servers, stack_config=True)
+    pairs = [
+        AppPair(pair.resource_name, pair, connection=connection, app_servers=settings.bridge_servers)
+        for pair in settings.pairs
+    ]
+    accounts = AppAccounts(
+        "accounts",
+        AppAccountsArgs(
+            pairs=pairs,
+            app_servers=settings.bridge_servers,
+            jetstream_account=settings.jetstream_account,
+            deploy_user=settings.deploy,
+            auth=auth,
+        ),
     )
-    pair_streams = {
-        pair.stream: PairStream(
-            pair.resource_name,
-            canonical_pair(pair),
-            opts=pulumi.ResourceOptions(protect=pair.protect),
-        )
-        for pair in pairs
-    }
-    bridges = {
-        pair.stream: checked_bridges(pair_streams[pair.stream], pair, settings.bridge_servers)
-        for pair in pairs
-    }
-    public_keys = credentials.public_keys if credentials else pulumi.Output.from_input({})
-
-    # What does not depend on the generated keys is a plain value, known at preview; the accounts
-    # include names each app's user by its key, so it waits for the credentials.
-    rendered = render_documents(
-        pairs,
-        {},
-        deploy=settings.deploy,
-        jetstream_account=settings.jetstream_account,
-        servers=settings.bridge_servers,
-    )
-    keyless: dict[str, pulumi.Input[str]] = {str(path): text for path, text in rendered.items()}
-    accounts_conf = public_keys.apply(lambda keys: render_accounts_conf(layout, keys, settings.deploy))
-    server_documents = ServerDocuments("server-documents", {**keyless, "accounts.conf": accounts_conf})
-    accounts_include(auth, accounts_conf)  # config mode: where the servers include it, then reload
     return {
-        # Plain values where the spec alone decides: exported as they are (an Output would be walked
-        # into one Output per nested value, seconds for a fleet), and known at preview.
+        # Plain values where the spec alone decides: exported as they are, and known at preview.
         "layout": LAYOUT,
-        "bridges": {stream: b.bridges for stream, b in bridges.items()},
-        "bridge_check": pulumi.Output.all(*(b.check for b in bridges.values())).apply(
-            lambda checks: f"{len(checks)} pairs: consumers match the bridges"
-        ),
-        "credentials": pulumi.Output.secret(jwt_identities(layout, auth))
-        if auth.mode == "jwt"
-        else pulumi.Output.secret(
-            {
-                account.app: {
-                    "account": account.account,
-                    "public_key": credentials.public_keys[account.app],
-                    "seed": credentials.seeds[account.app],
-                }
-                for account in layout.apps
-            }
-            if credentials
-            else {}
-        ),
-        "permissions": {a.app: a.document() for a in layout.apps},
-        "accounts_conf": accounts_conf,
-        "documents": server_documents.files,
+        "bridges": {p.pair.stream: p.bridges for p in pairs},
+        "credentials": accounts.credentials,
+        "permissions": accounts.permissions,
+        "accounts_conf": accounts.accounts_conf,
+        "documents": accounts.documents.files,
     }
 
 
