@@ -32,7 +32,17 @@ PUBLIC_API = {
     "DeployUser": "jsb_infra.core.accounts",
     "ConfigError": "jsb_infra.core.spec",
 }
-__all__ = sorted(PUBLIC_API)
+__all__ = [
+    "AdminCredentials",
+    "AppAccounts",
+    "AppAccountsArgs",
+    "AppPair",
+    "AppPairArgs",
+    "ConfigError",
+    "Connection",
+    "DeployUser",
+]
+assert sorted(__all__) == sorted(PUBLIC_API)
 
 if TYPE_CHECKING:
     from jsb_infra.core.accounts import DeployUser

@@ -4,14 +4,15 @@
 
 Least privilege needs one account per app (without JetStream) and one JetStream account holding the
 streams; an app is one identity across all its pairs. So the identities and the server documents
-are derived from all the pairs of a deployment together. Children, parented to the component:
+are derived from all the pairs of a deployment together. Children, parented to the component and
+named after it (`<name>-...`, so one program can hold several):
 
-- config mode: `<app>-credential`, one `AppCredential` per app (its NKey user; the seed is a secret
+- config mode: `<name>-<app>-credential`, one `AppCredential` per app (its NKey user; the seed is a secret
   output). Replacing one (`pulumi up --replace <its URN>`) rotates that app's key and nobody else's;
 - JWT mode: the JetStream account's JWT and one account JWT (with its user) per app;
-- `server-documents`: every rendered document (`accounts.conf`, `apps/<app>.json`, per pair the stream,
+- `<name>-server-documents`: every rendered document (`accounts.conf`, `apps/<app>.json`, per pair the stream,
   consumer and permission documents), written to `output_dir` when one is set;
-- `accounts-include`: config mode with `jsb:auth.accounts_file`, the include delivered and reloaded.
+- `<name>-accounts-include`: config mode with `jsb:auth.accounts_file`, the include delivered and reloaded.
 
 A program that manages several deployments holds one `AppAccounts` each, with its own `output_dir`.
 """
@@ -105,11 +106,14 @@ class AppAccounts(pulumi.ComponentResource):
         self.layout = layout = account_layout(pairs, args.jetstream_account)
         self.permissions = {a.app: a.document() for a in layout.apps}
         if args.auth.mode == "jwt":
-            entries = jwt_identities(layout, args.auth, opts=child)
+            entries = jwt_identities(layout, args.auth, prefix=resource_name, opts=child)
             self.public_keys = {}  # the users are in the account JWTs, not in an accounts include
             self.credentials = pulumi.Output.secret(entries)
         else:
-            keys = {a.app: AppCredential(f"{a.app}-credential", a.app, opts=child) for a in layout.apps}
+            keys = {
+                a.app: AppCredential(f"{resource_name}-{a.app}-credential", a.app, opts=child)
+                for a in layout.apps
+            }
             self.public_keys = {app: key.public_key for app, key in keys.items()}
             self.credentials = pulumi.Output.secret(
                 {
@@ -137,7 +141,7 @@ class AppAccounts(pulumi.ComponentResource):
         documents: dict[str, pulumi.Input[str]] = {str(path): text for path, text in keyless.items()}
         documents["accounts.conf"] = self.accounts_conf
         self.documents = ServerDocuments(
-            "server-documents", documents, output_dir=args.output_dir, opts=child
+            f"{resource_name}-server-documents", documents, output_dir=args.output_dir, opts=child
         )
-        accounts_include(args.auth, self.accounts_conf, opts=child)
+        accounts_include(args.auth, self.accounts_conf, prefix=resource_name, opts=child)
         self.register_outputs({"accounts_conf": self.accounts_conf, "permissions": self.permissions})

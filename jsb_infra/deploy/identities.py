@@ -18,7 +18,10 @@ from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccoun
 
 
 def jwt_identities(
-    layout: AccountLayout, auth: AuthSettings, opts: pulumi.ResourceOptions | None = None
+    layout: AccountLayout,
+    auth: AuthSettings,
+    prefix: str,
+    opts: pulumi.ResourceOptions | None = None,
 ) -> dict[str, pulumi.Output[Any]]:
     """The JetStream account's JWT and one account + user per app; returns {app: credentials entry}.
 
@@ -26,9 +29,9 @@ def jwt_identities(
     account's key, and the `.creds` document (user JWT + seed) the runtime client connects with.
     """
     assert auth.jetstream_account is not None
-    signing = AccountSigningKey("jetstream-signing-key", auth.jetstream_account, opts=opts)
+    signing = AccountSigningKey(f"{prefix}-jetstream-signing-key", auth.jetstream_account, opts=opts)
     jetstream = JetStreamAccountJwt(
-        "jetstream-account",
+        f"{prefix}-jetstream-account",
         name=layout.jetstream_account,
         public_key=auth.jetstream_account,
         signing_key=signing.public_key,
@@ -43,7 +46,7 @@ def jwt_identities(
     entries: dict[str, pulumi.Output[Any]] = {}
     for account in layout.apps:
         app = AppAccountJwt(
-            f"{account.app}-account",
+            f"{prefix}-{account.app}-account",
             app=account.app,
             name=account.account,
             imports=[{"subject": s.subject, "response_type": s.response_type} for s in account.services],
@@ -68,13 +71,16 @@ def jwt_identities(
 
 
 def accounts_include(
-    auth: AuthSettings, text: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+    auth: AuthSettings,
+    text: pulumi.Input[str],
+    prefix: str,
+    opts: pulumi.ResourceOptions | None = None,
 ) -> AccountsInclude | None:
     """Config mode with `accounts_file`: the include written there, and the reload hook run."""
     if auth.mode != "config" or not auth.accounts_file:
         return None
     return AccountsInclude(
-        "accounts-include",
+        f"{prefix}-accounts-include",
         auth.accounts_file,
         text,
         auth.reload.as_input() if auth.reload else None,
