@@ -12,7 +12,7 @@ named after it (`<name>-...`, so one program can hold several):
 - JWT mode: the JetStream account's JWT and one account JWT (with its user) per app;
 - `<name>-server-documents`: every rendered document (`accounts.conf`, `apps/<app>.json`, per pair the stream,
   consumer and permission documents), written to `output_dir` when one is set;
-- `<name>-accounts-include`: config mode with `jsb:auth.accounts_file`, the include delivered and reloaded.
+- `<name>-include`: config mode with `jsb:auth.accounts_file`, the include delivered and reloaded.
 
 A program that manages several deployments holds one `AppAccounts` each, with its own `output_dir`.
 """

@@ -80,7 +80,7 @@ def accounts_include(
     if auth.mode != "config" or not auth.accounts_file:
         return None
     return AccountsInclude(
-        f"{prefix}-accounts-include",
+        f"{prefix}-include",
         auth.accounts_file,
         text,
         auth.reload.as_input() if auth.reload else None,
