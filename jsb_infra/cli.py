@@ -194,10 +194,10 @@ def _add_reliability(subparsers: Any) -> None:
 
 
 def _add_migrate_state(subparsers: Any) -> None:
-    """`migrate-state`: a stack's state from the AppPair layout to PairStream (runs `pulumi`)."""
+    """`migrate-state`: a stack's state from an older resource layout to app-pair (runs `pulumi`)."""
     from jsb_infra.deploy.migration import migrate_state
 
-    help_text = "move a stack's state from the AppPair layout to PairStream (backup, then import)"
+    help_text = "move a stack's state from an older resource layout to app-pair (backup, then import)"
     parser = subparsers.add_parser("migrate-state", help=help_text, description=help_text)
     migrate_state.add_arguments(parser)
     parser.set_defaults(handler=migrate_state.run)

@@ -1,9 +1,11 @@
-"""The state migration to PairStream, on a real exported deployment of the old layout.
+"""The state migration to the app-pair layout, from real exported deployments of both older layouts.
 
-The fixture (tests/fixtures/state-before-pair-stream, made by its generate.py with the real Pulumi CLI
-and nats-server) has two pairs sharing the app `orders`: orders/billing (protected, DLQ, consumer
+`tests/fixtures/state-before-pair-stream` (made by its generate.py with the real Pulumi CLI and
+nats-server) has two pairs sharing the app `orders`: orders/billing (protected, DLQ, consumer
 settings of its own, an `id`) and orders/shipping (unprotected, no DLQ), with ServerDocuments and an
-AccountsInclude that depend on the credentials.
+AccountsInclude that depend on the credentials. `tests/fixtures/state-pair-stream` is the same stack
+in the pair-stream layout (see its README). Both must end in the same app-pair state, with every
+stream, consumer and app key recorded as before.
 """
 
 from __future__ import annotations
@@ -18,31 +20,68 @@ import pytest
 
 from jsb_infra import cli
 from jsb_infra.core.credentials import public_key_of
+from jsb_infra.core.spec import STORED_CONTEXT, Pair
+from jsb_infra.core.topology import consumer_config, dlq_keeper_config, stream_config
 from jsb_infra.deploy.migration.state_migration import (
+    APP_ACCOUNTS_TYPE,
     APP_PAIR_TYPE,
+    BEFORE_PAIR_STREAM_LAYOUT,
     CONSUMER_TYPE,
     CREDENTIAL_TYPE,
     CREDENTIALS_TYPE,
+    LAYOUT,
+    PAIR_STREAM_LAYOUT,
     PAIR_STREAM_TYPE,
     SECRET_SIG,
+    SERVER_DOCUMENTS_TYPE,
     STREAM_TYPE,
     MigrationRefused,
     SerializedProviders,
     is_secret,
     migrate,
+    older_layout_resources,
+    stream_incarnation_key,
+    unpack_documents,
 )
+from jsb_infra.nats_admin import normalize
 
-FIXTURE = Path(__file__).parent / "fixtures" / "state-before-pair-stream"
-PROVIDERS = SerializedProviders(pair_stream="serialized PairStreamProvider", credentials="serialized creds")
+FIXTURES = Path(__file__).parent / "fixtures"
+PROVIDERS = SerializedProviders(
+    stream="serialized StreamProvider",
+    consumer="serialized ConsumerProvider",
+    credential="serialized AppCredentialProvider",
+    documents="serialized ServerDocumentsProvider",
+    accounts_include="serialized AccountsIncludeProvider",
+)
 STACK_URN = "urn:pulumi:fleet::jsb::pulumi:pulumi:Stack::jsb-fleet"
 PREFIX = "urn:pulumi:fleet::jsb::"
+ACCOUNTS_URN = f"{PREFIX}{APP_ACCOUNTS_TYPE}::accounts"
 APPS = ["billing", "orders", "shipping"]
+PAIRS = {"orders-billing": ["orders", "billing"], "orders-shipping-sync": ["orders", "shipping"]}
+LAYOUT_FIXTURES = {
+    BEFORE_PAIR_STREAM_LAYOUT: FIXTURES / "state-before-pair-stream",
+    PAIR_STREAM_LAYOUT: FIXTURES / "state-pair-stream",
+}
+
+
+def load(layout: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((LAYOUT_FIXTURES[layout] / "deployment.json").read_text())
+    return document
 
 
 @pytest.fixture
-def before() -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((FIXTURE / "deployment.json").read_text())
-    return document
+def oldest() -> dict[str, Any]:
+    return load(BEFORE_PAIR_STREAM_LAYOUT)
+
+
+@pytest.fixture
+def pair_stream() -> dict[str, Any]:
+    return load(PAIR_STREAM_LAYOUT)
+
+
+@pytest.fixture(params=[BEFORE_PAIR_STREAM_LAYOUT, PAIR_STREAM_LAYOUT])
+def before(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load(request.param)
 
 
 def resources(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -85,113 +124,187 @@ def plain_strings(value: Any) -> Iterator[str]:
         yield value
 
 
-def old_seeds(before: dict[str, Any]) -> dict[str, str]:
+def oldest_keys() -> dict[str, tuple[str, str]]:
+    """{app: (public key, seed)} as the oldest fixture records them."""
     return {
-        r["inputs"]["app"]: json.loads(r["outputs"]["seed"]["plaintext"])
-        for r in by_type(before, CREDENTIAL_TYPE)
+        r["inputs"]["app"]: (r["outputs"]["public_key"], json.loads(r["outputs"]["seed"]["plaintext"]))
+        for r in by_type(load(BEFORE_PAIR_STREAM_LAYOUT), CREDENTIAL_TYPE)
     }
 
 
-def test_each_pair_becomes_one_pair_stream_holding_its_stream_and_consumers(before):
-    after, report = migrate(before, PROVIDERS)
-    pair_streams = {r["urn"]: r for r in by_type(after, PAIR_STREAM_TYPE)}
-    assert sorted(pair_streams) == [
-        f"{PREFIX}{PAIR_STREAM_TYPE}::orders-billing",  # the pair's `id`, the old component's name
-        f"{PREFIX}{PAIR_STREAM_TYPE}::orders-shipping-sync",
+def recorded_objects() -> dict[str, dict[str, Any]]:
+    """What the server reported for each stream and consumer, as the oldest fixture records it:
+    {stream id or consumer id: outputs}."""
+    return {
+        r["id"]: r["outputs"]
+        for r in resources(load(BEFORE_PAIR_STREAM_LAYOUT))
+        if r["type"] in (STREAM_TYPE, CONSUMER_TYPE)
+    }
+
+
+def stored_pair(name: str) -> Pair:
+    [stream] = [
+        r for r in by_type(load(BEFORE_PAIR_STREAM_LAYOUT), STREAM_TYPE) if r["parent"].endswith(f"::{name}")
     ]
-    for old_stream in by_type(before, STREAM_TYPE):
-        component = old_stream["parent"].rsplit("::", 1)[1]
-        new = pair_streams[f"{PREFIX}{PAIR_STREAM_TYPE}::{component}"]
-        assert new["id"] == old_stream["id"] == old_stream["outputs"]["name"]
-        assert new["parent"] == STACK_URN and new["custom"] is True
-        assert new["provider"] == old_stream["provider"]
-        assert new.get("protect", False) == old_stream.get("protect", False)
-        assert new["inputs"] == {"__provider": PROVIDERS.pair_stream, "pair": old_stream["inputs"]["pair"]}
-        assert set(new["outputs"]) == {"__provider", "pair", "stream", "consumers"}
-        assert new["outputs"]["pair"] == old_stream["inputs"]["pair"]
-        stream_outputs = {k: v for k, v in old_stream["outputs"].items() if k not in ("__provider", "pair")}
-        assert new["outputs"]["stream"] == stream_outputs
-        old_consumers = [c for c in by_type(before, CONSUMER_TYPE) if c["parent"] == old_stream["parent"]]
-        assert sorted(new["outputs"]["consumers"]) == sorted(old_stream["inputs"]["pair"]["apps"])
-        for consumer in old_consumers:
-            kept = new["outputs"]["consumers"][consumer["inputs"]["app"]]
-            assert kept == {
-                k: v
-                for k, v in consumer["outputs"].items()
-                if k not in ("__provider", "pair", "stream_created")
-            }
-            assert kept["created"] == consumer["outputs"]["created"]  # the server's object, as recorded
-    protected = {r["urn"].rsplit("::", 1)[1]: r.get("protect", False) for r in pair_streams.values()}
-    assert protected == {"orders-billing": True, "orders-shipping-sync": False}
-    assert len(report.pairs) == 2 and "orders-billing" in report.pairs[0]
+    return Pair.model_validate(normalize(stream["inputs"]["pair"]), context=STORED_CONTEXT)
 
 
-def test_all_credentials_become_one_app_credentials_with_the_same_keys_and_secret_seeds(before):
+# -- what both older layouts become ---------------------------------------------------------------------
+def test_each_pair_becomes_an_app_pair_with_its_stream_and_a_consumer_per_app(before):
     after, report = migrate(before, PROVIDERS)
-    [creds] = by_type(after, CREDENTIALS_TYPE)
-    assert creds["urn"] == f"{PREFIX}{CREDENTIALS_TYPE}::app-credentials" and creds["id"] == "app-credentials"
-    assert creds["inputs"] == {"__provider": PROVIDERS.credentials, "apps": APPS}
-    assert creds["additionalSecretOutputs"] == ["seeds"]
-    assert creds["outputs"]["apps"] == APPS
-    old = {r["inputs"]["app"]: r for r in by_type(before, CREDENTIAL_TYPE)}
-    assert creds["outputs"]["public_keys"] == {app: old[app]["outputs"]["public_key"] for app in APPS}
-    assert creds["outputs"]["public_keys"]["orders"] == old["orders"]["id"]  # one key for both of its pairs
-    assert is_secret(creds["outputs"]["seeds"])
-    seeds = json.loads(creds["outputs"]["seeds"]["plaintext"])
-    assert seeds == old_seeds(before)
-    assert {app: public_key_of(seed) for app, seed in seeds.items()} == creds["outputs"]["public_keys"]
-    assert report.credentials == [
-        "3 AppCredential (billing, orders, shipping) -> AppCredentials 'app-credentials' (seeds secret)"
-    ]
-
-
-def test_no_seed_is_outside_a_secret_and_the_other_resources_are_kept(before):
-    after, _ = migrate(before, PROVIDERS)
-    seeds = old_seeds(before).values()
-    leaked = [s for s in plain_strings(after) if any(seed in s for seed in seeds)]
-    assert leaked == []
-    kept_before = {
-        r["urn"]: r
-        for r in resources(before)
-        if r["type"] not in (APP_PAIR_TYPE, STREAM_TYPE, CONSUMER_TYPE, CREDENTIAL_TYPE)
-    }
-    kept_after = {
-        r["urn"]: r for r in resources(after) if r["type"] not in (PAIR_STREAM_TYPE, CREDENTIALS_TYPE)
-    }
-    assert sorted(kept_after) == sorted(kept_before)
-    for urn, old in kept_before.items():
-        new = kept_after[urn]
-        # only references and the stack's layout output may differ
-        ignore = {"dependencies", "propertyDependencies", "outputs"}
-        assert {k: v for k, v in new.items() if k not in ignore} == {
-            k: v for k, v in old.items() if k not in ignore
+    recorded = recorded_objects()
+    components = {urn_name(r["urn"]): r for r in by_type(after, APP_PAIR_TYPE)}
+    assert sorted(components) == sorted(PAIRS)
+    for name, apps in PAIRS.items():
+        pair = stored_pair(name)
+        component_urn = f"{PREFIX}{APP_PAIR_TYPE}::{name}"
+        assert components[name]["urn"] == component_urn and components[name]["parent"] == STACK_URN
+        stream = by_name(after, f"{name}-stream")
+        assert stream["urn"] == f"{PREFIX}{APP_PAIR_TYPE}${STREAM_TYPE}::{name}-stream"
+        assert stream["parent"] == component_urn and stream["id"] == pair.stream
+        inputs = {
+            "__provider": PROVIDERS.stream,
+            "connection": {"stack_config": True},
+            "name": pair.stream,
+            "config": json.loads(json.dumps(stream_config(pair))),
+            "dlq_keeper": json.loads(json.dumps(dlq_keeper_config(pair) or {})),
+            "allow_destroy_with_messages": pair.allow_destroy_with_messages,
+            "adopt": pair.adopt,
         }
-        if old["type"] != "pulumi:pulumi:Stack":
-            assert new.get("outputs") == old.get("outputs")
-    stack = by_name(after, "jsb-fleet")
-    assert stack["outputs"] == {**by_name(before, "jsb-fleet")["outputs"], "layout": "pair-stream"}
-    assert after["deployment"]["secrets_providers"] == before["deployment"]["secrets_providers"]
+        assert stream["inputs"] == inputs
+        old = recorded[pair.stream]
+        assert stream["outputs"] == {
+            **inputs,
+            "config": old["config"],  # the live config, as the server reported it
+            "created": old["created"],
+            "messages": old["messages"],
+            "adopted": old["adopted"],
+            "unset": old["unset"],
+            "dlq_keeper_present": old["dlq_keeper"],
+        }
+        assert stream.get("protect", False) == pair.protect
+        for app in apps:
+            consumer = by_name(after, f"{name}-{app}-consumer")
+            config = consumer_config(pair, app)
+            old_consumer = recorded[f"{pair.stream}/{config['durable_name']}"]
+            assert consumer["urn"] == f"{PREFIX}{APP_PAIR_TYPE}${CONSUMER_TYPE}::{name}-{app}-consumer"
+            assert consumer["parent"] == component_urn
+            assert consumer["id"] == f"{pair.stream}/{config['durable_name']}"
+            consumer_inputs = {
+                "__provider": PROVIDERS.consumer,
+                "connection": {"stack_config": True},
+                "stream": pair.stream,
+                "durable": config["durable_name"],
+                "config": json.loads(json.dumps(config)),
+                "stream_incarnation": stream_incarnation_key(pair),
+                "stream_created": old["created"],
+                "stream_replicas": pair.stream_options.replicas,
+                "allow_destroy_with_messages": pair.allow_destroy_with_messages,
+                "adopt": pair.adopt,
+            }
+            assert consumer["inputs"] == consumer_inputs
+            assert consumer["outputs"] == {
+                **consumer_inputs,
+                "config": old_consumer["config"],
+                "created": old_consumer["created"],
+                "adopted": old_consumer["adopted"],
+                "unset": old_consumer["unset"],
+            }
+            assert consumer["dependencies"] == [stream["urn"]]
+            assert consumer["propertyDependencies"]["stream_created"] == [stream["urn"]]
+            assert consumer.get("protect", False) == pair.protect
+    assert stream_incarnation_key(stored_pair("orders-billing")) == "orders-billing-sync/file/workqueue"
+    assert len(report.pairs) == 2 and "orders-billing" in report.pairs[0]
+    assert not by_type(after, PAIR_STREAM_TYPE) and not by_type(
+        after, "pulumi-python:dynamic/jsb:PermissionDocument"
+    )
 
 
-def test_references_point_at_new_resources_and_come_after_them(before):
+def test_every_app_keeps_its_key_and_seed_under_app_accounts(before):
     after, report = migrate(before, PROVIDERS)
-    creds_urn = f"{PREFIX}{CREDENTIALS_TYPE}::app-credentials"
+    [accounts] = by_type(after, APP_ACCOUNTS_TYPE)
+    assert accounts["urn"] == ACCOUNTS_URN and accounts["parent"] == STACK_URN and accounts["custom"] is False
+    credentials = {r["inputs"]["app"]: r for r in by_type(after, CREDENTIAL_TYPE)}
+    assert sorted(credentials) == APPS
+    for app, (public_key, seed) in oldest_keys().items():
+        credential = credentials[app]
+        assert credential["urn"] == f"{PREFIX}{APP_ACCOUNTS_TYPE}${CREDENTIAL_TYPE}::{app}-credential"
+        assert credential["parent"] == ACCOUNTS_URN
+        assert credential["id"] == credential["outputs"]["public_key"] == public_key
+        assert credential["inputs"] == {"__provider": PROVIDERS.credential, "app": app}
+        assert is_secret(credential["outputs"]["seed"])
+        assert json.loads(credential["outputs"]["seed"]["plaintext"]) == seed
+        assert public_key_of(seed) == public_key
+        assert credential["additionalSecretOutputs"] == ["seed"]
+    assert not by_type(after, CREDENTIALS_TYPE)
+    assert report.credentials and "3 AppCredential (billing, orders, shipping)" in report.credentials[0]
+
+
+def test_documents_and_the_include_move_under_app_accounts_with_their_texts(before):
+    original = by_name(load(BEFORE_PAIR_STREAM_LAYOUT), "server-documents")
+    after, report = migrate(before, PROVIDERS)
     documents = by_name(after, "server-documents")
-    assert documents["dependencies"] == [creds_urn]
-    assert documents["propertyDependencies"]["documents"] == [creds_urn]
-    assert by_name(after, "accounts-include")["dependencies"] == [creds_urn]
-    assert sorted(report.rewritten) == [
-        "AccountsInclude 'accounts-include': references point at the new resources",
-        "ServerDocuments 'server-documents': references point at the new resources",
+    assert documents["urn"] == f"{PREFIX}{APP_ACCOUNTS_TYPE}${SERVER_DOCUMENTS_TYPE}::server-documents"
+    assert documents["parent"] == ACCOUNTS_URN and documents["id"] == "server-documents"
+    assert documents["inputs"] == {
+        "__provider": PROVIDERS.documents,
+        "documents": original["inputs"]["documents"],
+        "output_dir": "../out",  # where the recorded files are
+    }
+    assert documents["outputs"] == {
+        "__provider": PROVIDERS.documents,
+        "files": original["outputs"]["files"],
+        "digests": original["outputs"]["digests"],
+    }
+    credential_urns = sorted(r["urn"] for r in by_type(after, CREDENTIAL_TYPE))
+    assert sorted(documents["dependencies"]) == credential_urns
+    assert sorted(documents["propertyDependencies"]["documents"]) == credential_urns
+    assert set(documents["propertyDependencies"]) == {"__provider", "documents", "output_dir"}
+    include = by_name(after, "accounts-include")
+    assert include["parent"] == ACCOUNTS_URN and include["inputs"]["__provider"] == PROVIDERS.accounts_include
+    assert sorted(include["propertyDependencies"]["text"]) == credential_urns
+    assert {k: v for k, v in include["outputs"].items() if k != "__provider"} == {
+        k: v
+        for k, v in by_name(load(BEFORE_PAIR_STREAM_LAYOUT), "accounts-include")["outputs"].items()
+        if k != "__provider"
+    }
+    assert sorted(report.moved) == [
+        "AccountsInclude 'accounts-include': moved under AppAccounts 'accounts'",
+        "ServerDocuments 'server-documents': moved under AppAccounts 'accounts'",
     ]
+
+
+def test_every_reference_is_to_a_resource_before_it_and_no_seed_is_in_plain_text(before):
+    after, _ = migrate(before, PROVIDERS)
     seen: set[str] = set()
     for resource in resources(after):
         for urn in references(resource):
             assert urn in seen, f"{resource['urn']} refers to {urn}, which is not before it"
         seen.add(resource["urn"])
-    assert not any(
-        r["type"] in (APP_PAIR_TYPE, STREAM_TYPE, CONSUMER_TYPE, CREDENTIAL_TYPE) for r in resources(after)
-    )
+    assert len(seen) == len(resources(after))  # no URN twice
+    seeds = [seed for _, seed in oldest_keys().values()]
+    assert [s for s in plain_strings(after) if any(seed in s for seed in seeds)] == []
+    stack = by_name(after, "jsb-fleet")
+    assert stack["outputs"] == {**by_name(before, "jsb-fleet")["outputs"], "layout": LAYOUT}
+    assert after["deployment"]["secrets_providers"] == before["deployment"]["secrets_providers"]
+    assert by_name(after, "default") == by_name(before, "default")  # the provider resource
+
+
+def test_both_older_layouts_end_in_the_same_state(oldest, pair_stream):
+    def comparable(document: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for r in resources(document):
+            r = {
+                k: v for k, v in r.items() if k not in ("created", "modified", "sourcePosition", "stackTrace")
+            }
+            if r["type"] == APP_PAIR_TYPE:
+                r.pop("outputs", None)  # the old components' registered outputs, not compared by the engine
+            out[r["urn"]] = r
+        return out
+
+    from_oldest, _ = migrate(oldest, PROVIDERS)
+    from_pair_stream, _ = migrate(pair_stream, PROVIDERS)
+    assert comparable(from_oldest) == comparable(from_pair_stream)
 
 
 def test_migrating_twice_changes_nothing_and_the_input_is_untouched(before):
@@ -203,16 +316,30 @@ def test_migrating_twice_changes_nothing_and_the_input_is_untouched(before):
     again, second = migrate(after, no_providers)
     assert again == after
     assert not second.changed
-    assert second.lines() == ["nothing to migrate: the state already has the pair-stream layout"]
+    assert second.lines() == ["nothing to migrate: the state already has the app-pair layout"]
 
 
+def test_the_older_layouts_are_told_apart_from_what_the_engine_reads(before):
+    def engine_view(document: dict[str, Any]) -> dict[str, Any]:
+        return {r["urn"]: {"type": r["type"], "outputs": r.get("outputs") or {}} for r in resources(document)}
+
+    found = older_layout_resources(engine_view(before))
+    layout = by_name(before, "jsb-fleet")["outputs"].get("layout") or BEFORE_PAIR_STREAM_LAYOUT
+    assert layout in found
+    after, _ = migrate(before, PROVIDERS)
+    assert older_layout_resources(engine_view(after)) == {}
+
+
+# -- refusals -------------------------------------------------------------------------------------------
 def no_providers() -> SerializedProviders:
     raise AssertionError("the providers are needed only for a deployment that migrates")
 
 
 def refused(document: dict[str, Any]) -> str:
+    pristine = copy.deepcopy(document)
     with pytest.raises(MigrationRefused) as err:
         migrate(document, no_providers)
+    assert document == pristine
     return str(err.value)
 
 
@@ -223,81 +350,116 @@ def drop(document: dict[str, Any], name: str) -> dict[str, Any]:
     return document
 
 
-def test_a_consumer_without_its_stream_is_refused(before):
-    message = refused(drop(before, "orders-shipping-sync-stream"))
-    assert "Consumer 'orders-shipping-sync-orders-consumer': a Consumer without its Stream" in message
-    assert "Consumer 'orders-shipping-sync-shipping-consumer': a Consumer without its Stream" in message
+def test_a_pair_stream_missing_a_consumer_is_refused_naming_the_app(pair_stream):
+    del by_name(pair_stream, "orders-billing")["outputs"]["consumers"]["billing"]
+    assert "PairStream 'orders-billing': no consumer recorded for app(s) billing" in refused(pair_stream)
 
 
-def test_a_missing_consumer_is_refused_naming_the_app(before):
-    message = refused(drop(before, "orders-billing-billing-consumer"))
-    assert "AppPair 'orders-billing': no Consumer for app(s) billing" in message
+def test_a_pair_stream_whose_stream_is_not_its_pairs_is_refused(pair_stream):
+    by_name(pair_stream, "orders-shipping-sync")["outputs"]["stream"]["name"] = "elsewhere"
+    assert "PairStream 'orders-shipping-sync': records stream 'elsewhere'" in refused(pair_stream)
 
 
-def test_two_credentials_for_one_app_are_refused(before):
-    [orders] = [r for r in by_type(before, CREDENTIAL_TYPE) if r["inputs"]["app"] == "orders"]
-    twin = {**copy.deepcopy(orders), "urn": orders["urn"].replace("orders-credential", "orders-credential-2")}
-    before["deployment"]["resources"].append(twin)
-    assert "app 'orders': two credentials" in refused(before)
+def test_a_seed_that_is_not_its_key_is_refused(pair_stream):
+    keys = by_name(pair_stream, "app-credentials")["outputs"]["public_keys"]
+    keys["billing"] = keys["orders"]
+    assert (
+        "AppCredentials 'app-credentials': app 'billing': its seed is not the seed of its public key"
+        in refused(pair_stream)
+    )
 
 
-def test_a_consumer_of_another_stream_or_app_is_refused(before):
-    consumer = by_name(before, "orders-billing-billing-consumer")
-    consumer["outputs"]["stream"] = "elsewhere"
-    assert "is on stream 'elsewhere', its pair's Stream is 'orders-billing-sync'" in refused(before)
-    consumer["outputs"]["stream"] = "orders-billing-sync"
-    consumer["inputs"]["app"] = "shipping"
-    assert "app 'shipping' is not an app of the pair (orders, billing)" in refused(before)
-
-
-def test_an_encrypted_export_is_refused_naming_the_flag(before):
-    credential = by_name(before, "billing-credential")
-    credential["outputs"]["seed"] = {
-        SECRET_SIG: credential["outputs"]["seed"][SECRET_SIG],
+def test_an_encrypted_export_is_refused_naming_the_flag(pair_stream):
+    credentials = by_name(pair_stream, "app-credentials")
+    credentials["outputs"]["seeds"] = {
+        SECRET_SIG: credentials["outputs"]["seeds"][SECRET_SIG],
         "ciphertext": "v1:x",
     }
-    assert "export the stack with `pulumi stack export --show-secrets`" in refused(before)
+    assert "export the stack with `pulumi stack export --show-secrets`" in refused(pair_stream)
 
 
-def test_a_seed_that_is_not_its_key_is_refused(before):
-    by_name(before, "billing-credential")["outputs"]["public_key"] = by_name(before, "orders-credential")[
-        "id"
-    ]
-    assert "AppCredential 'billing-credential': its seed is not the seed of its public key" in refused(before)
+def test_documents_that_do_not_match_their_digests_are_refused(pair_stream):
+    by_name(pair_stream, "server-documents")["outputs"]["digests"]["accounts.conf"] = "sha256:00"
+    assert (
+        "ServerDocuments 'server-documents': its recorded digests are not those of its documents"
+        in refused(pair_stream)
+    )
 
 
-def test_unsettled_or_half_migrated_states_are_refused(before):
-    pending = copy.deepcopy(before)
+def test_a_consumer_of_an_earlier_stream_is_refused(oldest):
+    by_name(oldest, "orders-billing-orders-consumer")["outputs"]["stream_created"] = "2026-01-01T00:00:00Z"
+    assert "Consumer 'orders-billing-orders-consumer': records stream_created" in refused(oldest)
+
+
+def test_the_older_layouts_own_refusals_still_apply(oldest):
+    message = refused(drop(copy.deepcopy(oldest), "orders-billing-billing-consumer"))
+    assert "AppPair 'orders-billing': no Consumer for app(s) billing" in message
+    message = refused(drop(oldest, "orders-shipping-sync-stream"))
+    assert "Consumer 'orders-shipping-sync-orders-consumer': a Consumer without its Stream" in message
+
+
+def test_unsettled_mixed_or_unknown_states_are_refused(oldest, pair_stream):
+    pending = copy.deepcopy(pair_stream)
     pending["deployment"]["pending_operations"] = [{"resource": {}, "type": "creating"}]
     assert "pending operations" in refused(pending)
 
-    replacing = copy.deepcopy(before)
-    by_name(replacing, "orders-billing-stream")["delete"] = True
-    assert "Stream 'orders-billing-stream': marked delete" in refused(replacing)
+    replacing = copy.deepcopy(pair_stream)
+    by_name(replacing, "orders-billing")["pendingReplacement"] = True
+    assert "PairStream 'orders-billing': marked pendingReplacement" in refused(replacing)
 
-    after, _ = migrate(before, PROVIDERS)
+    after, _ = migrate(pair_stream, PROVIDERS)
     mixed = copy.deepcopy(after)
-    mixed["deployment"]["resources"].append(by_name(before, "shipping-credential"))
-    assert "both old resources" in refused(mixed)
+    mixed["deployment"]["resources"].append(by_name(pair_stream, "app-credentials"))
+    assert (
+        "the stack outputs say layout 'app-pair' but the state holds resources of an older layout"
+        in refused(mixed)
+    )
+
+    both = copy.deepcopy(pair_stream)
+    both["deployment"]["resources"].append(by_name(oldest, "shipping-credential"))
+    assert "of the layout before pair-stream (AppCredential 'shipping-credential'" in refused(both)
 
     unknown = copy.deepcopy(after)
     by_name(unknown, "jsb-fleet")["outputs"]["layout"] = "something-else"
     assert "layout is 'something-else'" in refused(unknown)
 
 
-def test_a_stack_without_app_credentials_gets_pair_streams_only(before):
-    """JWT mode: the apps' identities are JWT resources, which the migration keeps as they are."""
-    old_credentials = {r["urn"] for r in by_type(before, CREDENTIAL_TYPE)}
-    for resource in resources(before):
-        resource["dependencies"] = [u for u in resource.get("dependencies") or [] if u not in old_credentials]
-        for prop, urns in (resource.get("propertyDependencies") or {}).items():
-            resource["propertyDependencies"][prop] = [u for u in urns if u not in old_credentials]
-    before["deployment"]["resources"] = [r for r in resources(before) if r["urn"] not in old_credentials]
+def test_a_bundle_is_unpacked_into_the_documents(pair_stream):
+    documents = by_name(pair_stream, "server-documents")
+    texts = unpack_documents(documents["inputs"]["bundle"])
+    after, _ = migrate(pair_stream, PROVIDERS)
+    assert by_name(after, "server-documents")["inputs"]["documents"] == texts
+    assert set(texts) == set(documents["inputs"]["digests"])
 
-    after, report = migrate(before, PROVIDERS)
-    assert len(by_type(after, PAIR_STREAM_TYPE)) == 2
-    assert by_type(after, CREDENTIALS_TYPE) == [] and report.credentials == []
-    assert by_name(after, "server-documents") == by_name(before, "server-documents")
+
+def test_a_jwt_mode_stack_gets_app_pairs_and_keeps_its_identities(pair_stream):
+    """JWT mode: no AppCredentials; the JWT resources move under the AppAccounts, unchanged."""
+    credentials_urn = by_name(pair_stream, "app-credentials")["urn"]
+    for resource in resources(pair_stream):
+        resource["dependencies"] = [u for u in resource.get("dependencies") or [] if u != credentials_urn]
+        for prop, urns in (resource.get("propertyDependencies") or {}).items():
+            resource["propertyDependencies"][prop] = [u for u in urns if u != credentials_urn]
+    drop(pair_stream, "app-credentials")
+    jwt = {
+        "urn": f"{PREFIX}pulumi-python:dynamic/jsb:AppAccountJwt::billing-account",
+        "custom": True,
+        "id": "ABILLING",
+        "type": "pulumi-python:dynamic/jsb:AppAccountJwt",
+        "inputs": {"__provider": "jwt provider", "app": "billing"},
+        "outputs": {"__provider": "jwt provider", "app": "billing", "jwt": "eyJ"},
+        "parent": STACK_URN,
+    }
+    pair_stream["deployment"]["resources"].append(jwt)
+
+    after, report = migrate(pair_stream, PROVIDERS)
+    assert len(by_type(after, APP_PAIR_TYPE)) == 2
+    assert by_type(after, CREDENTIAL_TYPE) == [] and report.credentials == []
+    moved = by_name(after, "billing-account")
+    assert moved == {
+        **jwt,
+        "urn": f"{PREFIX}{APP_ACCOUNTS_TYPE}$pulumi-python:dynamic/jsb:AppAccountJwt::billing-account",
+        "parent": ACCOUNTS_URN,
+    }
 
 
 def test_the_command_without_a_pulumi_cli_says_which_it_tried(tmp_path, capsys):
@@ -306,3 +468,7 @@ def test_the_command_without_a_pulumi_cli_says_which_it_tried(tmp_path, capsys):
     assert (
         f"migrate-state: cannot run {str(missing)!r} (give the CLI with --pulumi)" in capsys.readouterr().err
     )
+
+
+def urn_name(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]

@@ -1,4 +1,8 @@
-"""`jsb-infra migrate-state --stack S [--dry-run]`: move a stack's state to the PairStream layout.
+"""`jsb-infra migrate-state --stack S [--dry-run]`: move a stack's state to the app-pair layout.
+
+Converts a stack of either older layout (before pair-stream: AppPair + Stream + Consumers per pair and
+an AppCredential per app; pair-stream: a PairStream per pair and one AppCredentials) to the app-pair
+layout the program writes now, keeping every stream, consumer and app key.
 
 Runs in the project directory, with the environment `pulumi` needs there (backend, passphrase):
 1. `pulumi stack export --show-secrets` (read into memory only) and `state_migration.migrate`;
@@ -25,6 +29,7 @@ from typing import Any
 from jsb_infra.deploy.migration.state_migration import (
     CREDENTIAL_TYPE,
     CREDENTIALS_TYPE,
+    LAYOUT,
     MigrationRefused,
     migrate,
     reveal,
@@ -58,7 +63,7 @@ def pulumi(args: argparse.Namespace, *command: str, stdin: str | None = None) ->
 
 
 def seeds_of(document: dict[str, Any]) -> list[str]:
-    """Every app seed a deployment holds (old or new layout), revealed."""
+    """Every app seed a deployment holds (any layout), revealed."""
     found: list[str] = []
     for resource in document.get("deployment", document).get("resources") or []:
         outputs = resource.get("outputs") or {}
@@ -73,7 +78,7 @@ def backup_path(args: argparse.Namespace) -> Path:
     if args.backup:
         return Path(args.backup)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Path(args.cwd) / f"{args.stack}.before-pair-stream.{stamp}.json"
+    return Path(args.cwd) / f"{args.stack}.before-{LAYOUT}.{stamp}.json"
 
 
 def verify(args: argparse.Namespace, seeds: list[str]) -> list[str]:
@@ -147,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_FAILED
     print(f"migrated stack {args.stack!r}; backup of the previous state (secrets encrypted): {backup}")
-    print("next: `pulumi preview --diff` shows no replace or delete of a stream or consumer")
+    print(
+        "next: `pulumi preview --diff` shows no replace, update or delete of a stream, consumer or app "
+        "credential (the permission documents are created: they make no server request)"
+    )
     return 0
 
 
@@ -158,6 +166,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cwd", default=".", help="the Pulumi project directory (default: the current directory)"
     )
     parser.add_argument(
-        "--backup", help="where to write the backup (default: <cwd>/<stack>.before-pair-stream.<time>.json)"
+        "--backup", help=f"where to write the backup (default: <cwd>/<stack>.before-{LAYOUT}.<time>.json)"
     )
     parser.add_argument("--pulumi", default="pulumi", help="the Pulumi CLI to run (default: pulumi on PATH)")
