@@ -52,6 +52,9 @@ PROVIDERS = SerializedProviders(
     credential="serialized AppCredentialProvider",
     documents="serialized ServerDocumentsProvider",
     accounts_include="serialized AccountsIncludeProvider",
+    signing_key="serialized AccountSigningKeyProvider",
+    jetstream_jwt="serialized JetStreamAccountJwtProvider",
+    app_jwt="serialized AppAccountJwtProvider",
 )
 STACK_URN = "urn:pulumi:fleet::jsb::pulumi:pulumi:Stack::jsb-fleet"
 PREFIX = "urn:pulumi:fleet::jsb::"
@@ -228,7 +231,9 @@ def test_every_app_keeps_its_key_and_seed_under_app_accounts(before):
     assert sorted(credentials) == APPS
     for app, (public_key, seed) in oldest_keys().items():
         credential = credentials[app]
-        assert credential["urn"] == f"{PREFIX}{APP_ACCOUNTS_TYPE}${CREDENTIAL_TYPE}::{app}-credential"
+        assert (
+            credential["urn"] == f"{PREFIX}{APP_ACCOUNTS_TYPE}${CREDENTIAL_TYPE}::accounts-{app}-credential"
+        )
         assert credential["parent"] == ACCOUNTS_URN
         assert credential["id"] == credential["outputs"]["public_key"] == public_key
         assert credential["inputs"] == {"__provider": PROVIDERS.credential, "app": app}
@@ -243,13 +248,14 @@ def test_every_app_keeps_its_key_and_seed_under_app_accounts(before):
 def test_documents_and_the_include_move_under_app_accounts_with_their_texts(before):
     original = by_name(load(BEFORE_PAIR_STREAM_LAYOUT), "server-documents")
     after, report = migrate(before, PROVIDERS)
-    documents = by_name(after, "server-documents")
-    assert documents["urn"] == f"{PREFIX}{APP_ACCOUNTS_TYPE}${SERVER_DOCUMENTS_TYPE}::server-documents"
+    documents = by_name(after, "accounts-server-documents")
+    assert (
+        documents["urn"] == f"{PREFIX}{APP_ACCOUNTS_TYPE}${SERVER_DOCUMENTS_TYPE}::accounts-server-documents"
+    )
     assert documents["parent"] == ACCOUNTS_URN and documents["id"] == "server-documents"
     assert documents["inputs"] == {
         "__provider": PROVIDERS.documents,
-        "documents": original["inputs"]["documents"],
-        "output_dir": "../out",  # where the recorded files are
+        "documents": original["inputs"]["documents"],  # no output_dir: the stack config's, as before
     }
     assert documents["outputs"] == {
         "__provider": PROVIDERS.documents,
@@ -259,7 +265,7 @@ def test_documents_and_the_include_move_under_app_accounts_with_their_texts(befo
     credential_urns = sorted(r["urn"] for r in by_type(after, CREDENTIAL_TYPE))
     assert sorted(documents["dependencies"]) == credential_urns
     assert sorted(documents["propertyDependencies"]["documents"]) == credential_urns
-    assert set(documents["propertyDependencies"]) == {"__provider", "documents", "output_dir"}
+    assert set(documents["propertyDependencies"]) == {"__provider", "documents"}
     include = by_name(after, "accounts-include")
     assert include["parent"] == ACCOUNTS_URN and include["inputs"]["__provider"] == PROVIDERS.accounts_include
     assert sorted(include["propertyDependencies"]["text"]) == credential_urns
@@ -428,7 +434,7 @@ def test_a_bundle_is_unpacked_into_the_documents(pair_stream):
     documents = by_name(pair_stream, "server-documents")
     texts = unpack_documents(documents["inputs"]["bundle"])
     after, _ = migrate(pair_stream, PROVIDERS)
-    assert by_name(after, "server-documents")["inputs"]["documents"] == texts
+    assert by_name(after, "accounts-server-documents")["inputs"]["documents"] == texts
     assert set(texts) == set(documents["inputs"]["digests"])
 
 
@@ -454,11 +460,14 @@ def test_a_jwt_mode_stack_gets_app_pairs_and_keeps_its_identities(pair_stream):
     after, report = migrate(pair_stream, PROVIDERS)
     assert len(by_type(after, APP_PAIR_TYPE)) == 2
     assert by_type(after, CREDENTIAL_TYPE) == [] and report.credentials == []
-    moved = by_name(after, "billing-account")
+    moved = by_name(after, "accounts-billing-account")
+    provider = PROVIDERS.app_jwt
     assert moved == {
         **jwt,
-        "urn": f"{PREFIX}{APP_ACCOUNTS_TYPE}$pulumi-python:dynamic/jsb:AppAccountJwt::billing-account",
+        "urn": f"{PREFIX}{APP_ACCOUNTS_TYPE}$pulumi-python:dynamic/jsb:AppAccountJwt::accounts-billing-account",
         "parent": ACCOUNTS_URN,
+        "inputs": {**jwt["inputs"], "__provider": provider},
+        "outputs": {**jwt["outputs"], "__provider": provider},
     }
 
 

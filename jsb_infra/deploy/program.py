@@ -10,7 +10,6 @@ child reaches the servers through the default connection, the `jsb:` stack confi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import pulumi
@@ -20,6 +19,11 @@ from jsb_infra.deploy.app_accounts import AppAccounts, AppAccountsArgs
 from jsb_infra.deploy.component import AppPair
 from jsb_infra.deploy.connection import Connection
 from jsb_infra.deploy.identities import read_auth
+from jsb_infra.deploy.migration.state_migration import (
+    APP_PAIR_LAYOUT,
+    PAIR_STREAM_LAYOUT,
+    older_layout_resources,
+)
 from jsb_infra.deploy.stack_settings import (  # noqa: F401  (the program's settings, also imported from here)
     CONFIG_NAMESPACE,
     StackSettings,
@@ -27,27 +31,8 @@ from jsb_infra.deploy.stack_settings import (  # noqa: F401  (the program's sett
     read_stack_settings,
 )
 
-LAYOUT = "app-pair"
+LAYOUT = APP_PAIR_LAYOUT
 """The resource layout this program writes (stack output `layout`)."""
-
-PAIR_STREAM_TYPES = ("pulumi-python:dynamic/jsb:PairStream", "pulumi-python:dynamic/jsb:AppCredentials")
-"""Resource types of the `pair-stream` layout (one PairStream per pair, one AppCredentials)."""
-PAIR_INPUT_TYPES = ("pulumi-python:dynamic/jsb:Stream", "pulumi-python:dynamic/jsb:Consumer")
-"""Types that the layout before `pair-stream` shares with this one; its resources carry the whole
-pair (a `pair` output), this layout's carry their own rendered config."""
-
-
-def older_layout_types(resources: Iterable[dict[str, Any]]) -> list[str]:
-    """The resource types, among a stack's resources ({type, outputs}), that belong to an older layout."""
-    older = set()
-    for resource in resources:
-        kind = resource.get("type")
-        if kind in PAIR_STREAM_TYPES or (
-            kind in PAIR_INPUT_TYPES and "pair" in (resource.get("outputs") or {})
-        ):
-            older.add(str(kind))
-    return sorted(older)
-
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_STACK_RESOURCES = "pulumi:pulumi:readStackResourceOutputs"
@@ -60,7 +45,9 @@ class StateLayoutError(pulumi.RunError):
 def layout_problem(previous_layout: Any, older_types: list[str]) -> str | None:
     """Why this program must not run on a stack whose last `layout` output and resource types of the
     older layout are these (None: it may)."""
-    if previous_layout not in (None, LAYOUT):
+    if previous_layout == PAIR_STREAM_LAYOUT:
+        older_types = [f"{PAIR_STREAM_LAYOUT} (its `layout` output)", *older_types]
+    elif previous_layout not in (None, LAYOUT):
         return (
             f"this stack was written by a jsb-infra whose resource layout is {previous_layout!r}; this "
             f"version writes {LAYOUT!r} and cannot manage it. Nothing was changed. Run the version "
@@ -106,7 +93,10 @@ def check_state_layout() -> None:
     older: list[str] = []
     if layout is None:
         found = read_own_stack(READ_STACK_RESOURCES, {"stackName": name}) or {}
-        older = older_layout_types(r for r in (found.get("outputs") or {}).values() if isinstance(r, dict))
+        older = [
+            f"{layout}: {', '.join(found_resources[:3])}{', ...' if len(found_resources) > 3 else ''}"
+            for layout, found_resources in sorted(older_layout_resources(found.get("outputs") or {}).items())
+        ]
     problem = layout_problem(layout, older)
     if problem:
         raise StateLayoutError(problem)

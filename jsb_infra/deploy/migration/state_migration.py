@@ -129,6 +129,18 @@ class SerializedProviders:
     credential: Any
     documents: Any
     accounts_include: Any
+    signing_key: Any = None
+    jetstream_jwt: Any = None
+    app_jwt: Any = None
+
+
+PROVIDER_ROLES = {
+    ACCOUNTS_INCLUDE_TYPE: "accounts_include",
+    JWT_TYPES[0]: "signing_key",
+    JWT_TYPES[1]: "jetstream_jwt",
+    JWT_TYPES[2]: "app_jwt",
+}
+"""The SerializedProviders field of each resource type that only moves."""
 
 
 @dataclass
@@ -236,6 +248,11 @@ def serialized_providers() -> SerializedProviders:
     from jsb_infra.deploy.providers.consumer import ConsumerProvider
     from jsb_infra.deploy.providers.credential import AppCredentialProvider
     from jsb_infra.deploy.providers.documents import ServerDocumentsProvider
+    from jsb_infra.deploy.providers.jwt_accounts import (
+        AccountSigningKeyProvider,
+        AppAccountJwtProvider,
+        JetStreamAccountJwtProvider,
+    )
     from jsb_infra.deploy.providers.stream import StreamProvider
 
     def stored(provider: Any) -> Any:
@@ -249,6 +266,9 @@ def serialized_providers() -> SerializedProviders:
         credential=stored(AppCredentialProvider()),
         documents=stored(ServerDocumentsProvider()),
         accounts_include=stored(AccountsIncludeProvider()),
+        signing_key=stored(AccountSigningKeyProvider()),
+        jetstream_jwt=stored(JetStreamAccountJwtProvider()),
+        app_jwt=stored(AppAccountJwtProvider()),
     )
 
 
@@ -758,7 +778,9 @@ def _credential_entries(resource: dict[str, Any], step: _Step, problems: list[st
             found.append(f"{where}: app {app!r}: its seed is not the seed of its public key {key!r}")
         else:
             entry = _entry(
-                urn=child_urn(step.accounts_urn, step.prefix, CREDENTIAL_TYPE, f"{app}-credential"),
+                urn=child_urn(
+                    step.accounts_urn, step.prefix, CREDENTIAL_TYPE, f"{ACCOUNTS_NAME}-{app}-credential"
+                ),
                 custom=True,
                 id=key,
                 type=CREDENTIAL_TYPE,
@@ -849,16 +871,22 @@ def _server_documents_entry(
     if not single:
         problems.append(f"{where}: its files are not all in one output directory")
         return []
+    # No `output_dir` input: the program's AppAccounts leaves it to the stack config's jsb:outputDir,
+    # which is where these files were written (`output_dir` only checks they were all in one place).
+    del output_dir
     new_inputs: dict[str, Any] = {PROVIDER_KEY: None, "documents": documents}
-    if output_dir is not None:
-        new_inputs["output_dir"] = output_dir
     old_deps = resource.get("propertyDependencies") or {}
     document_deps = _dedup(
         urn for key in ("documents", "digests", "bundle") for urn in (old_deps.get(key) or [])
     )
     entry = {
         **{k: v for k, v in resource.items() if k not in ("inputs", "outputs", "propertyDependencies")},
-        "urn": child_urn(step.accounts_urn, step.prefix, SERVER_DOCUMENTS_TYPE, urn_name(resource["urn"])),
+        "urn": child_urn(
+            step.accounts_urn,
+            step.prefix,
+            SERVER_DOCUMENTS_TYPE,
+            f"{ACCOUNTS_NAME}-{urn_name(resource['urn'])}",
+        ),
         "parent": step.accounts_urn,
         "inputs": new_inputs,
         "outputs": {PROVIDER_KEY: None, "files": files, "digests": digests},
@@ -869,14 +897,17 @@ def _server_documents_entry(
 
 
 def _moved_entry(resource: dict[str, Any], step: _Step) -> list[dict[str, Any]]:
-    """A resource that only moves under the AppAccounts (AccountsInclude, the JWT resources)."""
+    """A resource that only moves under the AppAccounts (AccountsInclude, the JWT resources), named
+    as the AppAccounts names its children (`accounts-include`, `accounts-<old name>`), with the
+    provider of today's module (the provider stored in state names its module by path)."""
+    old_name = urn_name(resource["urn"])
+    name = old_name if resource["type"] == ACCOUNTS_INCLUDE_TYPE else f"{ACCOUNTS_NAME}-{old_name}"
     entry = {
         **copy.deepcopy(resource),
-        "urn": child_urn(step.accounts_urn, step.prefix, resource["type"], urn_name(resource["urn"])),
+        "urn": child_urn(step.accounts_urn, step.prefix, resource["type"], name),
         "parent": step.accounts_urn,
     }
-    if resource["type"] == ACCOUNTS_INCLUDE_TYPE:
-        step.provider_role.append((entry, "accounts_include"))
+    step.provider_role.append((entry, PROVIDER_ROLES[resource["type"]]))
     return [entry]
 
 
