@@ -17,7 +17,9 @@ from jsb_infra import AdminCredentials, AppAccounts, AppAccountsArgs, AppPair, A
 class Environment(pulumi.ComponentResource):
     """This project's own resource: what the stack provisions, in one place (no jsb-infra in it)."""
 
-    def __init__(self, name: str, deployments: dict[str, list[str]], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self, name: str, deployments: dict[str, list[str]], opts: pulumi.ResourceOptions | None = None
+    ):
         super().__init__("platform:index:Environment", name, None, opts)
         self.deployments = deployments
         self.register_outputs({"deployments": deployments})
