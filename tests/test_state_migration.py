@@ -464,7 +464,8 @@ def test_a_jwt_mode_stack_gets_app_pairs_and_keeps_its_identities(pair_stream):
     provider = PROVIDERS.app_jwt
     assert moved == {
         **jwt,
-        "urn": f"{PREFIX}{APP_ACCOUNTS_TYPE}$pulumi-python:dynamic/jsb:AppAccountJwt::accounts-billing-account",
+        "urn": f"{PREFIX}{APP_ACCOUNTS_TYPE}$"
+        + "pulumi-python:dynamic/jsb:AppAccountJwt::accounts-billing-account",
         "parent": ACCOUNTS_URN,
         "inputs": {**jwt["inputs"], "__provider": provider},
         "outputs": {**jwt["outputs"], "__provider": provider},
