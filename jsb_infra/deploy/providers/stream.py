@@ -216,7 +216,12 @@ def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
     if not is_unknown(config):
         if not isinstance(config, dict):
             failures.append(CheckFailure("config", "config: must be the rendered stream config (an object)"))
-        elif isinstance(name, str) and not is_unknown(config.get("name")) and config.get("name") != name:
+        elif (
+            isinstance(name, str)
+            and name
+            and not is_unknown(config.get("name"))
+            and config.get("name") != name
+        ):
             failures.append(CheckFailure("config", f"config.name: must equal name {name!r}"))
     keeper = news.get("dlq_keeper")
     if not is_unknown(keeper) and not isinstance(keeper, dict):
