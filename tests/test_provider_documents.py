@@ -266,6 +266,22 @@ def test_permission_document_outputs_are_its_inputs_and_a_change_is_an_update(
     assert not out_dir.exists(), "no files: the document lives in the state only"
 
 
+def test_permission_document_state_from_before_the_account_layout_reads_and_removes_its_files(
+    host: ProviderHost, out_dir: Path
+) -> None:
+    written = out_dir / "orders-billing" / "permissions" / "orders.json"
+    written.parent.mkdir(parents=True)
+    written.write_text("{}\n")
+    legacy = {"pair": pair(), "app": "orders", "claims_json": "{}\n", "files": [str(written)]}
+    read_id, kept = host.read(DOC, "orders-billing/orders", legacy)
+    assert (
+        read_id == "orders-billing/orders" and set(kept) == set(legacy) and kept["files"] == legacy["files"]
+    )
+    outcome, outs = host.change(DOC, "orders-billing/orders", legacy, doc_props())
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [] and outs == doc_props()
+    assert not written.exists() and not written.parent.exists()
+
+
 def test_permission_document_check_names_the_property(host: ProviderHost) -> None:
     _, failures = host.check(DOC, {**doc_props(), "account": ""})
     assert failures == [("account", "account: must be a non-empty string")]

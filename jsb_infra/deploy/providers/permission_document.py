@@ -5,10 +5,16 @@ Pure: no server I/O and no files (the documents the servers load are `ServerDocu
 publish and subscribe allow lists {subject: why} and the services it imports {subject: response type},
 so `pulumi preview --diff` names each subject an app gains or loses. Any change of an input is an
 in-place update (nothing lives anywhere but in the state); it never replaces. Outputs are the inputs.
+
+Stacks made before the account layout hold PermissionDocuments of another shape (a `pair` input, the
+documents written to `files`): read keeps such state as it is, and delete and update remove the files
+it names, so those stacks still clean up after themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -52,6 +58,14 @@ def document(props: dict[str, Any]) -> dict[str, Any]:
     return {key: props.get(key) for key in INPUTS}
 
 
+def remove_legacy_files(props: dict[str, Any]) -> None:
+    """The files a PermissionDocument from before the account layout wrote (none in today's state)."""
+    for path in props.get("files") or []:
+        Path(path).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only when empty: other apps' documents may live there
+            Path(path).parent.rmdir()
+
+
 class PermissionDocumentProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         return CheckResult(document(news), input_failures(news))
@@ -66,13 +80,16 @@ class PermissionDocumentProvider(JsbProvider):
         return CreateResult(f"{props['stream']}/{props['app']}", document(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        return ReadResult(id_, document(props))
+        return ReadResult(id_, dict(props) if "pair" in props else document(props))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        remove_legacy_files(olds)
         return UpdateResult(document(news))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        """Nothing to remove: the document lives only in the state."""
+        """Nothing to remove but the files of state from before the account layout: today's document
+        lives only in the state."""
+        remove_legacy_files(props)
 
 
 class PermissionDocument(Resource, module="jsb", name="PermissionDocument"):
