@@ -26,8 +26,8 @@ from provider_host import ProviderCallError, ProviderHost
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.spec import Pair, parse_pairs
 from jsb_infra.core.topology import stream_config
-from jsb_infra.deploy.providers.consumer import ConsumerProvider
-from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.deploy.providers.consumer import ConsumerProvider, consumer_inputs
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.cluster import LocalNatsCluster
 from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event, health_check
 
@@ -61,11 +61,11 @@ class Provisioned:
 
 def provision(host: ProviderHost, pair: dict[str, Any]) -> Provisioned:
     """Check + Create of the stream, then of each app's consumer, as a first `pulumi up` does."""
-    stream = host.up(STREAMS, {"pair": pair})
+    typed = parse_pairs([pair]).pairs[0]
+    stream = host.up(STREAMS, stream_inputs(typed))
     done = Provisioned(pair, stream)
     for app in pair["apps"]:
-        inputs = {"pair": pair, "app": app, "stream_created": stream[1]["created"]}
-        done.consumers[app] = host.up(CONSUMERS, inputs)
+        done.consumers[app] = host.up(CONSUMERS, consumer_inputs(typed, app, stream[1]["created"]))
     return done
 
 
@@ -316,8 +316,18 @@ def test_placement_is_where_the_stream_lives_and_a_hand_made_move_shows_as_drift
     stream_id, stored = provisioned.stream
     _, refreshed = host.read(STREAMS, stream_id, stored)
     assert refreshed["config"]["placement"] == {"tags": ["zone-c"]}
-    outcome = host.diff(STREAMS, stream_id, refreshed, host.checked(STREAMS, {"pair": provisioned.pair}))
+    outcome = host.diff(
+        STREAMS,
+        stream_id,
+        refreshed,
+        host.checked(STREAMS, stream_inputs(parse_pairs([provisioned.pair]).pairs[0])),
+    )
     assert (outcome.changes, outcome.replaces) == ("DIFF_SOME", [])
-    restored = host.update(STREAMS, stream_id, refreshed, host.checked(STREAMS, {"pair": provisioned.pair}))
+    restored = host.update(
+        STREAMS,
+        stream_id,
+        refreshed,
+        host.checked(STREAMS, stream_inputs(parse_pairs([provisioned.pair]).pairs[0])),
+    )
     assert restored["config"]["placement"] == zone_b
     assert asyncio.run(leaders(cluster)) == {"n2"}, "update returned before the move was done"

@@ -44,7 +44,7 @@ from jsb_infra.deploy.bridge_check import BridgeMismatch
 from jsb_infra.deploy.program import LAYOUT, StateLayoutError, build, main
 from jsb_infra.deploy.providers.base import canonical_pair
 from jsb_infra.deploy.providers.credential import AppCredentials
-from jsb_infra.deploy.providers.documents import ServerDocuments, digest, unpack_documents
+from jsb_infra.deploy.providers.documents import ServerDocuments
 from jsb_infra.deploy.providers.pair_stream import PairStream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,8 +377,8 @@ def test_server_documents_hold_the_whole_render_and_the_generated_keys(monitor: 
     run_build()
 
     [documents] = monitor.of_type(DOCUMENTS_T)
-    docs = unpack_documents(documents.inputs["bundle"])
-    assert documents.inputs["digests"] == {path: digest(text) for path, text in docs.items()}
+    docs = documents.inputs["documents"]
+    assert set(documents.inputs) - {"__provider"} <= {"documents", "output_dir"}, "texts as they are"
     rendered = render_documents([Pair.model_validate(raw) for raw in TWO_PAIRS], {}, servers=SERVERS)
     assert {str(p): t for p, t in rendered.items()}.keys() - {"accounts.conf"} == docs.keys() - {
         "accounts.conf"

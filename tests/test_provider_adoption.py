@@ -14,8 +14,8 @@ from provider_host import (
 
 from jsb_infra.core.spec import parse_pairs
 from jsb_infra.core.topology import consumer_config, stream_config
-from jsb_infra.deploy.providers.consumer import ConsumerProvider
-from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.deploy.providers.consumer import ConsumerProvider, consumer_inputs
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.server import LocalNatsServer
 
 S, C = StreamProvider(), ConsumerProvider()
@@ -25,6 +25,14 @@ STREAM = "orders-billing"
 def pair(**changes: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"stream": STREAM, "apps": ["orders", "billing"], "protect": False, **changes}
     return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+
+
+def stream_props(**changes: Any) -> dict[str, Any]:
+    return stream_inputs(parse_pairs([pair(**changes)]).pairs[0])
+
+
+def consumer_props(app: str, stream_created: str, **changes: Any) -> dict[str, Any]:
+    return consumer_inputs(parse_pairs([pair(**changes)]).pairs[0], app, stream_created)
 
 
 def rendered(**changes: Any) -> dict[str, Any]:
@@ -47,11 +55,8 @@ def test_a_new_pair_takes_four_requests_and_is_not_reported_adopted(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
     before = api_requests(server.url)
-    _, stream = host.up(S, {"pair": pair()})
-    consumers = [
-        host.up(C, {"pair": pair(), "app": app, "stream_created": stream["created"]})[1]
-        for app in ("orders", "billing")
-    ]
+    _, stream = host.up(S, stream_props())
+    consumers = [host.up(C, consumer_props(app, stream["created"]))[1] for app in ("orders", "billing")]
     # one CREATE each, answered with the full info; the stream's create also makes its DLQ keeper
     assert api_requests(server.url) - before - 1 == 4
     assert stream["adopted"] is False and [c["adopted"] for c in consumers] == [False, False]
@@ -69,16 +74,16 @@ def test_a_cli_made_stream_in_another_subject_order_is_adopted_as_it_is(
     durable = consumer_config(parse_pairs([pair()]).pairs[0], "orders")
     admin_call(server.url, lambda js: js.create_consumer(STREAM, durable))
 
-    _, stream = host.up(S, {"pair": pair()})
-    _, consumer = host.up(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    _, stream = host.up(S, stream_props())
+    _, consumer = host.up(C, consumer_props("orders", stream["created"]))
     live = stream_live(server.url)
     assert stream["adopted"] is True and consumer["adopted"] is True
     assert live["created"] == made["created"] == stream["created"]
     assert live["config"]["subjects"] == by_hand["subjects"], "not rewritten to jsb-infra's order"
     assert live["config"]["allow_direct"] is True
-    outcome = host.diff(S, STREAM, stream, host.checked(S, {"pair": pair()}))
+    outcome = host.diff(S, STREAM, stream, host.checked(S, stream_props()))
     assert outcome.changes == "DIFF_NONE"
-    host.change(S, STREAM, stream, {"pair": pair(stream_options={"max_age": "1d"})})
+    host.change(S, STREAM, stream, stream_props(stream_options={"max_age": "1d"}))
     updated = stream_live(server.url)["config"]
     assert updated["max_age"] == 86_400_000_000_000
     assert updated["subjects"] == by_hand["subjects"] and updated["allow_direct"] is True
@@ -90,20 +95,20 @@ def test_a_cli_made_stream_in_another_subject_order_is_adopted_as_it_is(
 def test_updates_keep_the_fields_jsb_infra_does_not_manage(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    id_, stream = host.up(S, {"pair": pair()})
+    id_, stream = host.up(S, stream_props())
     admin_call(
         server.url,
         lambda js: js.update_stream({**rendered(), "allow_direct": True, "metadata": {"team": "sync"}}),
     )
-    host.change(S, id_, stream, {"pair": pair(stream_options={"max_age": "1d", "description": "daily"})})
+    host.change(S, id_, stream, stream_props(stream_options={"max_age": "1d", "description": "daily"}))
     live = stream_live(server.url)["config"]
     assert live["max_age"] == 86_400_000_000_000 and live["description"] == "daily"
     assert live["allow_direct"] is True and live["metadata"]["team"] == "sync"
 
-    c_id, consumer = host.up(C, {"pair": pair(), "app": "billing", "stream_created": stream["created"]})
+    c_id, consumer = host.up(C, consumer_props("billing", stream["created"]))
     durable = consumer_config(parse_pairs([pair()]).pairs[0], "billing")
     admin_call(server.url, lambda js: js.update_consumer(STREAM, {**durable, "description": "by hand"}))
-    news = {"pair": pair(consumer={"max_deliver": 9}), "app": "billing", "stream_created": stream["created"]}
+    news = consumer_props("billing", stream["created"], consumer={"max_deliver": 9})
     host.change(C, c_id, consumer, news)
     live_consumer = admin_call(server.url, lambda js: js.consumer_info(STREAM, "billing-workers"))
     assert live_consumer["config"]["max_deliver"] == 9
@@ -115,7 +120,7 @@ def test_a_stream_whose_subjects_overlap_another_is_refused_in_one_line(
 ) -> None:
     admin_call(server.url, lambda js: js.create_stream({"name": "other", "subjects": ["orders.sync.>"]}))
     with pytest.raises(ProviderCallError) as err:
-        host.up(S, {"pair": pair()})
+        host.up(S, stream_props())
     message = err.value.details.strip().splitlines()[-1]
     assert "the server refused the stream create of 'orders-billing'" in message
     assert "err_code 10065" in message and "nats stream ls --subject" in message
@@ -126,8 +131,8 @@ def test_a_stream_whose_subjects_overlap_another_is_refused_in_one_line(
 def test_unset_values_come_from_the_server_at_create_not_from_a_version_table(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    _, stream = host.up(S, {"pair": pair()})
-    c_id, consumer = host.up(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    _, stream = host.up(S, stream_props())
+    c_id, consumer = host.up(C, consumer_props("orders", stream["created"]))
     live = admin_call(server.url, lambda js: js.consumer_info(STREAM, "orders-workers"))
     assert consumer["unset"]["max_waiting"] == live["config"]["max_waiting"]
     assert (
@@ -140,7 +145,7 @@ def test_unset_values_come_from_the_server_at_create_not_from_a_version_table(
         "config": {**consumer["config"], "max_waiting": 1000},
         "unset": {**consumer["unset"], "max_waiting": 1000},
     }
-    news = host.checked(C, {"pair": pair(), "app": "orders", "stream_created": stream["created"]})
+    news = host.checked(C, consumer_props("orders", stream["created"]))
     assert host.diff(C, c_id, other_default, news).changes == "DIFF_NONE"
     # The same live value changed by hand after the create is still seen, and replaces.
     by_hand = {**consumer, "config": {**consumer["config"], "max_waiting": 1000}}

@@ -6,14 +6,13 @@ import json
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from provider_host import ProviderHost, admin_call, admin_server_config, assert_no_secret, stack_config
 
-from jsb_infra.core.spec import parse_pairs
-from jsb_infra.deploy.providers.consumer import ConsumerProvider
-from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.deploy.providers.consumer import ConsumerProvider, consumer_inputs
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.server import LocalNatsServer, free_port
 
 S, C = StreamProvider(), ConsumerProvider()
@@ -42,18 +41,18 @@ def host(monitored: MonitoredServer) -> Iterator[ProviderHost]:
         assert_no_secret(h)
 
 
-def pair(i: int) -> dict[str, Any]:
+def pair(i: int) -> Pair:
     spec = {"stream": f"conn{i}-sync", "apps": [f"left{i}", f"right{i}"], "protect": False}
-    return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+    return parse_pairs([spec]).pairs[0]
 
 
 def provision(host: ProviderHost, i: int) -> list[str]:
     """The stream and both consumers of pair i, then a read of each, as `up` and `refresh` do."""
-    stream_id, stream = host.up(S, {"pair": pair(i)})
+    stream_id, stream = host.up(S, stream_inputs(pair(i)))
     host.read(S, stream_id, stream)
     ids = [stream_id]
-    for app in pair(i)["apps"]:
-        props = {"pair": pair(i), "app": app, "stream_created": stream["created"]}
+    for app in pair(i).apps:
+        props = consumer_inputs(pair(i), app, stream["created"])
         consumer_id, outs = host.up(C, props)
         host.read(C, consumer_id, outs)
         ids.append(consumer_id)
@@ -84,3 +83,38 @@ def test_a_dropped_connection_is_replaced_at_the_next_call(
     for i in (0, 1):
         live = admin_call(monitored.server.url, lambda js, i=i: js.stream_info(f"conn{i}-sync"))
         assert live is not None and live["state"]["consumer_count"] == 3  # 2 apps, the DLQ keeper
+
+
+def test_each_stream_lands_on_the_server_its_connection_names(
+    host: ProviderHost, monitored: MonitoredServer, make_server: Callable[..., LocalNatsServer]
+) -> None:
+    """Two servers, one host: the stack config's and a second one named by a `connection` input (its
+    admin read from the stack config key, so no secret enters the inputs). The same stream name on
+    both is two streams, each with its own config, each deleted on its own server only."""
+    second = make_server(admin_server_config())
+    other = {"name": "second", "servers": [second.url], "admin_config_key": "jsb:admin"}
+    first_pair = pair(7)
+    second_pair = parse_pairs(
+        [{**first_pair.model_dump(mode="json"), "stream_options": {"max_msgs": 77}}]
+    ).pairs[0]
+    a_id, a_outs = host.up(S, stream_inputs(first_pair))  # {"stack_config": true}
+    b_id, b_outs = host.up(S, stream_inputs(second_pair, other))
+    assert a_outs["connection"] == {"stack_config": True} and b_outs["connection"] == other
+    on_first = admin_call(monitored.server.url, lambda js: js.stream_info("conn7-sync"))
+    on_second = admin_call(second.url, lambda js: js.stream_info("conn7-sync"))
+    assert on_first is not None and on_second is not None
+    assert on_first["config"]["max_msgs"] == -1 == a_outs["config"]["max_msgs"]
+    assert on_second["config"]["max_msgs"] == 77 == b_outs["config"]["max_msgs"]
+    assert on_first["created"] == a_outs["created"] and on_second["created"] == b_outs["created"]
+
+    c_id, c_outs = host.up(C, consumer_inputs(second_pair, "left7", b_outs["created"], other))
+    assert admin_call(second.url, lambda js: js.consumer_info("conn7-sync", "left7-workers")) is not None
+    assert (
+        admin_call(monitored.server.url, lambda js: js.consumer_info("conn7-sync", "left7-workers")) is None
+    )
+    assert host.read(C, c_id, c_outs)[0] == c_id
+
+    host.delete(S, b_id, b_outs)
+    assert admin_call(second.url, lambda js: js.stream_info("conn7-sync")) is None
+    assert admin_call(monitored.server.url, lambda js: js.stream_info("conn7-sync")) is not None
+    assert host.read(S, a_id, a_outs)[0] == a_id, "the first server's stream is untouched"

@@ -21,8 +21,8 @@ from provider_host import (
 from jsb_infra.core.outputs import bridge_outputs_from_live
 from jsb_infra.core.spec import Pair, parse_pairs
 from jsb_infra.core.topology import consumer_config
-from jsb_infra.deploy.providers.consumer import ConsumerProvider
-from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.deploy.providers.consumer import ConsumerProvider, consumer_inputs
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
@@ -43,13 +43,19 @@ C = ConsumerProvider()
 S = StreamProvider()
 
 
+def stream_props(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Stream inputs of the pair `spec`."""
+    return stream_inputs(typed(spec))
+
+
 @pytest.fixture
 def stream(host: ProviderHost) -> dict[str, Any]:
-    return host.up(S, {"pair": pair()})[1]
+    return host.up(S, stream_props(pair()))[1]
 
 
 def props(stream: dict[str, Any], spec: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"pair": spec or pair(), "app": "orders", "stream_created": stream["created"], **extra}
+    """The Consumer inputs of orders' durable in the pair `spec` (what the AppPair component registers)."""
+    return {**consumer_inputs(typed(spec or pair()), "orders", stream["created"]), **extra}
 
 
 def server_config(url: str) -> dict[str, Any] | None:
@@ -155,7 +161,7 @@ def test_a_new_stream_incarnation_replaces_the_consumer(
     id_, outs = host.up(C, props(stream))
     # the stream is replaced: its consumers vanish with it on the server
     host.delete(S, STREAM, stream)
-    _, new_stream = host.up(S, {"pair": pair()})
+    _, new_stream = host.up(S, stream_props(pair()))
     assert server_config(server.url) is None
     outcome = host.diff(C, id_, outs, host.checked(C, props(new_stream)))
     assert outcome.replaces == ["stream_created"] and outcome.delete_before_replace is True
@@ -177,7 +183,7 @@ def test_moving_to_another_stream_replaces(host: ProviderHost, stream: dict[str,
     id_, outs = host.up(C, props(stream))
     moved = parse_pairs([{**pair(), "stream": "elsewhere"}]).pairs[0].model_dump(mode="json")
     outcome = host.diff(C, id_, outs, host.checked(C, props(stream, moved)))
-    assert outcome.replaces == ["pair.stream"] and outcome.delete_before_replace
+    assert outcome.replaces == ["stream"] and outcome.delete_before_replace
 
 
 def test_adopt_equal_consumer(host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]) -> None:
@@ -242,9 +248,71 @@ def test_delete_cleans_the_server(
     assert server_config(server.url) is None
 
 
-def test_check_rejects_an_app_outside_the_pair(host: ProviderHost, stream: dict[str, Any]) -> None:
-    _, failures = host.check(C, props(stream, app="shipping"))
-    assert failures == [("app", "app: 'shipping' is not one of the pair's apps ['orders', 'billing']")]
+@pytest.mark.parametrize(
+    ("change", "prop", "reason"),
+    [
+        (
+            {"durable": "billing-workers"},
+            "config",
+            "config.durable_name: must equal durable 'billing-workers'",
+        ),
+        ({"stream": ""}, "stream", "stream: must be a non-empty string"),
+        (
+            {"stream_incarnation": None},
+            "stream_incarnation",
+            "stream_incarnation: must be a non-empty string",
+        ),
+        ({"stream_created": 5}, "stream_created", "stream_created: must be text"),
+        ({"stream_replicas": 0}, "stream_replicas", "stream_replicas: must be a whole number >= 1"),
+        ({"adopt": "no"}, "adopt", "adopt: must be true or false"),
+        ({"config": "max_deliver=5"}, "config", "config: must be the rendered consumer config"),
+        ({"connection": {"servers": ["nats://x:4222"], "bogus": 1}}, "connection", "unknown key(s) bogus"),
+    ],
+)
+def test_check_names_the_property_and_the_rule(
+    host: ProviderHost, stream: dict[str, Any], change: dict[str, Any], prop: str, reason: str
+) -> None:
+    _, failures = host.check(C, {**props(stream), **change})
+    assert [p for p, _ in failures] == [prop] and reason in failures[0][1]
+
+
+def test_a_rendered_max_deliver_change_is_an_update_not_a_replace(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    """The child carries its rendered config: max_deliver 5 -> 7 updates the durable in place."""
+    id_, outs = host.up(C, props(stream))
+    assert outs["config"]["max_deliver"] == 5 == server_config(server.url)["max_deliver"]  # type: ignore[index]
+    new = props(stream)
+    new["config"] = {**new["config"], "max_deliver": 7}
+    outcome = host.diff(C, id_, outs, host.checked(C, new))
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [] and not outcome.delete_before_replace
+    updated = host.update(C, id_, outs, host.checked(C, new))
+    live = server_config(server.url)
+    assert live is not None and live["max_deliver"] == 7 == updated["config"]["max_deliver"]
+    assert updated["created"] == outs["created"]
+    assert host.diff(C, id_, updated, host.checked(C, new)).changes == "DIFF_NONE"
+
+
+def test_a_new_connection_is_an_update_and_an_unknown_config_at_preview_is_no_replace(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    id_, outs = host.up(C, props(stream))
+    named = {"name": "direct", "servers": [server.url], "admin_config_key": "jsb:admin"}
+    outcome, moved = host.change(C, id_, outs, props(stream, connection=named))
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    assert moved["connection"] == named and moved["created"] == outs["created"]
+    preview = {**host.checked(C, props(stream, connection=named)), "config": UNKNOWN}
+    outcome = host.diff(C, id_, moved, preview)
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+
+
+def test_outputs_echo_the_inputs_with_the_live_config(host: ProviderHost, stream: dict[str, Any]) -> None:
+    news = host.checked(C, props(stream))
+    _, outs = host.up(C, props(stream))
+    echoed = [k for k in news if k != "config"]
+    assert {k: outs[k] for k in echoed} == {k: news[k] for k in echoed}
+    assert set(outs) == set(news) | {"created", "adopted", "unset"}
+    assert outs["config"]["max_waiting"] == 512 and "max_waiting" not in news["config"], "live, not rendered"
 
 
 # -- interest retention: a consumer's pending messages go with it ------------------------------------
@@ -259,7 +327,7 @@ def stream_messages(url: str) -> int:
 def test_deleting_a_consumer_with_pending_messages_on_an_interest_stream_is_refused(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    _, stream_outs = host.up(S, {"pair": pair(**INTEREST)})
+    _, stream_outs = host.up(S, stream_props(pair(**INTEREST)))
     id_, outs = host.up(C, props(stream_outs, pair(**INTEREST)))
     publish(server.url, "billing.sync.orders", 3)
     with pytest.raises(ProviderCallError) as err:
@@ -292,7 +360,7 @@ def test_deleting_a_consumer_of_a_workqueue_stream_keeps_the_messages_without_a_
 def test_replacing_a_consumer_with_pending_messages_on_an_interest_stream_is_refused_at_preview(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    _, stream_outs = host.up(S, {"pair": pair(**INTEREST)})
+    _, stream_outs = host.up(S, stream_props(pair(**INTEREST)))
     id_, outs = host.up(C, props(stream_outs, pair(**INTEREST)))
     publish(server.url, "billing.sync.orders", 2)
     by_hand = {**outs, "config": {**outs["config"], "replay_policy": "original"}}
@@ -302,9 +370,9 @@ def test_replacing_a_consumer_with_pending_messages_on_an_interest_stream_is_ref
         "refusing to replace consumer 'orders-workers' on interest stream 'orders-billing' "
         "(because replay_policy changed): 2 message(s) would be dropped" in err.value.details
     )
-    # opting in together with the replace would fail at the delete, which sees the stored pair
+    # opting in together with the replace would fail at the delete, which sees the stored state
     allowing = pair(**INTEREST, allow_destroy_with_messages=True)
-    with pytest.raises(ProviderCallError, match="stored pair does not allow"):
+    with pytest.raises(ProviderCallError, match="stored state does not allow"):
         host.diff(C, id_, by_hand, host.checked(C, props(stream_outs, allowing)))
     _, outs = host.change(C, id_, outs, props(stream_outs, allowing))
     by_hand = {**outs, "config": {**outs["config"], "replay_policy": "original"}}
@@ -316,7 +384,7 @@ def test_replacing_a_consumer_with_pending_messages_on_an_interest_stream_is_ref
 def test_an_interest_consumer_with_nothing_pending_replaces_without_opt_in(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    _, stream_outs = host.up(S, {"pair": pair(**INTEREST)})
+    _, stream_outs = host.up(S, stream_props(pair(**INTEREST)))
     id_, outs = host.up(C, props(stream_outs, pair(**INTEREST)))
     publish(server.url, "orders.sync.billing", 2)  # for billing's consumer, not this one
     by_hand = {**outs, "config": {**outs["config"], "ack_policy": "all"}}
@@ -459,7 +527,7 @@ def test_an_in_place_stream_update_leaves_the_consumer_alone_at_preview(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
     limits = pair(stream_options={"retention": "limits", "max_age": "1h"})
-    _, stream_outs = host.up(S, {"pair": limits})
+    _, stream_outs = host.up(S, stream_props(limits))
     id_, outs = host.up(C, props(stream_outs, limits))
     changed = pair(stream_options={"retention": "interest", "max_age": "2h"}, dlq=False)
     preview = {**host.checked(C, props(stream_outs, changed)), "stream_created": UNKNOWN}

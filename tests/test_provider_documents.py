@@ -1,9 +1,8 @@
-"""AppCredentials (and the legacy AppCredential), ServerDocuments and the legacy PermissionDocument
+"""AppCredential (and AppCredentials of the PairStream layout), ServerDocuments and PermissionDocument
 through the real provider host; provider settings from config."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,13 @@ import pytest
 from provider_host import UNKNOWN, ProviderCallError, ProviderHost
 
 from jsb_infra.core.credentials import public_key_of
-from jsb_infra.core.permissions import app_permissions, render_claims_json
+from jsb_infra.core.permissions import app_permissions, permission_document_inputs
 from jsb_infra.core.spec import parse_pairs
 from jsb_infra.deploy.providers.credential import AppCredentialProvider, AppCredentialsProvider
-from jsb_infra.deploy.providers.documents import ServerDocumentsProvider, digest, pack_documents
+from jsb_infra.deploy.providers.documents import ServerDocumentsProvider, digest
 from jsb_infra.deploy.providers.permission_document import PermissionDocumentProvider
 from jsb_infra.deploy.providers.settings import ProviderSettingsError, settings_from_config
-from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 
 CRED = AppCredentialProvider()
 CREDS = AppCredentialsProvider()
@@ -45,6 +44,7 @@ def host(out_dir: Path) -> Iterator[ProviderHost]:
 
 def test_credential_is_a_fresh_user_key_pair_kept_until_its_owner_changes(host: ProviderHost) -> None:
     id_, outs = host.up(CRED, {"app": "orders"})
+    assert set(outs) == {"app", "public_key", "seed"} and outs["app"] == "orders"
     assert outs["public_key"].startswith("U") and outs["seed"].startswith("SU")
     assert public_key_of(outs["seed"]) == outs["public_key"] == id_
     same = host.diff(CRED, id_, outs, {"app": "orders"})
@@ -98,6 +98,9 @@ def test_credential_of_a_stack_made_before_the_account_layout_still_reads_and_de
     legacy = {"stream": "orders-billing", "app": "orders"}  # one credential per app per pair, back then
     id_, outs = host.up(CRED, legacy)
     assert host.read(CRED, id_, outs)[0] == id_
+    # its outputs are already those of the app-pair layout: naming the app only is no change
+    assert set(outs) == {"app", "public_key", "seed"}
+    assert host.diff(CRED, id_, outs, host.checked(CRED, {"app": "orders"})).changes == "DIFF_NONE"
     host.delete(CRED, id_, outs)
 
 
@@ -105,12 +108,9 @@ def test_credential_of_a_stack_made_before_the_account_layout_still_reads_and_de
 DOCS = ServerDocumentsProvider()
 
 
-def docs_props(documents: dict[str, str]) -> dict[str, Any]:
-    """The inputs ServerDocuments registers: a digest per document and the texts packed."""
-    return {
-        "digests": {path: digest(text) for path, text in documents.items()},
-        "bundle": pack_documents(documents),
-    }
+def docs_props(documents: dict[str, str], output_dir: str | None = None) -> dict[str, Any]:
+    """The inputs ServerDocuments registers: the texts as they are, and where to write them."""
+    return {"documents": documents, **({"output_dir": output_dir} if output_dir else {})}
 
 
 def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHost, out_dir: Path) -> None:
@@ -121,6 +121,7 @@ def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHo
     }
     id_, outs = host.up(DOCS, docs_props(documents))
     assert outs["files"] == sorted(str(out_dir / rel) for rel in documents)
+    assert outs["digests"] == {rel: digest(text) for rel, text in documents.items()}
     assert (out_dir / "accounts.conf").read_text() == "accounts {}\n"
     assert host.diff(DOCS, id_, outs, docs_props(documents)).changes == "DIFF_NONE"
 
@@ -141,31 +142,59 @@ def test_server_documents_are_written_updated_keyed_and_removed(host: ProviderHo
     assert not out_dir.exists() or not any(out_dir.rglob("*"))
 
 
+def test_server_documents_go_to_the_output_dir_input_and_a_new_one_moves_them(
+    host: ProviderHost, out_dir: Path, tmp_path: Path
+) -> None:
+    documents = {"accounts.conf": "accounts {}\n", "apps/orders.json": "{}\n"}
+    elsewhere = tmp_path / "elsewhere"
+    id_, outs = host.up(DOCS, docs_props(documents, str(elsewhere)))
+    assert outs["files"] == sorted(str(elsewhere / rel) for rel in documents)
+    assert not out_dir.exists(), "the stack config's directory is not used when the input names one"
+    assert host.diff(DOCS, id_, outs, docs_props(documents, str(elsewhere))).changes == "DIFF_NONE"
+    _, refreshed = host.read(DOCS, id_, outs)
+    assert refreshed["files"] == outs["files"], "refresh finds the files under the input's directory"
+    outcome, moved = host.change(DOCS, id_, outs, docs_props(documents))  # back to jsb:outputDir
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    assert moved["files"] == sorted(str(out_dir / rel) for rel in documents)
+    assert (out_dir / "accounts.conf").read_text() == "accounts {}\n" and not elsewhere.exists()
+    host.delete(DOCS, id_, moved)
+    assert not out_dir.exists()
+
+
+def test_server_documents_with_a_text_unknown_at_preview_change_only_that_document(
+    host: ProviderHost,
+) -> None:
+    documents = {"accounts.conf": "accounts {}\n", "apps/orders.json": "{}\n"}
+    id_, outs = host.up(DOCS, docs_props(documents))
+    preview = {"documents": {**documents, "accounts.conf": UNKNOWN}}
+    inputs, failures = host.check(DOCS, preview)
+    assert failures == []
+    outcome = host.diff(DOCS, id_, outs, inputs)
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+
+
 @pytest.mark.parametrize("path", ["../escape.conf", "/etc/passwd", "a/../../b", ""])
 def test_server_documents_refuse_paths_outside_the_output_dir(host: ProviderHost, path: str) -> None:
     _, failures = host.check(DOCS, docs_props({path: "x"}))
     assert failures and "must be a relative path inside the output directory" in failures[0][1]
 
 
-def test_server_documents_refuse_a_bundle_that_does_not_hold_what_the_digests_name(
-    host: ProviderHost, out_dir: Path
-) -> None:
-    documents = {"accounts.conf": "accounts {}\n", "apps/orders.json": "{}\n"}
-    tampered = {**docs_props(documents), "bundle": pack_documents({**documents, "accounts.conf": "other"})}
-    _, failures = host.check(DOCS, tampered)
-    assert failures == [("bundle", "bundle: documents.accounts.conf does not match its digest")]
-    missing = {**docs_props(documents), "bundle": pack_documents({"apps/orders.json": "{}\n"})}
-    assert host.check(DOCS, missing)[1] == [
-        ("bundle", "bundle: must hold exactly the documents named in digests")
+def test_server_documents_check_names_the_property(host: ProviderHost, out_dir: Path) -> None:
+    assert host.check(DOCS, {"documents": "accounts {}"})[1] == [
+        ("documents", "documents: must be an object {path: text}")
     ]
-    assert host.check(DOCS, {**docs_props(documents), "bundle": "not packed"})[1][0][0] == "bundle"
+    assert host.check(DOCS, {"documents": {"a.conf": 5}})[1] == [
+        ("documents", "documents: 'a.conf' must be text")
+    ]
+    assert host.check(DOCS, {"documents": {}, "output_dir": ""})[1][0][0] == "output_dir"
     assert not out_dir.exists(), "refused at check: nothing written"
 
 
-def test_server_documents_state_that_kept_the_texts_diffs_by_digest_without_a_change(
+def test_server_documents_state_of_the_bundle_and_older_layouts_diffs_by_digest_without_a_change(
     host: ProviderHost, out_dir: Path
 ) -> None:
-    """State written when the texts were the inputs (and the outputs held only digests and files)."""
+    """Outputs written when the texts were a packed bundle (digests and files, as now), and before
+    digests were kept (the texts themselves)."""
     documents = {"accounts.conf": "accounts {}\n", "apps/orders.json": "{}\n"}
     files = sorted(str(out_dir / rel) for rel in documents)
     old_outputs = {"digests": {p: digest(t) for p, t in documents.items()}, "files": files}
@@ -181,91 +210,128 @@ def test_credential_class_declares_the_seed_secret() -> None:
     assert credential.APPS_SECRET_OUTPUTS == ["seeds"]
 
 
-def doc_props(public_key: str, spec: dict[str, Any] | None = None, app: str = "orders") -> dict[str, Any]:
-    return {"pair": spec or pair(), "app": app, "public_key": public_key}
+def test_app_credential_merges_the_seed_secret_into_the_caller_s_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pulumi
+    import pulumi.dynamic
+
+    from jsb_infra.deploy.providers.credential import AppCredential
+
+    seen: dict[str, Any] = {}
+
+    def capture(self: Any, provider: Any, name: str, props: dict[str, Any], opts: Any = None) -> None:
+        seen.update(name=name, props=props, opts=opts)
+
+    monkeypatch.setattr(pulumi.dynamic.Resource, "__init__", capture)
+    AppCredential("orders-credential", "orders", pulumi.ResourceOptions(protect=True))
+    assert seen["props"] == {"app": "orders", "public_key": None, "seed": None}
+    assert seen["opts"].additional_secret_outputs == ["seed"] and seen["opts"].protect is True
 
 
-def test_document_renders_and_writes_files_then_updates_and_removes_them(
+def doc_props(spec: dict[str, Any] | None = None, app: str = "orders") -> dict[str, Any]:
+    return permission_document_inputs(parse_pairs([spec or pair()]).pairs[0], app)
+
+
+def test_permission_document_inputs_are_the_app_s_rights_keyed_by_subject() -> None:
+    typed = parse_pairs([pair()]).pairs[0]
+    inputs = permission_document_inputs(typed, "orders")
+    perms = app_permissions(typed, "orders")
+    assert set(inputs) == {"app", "stream", "account", "publish", "subscribe", "imports"}
+    assert (inputs["app"], inputs["stream"], inputs["account"]) == ("orders", "orders-billing", "APP_orders")
+    assert inputs["publish"] == perms.reasons()["publish"] and list(inputs["publish"]) == list(perms.publish)
+    assert inputs["subscribe"] == {"_INBOX_orders.>": perms.reasons()["subscribe"]["_INBOX_orders.>"]}
+    assert inputs["imports"] == {s.subject: s.response_type for s in perms.services}
+    assert inputs["imports"]["$JS.API.CONSUMER.MSG.NEXT.orders-billing.orders-workers"] == "Stream"
+
+
+def test_permission_document_outputs_are_its_inputs_and_a_change_is_an_update(
     host: ProviderHost, out_dir: Path
 ) -> None:
-    _, cred = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
-    key = cred["public_key"]
-    id_, outs = host.up(DOC, doc_props(key))
-    json_path = out_dir / "orders-billing" / "permissions" / "orders.json"
-    conf_path = json_path.with_suffix(".conf")
-    assert outs["files"] == [str(json_path), str(conf_path)]
-    expected_claims = app_permissions(parse_pairs([pair()]).pairs[0], "orders").claims()
-    assert outs["claims"] == expected_claims
-    assert json.loads(json_path.read_text()) == expected_claims
-    assert conf_path.read_text() == outs["conf"] and "APP_orders" in outs["conf"]
-    assert "orders.sync.dlq" in outs["conf"]
-    assert host.diff(DOC, id_, outs, host.checked(DOC, doc_props(key))).changes == "DIFF_NONE"
+    id_, outs = host.up(DOC, doc_props())
+    assert id_ == "orders-billing/orders" and outs == doc_props()
+    assert "orders.sync.dlq" in outs["publish"] and "orders.sync.dlq" in outs["imports"]
+    assert host.diff(DOC, id_, outs, host.checked(DOC, doc_props())).changes == "DIFF_NONE"
+    assert host.read(DOC, id_, outs) == (id_, outs)
 
-    no_dlq = pair(dlq=False)
-    outcome, new_outs = host.change(DOC, id_, outs, doc_props(key, no_dlq))
+    outcome, new_outs = host.change(DOC, id_, outs, doc_props(pair(dlq=False)))
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
-    assert "orders.sync.dlq" not in new_outs["conf"] and "orders.sync.dlq" not in json_path.read_text()
-    assert json_path.read_text() == render_claims_json(
-        app_permissions(parse_pairs([no_dlq]).pairs[0], "orders")
-    )
-
+    assert "orders.sync.dlq" not in new_outs["publish"] and new_outs == doc_props(pair(dlq=False))
     consumer_only = pair(dlq=False, consumer={"max_deliver": 9})
-    assert (
-        host.diff(DOC, id_, new_outs, host.checked(DOC, doc_props(key, consumer_only))).changes == "DIFF_NONE"
-    )
+    assert host.diff(DOC, id_, new_outs, host.checked(DOC, doc_props(consumer_only))).changes == "DIFF_NONE"
+    moved = host.diff(DOC, id_, new_outs, host.checked(DOC, doc_props(pair(dlq=False), "billing")))
+    assert moved.changes == "DIFF_SOME" and moved.replaces == [], "never a replace: nothing to recreate"
 
     host.delete(DOC, id_, new_outs)
-    assert not json_path.exists() and not conf_path.exists()
+    assert not out_dir.exists(), "no files: the document lives in the state only"
 
 
-def test_document_read_notices_a_deleted_or_edited_file(host: ProviderHost, out_dir: Path) -> None:
-    _, cred = host.up(CRED, {"stream": "orders-billing", "app": "billing"})
-    id_, outs = host.up(DOC, doc_props(cred["public_key"], app="billing"))
-    conf = Path(outs["files"][1])
-    conf.write_text("# edited by hand\n")
-    _, refreshed = host.read(DOC, id_, outs)
-    assert refreshed["files"] == [outs["files"][0]]
-    outcome, fixed = host.change(DOC, id_, refreshed, doc_props(cred["public_key"], app="billing"))
-    assert outcome.changes == "DIFF_SOME"
-    assert conf.read_text() == fixed["conf"] and fixed["files"] == outs["files"]
+def test_permission_document_state_from_before_the_account_layout_reads_and_removes_its_files(
+    host: ProviderHost, out_dir: Path
+) -> None:
+    written = out_dir / "orders-billing" / "permissions" / "orders.json"
+    written.parent.mkdir(parents=True)
+    written.write_text("{}\n")
+    legacy = {"pair": pair(), "app": "orders", "claims_json": "{}\n", "files": [str(written)]}
+    read_id, kept = host.read(DOC, "orders-billing/orders", legacy)
+    assert (
+        read_id == "orders-billing/orders" and set(kept) == set(legacy) and kept["files"] == legacy["files"]
+    )
+    outcome, outs = host.change(DOC, "orders-billing/orders", legacy, doc_props())
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [] and outs == doc_props()
+    assert not written.exists() and not written.parent.exists()
 
 
-def test_document_with_an_unknown_key_at_preview_is_an_update(host: ProviderHost) -> None:
-    _, cred = host.up(CRED, {"stream": "orders-billing", "app": "orders"})
-    id_, outs = host.up(DOC, doc_props(cred["public_key"]))
-    inputs, failures = host.check(DOC, doc_props(UNKNOWN))
-    assert failures == []
-    outcome = host.diff(DOC, id_, outs, inputs)
-    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+def test_permission_document_check_names_the_property(host: ProviderHost) -> None:
+    _, failures = host.check(DOC, {**doc_props(), "account": ""})
+    assert failures == [("account", "account: must be a non-empty string")]
+    _, failures = host.check(DOC, {**doc_props(), "imports": ["orders.sync.billing"]})
+    assert failures == [("imports", "imports: must be an object {subject: text}")]
+    inputs, failures = host.check(DOC, {**doc_props(), "publish": UNKNOWN})
+    assert failures == [] and host.diff(DOC, "s/a", doc_props(), inputs).changes == "DIFF_SOME"
 
 
-def test_document_check_names_field_and_rule(host: ProviderHost) -> None:
-    _, failures = host.check(DOC, {"pair": pair(), "app": "orders", "public_key": "not-a-key"})
-    assert failures == [("public_key", "public_key: must be an NKey user public key (U...)")]
-    _, failures = host.check(DOC, {"pair": {**pair(), "apps": ["a", "a"]}, "app": "a", "public_key": "U1"})
-    assert failures and failures[0][1].startswith("pair.apps:") and "two distinct apps" in failures[0][1]
+def test_documents_and_permissions_carry_plain_text_no_base64_and_no_digest_inputs(
+    host: ProviderHost,
+) -> None:
+    """What `preview --diff` shows is the text itself: no packed bundle among the inputs or outputs of
+    either resource, and no digest among the inputs (digests are ServerDocuments outputs only)."""
+    documents = {"accounts.conf": "accounts { APP_orders {} }\n", "apps/orders.json": '{"pub": []}\n'}
+    doc_inputs = host.checked(DOCS, docs_props(documents))
+    _, doc_outs = host.create(DOCS, doc_inputs)
+    perm_inputs = host.checked(DOC, doc_props())
+    _, perm_outs = host.create(DOC, perm_inputs)
+    assert set(doc_inputs) == {"documents"} and doc_inputs["documents"] == documents
+    assert set(doc_outs) == {"files", "digests"}
+    for props in (doc_inputs, perm_inputs, perm_outs):
+        assert not any("digest" in key or key == "bundle" for key in props)
+        assert not any(looks_like_base64(value) for value in strings_in(props)), props
+    assert not any(looks_like_base64(value) for value in strings_in(doc_outs["files"]))
+    assert all(d.startswith("sha256:") for d in doc_outs["digests"].values())
 
 
-def test_without_an_output_dir_nothing_is_written(tmp_path: Path) -> None:
-    with ProviderHost() as h:
-        h.configure({})
-        _, cred = h.up(CRED, {"stream": "s", "app": "a"})
-        _, outs = h.up(
-            DOC,
-            doc_props(
-                cred["public_key"],
-                parse_pairs([{"stream": "s", "apps": ["a", "b"]}]).pairs[0].model_dump(mode="json"),
-                "a",
-            ),
-        )
-        assert outs["files"] == [] and outs["claims"]["sub"] == {"allow": ["_INBOX_a.>"]}
+def strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *strings_in(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+def looks_like_base64(text: str) -> bool:
+    """A long run of base64 alphabet with no spaces, dots or braces (a packed bundle, a digest)."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9+/=]{40,}", text) is not None
 
 
 def test_stream_without_servers_configured_says_which_key_to_set() -> None:
     with ProviderHost() as h:
         h.configure({})
         with pytest.raises(ProviderCallError, match="jsb:servers is not set"):
-            h.up(StreamProvider(), {"pair": pair()})
+            h.up(StreamProvider(), stream_inputs(parse_pairs([pair()]).pairs[0]))
 
 
 # -- settings from the stack config (pure) ---------------------------------------------------------

@@ -1,10 +1,13 @@
 """State written before a spec rule existed: diff, refresh and destroy still work; new inputs stay strict.
 
 The host runs today's provider code on yesterday's state. The case here is real: the spec now refuses
-`retention: interest` together with `dlq: true`, and a stack created before that rule holds such a pair.
-The old state is simulated as an older jsb-infra would have left it: the stream and both consumers are
-created through the host as `limits` with a DLQ (valid today), the server's stream is switched to
-`interest` (in place), and the stored outputs are edited to say `interest`.
+`retention: interest` together with `dlq: true`, and a stack created before that rule holds such a
+stream. Stream and Consumer store their rendered config, never the pair, so nothing in their state is
+validated against today's spec: the old state is simulated as an older jsb-infra would have left it
+(the stream and both consumers created through the host as `limits` with a DLQ, valid today, the
+server's stream switched to `interest` in place, and the stored live config edited to say `interest`),
+and today's rendering of a valid pair diffs, updates or replaces it as the server rules say.
+`stored_pair` (which PairStream still reads its state with) is tested on its own at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,22 +28,18 @@ from provider_host import (
     stack_config,
 )
 
-from jsb_infra.core.credentials import new_user_keypair
 from jsb_infra.core.spec import parse_pairs
 from jsb_infra.core.topology import consumer_config, stream_config
 from jsb_infra.deploy.providers.base import ProviderError, parse_pair, stored_pair
-from jsb_infra.deploy.providers.consumer import ConsumerProvider
-from jsb_infra.deploy.providers.permission_document import PermissionDocumentProvider
-from jsb_infra.deploy.providers.stream import StreamProvider, stream_incarnation_key
+from jsb_infra.deploy.providers.consumer import ConsumerProvider, consumer_inputs
+from jsb_infra.deploy.providers.stream import StreamProvider, pair_incarnation_key, stream_inputs
 from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
 APPS = ("orders", "billing")
-DLQ_RULE = "pair: stream_options.retention: interest keeps a message only while a consumer is interested"
 
 S = StreamProvider()
 C = ConsumerProvider()
-DOC = PermissionDocumentProvider()
 
 
 def pair(**changes: Any) -> dict[str, Any]:
@@ -53,11 +51,18 @@ def pair(**changes: Any) -> dict[str, Any]:
 LIMITS_WITH_DLQ = pair(stream_options={"retention": "limits"})
 
 
+def stream_props(spec: dict[str, Any]) -> dict[str, Any]:
+    return stream_inputs(parse_pair(spec))
+
+
+def consumer_props(spec: dict[str, Any], app: str, created: str) -> dict[str, Any]:
+    return consumer_inputs(parse_pair(spec), app, created)
+
+
 def as_stored_before_the_rule(outs: dict[str, Any]) -> dict[str, Any]:
     """`outs` as an older version stored them for an interest stream with a DLQ (allowed back then)."""
     old = copy.deepcopy(outs)
-    old["pair"]["stream_options"]["retention"] = "interest"
-    if "retention" in old.get("config", {}):  # the stream's live config
+    if "retention" in old["config"]:  # the stream's live config
         old["config"]["retention"] = "interest"
     return old
 
@@ -76,14 +81,9 @@ def server(make_server: Callable[..., LocalNatsServer]) -> LocalNatsServer:
 
 
 @pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
-    return tmp_path / "render"
-
-
-@pytest.fixture
-def host(server: LocalNatsServer, out_dir: Path) -> Iterator[ProviderHost]:
+def host(server: LocalNatsServer) -> Iterator[ProviderHost]:
     with ProviderHost() as h:
-        h.configure(stack_config(server.url, str(out_dir)))
+        h.configure(stack_config(server.url))
         yield h
         assert_no_secret(h)
 
@@ -96,32 +96,26 @@ class OldStack:
 
 @pytest.fixture
 def old_stack(host: ProviderHost, server: LocalNatsServer) -> OldStack:
-    _, stream_outs = host.up(S, {"pair": LIMITS_WITH_DLQ})
+    _, stream_outs = host.up(S, stream_props(LIMITS_WITH_DLQ))
     consumers = {
-        app: host.up(C, {"pair": LIMITS_WITH_DLQ, "app": app, "stream_created": stream_outs["created"]})
-        for app in APPS
+        app: host.up(C, consumer_props(LIMITS_WITH_DLQ, app, stream_outs["created"])) for app in APPS
     }
     interest = {**stream_config(parse_pair(LIMITS_WITH_DLQ)), "retention": "interest"}
     admin_call(server.url, lambda js: js.update_stream(interest))
-    old = OldStack(
+    return OldStack(
         as_stored_before_the_rule(stream_outs),
         {app: (id_, as_stored_before_the_rule(outs)) for app, (id_, outs) in consumers.items()},
     )
-    with pytest.raises(ProviderError, match="invalid pair"):  # the state really breaks today's rule
-        parse_pair(old.stream["pair"])
-    return old
-
-
-def consumer_news(old: OldStack, app: str, new_pair: dict[str, Any]) -> dict[str, Any]:
-    return {"pair": new_pair, "app": app, "stream_created": old.stream["created"]}
 
 
 def test_refresh_reads_state_stored_before_the_rule(
     host: ProviderHost, server: LocalNatsServer, old_stack: OldStack
 ) -> None:
     read_id, refreshed = host.read(S, STREAM, old_stack.stream)
-    assert read_id == STREAM and refreshed["pair"] == old_stack.stream["pair"], "read keeps the stored inputs"
-    assert refreshed["config"]["retention"] == "interest"
+    assert read_id == STREAM and refreshed["dlq_keeper"] == old_stack.stream["dlq_keeper"], (
+        "read keeps the stored inputs"
+    )
+    assert refreshed["config"]["retention"] == "interest" and refreshed["dlq_keeper_present"] is True
     assert refreshed["config"]["subjects"] == [
         "orders.sync.billing",
         "billing.sync.orders",
@@ -131,7 +125,7 @@ def test_refresh_reads_state_stored_before_the_rule(
     for app, (id_, outs) in old_stack.consumers.items():
         read_id, refreshed = host.read(C, id_, outs)
         assert read_id == id_ and refreshed["config"] == outs["config"], app
-        assert refreshed["pair"] == outs["pair"]
+        assert refreshed["stream_incarnation"] == outs["stream_incarnation"]
     # and an object deleted behind Pulumi's back still reads as gone, not as an error
     admin_call(server.url, lambda js: js.delete_consumer(STREAM, "billing-workers"))
     assert host.read(C, *old_stack.consumers["billing"]) == ("", {})
@@ -144,7 +138,7 @@ def test_refresh_reads_state_stored_before_the_rule(
         (pair(stream_options={"retention": "limits"}), [], []),
         (
             pair(stream_options={"retention": "workqueue"}),
-            ["pair.stream_options.retention"],
+            ["config.retention"],
             ["stream_created"],
         ),
     ],
@@ -157,12 +151,13 @@ def test_diff_from_stored_state_to_a_valid_pair_decides_update_or_replace(
     stream_replaces: list[str],
     consumer_replaces: list[str],
 ) -> None:
-    outcome = host.diff(S, STREAM, old_stack.stream, host.checked(S, {"pair": new_pair}))
+    outcome = host.diff(S, STREAM, old_stack.stream, host.checked(S, stream_props(new_pair)))
     assert outcome.changes == "DIFF_SOME"
     assert outcome.replaces == stream_replaces
     assert outcome.delete_before_replace is bool(stream_replaces)
     for app, (id_, outs) in old_stack.consumers.items():
-        outcome = host.diff(C, id_, outs, host.checked(C, consumer_news(old_stack, app, new_pair)))
+        news = host.checked(C, consumer_props(new_pair, app, old_stack.stream["created"]))
+        outcome = host.diff(C, id_, outs, news)
         assert outcome.replaces == consumer_replaces, app
         assert outcome.changes == ("DIFF_SOME" if consumer_replaces else "DIFF_NONE"), app
 
@@ -171,28 +166,15 @@ def test_update_from_stored_state_lands_the_valid_pair_in_place(
     host: ProviderHost, server: LocalNatsServer, old_stack: OldStack
 ) -> None:
     publish(server.url, "billing.sync.orders", 2)
-    valid = pair(dlq=False, stream_options={"retention": "interest"})
-    outcome, outs = host.change(S, STREAM, old_stack.stream, {"pair": valid})
+    valid = stream_props(pair(dlq=False, stream_options={"retention": "interest"}))
+    outcome, outs = host.change(S, STREAM, old_stack.stream, valid)
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     live = stream_info(server.url)
     assert live is not None and live["config"]["subjects"] == ["orders.sync.billing", "billing.sync.orders"]
     assert live["config"]["retention"] == "interest" == outs["config"]["retention"]
     assert outs["created"] == old_stack.stream["created"] and live["state"]["messages"] == 2
-    assert stored_pair(outs["pair"]) == parse_pair(valid), "the valid pair is what is stored now"
-    assert host.diff(S, STREAM, outs, host.checked(S, {"pair": valid})).changes == "DIFF_NONE"
-
-
-def test_a_new_pair_that_breaks_the_rule_fails_at_check_with_the_field_and_the_rule(
-    host: ProviderHost, old_stack: OldStack
-) -> None:
-    """Keeping yesterday's config is new input: it is refused before any diff, naming field and rule."""
-    unchanged = old_stack.stream["pair"]
-    _, failures = host.check(S, {"pair": unchanged})
-    assert len(failures) == 1 and failures[0][0] == "pair" and failures[0][1].startswith(DLQ_RULE)
-    assert "set dlq: false" in failures[0][1]
-    for app in APPS:
-        _, failures = host.check(C, consumer_news(old_stack, app, unchanged))
-        assert [prop for prop, _ in failures] == ["pair"] and failures[0][1].startswith(DLQ_RULE)
+    assert outs["dlq_keeper"] == {} and outs["dlq_keeper_present"] is False, "the DLQ keeper went"
+    assert host.diff(S, STREAM, outs, host.checked(S, valid)).changes == "DIFF_NONE"
 
 
 def test_delete_of_state_stored_before_the_rule_works_and_the_guards_still_apply(
@@ -212,25 +194,27 @@ def test_delete_of_state_stored_before_the_rule_works_and_the_guards_still_apply
     host.delete(C, *old_stack.consumers["billing"])  # nothing at stake for billing's durable
     assert consumer_info(server.url, "billing") is None
     # the same old state with the opt-in stored (as an older version would have kept it) lets it all go
-    allowing = copy.deepcopy(orders_outs)
-    allowing["pair"]["allow_destroy_with_messages"] = True
-    host.delete(C, orders_id, allowing)
-    host.delete(S, STREAM, {**old_stack.stream, "pair": allowing["pair"]})
+    host.delete(C, orders_id, {**orders_outs, "allow_destroy_with_messages": True})
+    host.delete(S, STREAM, {**old_stack.stream, "allow_destroy_with_messages": True})
     assert consumer_info(server.url, "orders") is None and stream_info(server.url) is None
 
 
-def test_permission_document_diffs_from_a_stored_pair_that_breaks_the_rule(
-    host: ProviderHost, old_stack: OldStack
+def test_state_that_still_holds_a_pair_is_refused_with_the_migration_to_run(
+    host: ProviderHost, server: LocalNatsServer, old_stack: OldStack
 ) -> None:
-    _, public_key = new_user_keypair()
-    id_, outs = host.up(DOC, {"pair": LIMITS_WITH_DLQ, "app": "orders", "public_key": public_key})
-    old = as_stored_before_the_rule(outs)
-    same_documents = pair(stream_options={"retention": "limits"})
-    news = {"pair": same_documents, "app": "orders", "public_key": public_key}
-    assert host.diff(DOC, id_, old, host.checked(DOC, news)).changes == "DIFF_NONE"
-    without_dlq = {**news, "pair": pair(dlq=False, stream_options={"retention": "interest"})}
-    outcome = host.diff(DOC, id_, old, host.checked(DOC, without_dlq))
-    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [], "the claims lose the DLQ: rewritten"
+    """State of the one-input-per-pair shape is rewritten by the migration, never guessed at: a
+    refresh must not read it as gone (that would drop it from the stack)."""
+    written_by_the_old_shape = {"pair": LIMITS_WITH_DLQ, "name": STREAM, "config": old_stack.stream["config"]}
+    for call in (
+        lambda: host.read(S, STREAM, written_by_the_old_shape),
+        lambda: host.diff(
+            S, STREAM, written_by_the_old_shape, host.checked(S, stream_props(LIMITS_WITH_DLQ))
+        ),
+        lambda: host.delete(S, STREAM, written_by_the_old_shape),
+    ):
+        with pytest.raises(ProviderCallError, match="jsb-infra migrate-state"):
+            call()
+    assert stream_info(server.url) is not None, "nothing was deleted"
 
 
 # -- stored_pair on its own ---------------------------------------------------------------------------
@@ -248,7 +232,7 @@ def test_stored_pair_reads_a_pair_that_breaks_a_later_rule() -> None:
     assert (old.stream, old.apps, old.dlq) == (STREAM, APPS, True)
     assert (old.stream_options.retention, old.stream_options.storage) == ("interest", "file")
     assert old.allow_destroy_with_messages is True
-    assert stream_incarnation_key(old) == f"{STREAM}/file/limits|interest"
+    assert pair_incarnation_key(old) == f"{STREAM}/file/limits|interest"
     assert stream_config(old)["subjects"][2:] == ["orders.sync.dlq", "billing.sync.dlq"]
     assert consumer_config(old, "orders")["durable_name"] == "orders-workers"
     assert old.model_dump(mode="json") == OLD_PAIR, "types are parsed as strictly as ever (durations)"

@@ -18,7 +18,7 @@ from pulumi.output import Unknown
 from jsb_infra.core import names
 from jsb_infra.core.spec import parse_pairs
 from jsb_infra.core.topology import stream_config
-from jsb_infra.deploy.providers.stream import StreamProvider
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_incarnation_key, stream_inputs
 from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
@@ -26,12 +26,13 @@ STREAM = "orders-billing"
 
 def pair(**changes: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"stream": STREAM, "apps": ["orders", "billing"], "dlq": False, "protect": False}
-    for key, value in changes.items():
-        if key == "stream_options":
-            spec["stream_options"] = value
-        else:
-            spec[key] = value
+    spec.update(changes)
     return parse_pairs([spec]).pairs[0].model_dump(mode="json")
+
+
+def inputs(**changes: Any) -> dict[str, Any]:
+    """The Stream inputs the pair with `changes` renders (what the AppPair component registers)."""
+    return stream_inputs(parse_pairs([pair(**changes)]).pairs[0])
 
 
 P = StreamProvider()
@@ -42,7 +43,7 @@ def info(url: str, name: str = STREAM) -> dict[str, Any] | None:
 
 
 def test_create_reads_back_and_a_rerun_is_a_no_op(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     live = info(server.url)
     assert id_ == STREAM and live is not None
     assert outs["name"] == STREAM
@@ -54,7 +55,7 @@ def test_create_reads_back_and_a_rerun_is_a_no_op(host: ProviderHost, server: Lo
         "description",
         *MANAGED_UNSET,
     }
-    outcome = host.diff(P, id_, outs, host.checked(P, {"pair": pair()}))
+    outcome = host.diff(P, id_, outs, host.checked(P, inputs()))
     assert outcome.changes == "DIFF_NONE" and outcome.replaces == []
 
 
@@ -63,32 +64,32 @@ def test_create_reads_back_and_a_rerun_is_a_no_op(host: ProviderHost, server: Lo
     [
         (
             "description",
-            pair(stream_options={"description": "orders <-> billing"}),
+            inputs(stream_options={"description": "orders <-> billing"}),
             ("description", "orders <-> billing"),
         ),
-        ("max_age", pair(stream_options={"max_age": "1h"}), ("max_age", 3600 * 10**9)),
+        ("max_age", inputs(stream_options={"max_age": "1h"}), ("max_age", 3600 * 10**9)),
         (
             "duplicate_window",
-            pair(stream_options={"duplicate_window": "30s"}),
+            inputs(stream_options={"duplicate_window": "30s"}),
             ("duplicate_window", 30 * 10**9),
         ),
         (
             "subjects (dlq on)",
-            pair(dlq=True),
+            inputs(dlq=True),
             (
                 "subjects",
                 ["orders.sync.billing", "billing.sync.orders", "orders.sync.dlq", "billing.sync.dlq"],
             ),
         ),
-        ("max_msgs", pair(stream_options={"max_msgs": 1000}), ("max_msgs", 1000)),
+        ("max_msgs", inputs(stream_options={"max_msgs": 1000}), ("max_msgs", 1000)),
     ],
 )
 def test_in_place_change_updates_and_keeps_messages(
     host: ProviderHost, server: LocalNatsServer, field: str, new_pair: dict[str, Any], check: tuple[str, Any]
 ) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     publish(server.url, "orders.sync.billing", 3)
-    outcome, new_outs = host.change(P, id_, outs, {"pair": new_pair})
+    outcome, new_outs = host.change(P, id_, outs, new_pair)
     assert outcome.changes == "DIFF_SOME", field
     assert outcome.replaces == [] and not outcome.delete_before_replace
     key, value = check
@@ -98,13 +99,13 @@ def test_in_place_change_updates_and_keeps_messages(
     assert live["state"]["messages"] == 3 and new_outs["messages"] == 3
     assert new_outs["created"] == outs["created"], "an in-place update must not recreate the stream"
     assert new_outs["config"]["retention"] == "workqueue", "the whole config is sent, retention included"
-    again = host.diff(P, id_, new_outs, host.checked(P, {"pair": new_pair}))
+    again = host.diff(P, id_, new_outs, host.checked(P, new_pair))
     assert again.changes == "DIFF_NONE"
 
 
 def test_removing_the_description_is_a_change(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair(stream_options={"description": "temporary"})})
-    outcome, new_outs = host.change(P, id_, outs, {"pair": pair()})
+    id_, outs = host.up(P, inputs(stream_options={"description": "temporary"}))
+    outcome, new_outs = host.change(P, id_, outs, inputs())
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     live = info(server.url)
     assert live is not None and "description" not in live["config"]
@@ -114,9 +115,9 @@ def test_removing_the_description_is_a_change(host: ProviderHost, server: LocalN
 @pytest.mark.parametrize(
     ("before", "after", "replace_key"),
     [
-        ({"storage": "file"}, {"storage": "memory"}, "pair.stream_options.storage"),
-        ({"retention": "workqueue"}, {"retention": "limits"}, "pair.stream_options.retention"),
-        ({"retention": "interest"}, {"retention": "workqueue"}, "pair.stream_options.retention"),
+        ({"storage": "file"}, {"storage": "memory"}, "config.storage"),
+        ({"retention": "workqueue"}, {"retention": "limits"}, "config.retention"),
+        ({"retention": "interest"}, {"retention": "workqueue"}, "config.retention"),
     ],
 )
 def test_server_immutable_fields_replace_delete_first(
@@ -126,29 +127,28 @@ def test_server_immutable_fields_replace_delete_first(
     after: dict[str, Any],
     replace_key: str,
 ) -> None:
-    id_, outs = host.up(P, {"pair": pair(stream_options=before)})
-    outcome = host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options=after)}))
+    id_, outs = host.up(P, inputs(stream_options=before))
+    outcome = host.diff(P, id_, outs, host.checked(P, inputs(stream_options=after)))
     assert outcome.changes == "DIFF_SOME"
     assert outcome.replaces == [replace_key]
     assert outcome.delete_before_replace is True
     # and the engine's replacement (delete, then create) really lands the new setting
     host.delete(P, id_, outs)
-    _, new_outs = host.up(P, {"pair": pair(stream_options=after)})
+    _, new_outs = host.up(P, inputs(stream_options=after))
     field, value = next(iter(after.items()))
     live = info(server.url)
     assert live is not None and live["config"][field] == value == new_outs["config"][field]
 
 
 def test_stream_rename_replaces(host: ProviderHost) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
-    renamed = parse_pairs([{**pair(), "stream": "renamed"}]).pairs[0].model_dump(mode="json")
-    outcome = host.diff(P, id_, outs, host.checked(P, {"pair": renamed}))
-    assert outcome.replaces == ["pair.stream"] and outcome.delete_before_replace
+    id_, outs = host.up(P, inputs())
+    outcome = host.diff(P, id_, outs, host.checked(P, inputs(stream="renamed")))
+    assert outcome.replaces == ["name"] and outcome.delete_before_replace
 
 
 def test_limits_to_interest_is_in_place(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair(stream_options={"retention": "limits"})})
-    outcome, new_outs = host.change(P, id_, outs, {"pair": pair(stream_options={"retention": "interest"})})
+    id_, outs = host.up(P, inputs(stream_options={"retention": "limits"}))
+    outcome, new_outs = host.change(P, id_, outs, inputs(stream_options={"retention": "interest"}))
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     live = info(server.url)
     assert live is not None and live["config"]["retention"] == "interest"
@@ -156,38 +156,38 @@ def test_limits_to_interest_is_in_place(host: ProviderHost, server: LocalNatsSer
 
 
 def test_guard_refuses_replacing_a_stream_with_messages(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     publish(server.url, "billing.sync.orders", 2)
     memory = {"storage": "memory"}
     with pytest.raises(ProviderCallError, match="still holds 2 message"):
-        host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options=memory)}))
-    # opting in together with the destructive change is refused too: the stored pair must allow it first
-    with pytest.raises(ProviderCallError, match="stored pair does not allow"):
+        host.diff(P, id_, outs, host.checked(P, inputs(stream_options=memory)))
+    # opting in together with the destructive change is refused too: the stored state must allow it first
+    with pytest.raises(ProviderCallError, match="stored state does not allow"):
         host.diff(
             P,
             id_,
             outs,
-            host.checked(P, {"pair": pair(stream_options=memory, allow_destroy_with_messages=True)}),
+            host.checked(P, inputs(stream_options=memory, allow_destroy_with_messages=True)),
         )
     # step 1: store the opt-in (an in-place update that touches nothing on the server)
-    outcome, outs = host.change(P, id_, outs, {"pair": pair(allow_destroy_with_messages=True)})
+    outcome, outs = host.change(P, id_, outs, inputs(allow_destroy_with_messages=True))
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     # step 2: the replace is now accepted
     outcome = host.diff(
-        P, id_, outs, host.checked(P, {"pair": pair(stream_options=memory, allow_destroy_with_messages=True)})
+        P, id_, outs, host.checked(P, inputs(stream_options=memory, allow_destroy_with_messages=True))
     )
-    assert outcome.replaces == ["pair.stream_options.storage"]
+    assert outcome.replaces == ["config.storage"]
     live = info(server.url)
     assert live is not None and live["state"]["messages"] == 2, "the guard must not touch the stream"
 
 
 def test_guard_refuses_deleting_a_stream_with_messages(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     publish(server.url, "orders.sync.billing", 1)
     with pytest.raises(ProviderCallError, match="refusing to delete stream 'orders-billing'"):
         host.delete(P, id_, outs)
     assert info(server.url) is not None
-    _, outs = host.change(P, id_, outs, {"pair": pair(allow_destroy_with_messages=True)})
+    _, outs = host.change(P, id_, outs, inputs(allow_destroy_with_messages=True))
     host.delete(P, id_, outs)
     assert info(server.url) is None
 
@@ -195,7 +195,7 @@ def test_guard_refuses_deleting_a_stream_with_messages(host: ProviderHost, serve
 def test_delete_cleans_the_server_and_tolerates_a_missing_stream(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     host.delete(P, id_, outs)
     assert info(server.url) is None
     host.delete(P, id_, outs)  # already gone: nothing to do
@@ -205,7 +205,7 @@ def test_adopt_an_equal_stream(host: ProviderHost, server: LocalNatsServer) -> N
     desired = stream_config(parse_pairs([pair()]).pairs[0])
     made = admin_call(server.url, lambda js: js.create_stream(desired))
     publish(server.url, "orders.sync.billing", 2)
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     assert id_ == STREAM
     assert outs["created"] == made["created"], "adopted, not recreated"
     assert outs["messages"] == 2
@@ -221,7 +221,7 @@ def test_adopt_refuses_a_different_stream_naming_each_field(
     }
     admin_call(server.url, lambda js: js.create_stream(other))
     with pytest.raises(ProviderCallError) as err:
-        host.up(P, {"pair": pair()})
+        host.up(P, inputs())
     assert "already exists on the server with a different config" in err.value.details
     assert "max_age: desired 0, server has 7200000000000" in err.value.details
     assert "description: desired '', server has 'by hand'" in err.value.details
@@ -236,7 +236,7 @@ def test_adopt_true_updates_in_place(host: ProviderHost, server: LocalNatsServer
     other = {**stream_config(parse_pairs([pair()]).pairs[0]), "max_age": 7200 * 10**9}
     made = admin_call(server.url, lambda js: js.create_stream(other))
     publish(server.url, "orders.sync.billing", 4)
-    _, outs = host.up(P, {"pair": pair(adopt=True)})
+    _, outs = host.up(P, inputs(adopt=True))
     live = info(server.url)
     assert live is not None and live["config"]["max_age"] == 0 == outs["config"]["max_age"]
     assert outs["created"] == made["created"] and live["state"]["messages"] == 4
@@ -250,58 +250,82 @@ def test_adopt_true_still_refuses_what_the_server_cannot_change(
     with pytest.raises(
         ProviderCallError, match=r"cannot adopt stream 'orders-billing'.*storage: desired 'file'"
     ):
-        host.up(P, {"pair": pair(adopt=True)})
+        host.up(P, inputs(adopt=True))
 
 
 def test_read_reports_an_out_of_band_change_and_the_next_up_fixes_it(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     drifted = {**stream_config(parse_pairs([pair()]).pairs[0]), "max_msgs": 50}
     admin_call(server.url, lambda js: js.update_stream(drifted))
     read_id, refreshed = host.read(P, id_, outs)
     assert read_id == id_ and refreshed["config"]["max_msgs"] == 50
-    assert refreshed["pair"] == outs["pair"], "read keeps the inputs"
-    outcome, fixed = host.change(P, id_, refreshed, {"pair": pair()})
+    assert {k: refreshed[k] for k in INPUTS_BUT_CONFIG} == {k: outs[k] for k in INPUTS_BUT_CONFIG}, (
+        "read keeps the inputs"
+    )
+    outcome, fixed = host.change(P, id_, refreshed, inputs())
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     live = info(server.url)
     assert live is not None and live["config"]["max_msgs"] == -1 == fixed["config"]["max_msgs"]
 
 
 def test_read_reports_an_out_of_band_delete_as_gone(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     admin_call(server.url, lambda js: js.delete_stream(STREAM))
     read_id, props = host.read(P, id_, outs)
     assert read_id == "" and props == {}
-    _, again = host.up(P, {"pair": pair()})  # the next up creates it anew
+    _, again = host.up(P, inputs())  # the next up creates it anew
     assert info(server.url) is not None and again["created"] != outs["created"]
 
 
-def test_check_names_the_field_and_the_rule(host: ProviderHost) -> None:
-    bad = {**pair(), "consumer": {"max_deliver": 2, "backoff": ["1s", "2s", "3s"]}}
-    _, failures = host.check(P, {"pair": bad})
-    assert failures
-    prop, reason = failures[0]
-    assert prop == "pair"
-    assert reason.startswith("pair.consumer")
-    assert "backoff has 3 entries but max_deliver is 2" in reason
-    _, failures = host.check(P, {"pair": {**pair(), "stream": "a.b"}})
-    assert failures and failures[0][1].startswith("pair.stream:") and "'.'" in failures[0][1]
+INPUTS_BUT_CONFIG = ("connection", "name", "dlq_keeper", "allow_destroy_with_messages", "adopt")
+
+
+@pytest.mark.parametrize(
+    ("change", "prop", "reason"),
+    [
+        ({"name": ""}, "name", "name: must be a non-empty stream name"),
+        ({"name": "other"}, "config", "config.name: must equal name 'other'"),
+        ({"config": ["not", "an", "object"]}, "config", "config: must be the rendered stream config"),
+        ({"dlq_keeper": None}, "dlq_keeper", "dlq_keeper: must be an object"),
+        ({"adopt": "yes"}, "adopt", "adopt: must be true or false"),
+        ({"allow_destroy_with_messages": 1}, "allow_destroy_with_messages", "must be true or false"),
+        ({"connection": {"servers": []}}, "connection", "connection.servers: must be a non-empty list"),
+    ],
+)
+def test_check_names_the_property_and_the_rule(
+    host: ProviderHost, change: dict[str, Any], prop: str, reason: str
+) -> None:
+    _, failures = host.check(P, {**inputs(), **change})
+    assert [p for p, _ in failures] == [prop] and reason in failures[0][1]
 
 
 def test_check_passes_unknowns_through_at_preview(host: ProviderHost) -> None:
-    inputs, failures = host.check(P, {"pair": UNKNOWN})
-    assert failures == [] and isinstance(inputs["pair"], Unknown)
+    checked, failures = host.check(P, {**inputs(), "config": UNKNOWN, "connection": UNKNOWN})
+    assert failures == [] and isinstance(checked["config"], Unknown)
+
+
+def test_an_unknown_config_at_preview_is_an_update_and_a_new_connection_never_replaces(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, outs = host.up(P, inputs())
+    outcome = host.diff(P, id_, outs, {**host.checked(P, inputs()), "config": UNKNOWN})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    named = {"name": "same", "servers": [server.url], "admin_config_key": "jsb:admin"}
+    outcome, moved = host.change(P, id_, outs, {**inputs(), "connection": named})
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    assert moved["connection"] == named and moved["created"] == outs["created"]
 
 
 def test_no_admin_secret_in_any_response_even_errors(host: ProviderHost, server: LocalNatsServer) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     publish(server.url, "orders.sync.billing", 1)
     host.read(P, id_, outs)
     with pytest.raises(ProviderCallError):
         host.delete(P, id_, outs)
     with pytest.raises(ProviderCallError):
-        host.diff(P, id_, outs, host.checked(P, {"pair": pair(stream_options={"storage": "memory"})}))
+        host.diff(P, id_, outs, host.checked(P, inputs(stream_options={"storage": "memory"})))
     assert len(host.transcript) >= 5
     assert_no_secret(host)
 
@@ -353,7 +377,7 @@ STREAM_IMMUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
 
 
 def test_create_outputs_the_managed_fields_with_their_unset_values(host: ProviderHost) -> None:
-    _, outs = host.up(P, {"pair": pair()})
+    _, outs = host.up(P, inputs())
     assert {k: outs["config"].get(k) for k in MANAGED_UNSET} == MANAGED_UNSET
     assert "mirror" not in outs["config"]
 
@@ -364,7 +388,7 @@ def test_adopt_refuses_a_stream_that_differs_in_a_field_jsb_does_not_render(
 ) -> None:
     make_by_hand(server.url, extra)
     with pytest.raises(ProviderCallError) as err:
-        host.up(P, {"pair": pair()})
+        host.up(P, inputs())
     assert "stream 'orders-billing' already exists on the server with a different config" in err.value.details
     assert described in err.value.details
 
@@ -375,7 +399,7 @@ def test_adopt_true_refuses_clearly_a_stream_field_the_server_cannot_reset(
 ) -> None:
     make_by_hand(server.url, extra)
     with pytest.raises(ProviderCallError) as err:
-        host.up(P, {"pair": pair(adopt=True)})
+        host.up(P, inputs(adopt=True))
     assert "cannot adopt stream 'orders-billing'" in err.value.details and described in err.value.details
     assert "err_code" not in err.value.details, "refused before the server is asked"
 
@@ -385,32 +409,32 @@ def test_adopt_true_resets_a_stream_field_jsb_does_not_render(
     host: ProviderHost, server: LocalNatsServer, extra: dict[str, Any], described: str
 ) -> None:
     made = make_by_hand(server.url, extra)
-    id_, outs = host.up(P, {"pair": pair(adopt=True)})
+    id_, outs = host.up(P, inputs(adopt=True))
     live = info(server.url)
     assert live is not None and outs["created"] == made["created"]
     for key in extra:
         assert live["config"].get(key, MANAGED_UNSET[key]) == MANAGED_UNSET[key] == outs["config"][key]
-    assert host.diff(P, id_, outs, host.checked(P, {"pair": pair(adopt=True)})).changes == "DIFF_NONE"
+    assert host.diff(P, id_, outs, host.checked(P, inputs(adopt=True))).changes == "DIFF_NONE"
 
 
 def test_refresh_sees_deny_delete_set_by_hand_and_the_diff_replaces(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     admin_call(server.url, lambda js: js.update_stream({**rendered(), "deny_delete": True}))
     _, refreshed = host.read(P, id_, outs)
     assert refreshed["config"]["deny_delete"] is True
-    outcome = host.diff(P, id_, refreshed, host.checked(P, {"pair": pair()}))
+    outcome = host.diff(P, id_, refreshed, host.checked(P, inputs()))
     assert outcome.replaces == ["deny_delete"] and outcome.delete_before_replace
 
 
 def test_refresh_sees_max_msgs_per_subject_set_by_hand_and_up_resets_it_in_place(
     host: ProviderHost, server: LocalNatsServer
 ) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     admin_call(server.url, lambda js: js.update_stream({**rendered(), "max_msgs_per_subject": 3}))
     _, refreshed = host.read(P, id_, outs)
-    outcome, fixed = host.change(P, id_, refreshed, {"pair": pair()})
+    outcome, fixed = host.change(P, id_, refreshed, inputs())
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     live = info(server.url)
     assert live is not None and live["config"]["max_msgs_per_subject"] == -1
@@ -418,9 +442,9 @@ def test_refresh_sees_max_msgs_per_subject_set_by_hand_and_up_resets_it_in_place
 
 
 def test_stream_state_written_before_the_managed_fields_existed_shows_no_diff(host: ProviderHost) -> None:
-    id_, outs = host.up(P, {"pair": pair()})
+    id_, outs = host.up(P, inputs())
     older = {**outs, "config": {k: v for k, v in outs["config"].items() if k not in MANAGED_UNSET}}
-    assert host.diff(P, id_, older, host.checked(P, {"pair": pair()})).changes == "DIFF_NONE"
+    assert host.diff(P, id_, older, host.checked(P, inputs())).changes == "DIFF_NONE"
 
 
 @pytest.mark.parametrize(
@@ -436,12 +460,10 @@ def test_stream_state_written_before_the_managed_fields_existed_shows_no_diff(ho
 def test_incarnation_key_changes_exactly_when_the_stream_is_replaced(
     before: dict[str, Any], after: dict[str, Any], same: bool
 ) -> None:
-    from jsb_infra.deploy.providers.stream import stream_incarnation_key
-
-    old, new = (parse_pairs([pair(stream_options=o)]).pairs[0] for o in (before, after))
+    old, new = (inputs(stream_options=o)["config"] for o in (before, after))
     assert (stream_incarnation_key(old) == stream_incarnation_key(new)) is same
-    renamed = parse_pairs([{**pair(), "stream": "renamed"}]).pairs[0]
-    assert stream_incarnation_key(renamed) != stream_incarnation_key(parse_pairs([pair()]).pairs[0])
+    renamed = inputs(stream="renamed")["config"]
+    assert stream_incarnation_key(renamed) != stream_incarnation_key(inputs()["config"])
 
 
 def keeper(url: str) -> dict[str, Any] | None:
@@ -454,17 +476,22 @@ def test_the_dlq_keeper_follows_the_dlq_and_is_repaired_after_a_delete(
     """With the DLQ on the stream carries the keeper durable (it holds the dead letters against acks
     from other consumers); DLQ off removes it; deleted behind Pulumi's back, refresh shows it and the
     update puts it back."""
-    id_, outs = host.up(P, {"pair": pair(dlq=True)})
+    id_, outs = host.up(P, inputs(dlq=True))
     live = keeper(server.url)
-    assert outs["dlq_keeper"] is True and live is not None
+    assert outs["dlq_keeper_present"] is True and live is not None
     assert sorted(live["config"]["filter_subjects"]) == ["billing.sync.dlq", "orders.sync.dlq"]
 
     admin_call(server.url, lambda js: js.delete_consumer(STREAM, names.DLQ_KEEPER))
     _, refreshed = host.read(P, id_, outs)
-    assert refreshed["dlq_keeper"] is False
-    outcome, repaired = host.change(P, id_, refreshed, {"pair": pair(dlq=True)})
+    assert refreshed["dlq_keeper_present"] is False
+    outcome, repaired = host.change(P, id_, refreshed, inputs(dlq=True))
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
-    assert repaired["dlq_keeper"] is True and keeper(server.url) is not None
+    assert repaired["dlq_keeper_present"] is True and keeper(server.url) is not None
 
-    outcome, off = host.change(P, id_, repaired, {"pair": pair(dlq=False)})
-    assert outcome.replaces == [] and off["dlq_keeper"] is False and keeper(server.url) is None
+    outcome, off = host.change(P, id_, repaired, inputs(dlq=False))
+    assert (
+        outcome.replaces == []
+        and off["dlq_keeper_present"] is False
+        and off["dlq_keeper"] == {}
+        and keeper(server.url) is None
+    )

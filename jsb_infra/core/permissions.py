@@ -105,6 +105,22 @@ def app_permissions(pair: Pair, app: str) -> AppPermissions:
     )
 
 
+def permission_document_inputs(pair: Pair, app: str) -> dict[str, object]:
+    """What the `PermissionDocument` resource of `app` in `pair` shows for review: the app, the stream,
+    the app's account, its publish and subscribe allow lists keyed by subject with why it needs each,
+    and the services it imports into its account {subject: response type}."""
+    perms = app_permissions(pair, app)
+    reasons = perms.reasons()
+    return {
+        "app": app,
+        "stream": pair.stream,
+        "account": names.app_account(app),
+        "publish": reasons["publish"],
+        "subscribe": reasons["subscribe"],
+        "imports": {service.subject: service.response_type for service in perms.services},
+    }
+
+
 def render_claims_json(perms: AppPermissions) -> str:
     """The claims document as stable JSON text."""
     return json.dumps(perms.claims(), indent=2, sort_keys=True) + "\n"

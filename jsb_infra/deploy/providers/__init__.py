@@ -1,4 +1,5 @@
-"""Pulumi dynamic resources for one app pair: Stream, Consumer, AppCredential, PermissionDocument.
+"""Pulumi dynamic resources: per pair a Stream, a Consumer and a PermissionDocument per app (each
+carrying its own rendered config); per app an AppCredential; ServerDocuments for what the servers load.
 
 Each module holds one resource and its provider; `base` holds the shared diff logic and
 `settings` the admin connection the engine hands over through `configure` (never in state).

@@ -351,6 +351,23 @@ def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFa
     return []
 
 
+def bool_failures(news: Mapping[str, Any], props: tuple[str, ...]) -> list[CheckFailure]:
+    """A failure for each of `props` that is known and not a boolean."""
+    return [
+        CheckFailure(prop, f"{prop}: must be true or false")
+        for prop in props
+        if not is_unknown(news.get(prop)) and not isinstance(news.get(prop), bool)
+    ]
+
+
+def old_state_error(kind: str) -> ProviderError:
+    """State written for the one-input-per-pair shape (a `pair` key): this provider cannot read it."""
+    return ProviderError(
+        f"this {kind} state was written by an older jsb-infra (it holds a `pair`); "
+        "run `jsb-infra migrate-state` on the stack first"
+    )
+
+
 # -- server refusals ------------------------------------------------------------------------------------
 SERVER_HINTS: dict[int, str] = {
     10065: "another stream on the server already captures some of these subjects (a stream's subjects "

@@ -1,22 +1,37 @@
-"""The `Consumer` dynamic resource: an app's durable pull consumer, kept equal to `topology.consumer_config`.
+"""The `Consumer` dynamic resource: an app's durable pull consumer, kept equal to its rendered config.
 
-Replaces (delete first) when its identity changes (durable name, stream, the stream incarnation:
-`stream_incarnation_key` of the pair, known at preview, and `stream_created` once known) or a field
-the server cannot update (deliver/ack/replay policy, pull <-> push, max_waiting, mem_storage);
-everything else (max_deliver, ack_wait, backoff, max_ack_pending, num_replicas, filter subject(s),
-headers_only, inactive_threshold) updates in place, fields jsb-infra does not manage kept as the server
-has them; create and a replica change return once the consumer's peers are current. On an interest
-stream, deleting a consumer drops the messages only it was interested in: delete and replace refuse
-that unless the pair allows destroying messages.
+Inputs: `connection`, `stream` and `durable` (its identity), `config` (`topology.consumer_config` of
+the pair and app, verbatim), `stream_incarnation` (`stream.pair_incarnation_key`, known at preview),
+`stream_created` (the Stream's `created` output), `stream_replicas` (create waits for the peers when
+above 1), `allow_destroy_with_messages` and `adopt`. Outputs echo them, except `config`, which is the
+live config cut to the managed keys, plus `created`, `adopted` and `unset`.
+
+Replaces (delete first) when its identity changes (stream, durable, the stream incarnation, and
+`stream_created` once known on both sides) or a field the server cannot update (deliver/ack/replay
+policy, pull <-> push, max_waiting, mem_storage); everything else (max_deliver, ack_wait, backoff,
+max_ack_pending, num_replicas, filter subject(s), headers_only, inactive_threshold) updates in place,
+fields jsb-infra does not manage kept as the server has them; a changed `connection` is an update too.
+Create and a replica change return once the consumer's peers are current. On an interest stream,
+deleting a consumer drops the messages only it was interested in: delete and replace refuse that
+unless `allow_destroy_with_messages` is stored.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    UpdateResult,
+)
 
 from jsb_infra import replication
 from jsb_infra.core import names
@@ -28,28 +43,25 @@ from jsb_infra.deploy.providers.base import (
     ProviderError,
     adopt_decision,
     announce,
-    app_failures,
-    canonical_pair,
+    bool_failures,
     config_changes,
     existed_before,
     is_unknown,
     observed,
-    pair_failures,
-    parse_pair,
+    old_state_error,
     plan_diff,
     read_modify_write,
     recorded_unset,
     stored_live,
-    stored_pair,
     unset_values,
     with_defaults,
 )
-from jsb_infra.deploy.providers.stream import stream_incarnation_key
-from jsb_infra.nats_admin import CONSUMER_ALREADY_EXISTS, JetStreamAdmin, JetStreamApiError
+from jsb_infra.deploy.providers.stream import pair_incarnation_key
+from jsb_infra.nats_admin import CONSUMER_ALREADY_EXISTS, JetStreamAdmin, JetStreamApiError, normalize
 
 IMMUTABLE = {
-    "durable_name": "app",
-    "name": "app",
+    "durable_name": "durable",
+    "name": "durable",
     "deliver_policy": "deliver_policy",
     "ack_policy": "ack_policy",
     "replay_policy": "replay_policy",
@@ -81,33 +93,103 @@ num_replicas 0 (follow the stream) when it was not given, and omits the others w
 update with the rendered config resets the mutable ones to these values."""
 
 
-def desired_config(pair: Pair, app: str, unset: Any = None) -> dict[str, Any]:
+def desired_config(config: dict[str, Any], unset: Any = None) -> dict[str, Any]:
     """The rendered config plus the unset values (`unset` as recorded at create, else OPTIONAL_DEFAULTS)."""
-    return with_defaults(consumer_config(pair, app), unset_values(OPTIONAL_DEFAULTS, unset))
+    return with_defaults(config, unset_values(OPTIONAL_DEFAULTS, unset))
 
 
-def live_config(info: dict[str, Any], pair: Pair, app: str) -> dict[str, Any]:
-    return observed(info["config"], desired_config(pair, app))
+def live_config(info: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    return observed(info["config"], desired_config(config))
 
 
-def stream_recreated(old_pair: Pair, pair: Pair, old_created: Any, new_created: Any) -> bool:
+def consumer_inputs(
+    pair: Pair, app: str, stream_created: Any = None, connection: Any = None
+) -> dict[str, Any]:
+    """The `Consumer` inputs of `app`'s durable in `pair` (`stream_created`: the Stream's `created`
+    output; `connection`: a `Connection.as_input()` value, None: the stack config)."""
+    return {
+        "connection": connection if connection is not None else {"stack_config": True},
+        "stream": pair.stream,
+        "durable": names.durable_name(app),
+        "config": dict(consumer_config(pair, app)),
+        "stream_incarnation": pair_incarnation_key(pair),
+        "stream_created": stream_created,
+        "stream_replicas": pair.stream_options.replicas,
+        "allow_destroy_with_messages": pair.allow_destroy_with_messages,
+        "adopt": pair.adopt,
+    }
+
+
+INPUT_KEYS = (
+    "connection",
+    "stream",
+    "durable",
+    "config",
+    "stream_incarnation",
+    "stream_created",
+    "stream_replicas",
+    "allow_destroy_with_messages",
+    "adopt",
+)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """The checked inputs of one durable, as the server I/O uses them."""
+
+    connection: Any
+    stream: str
+    durable: str
+    config: dict[str, Any]
+    stream_replicas: int
+    allow_destroy_with_messages: bool
+    adopt: bool
+
+    @classmethod
+    def of(cls, props: dict[str, Any]) -> ConsumerSpec:
+        """From checked inputs, or from stored state (which holds the inputs echoed)."""
+        config = normalize(props.get("config") or {})
+        replicas = props.get("stream_replicas")
+        return cls(
+            connection=props.get("connection"),
+            stream=str(props.get("stream") or ""),
+            durable=str(props.get("durable") or config.get("durable_name") or ""),
+            config=config,
+            stream_replicas=int(replicas) if isinstance(replicas, int | float) else 1,
+            allow_destroy_with_messages=bool(props.get("allow_destroy_with_messages", False)),
+            adopt=bool(props.get("adopt", False)),
+        )
+
+    @property
+    def id(self) -> str:
+        return consumer_id(self.stream, self.durable)
+
+    @property
+    def settle_timeout(self) -> float:
+        return settings.for_connection(self.connection).settle_timeout
+
+
+def stream_recreated(olds: dict[str, Any], news: dict[str, Any]) -> bool:
     """Whether the stream this consumer lives on is (or was) recreated, which takes the consumer with it.
 
-    Known at preview from the pair (a change that replaces the stream); at `up` also from the stream's
-    `created`, when known on both sides (a stream recreated out of band). An unknown `created` alone is
-    no change: the stream updating in place leaves its outputs unknown at preview, too.
+    Known at preview from `stream_incarnation` (a change that replaces the stream); at `up` also from
+    the stream's `created`, when known on both sides (a stream recreated out of band). An unknown
+    `created` alone is no change: the stream updating in place leaves its outputs unknown at preview.
     """
-    if stream_incarnation_key(old_pair) != stream_incarnation_key(pair):
+    old_key, new_key = olds.get("stream_incarnation"), news.get("stream_incarnation")
+    if old_key is not None and not is_unknown(new_key) and old_key != new_key:
         return True
+    old_created, new_created = olds.get("stream_created"), news.get("stream_created")
     if old_created is None or new_created is None or is_unknown(old_created) or is_unknown(new_created):
         return False
     return bool(old_created != new_created)
 
 
 def interest_guard(
-    pair: Pair, stream: str, durable: str, at_stake: int, action: str, because: str = ""
+    allowed: bool, stream: str, durable: str, at_stake: int, action: str, because: str = ""
 ) -> None:
-    if at_stake and not pair.allow_destroy_with_messages:
+    """Refuse to drop messages unless `allowed` (the resource's allow_destroy_with_messages)."""
+    if at_stake and not allowed:
         raise ProviderError(
             f"refusing to {action} consumer {durable!r} on interest stream {stream!r}{because}: "
             f"{at_stake} message(s) would be dropped (on an interest stream a message only this consumer "
@@ -121,170 +203,211 @@ def consumer_id(stream: str, durable: str) -> str:
 
 
 def consumer_outputs(
-    props: dict[str, Any], pair: Pair, app: str, info: dict[str, Any], adopted: bool, unset: Any
+    props: dict[str, Any], spec: ConsumerSpec, info: dict[str, Any], adopted: bool, unset: Any
 ) -> dict[str, Any]:
-    """Every output, from what the server reported; `adopted`: it was on the server before the create;
-    `unset`: the values the server gave the keys the renderer leaves out, as recorded at create."""
+    """Every output: the inputs echoed, and from what the server reported the live config (managed
+    keys) and `created`; `adopted`: it was on the server before the create; `unset`: the values the
+    server gave the keys the renderer leaves out, as recorded at create."""
     return {
-        "adopted": adopted,
-        "unset": unset,
-        "pair": props["pair"],
-        "app": app,
-        "stream_created": props.get("stream_created"),
+        **{key: props.get(key) for key in INPUT_KEYS},
         "stream": info["stream_name"],
         "durable": info["name"],
-        "config": live_config(info, pair, app),
+        "config": live_config(info, spec.config),
         "created": info["created"],
+        "adopted": adopted,
+        "unset": unset,
     }
+
+
+def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
+    """Type checks of the inputs; each failure names its property."""
+    failures: list[CheckFailure] = []
+    conn = news.get("connection")
+    problem = None if is_unknown(conn) else settings.connection_problem(conn)
+    if problem:
+        failures.append(CheckFailure("connection", problem))
+    for prop in ("stream", "durable", "stream_incarnation"):
+        value = news.get(prop)
+        if not is_unknown(value) and not (isinstance(value, str) and value):
+            failures.append(CheckFailure(prop, f"{prop}: must be a non-empty string"))
+    config, durable = news.get("config"), news.get("durable")
+    if not is_unknown(config):
+        if not isinstance(config, dict):
+            failures.append(
+                CheckFailure("config", "config: must be the rendered consumer config (an object)")
+            )
+        elif (
+            isinstance(durable, str)
+            and not is_unknown(config.get("durable_name"))
+            and config.get("durable_name") != durable
+        ):
+            failures.append(CheckFailure("config", f"config.durable_name: must equal durable {durable!r}"))
+    created = news.get("stream_created")
+    if created is not None and not is_unknown(created) and not isinstance(created, str):
+        failures.append(CheckFailure("stream_created", "stream_created: must be text"))
+    replicas = news.get("stream_replicas")
+    if not is_unknown(replicas) and not (
+        isinstance(replicas, int | float)
+        and not isinstance(replicas, bool)
+        and float(replicas).is_integer()
+        and replicas >= 1
+    ):
+        failures.append(CheckFailure("stream_replicas", "stream_replicas: must be a whole number >= 1"))
+    return failures + bool_failures(news, ("allow_destroy_with_messages", "adopt"))
 
 
 class ConsumerProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        pair, failures = pair_failures(news.get("pair"))
-        failures += app_failures(pair, news.get("app"))
-        created = news.get("stream_created")
-        if created is not None and not is_unknown(created) and not isinstance(created, str):
-            failures.append(pulumi.dynamic.CheckFailure("stream_created", "stream_created: must be text"))
         inputs = dict(news)
-        if pair is not None:
-            inputs["pair"] = canonical_pair(pair)
-        return CheckResult(inputs, failures)
+        for key in ("config", "stream_replicas"):
+            if not is_unknown(inputs.get(key)):
+                inputs[key] = normalize(inputs.get(key))
+        return CheckResult(inputs, input_failures(news))
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        pair = parse_pair(news["pair"])
-        old_pair = stored_pair(olds["pair"])
-        app = news["app"]
+        if "pair" in olds:
+            raise old_state_error("Consumer")
+        new, old = ConsumerSpec.of(news), ConsumerSpec.of(olds)
+        config = news.get("config")
+        known = not is_unknown(config)
+        inputs: dict[str, tuple[Any, Any]] = {  # delete reads the flag from state: it must be stored
+            key: (olds.get(key), news.get(key))
+            for key in ("connection", "stream_replicas", "allow_destroy_with_messages", "adopt")
+        }
+        if not known:  # the real `up` compares it, once known
+            inputs["config"] = (olds.get("config"), config)
         plan = plan_diff(
-            desired_config(pair, app, olds.get("unset")),
-            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset"))),
+            desired_config(new.config, olds.get("unset")) if known else {},
+            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset")))
+            if known
+            else {},
             immutable=IMMUTABLE,
-            identity={"pair.stream": (old_pair.stream, pair.stream), "app": (olds.get("app"), app)},
-            inputs={  # delete reads the flag from state: it must be stored even when nothing else changes
-                "pair.allow_destroy_with_messages": (
-                    old_pair.allow_destroy_with_messages,
-                    pair.allow_destroy_with_messages,
-                )
+            identity={
+                "stream": (olds.get("stream"), news.get("stream")),
+                "durable": (olds.get("durable"), news.get("durable")),
             },
+            inputs=inputs,
         )
-        if "pair.stream" not in plan.replaces and stream_recreated(
-            old_pair, pair, olds.get("stream_created"), news.get("stream_created")
-        ):
-            plan.replaces.append("stream_created")
+        if "stream" not in plan.replaces:
+            if stream_recreated(olds, news):
+                plan.replaces.append("stream_created")
+            elif is_unknown(news.get("stream_incarnation")):
+                plan.inputs.append("stream_incarnation")
         if plan.replaces:
-            self._guard_replace(old_pair, pair, olds.get("app") or app, plan.replaces)
+            self._guard_replace(old, new, plan.replaces)
         return plan.result()
 
-    def _guard_replace(self, old_pair: Pair, pair: Pair, old_app: str, replaces: list[str]) -> None:
+    def _guard_replace(self, old: ConsumerSpec, new: ConsumerSpec, replaces: list[str]) -> None:
         """Fail the preview, not the `up` halfway: the replace deletes the consumer first, and that
-        delete sees only the stored pair."""
-        durable = names.durable_name(old_app)
-        at_stake = self.run(messages_at_stake(old_pair.stream, durable))
+        delete sees only the stored state."""
+        at_stake = self.run(messages_at_stake(old.stream, old.durable, old.connection))
         because = f" (because {', '.join(replaces)} changed)"
-        interest_guard(pair, old_pair.stream, durable, at_stake, "replace", because)
-        if at_stake and not old_pair.allow_destroy_with_messages:
+        interest_guard(new.allow_destroy_with_messages, old.stream, old.durable, at_stake, "replace", because)
+        if at_stake and not old.allow_destroy_with_messages:
             raise ProviderError(
-                f"refusing to replace consumer {durable!r} on interest stream {old_pair.stream!r}{because}: "
-                f"{at_stake} message(s) would be dropped and the stored pair does not allow destroying "
+                f"refusing to replace consumer {old.durable!r} on interest stream {old.stream!r}{because}: "
+                f"{at_stake} message(s) would be dropped and the stored state does not allow destroying "
                 "them yet. Run `pulumi up` with `allow_destroy_with_messages: true` and the old settings "
                 "first (an in-place update), then make this change"
             )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        pair, app = parse_pair(props["pair"]), props["app"]
-        info, adopted = self.run(_create_or_adopt(pair, app))
+        spec = ConsumerSpec.of(props)
+        info, adopted = self.run(_create_or_adopt(spec))
         if adopted:
-            announce(f"adopted consumer {pair.stream}/{info['name']}: it was already on the server")
-        unset = recorded_unset(info["config"], consumer_config(pair, app), OPTIONAL_DEFAULTS)
-        outputs = consumer_outputs(props, pair, app, info, adopted, unset)
-        return CreateResult(consumer_id(pair.stream, info["name"]), outputs)
+            announce(f"adopted consumer {spec.stream}/{info['name']}: it was already on the server")
+        unset = recorded_unset(info["config"], spec.config, OPTIONAL_DEFAULTS)
+        outputs = consumer_outputs(props, spec, info, adopted, unset)
+        return CreateResult(consumer_id(spec.stream, info["name"]), outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        if "pair" not in props:
-            return ReadResult("", {})
-        pair, app = stored_pair(props["pair"]), props["app"]
-        info = self.run(_info(pair.stream, names.durable_name(app)))
+        if "pair" in props:
+            raise old_state_error("Consumer")
+        if "config" not in props:
+            return ReadResult("", {})  # an import by id alone: not supported
+        spec = ConsumerSpec.of(props)
+        info = self.run(_info(spec))
         if info is None:
             return ReadResult("", {})
-        outputs = consumer_outputs(props, pair, app, info, bool(props.get("adopted")), props.get("unset"))
+        outputs = consumer_outputs(props, spec, info, bool(props.get("adopted")), props.get("unset"))
         return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        pair, app = parse_pair(news["pair"]), news["app"]
-        info = self.run(_update(pair, app, olds.get("unset")))
-        outputs = consumer_outputs(news, pair, app, info, bool(olds.get("adopted")), olds.get("unset"))
+        spec = ConsumerSpec.of(news)
+        info = self.run(_update(spec, olds.get("unset")))
+        outputs = consumer_outputs(news, spec, info, bool(olds.get("adopted")), olds.get("unset"))
         return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        pair = stored_pair(props["pair"])
-        self.run(_delete(pair, names.durable_name(props["app"])))
+        if "pair" in props:
+            raise old_state_error("Consumer")
+        self.run(_delete(ConsumerSpec.of(props)))
 
 
-async def _info(stream: str, durable: str) -> dict[str, Any] | None:
-    async with settings.admin_session() as js:
-        return await js.consumer_info(stream, durable)
+async def _info(spec: ConsumerSpec) -> dict[str, Any] | None:
+    async with settings.admin_session(spec.connection) as js:
+        return await js.consumer_info(spec.stream, spec.durable)
 
 
-async def _create_or_adopt(pair: Pair, app: str) -> tuple[dict[str, Any], bool]:
+async def _create_or_adopt(spec: ConsumerSpec) -> tuple[dict[str, Any], bool]:
     """Create first (one request, answered with the consumer's info); adopt only on a conflict.
 
     The server answers an existing consumer with an equal config with its info and refuses one that
     differs: only then is the live config read and compared. Returns the info and whether the
     consumer was adopted (it was there before the request)."""
-    durable = names.durable_name(app)
-    async with settings.admin_session() as js:
+    async with settings.admin_session(spec.connection) as js:
         sent = time.monotonic()
         try:
-            info = await js.create_consumer(pair.stream, consumer_config(pair, app))
+            info = await js.create_consumer(spec.stream, spec.config)
             existed = existed_before(info, time.monotonic() - sent)
-            if not existed and pair.stream_options.replicas > 1:  # one replica: created is current
-                timeout = settings.current().settle_timeout
-                await replication.wait_for_consumer(js, pair.stream, durable, timeout, quorum_only=True)
+            if not existed and spec.stream_replicas > 1:  # one replica: created is current
+                await replication.wait_for_consumer(
+                    js, spec.stream, spec.durable, spec.settle_timeout, quorum_only=True
+                )
             return info, existed
         except JetStreamApiError as err:
             if err.err_code != CONSUMER_ALREADY_EXISTS:
                 raise
-        existing = await js.consumer_info(pair.stream, durable)
+        existing = await js.consumer_info(spec.stream, spec.durable)
         if existing is None:
             raise ProviderError(
-                f"consumer {pair.stream}/{durable} was deleted while it was being adopted; "
-                "run `pulumi up` again"
+                f"consumer {spec.id} was deleted while it was being adopted; run `pulumi up` again"
             )
         changes = adopt_decision(
             "consumer",
-            f"{pair.stream}/{durable}",
-            desired_config(pair, app),
-            live_config(existing, pair, app),
-            adopt=pair.adopt,
+            spec.id,
+            desired_config(spec.config),
+            live_config(existing, spec.config),
+            adopt=spec.adopt,
             immutable=IMMUTABLE,
         )
         if changes:
-            config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
-            existing = await js.update_consumer(pair.stream, config)
+            config = read_modify_write(existing["config"], spec.config, changes)
+            existing = await js.update_consumer(spec.stream, config)
         return existing, True
 
 
-async def _update(pair: Pair, app: str, unset: Any) -> dict[str, Any]:
-    durable = names.durable_name(app)
-    async with settings.admin_session() as js:
-        existing = await js.consumer_info(pair.stream, durable)
+async def _update(spec: ConsumerSpec, unset: Any) -> dict[str, Any]:
+    async with settings.admin_session(spec.connection) as js:
+        existing = await js.consumer_info(spec.stream, spec.durable)
         if existing is None:
             raise ProviderError(
-                f"consumer {pair.stream}/{durable} no longer exists on the server; run `pulumi refresh` "
+                f"consumer {spec.id} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        changes = config_changes(desired_config(pair, app, unset), live_config(existing, pair, app))
+        changes = config_changes(desired_config(spec.config, unset), live_config(existing, spec.config))
         if not changes:
             return existing
-        config = read_modify_write(existing["config"], consumer_config(pair, app), changes)
-        info = await js.update_consumer(pair.stream, config)
+        config = read_modify_write(existing["config"], spec.config, changes)
+        info = await js.update_consumer(spec.stream, config)
         if "num_replicas" in changes:
-            await replication.wait_for_consumer(js, pair.stream, durable, settings.current().settle_timeout)
-            info = await js.consumer_info(pair.stream, durable) or info
+            await replication.wait_for_consumer(js, spec.stream, spec.durable, spec.settle_timeout)
+            info = await js.consumer_info(spec.stream, spec.durable) or info
         return info
 
 
-async def messages_at_stake(stream: str, durable: str) -> int:
-    async with settings.admin_session() as js:
+async def messages_at_stake(stream: str, durable: str, conn: Any = None) -> int:
+    async with settings.admin_session(conn) as js:
         return await _at_stake(js, stream, durable)
 
 
@@ -298,37 +421,56 @@ async def _at_stake(js: JetStreamAdmin, stream: str, durable: str) -> int:
     return 0 if info is None else int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
 
 
-async def _delete(pair: Pair, durable: str) -> None:
-    async with settings.admin_session() as js:
-        if not pair.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
-            interest_guard(pair, pair.stream, durable, await _at_stake(js, pair.stream, durable), "delete")
-        await js.delete_consumer(pair.stream, durable)
+async def _delete(spec: ConsumerSpec) -> None:
+    async with settings.admin_session(spec.connection) as js:
+        if not spec.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
+            at_stake = await _at_stake(js, spec.stream, spec.durable)
+            interest_guard(False, spec.stream, spec.durable, at_stake, "delete")
+        await js.delete_consumer(spec.stream, spec.durable)
 
 
 class Consumer(Resource, module="jsb", name="Consumer"):
-    """`app`'s durable on the pair's stream. Outputs: stream, durable, config (live), created, adopted."""
+    """A durable pull consumer, from its rendered config. Outputs: the inputs (config: the live one, cut
+    to the managed keys), created, adopted, unset."""
 
+    connection: pulumi.Output[dict[str, Any]]
     stream: pulumi.Output[str]
     durable: pulumi.Output[str]
     config: pulumi.Output[dict[str, Any]]
+    stream_incarnation: pulumi.Output[str]
+    stream_created: pulumi.Output[str]
+    stream_replicas: pulumi.Output[int]
+    allow_destroy_with_messages: pulumi.Output[bool]
+    adopt: pulumi.Output[bool]
     created: pulumi.Output[str]
     adopted: pulumi.Output[bool]
+    unset: pulumi.Output[dict[str, Any]]
 
     def __init__(
         self,
         resource_name: str,
-        pair: pulumi.Input[dict[str, Any]],
-        app: pulumi.Input[str],
+        *,
+        connection: pulumi.Input[dict[str, Any]],
+        stream: pulumi.Input[str],
+        durable: pulumi.Input[str],
+        config: pulumi.Input[dict[str, Any]],
+        stream_incarnation: pulumi.Input[str],
         stream_created: pulumi.Input[str],
+        stream_replicas: pulumi.Input[int],
+        allow_destroy_with_messages: pulumi.Input[bool],
+        adopt: pulumi.Input[bool],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
-            "pair": pair,
-            "app": app,
+            "connection": connection,
+            "stream": stream,
+            "durable": durable,
+            "config": config,
+            "stream_incarnation": stream_incarnation,
             "stream_created": stream_created,
-            "stream": None,
-            "durable": None,
-            "config": None,
+            "stream_replicas": stream_replicas,
+            "allow_destroy_with_messages": allow_destroy_with_messages,
+            "adopt": adopt,
             "created": None,
             "adopted": None,
             "unset": None,

@@ -1,15 +1,14 @@
-"""The `AppCredentials` dynamic resource: every app's runtime NKey user, each generated once and kept.
+"""App credentials: the runtime NKey user of each app, generated once and kept in state.
 
-One resource for all apps (an app is one account with one user across all its pairs): adding an app
-generates its key, removing one drops it, and every other app keeps its key untouched. One resource,
-not one per app: the engine and SDK cost milliseconds per registered resource on every run. No
-server I/O: the public keys go into the account layout (each app account's user), the seeds to the
-apps. The seeds are an output under a new name, so the resource declares them in
-`additional_secret_outputs`; otherwise the engine would store them in plain text (it re-marks as
-secret only outputs whose same-named input was secret).
+`AppCredential` (one per app) is the credential of the app-pair layout: inputs {app}; outputs {app,
+public_key, seed}; its id is the public key. Never replaced unless the app's name changes, so
+`pulumi up --replace <urn>` rotates exactly one app's key. No server I/O: the public key goes into the
+account layout (the app account's user), the seed to the app. The seed is an output under a name no
+input has, so the resource declares it in `additional_secret_outputs`; otherwise the engine would store
+it in plain text (it re-marks as secret only outputs whose same-named input was secret).
 
-`AppCredential` (one per app) is what stacks written before `AppCredentials` hold; it stays so that
-such a stack can still be read, migrated (`jsb-infra migrate-state`) or destroyed.
+`AppCredentials` (every app in one resource) is what stacks of the PairStream layout hold; it stays so
+that such a stack can still be read, migrated or destroyed.
 """
 
 from __future__ import annotations
@@ -113,7 +112,8 @@ class AppCredentialProvider(JsbProvider):
         return CheckResult(dict(news), failures)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        """A key pair belongs to one app: a new owner gets a new key (replace)."""
+        """A key pair belongs to one app: a new owner gets a new key (replace). Nothing else is an input
+        (a stream named by state from before the account layout was never an output: no change)."""
         return plan_diff({}, {}, immutable={}, identity={"app": (olds.get("app"), news.get("app"))}).result()
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -125,15 +125,17 @@ class AppCredentialProvider(JsbProvider):
         return ReadResult(id_, dict(props))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult({**olds, "app": news["app"]})
+        """Never reached with a change of the app (that replaces): the key is kept."""
+        return UpdateResult({"app": news["app"], "public_key": olds["public_key"], "seed": olds["seed"]})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """Nothing to remove: the key exists only in state (and in the apps that use it)."""
 
 
 class AppCredential(Resource, module="jsb", name="AppCredential"):
-    """An app's NKey user. Outputs: public_key, seed (secret)."""
+    """An app's NKey user. Outputs: app, public_key, seed (secret)."""
 
+    app: pulumi.Output[str]
     public_key: pulumi.Output[str]
     seed: pulumi.Output[str]
 

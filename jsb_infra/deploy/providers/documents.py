@@ -1,24 +1,20 @@
 """The `ServerDocuments` dynamic resource: the rendered documents a deploy ships to the servers.
 
-Its inputs are the whole set of documents rendered by the pure core from the spec, keyed by relative
-path (`accounts.conf`, `apps/<app>.json`, `<stream>/permissions/<app>.json`, ...): `digests` holds one
-digest per path, so `pulumi preview --diff` names each document that changes, and `bundle` the texts,
-compressed (a fleet's documents are about a megabyte of repetitive text, which the engine would
-otherwise copy, store and ship on every run; what changes inside them is shown keyed in the stack
-outputs `permissions`, `bridges` and `accounts_conf`, and in the rendered tree a PR commits). When the
-stack config names an output directory
-(`jsb:outputDir`), create and update write them there (each file atomically; files of documents that
-went away are removed) and delete removes them. A file edited or deleted behind Pulumi's back drops
-out of `files` on refresh, so the next `up` writes it again.
+Inputs: `documents` {relative path: text} (`accounts.conf`, `apps/<app>.json`, ...), as plain text,
+so `pulumi preview --diff` shows the lines of each document that change, and `output_dir` (None: the
+stack config's `jsb:outputDir`). Outputs: `files` (the absolute paths written) and `digests`
+{relative path: sha256 of its text}, never the texts (the engine keeps the inputs in state already).
+The diff compares the digest of each new text with the stored one, and the files the output directory
+gives with those written. Create and update write the files (each atomically; files of documents that
+went away are removed, with directories left empty) and delete removes them. A file edited or deleted
+behind Pulumi's back drops out of `files` on refresh, so the next `up` writes it again. Without an
+output directory nothing is written.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
-import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -82,38 +78,6 @@ def digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def pack_documents(documents: dict[str, str]) -> str:
-    """The texts as one compact string input (zlib-compressed JSON, base64)."""
-    text = json.dumps(documents, sort_keys=True, separators=(",", ":"))
-    return base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
-
-
-def unpack_documents(bundle: str) -> dict[str, str]:
-    documents = json.loads(zlib.decompress(base64.b64decode(bundle)).decode("utf-8"))
-    if not isinstance(documents, dict) or not all(isinstance(t, str) for t in documents.values()):
-        raise ValueError("not a {path: text} object")
-    return documents
-
-
-def bundle_problem(bundle: Any, digests: Any) -> str | None:
-    """Why `bundle` does not hold exactly the documents `digests` names (None: it does)."""
-    if is_unknown(bundle) or is_unknown(digests) or not isinstance(digests, dict):
-        return None
-    if not isinstance(bundle, str):
-        return "bundle: must be the packed documents (ServerDocuments packs them)"
-    try:
-        documents = unpack_documents(bundle)
-    except (ValueError, zlib.error) as err:
-        return f"bundle: cannot be unpacked ({err})"
-    if set(documents) != set(digests):
-        return "bundle: must hold exactly the documents named in digests"
-    for relative, text in documents.items():
-        want = digests[relative]
-        if not is_unknown(want) and digest(text) != want:
-            return f"bundle: documents.{relative} does not match its digest"
-    return None
-
-
 def stored_digests(state: dict[str, Any]) -> dict[str, str]:
     """{relative path: digest} of what was written (state written before digests kept the texts)."""
     if state.get("digests") is not None:
@@ -121,60 +85,106 @@ def stored_digests(state: dict[str, Any]) -> dict[str, str]:
     return {relative: digest(text) for relative, text in (state.get("documents") or {}).items()}
 
 
+def output_dir_of(props: dict[str, Any]) -> str | None:
+    """The directory the documents go to: the `output_dir` input, else the stack config's."""
+    value = props.get("output_dir")
+    return value if isinstance(value, str) and value else settings.current().output_dir
+
+
+def written_digests(files: list[str], digests: dict[str, str]) -> dict[str, str]:
+    """{absolute path: expected digest} of the files written, each matched to the relative path it
+    ends with (the longest, so `a/b.conf` wins over `b.conf`)."""
+    expected: dict[str, str] = {}
+    for path in files:
+        posix = Path(path).as_posix()
+        matches = [rel for rel in digests if posix == rel or posix.endswith("/" + rel)]
+        if matches:
+            expected[path] = digests[max(matches, key=len)]
+    return expected
+
+
+def files_root(files: list[str], digests: dict[str, str]) -> str | None:
+    """The output directory the stored files were written under (None when it cannot be told)."""
+    for path in files:
+        posix = Path(path).as_posix()
+        matches = [rel for rel in digests if posix.endswith("/" + rel)]
+        if matches:
+            return posix[: -len(max(matches, key=len)) - 1]
+    return None
+
+
+def document_failures(news: dict[str, Any]) -> list[CheckFailure]:
+    failures: list[CheckFailure] = []
+    documents = news.get("documents")
+    if not is_unknown(documents):
+        if not isinstance(documents, dict):
+            failures.append(CheckFailure("documents", "documents: must be an object {path: text}"))
+        else:
+            for relative, text in documents.items():
+                problem = path_problem(relative)
+                if problem:
+                    failures.append(CheckFailure("documents", problem))
+                elif not is_unknown(text) and not isinstance(text, str):
+                    failures.append(CheckFailure("documents", f"documents: {relative!r} must be text"))
+    output_dir = news.get("output_dir")
+    if (
+        output_dir is not None
+        and not is_unknown(output_dir)
+        and not (isinstance(output_dir, str) and output_dir)
+    ):
+        failures.append(CheckFailure("output_dir", "output_dir: must be a directory path (or absent)"))
+    return failures
+
+
 class ServerDocumentsProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        digests = news.get("digests")
-        failures: list[CheckFailure] = []
-        if not is_unknown(digests):
-            if not isinstance(digests, dict):
-                failures.append(CheckFailure("digests", "digests: must be an object {path: digest}"))
-            else:
-                for relative in digests:
-                    problem = path_problem(relative)
-                    if problem:
-                        failures.append(CheckFailure("digests", problem))
-                problem = bundle_problem(news.get("bundle"), digests)
-                if problem:
-                    failures.append(CheckFailure("bundle", problem))
-        return CheckResult(dict(news), failures)
+        return CheckResult(dict(news), document_failures(news))
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        digests = news.get("digests") or {}
+        documents = news.get("documents") or {}
         inputs: dict[str, tuple[Any, Any]] = {}
+        if not isinstance(documents, dict):  # the whole map unknown at preview (one text: below)
+            inputs["documents"] = (None, documents)
+            documents = {}
         old_digests = stored_digests(olds)
-        for relative in sorted(set(old_digests) | set(digests)):
-            inputs[f"documents.{relative}"] = (old_digests.get(relative), digests.get(relative))
-        if not is_unknown(digests):
-            wanted = sorted(target_paths(settings.current().output_dir, digests))
+        for relative in sorted(set(old_digests) | set(documents)):
+            text = documents.get(relative)
+            new = text if text is None or is_unknown(text) else digest(text)
+            inputs[f"documents.{relative}"] = (old_digests.get(relative), new)
+        output_dir = news.get("output_dir")
+        if is_unknown(output_dir):
+            inputs["output_dir"] = (None, output_dir)
+        elif isinstance(news.get("documents"), dict):
+            wanted = sorted(target_paths(output_dir_of(news), documents))
             inputs["files"] = (sorted(olds.get("files") or []), wanted)
         return plan_diff({}, {}, immutable={}, inputs=inputs).result()
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = self._apply(unpack_documents(props["bundle"]), [])
-        return CreateResult("server-documents", outs)
+        return CreateResult("server-documents", self._apply(props, []))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         digests = stored_digests(props)
-        files = set(props.get("files") or [])
+        files = list(props.get("files") or [])
         intact = [
             path
-            for path, expected in target_paths(settings.current().output_dir, digests).items()
-            if path in files
-            and Path(path).is_file()
-            and digest(Path(path).read_text(encoding="utf-8")) == expected
+            for path, expected in written_digests(files, digests).items()
+            if Path(path).is_file() and digest(Path(path).read_text(encoding="utf-8")) == expected
         ]
-        return ReadResult(id_, {"digests": digests, "files": intact})
+        return ReadResult(id_, {"digests": digests, "files": sorted(intact)})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._apply(unpack_documents(news["bundle"]), list(olds.get("files") or [])))
+        return UpdateResult(self._apply(news, list(olds.get("files") or [])))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        remove_files(list(props.get("files") or []), settings.current().output_dir)
+        files = list(props.get("files") or [])
+        remove_files(files, files_root(files, stored_digests(props)))
 
     @staticmethod
-    def _apply(documents: dict[str, str], old_files: list[str]) -> dict[str, Any]:
-        contents = target_paths(settings.current().output_dir, documents)
-        remove_files([path for path in old_files if path not in contents], settings.current().output_dir)
+    def _apply(props: dict[str, Any], old_files: list[str]) -> dict[str, Any]:
+        documents: dict[str, str] = dict(props.get("documents") or {})
+        output_dir = output_dir_of(props)
+        contents = target_paths(output_dir, documents)
+        remove_files([path for path in old_files if path not in contents], output_dir)
         write_files(contents)
         return {
             "digests": {relative: digest(text) for relative, text in documents.items()},
@@ -183,32 +193,20 @@ class ServerDocumentsProvider(JsbProvider):
 
 
 class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
-    """The rendered documents of a deployment. Inputs: digests (one per document), bundle (the texts,
-    packed). Outputs: digests, files (where they were written)."""
+    """The rendered documents of a deployment. Inputs: documents {relative path: text}, output_dir.
+    Outputs: files (where they were written), digests {relative path: sha256}."""
 
-    digests: pulumi.Output[dict[str, str]]
     files: pulumi.Output[list[str]]
+    digests: pulumi.Output[dict[str, str]]
 
     def __init__(
         self,
         resource_name: str,
-        documents: dict[str, pulumi.Input[str]],
+        documents: pulumi.Input[dict[str, pulumi.Input[str]]],
+        output_dir: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         """`documents`: {relative path: text}; a text may be an Output (the accounts include waits for
-        the apps' keys), every other digest is known at preview."""
-        known = {path: text for path, text in documents.items() if isinstance(text, str)}
-        late = {path: pulumi.Output.from_input(text) for path, text in documents.items() if path not in known}
-        digests: dict[str, pulumi.Input[str]] = {path: digest(text) for path, text in known.items()}
-        digests.update({path: text.apply(digest) for path, text in late.items()})
-        bundle: pulumi.Input[str] = (
-            pulumi.Output.all(**late).apply(lambda texts: pack_documents({**known, **texts}))
-            if late
-            else pack_documents(known)
-        )
-        super().__init__(
-            ServerDocumentsProvider(),
-            resource_name,
-            {"digests": digests, "bundle": bundle, "files": None},
-            opts,
-        )
+        the apps' keys). `output_dir`: where to write them (None: the stack config's jsb:outputDir)."""
+        props = {"documents": documents, "output_dir": output_dir, "files": None, "digests": None}
+        super().__init__(ServerDocumentsProvider(), resource_name, props, opts)

@@ -31,36 +31,71 @@ from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Re
 from jsb_infra.core import names
 from jsb_infra.core.spec import Pair
 from jsb_infra.deploy.providers import consumer, settings, stream
-from jsb_infra.deploy.providers.base import JsbProvider, announce, parse_pair, stored_pair
+from jsb_infra.deploy.providers.base import (
+    JsbProvider,
+    announce,
+    canonical_pair,
+    pair_failures,
+    parse_pair,
+    stored_pair,
+)
 
 STREAM_PROVIDER = stream.StreamProvider()
 CONSUMER_PROVIDER = consumer.ConsumerProvider()
 
 
 # -- the pair's state, part by part ---------------------------------------------------------------------
+REPLACE_PATHS = {
+    "name": "pair.stream",
+    "config.storage": "pair.stream_options.storage",
+    "config.retention": "pair.stream_options.retention",
+}
+"""The stream's replace keys as paths of this resource's one input, the pair."""
+
+STREAM_ENTRY_KEYS = ("adopted", "unset", "name", "config", "created", "messages")
+CONSUMER_ENTRY_KEYS = ("adopted", "unset", "stream", "durable", "config", "created")
+
+
+def stream_news(pair_input: Any) -> dict[str, Any]:
+    """The new pair as `StreamProvider` inputs."""
+    return stream.stream_inputs(parse_pair(pair_input))
+
+
 def stream_part(props: dict[str, Any]) -> dict[str, Any]:
-    """The stream's state as `StreamProvider` reads it: its outputs plus the pair."""
-    return {**(props.get("stream") or {}), "pair": props["pair"]}
+    """The stream's state as `StreamProvider` reads it: the inputs the stored pair renders, with the
+    stored outputs of the stream over them (its live config among them)."""
+    entry = dict(props.get("stream") or {})
+    present = bool(entry.pop("dlq_keeper", False))
+    return {**stream.stream_inputs(stored_pair(props["pair"])), **entry, "dlq_keeper_present": present}
+
+
+def consumer_news(pair_input: Any, app: str) -> dict[str, Any]:
+    return consumer.consumer_inputs(parse_pair(pair_input), app)
 
 
 def consumer_parts(props: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per app, its durable's state as `ConsumerProvider` reads it (outputs plus the pair and app).
+    """Per app, its durable's state as `ConsumerProvider` reads it (the inputs the stored pair renders,
+    with the stored outputs over them).
 
     The stream's incarnation needs no `stream_created` here: a new stream replaces the whole resource,
     and a stream recreated out of band has lost its consumers, which a refresh records."""
+    old_pair = stored_pair(props["pair"])
     return {
-        app: {**entry, "pair": props["pair"], "app": app}
+        app: {**consumer.consumer_inputs(old_pair, app), **entry}
         for app, entry in (props.get("consumers") or {}).items()
     }
 
 
-def consumer_entry(outputs: dict[str, Any] | None) -> dict[str, Any]:
-    """What the pair's state keeps of a consumer's outputs (the pair is stored once)."""
-    return {k: v for k, v in (outputs or {}).items() if k not in ("pair", "stream_created")}
+def consumer_entry(outputs: dict[str, Any] | None, app: str) -> dict[str, Any]:
+    """What the pair's state keeps of a consumer's outputs (the inputs are rendered from the pair)."""
+    outputs = outputs or {}
+    return {"app": app, **{k: outputs[k] for k in CONSUMER_ENTRY_KEYS if k in outputs}}
 
 
 def stream_entry(outputs: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (outputs or {}).items() if k != "pair"}
+    outputs = outputs or {}
+    entry = {k: outputs[k] for k in STREAM_ENTRY_KEYS if k in outputs}
+    return {**entry, "dlq_keeper": bool(outputs.get("dlq_keeper_present", outputs.get("dlq_keeper")))}
 
 
 def pair_outputs(
@@ -75,12 +110,15 @@ def consumer_id(pair: Pair, app: str) -> str:
 
 class PairStreamProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        return STREAM_PROVIDER.check(olds, {"pair": news.get("pair")})
+        pair, failures = pair_failures(news.get("pair"))
+        inputs = {"pair": canonical_pair(pair) if pair is not None else news.get("pair")}
+        return CheckResult(inputs, failures)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        stream_diff = STREAM_PROVIDER.diff(id_, stream_part(olds), {"pair": news["pair"]})
+        stream_diff = STREAM_PROVIDER.diff(id_, stream_part(olds), stream_news(news["pair"]))
         if stream_diff.replaces:
-            return stream_diff
+            replaces = [REPLACE_PATHS.get(path, path) for path in stream_diff.replaces]
+            return DiffResult(changes=True, replaces=replaces, delete_before_replace=True)
         pair, old_pair = parse_pair(news["pair"]), stored_pair(olds["pair"])
         changed = bool(stream_diff.changes)
         old_consumers = consumer_parts(olds)
@@ -89,7 +127,7 @@ class PairStreamProvider(JsbProvider):
             if old is None:
                 changed = True  # new app, or its durable is gone from the server: created
                 continue
-            plan = CONSUMER_PROVIDER.diff(consumer_id(pair, app), old, {"pair": news["pair"], "app": app})
+            plan = CONSUMER_PROVIDER.diff(consumer_id(pair, app), old, consumer_news(news["pair"], app))
             if plan.replaces:  # guarded by ConsumerProvider.diff: refused here if messages are at stake
                 announce(
                     f"consumer {pair.stream}/{names.durable_name(app)} will be recreated "
@@ -99,15 +137,22 @@ class PairStreamProvider(JsbProvider):
         for app in old_consumers.keys() - set(pair.apps):
             durable = names.durable_name(app)
             at_stake = self.run(consumer.messages_at_stake(old_pair.stream, durable))
-            consumer.interest_guard(pair, old_pair.stream, durable, at_stake, "delete", " (app removed)")
+            consumer.interest_guard(
+                pair.allow_destroy_with_messages,
+                old_pair.stream,
+                durable,
+                at_stake,
+                "delete",
+                " (app removed)",
+            )
             changed = True
         return DiffResult(changes=changed, replaces=[], delete_before_replace=None)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         pair = parse_pair(props["pair"])
-        created = STREAM_PROVIDER.create({"pair": props["pair"]})
+        created = STREAM_PROVIDER.create(stream_news(props["pair"]))
         consumers = {
-            app: consumer_entry(CONSUMER_PROVIDER.create({"pair": props["pair"], "app": app}).outs)
+            app: consumer_entry(CONSUMER_PROVIDER.create(consumer_news(props["pair"], app)).outs, app)
             for app in pair.apps
         }
         return CreateResult(created.id, pair_outputs(props["pair"], created.outs, consumers))
@@ -117,19 +162,29 @@ class PairStreamProvider(JsbProvider):
         reads every pair); outputs as `StreamProvider.read` and `ConsumerProvider.read` make them."""
         if "pair" not in props:
             return ReadResult("", {})
-        pair, parts = stored_pair(props["pair"]), consumer_parts(props)
+        parts = consumer_parts(props)
         info, keeper, live = self.run(_read(id_, list(parts)))
         if info is None:
             return ReadResult("", {})  # the stream is gone: the next `up` creates the pair again
-        stored = props.get("stream") or {}
+        old_stream = stream_part(props)
         stream_out = stream.stream_outputs(
-            props["pair"], pair, info, bool(stored.get("adopted")), stored.get("unset"), dlq_keeper=keeper
+            old_stream,
+            stream.StreamSpec.of(old_stream),
+            info,
+            bool(old_stream.get("adopted")),
+            old_stream.get("unset"),
+            keeper,
         )
         consumers = {
             app: consumer_entry(
                 consumer.consumer_outputs(
-                    parts[app], pair, app, found, bool(parts[app].get("adopted")), parts[app].get("unset")
-                )
+                    parts[app],
+                    consumer.ConsumerSpec.of(parts[app]),
+                    found,
+                    bool(parts[app].get("adopted")),
+                    parts[app].get("unset"),
+                ),
+                app,
             )
             for app, found in live.items()
             if found is not None
@@ -138,11 +193,11 @@ class PairStreamProvider(JsbProvider):
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         pair = parse_pair(news["pair"])
-        new_stream = {"pair": news["pair"]}
+        new_stream = stream_news(news["pair"])
         if STREAM_PROVIDER.diff(id_, stream_part(olds), new_stream).changes:
             stream_out = STREAM_PROVIDER.update(id_, stream_part(olds), new_stream).outs
         else:
-            stream_out = {**(olds.get("stream") or {}), "pair": news["pair"]}
+            stream_out = stream_part(olds)
         old_consumers = consumer_parts(olds)
         for app in old_consumers.keys() - set(pair.apps):  # guarded at preview (diff)
             CONSUMER_PROVIDER.delete(consumer_id(stored_pair(olds["pair"]), app), old_consumers.pop(app))
@@ -152,18 +207,18 @@ class PairStreamProvider(JsbProvider):
     @staticmethod
     def _converge(pair: Pair, app: str, old: dict[str, Any] | None, news: dict[str, Any]) -> dict[str, Any]:
         """One app's durable brought to the spec: created, kept, updated in place, or recreated."""
-        new = {"pair": news["pair"], "app": app}
+        new = consumer_news(news["pair"], app)
         if old is None:
-            return consumer_entry(CONSUMER_PROVIDER.create(new).outs)
+            return consumer_entry(CONSUMER_PROVIDER.create(new).outs, app)
         id_ = consumer_id(pair, app)
         plan = CONSUMER_PROVIDER.diff(id_, old, new)
         if plan.replaces:
             announce(f"recreating consumer {id_} ({', '.join(plan.replaces)} cannot change in place)")
             CONSUMER_PROVIDER.delete(id_, old)
-            return consumer_entry(CONSUMER_PROVIDER.create(new).outs)
+            return consumer_entry(CONSUMER_PROVIDER.create(new).outs, app)
         if plan.changes:
-            return consumer_entry(CONSUMER_PROVIDER.update(id_, old, new).outs)
-        return consumer_entry(old)
+            return consumer_entry(CONSUMER_PROVIDER.update(id_, old, new).outs, app)
+        return consumer_entry(old, app)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """The stream goes, and its consumers with it (guarded by the stream's message count)."""

@@ -1,21 +1,36 @@
-"""The `Stream` dynamic resource: one JetStream stream per pair, kept equal to `topology.stream_config`.
+"""The `Stream` dynamic resource: one JetStream stream, kept equal to its rendered config.
+
+Inputs: `connection` (which servers and admin; a change reconnects, never replaces), `name`, `config`
+(`topology.stream_config` of the pair, verbatim), `dlq_keeper` (`topology.dlq_keeper_config`, or {}
+without a DLQ), `allow_destroy_with_messages` and `adopt`. Outputs echo them, except `config`, which is
+the live config cut to the managed keys, plus `created`, `messages`, `adopted`, `unset` and
+`dlq_keeper_present`.
 
 Replaces (delete first) on name, storage, and retention to or from workqueue (`stream_incarnation_key`),
 and when a field the server cannot reset was set by hand (sealed, mirror, deny_delete, deny_purge,
 allow_msg_ttl); updates everything else in place, sending the live config with the managed fields laid
 over it (fields jsb-infra does not manage stay as they are). Replicas and placement change in place
 (the server scales or moves the stream); create and such an update return only once the stream and its
-consumers report their peers current (`jsb_infra.replication`). Refuses to destroy a
-stream that still holds messages unless the pair sets `allow_destroy_with_messages`.
+consumers report their peers current (`jsb_infra.replication`). Refuses to destroy a stream that still
+holds messages unless `allow_destroy_with_messages` is stored.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    UpdateResult,
+)
 
 from jsb_infra import replication
 from jsb_infra.core import names
@@ -29,17 +44,16 @@ from jsb_infra.deploy.providers.base import (
     Transitions,
     adopt_decision,
     announce,
-    canonical_pair,
+    bool_failures,
     config_changes,
     existed_before,
+    is_unknown,
     observed,
-    pair_failures,
-    parse_pair,
+    old_state_error,
     plan_diff,
     read_modify_write,
     recorded_unset,
     stored_live,
-    stored_pair,
     unset_values,
     with_defaults,
 )
@@ -48,12 +62,13 @@ from jsb_infra.nats_admin import (
     STREAM_NAME_IN_USE,
     JetStreamAdmin,
     JetStreamApiError,
+    normalize,
 )
 
 IMMUTABLE = {
-    "name": "pair.stream",
-    "storage": "pair.stream_options.storage",
-    "retention": "pair.stream_options.retention",
+    "name": "name",
+    "storage": "config.storage",
+    "retention": "config.retention",
     "sealed": "sealed",
     "mirror": "mirror",
     "deny_delete": "deny_delete",
@@ -89,266 +104,363 @@ no_ack, mirror and sources), so a default stream shows no difference. `placement
 one set by hand shows as drift (and the next update, which sends the spec's, clears it visibly)."""
 
 
-def desired_config(pair: Pair, unset: Any = None) -> dict[str, Any]:
-    """The config compared with the server's (the renderer's output plus explicit unset values:
-    `unset` as recorded at create, else OPTIONAL_DEFAULTS)."""
-    return with_defaults(stream_config(pair), unset_values(OPTIONAL_DEFAULTS, unset))
+def desired_config(config: dict[str, Any], unset: Any = None) -> dict[str, Any]:
+    """The config compared with the server's: the rendered config plus explicit unset values (`unset`
+    as recorded at create, else OPTIONAL_DEFAULTS)."""
+    return with_defaults(config, unset_values(OPTIONAL_DEFAULTS, unset))
 
 
-def live_config(info: dict[str, Any], pair: Pair) -> dict[str, Any]:
-    return observed(info["config"], desired_config(pair))
+def live_config(info: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    return observed(info["config"], desired_config(config))
 
 
-def stream_incarnation_key(pair: Pair) -> str:
-    """What identifies one incarnation of the pair's stream: it changes exactly when a change of the
-    pair replaces the stream (name, storage, retention to or from workqueue).
+def stream_incarnation_key(config: dict[str, Any]) -> str:
+    """What identifies one incarnation of a stream, from its rendered config: it changes exactly when
+    a change of the config replaces the stream (name, storage, retention to or from workqueue).
 
     Consumers compare it to know at preview, when the stream's `created` is still unknown, whether
     the stream they live on is about to be recreated (and they with it)."""
-    opts = pair.stream_options
-    retention = "workqueue" if opts.retention == "workqueue" else "limits|interest"
-    return f"{pair.stream}/{opts.storage}/{retention}"
+    retention = "workqueue" if config.get("retention") == "workqueue" else "limits|interest"
+    return f"{config.get('name')}/{config.get('storage', 'file')}/{retention}"
 
 
-def stream_outputs(
-    pair_input: Any, pair: Pair, info: dict[str, Any], adopted: bool, unset: Any, dlq_keeper: bool
-) -> dict[str, Any]:
-    """Every output, from what the server reported (never from what was sent); `adopted`: the stream
-    was on the server before jsb-infra's first create; `unset`: the values the server gave the keys
-    the renderer leaves out, as recorded at create; `dlq_keeper`: the durable holding the DLQ messages
-    is on the stream."""
+def pair_incarnation_key(pair: Pair) -> str:
+    """`stream_incarnation_key` of the pair's rendered stream config."""
+    return stream_incarnation_key(dict(stream_config(pair)))
+
+
+def stream_inputs(pair: Pair, connection: Any = None) -> dict[str, Any]:
+    """The `Stream` inputs for `pair` (everything rendered by the pure core; known at preview);
+    `connection`: a `Connection.as_input()` value (None: the stack config)."""
     return {
-        "adopted": adopted,
-        "dlq_keeper": dlq_keeper,
-        "unset": unset,
-        "pair": pair_input,
-        "name": info["config"]["name"],
-        "config": live_config(info, pair),
-        "created": info["created"],
-        "messages": int(info["state"]["messages"]),
+        "connection": connection if connection is not None else {"stack_config": True},
+        "name": pair.stream,
+        "config": dict(stream_config(pair)),
+        "dlq_keeper": dict(dlq_keeper_config(pair) or {}),
+        "allow_destroy_with_messages": pair.allow_destroy_with_messages,
+        "adopt": pair.adopt,
     }
 
 
-def destroy_guard(pair: Pair, messages: int, action: str, because: str = "", name: str | None = None) -> None:
-    """Refuse to lose messages unless `pair` allows it; `name`: the stream at stake (default: the pair's)."""
-    stream = name or pair.stream
-    if messages and not pair.allow_destroy_with_messages:
+INPUT_KEYS = ("connection", "name", "config", "dlq_keeper", "allow_destroy_with_messages", "adopt")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """The checked inputs of one stream, as the server I/O uses them."""
+
+    connection: Any
+    name: str
+    config: dict[str, Any]
+    dlq_keeper: dict[str, Any]
+    allow_destroy_with_messages: bool
+    adopt: bool
+
+    @classmethod
+    def of(cls, props: dict[str, Any]) -> StreamSpec:
+        """From checked inputs, or from stored state (which holds the inputs echoed)."""
+        config = normalize(props.get("config") or {})
+        return cls(
+            connection=props.get("connection"),
+            name=str(props.get("name") or config.get("name") or ""),
+            config=config,
+            dlq_keeper=normalize(props.get("dlq_keeper") or {}),
+            allow_destroy_with_messages=bool(props.get("allow_destroy_with_messages", False)),
+            adopt=bool(props.get("adopt", False)),
+        )
+
+    @property
+    def settle_timeout(self) -> float:
+        return settings.for_connection(self.connection).settle_timeout
+
+
+def stream_outputs(
+    props: dict[str, Any], spec: StreamSpec, info: dict[str, Any], adopted: bool, unset: Any, keeper: bool
+) -> dict[str, Any]:
+    """Every output: the inputs echoed, and from what the server reported (never from what was sent)
+    the live config cut to the managed keys, `created` and `messages`; `adopted`: the stream was on
+    the server before jsb-infra's first create; `unset`: the values the server gave the keys the
+    renderer leaves out, as recorded at create; `keeper`: the durable holding the DLQ messages is on
+    the stream."""
+    return {
+        **{key: props.get(key) for key in INPUT_KEYS},
+        "name": info["config"]["name"],
+        "config": live_config(info, spec.config),
+        "created": info["created"],
+        "messages": int(info["state"]["messages"]),
+        "adopted": adopted,
+        "unset": unset,
+        "dlq_keeper_present": keeper,
+    }
+
+
+def destroy_guard(allowed: bool, name: str, messages: int, action: str, because: str = "") -> None:
+    """Refuse to lose messages unless `allowed` (the resource's allow_destroy_with_messages)."""
+    if messages and not allowed:
         raise ProviderError(
-            f"refusing to {action} stream {stream!r}{because}: it still holds {messages} message(s). "
+            f"refusing to {action} stream {name!r}{because}: it still holds {messages} message(s). "
             "Drain it, or set `allow_destroy_with_messages: true` on the pair (and run `pulumi up` once "
             "so the setting is stored) to accept losing them"
         )
 
 
+def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
+    """Type checks of the inputs; each failure names its property."""
+    failures: list[CheckFailure] = []
+    problem = settings.connection_problem(news.get("connection"))
+    if problem and not is_unknown(news.get("connection")):
+        failures.append(CheckFailure("connection", problem))
+    name, config = news.get("name"), news.get("config")
+    if not is_unknown(name) and not (isinstance(name, str) and name):
+        failures.append(CheckFailure("name", "name: must be a non-empty stream name"))
+    if not is_unknown(config):
+        if not isinstance(config, dict):
+            failures.append(CheckFailure("config", "config: must be the rendered stream config (an object)"))
+        elif (
+            isinstance(name, str)
+            and name
+            and not is_unknown(config.get("name"))
+            and config.get("name") != name
+        ):
+            failures.append(CheckFailure("config", f"config.name: must equal name {name!r}"))
+    keeper = news.get("dlq_keeper")
+    if not is_unknown(keeper) and not isinstance(keeper, dict):
+        failures.append(CheckFailure("dlq_keeper", "dlq_keeper: must be an object ({} without a DLQ)"))
+    failures += bool_failures(news, ("allow_destroy_with_messages", "adopt"))
+    return failures
+
+
 class StreamProvider(JsbProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        pair, failures = pair_failures(news.get("pair"))
         inputs = dict(news)
-        if pair is not None:
-            inputs["pair"] = canonical_pair(pair)
-        return CheckResult(inputs, failures)
+        for key in ("config", "dlq_keeper"):
+            if isinstance(inputs.get(key), dict) and not is_unknown(inputs[key]):
+                inputs[key] = normalize(inputs[key])
+        return CheckResult(inputs, input_failures(news))
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        pair = parse_pair(news["pair"])
-        old_pair = stored_pair(olds["pair"])
+        if "pair" in olds:
+            raise old_state_error("Stream")
+        new, old = StreamSpec.of(news), StreamSpec.of(olds)
+        config, keeper = news.get("config"), news.get("dlq_keeper")
+        inputs: dict[str, tuple[Any, Any]] = {
+            key: (olds.get(key), news.get(key))
+            for key in ("connection", "dlq_keeper", "allow_destroy_with_messages", "adopt")
+        }
+        # a keeper deleted behind Pulumi's back (seen by a refresh) is put back by an update
+        wanted_keeper = keeper if is_unknown(keeper) else bool(new.dlq_keeper)
+        inputs["dlq_keeper_present"] = (bool(olds.get("dlq_keeper_present", False)), wanted_keeper)
+        if is_unknown(config):  # the real `up` compares it, once known
+            inputs["config"] = (olds.get("config"), config)
+        known = not is_unknown(config)
         plan = plan_diff(
-            desired_config(pair, olds.get("unset")),
-            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset"))),
+            desired_config(new.config, olds.get("unset")) if known else {},
+            stored_live(olds.get("config"), unset_values(OPTIONAL_DEFAULTS, olds.get("unset")))
+            if known
+            else {},
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
-            inputs={
-                "pair.allow_destroy_with_messages": (
-                    old_pair.allow_destroy_with_messages,
-                    pair.allow_destroy_with_messages,
-                ),
-                # state from before the keeper existed has no key: no keeper there yet
-                "dlq_keeper": (bool(olds.get("dlq_keeper", False)), pair.dlq),
-            },
+            identity={"name": (olds.get("name"), news.get("name"))},
+            inputs=inputs,
         )
         if plan.replaces:
-            self._guard_replace(old_pair, pair, plan.replaces)
+            self._guard_replace(old, new, plan.replaces)
         return plan.result()
 
-    def _guard_replace(self, old_pair: Pair, pair: Pair, replaces: list[str]) -> None:
+    def _guard_replace(self, old: StreamSpec, new: StreamSpec, replaces: list[str]) -> None:
         """Fail the preview, not the `up` halfway: a replace deletes the stream and its messages."""
-        messages = self.run(_message_count(old_pair.stream))
+        messages = self.run(_message_count(old))
         because = f" (because {', '.join(replaces)} changed)"
-        destroy_guard(pair, messages, "replace", because, name=old_pair.stream)
-        if messages and not old_pair.allow_destroy_with_messages:
+        destroy_guard(new.allow_destroy_with_messages, old.name, messages, "replace", because)
+        if messages and not old.allow_destroy_with_messages:
             raise ProviderError(
-                f"refusing to replace stream {old_pair.stream!r}{because}: it holds "
-                f"{messages} message(s) and the stored pair does not allow destroying them yet. Run "
+                f"refusing to replace stream {old.name!r}{because}: it holds "
+                f"{messages} message(s) and the stored state does not allow destroying them yet. Run "
                 "`pulumi up` with `allow_destroy_with_messages: true` and the old settings first "
                 "(an in-place update), then make this change"
             )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        pair = parse_pair(props["pair"])
-        info, adopted = self.run(_create_or_adopt(pair))
+        spec = StreamSpec.of(props)
+        info, adopted = self.run(_create_or_adopt(spec))
         if adopted:
-            announce(f"adopted stream {pair.stream!r}: it was already on the server")
-        unset = recorded_unset(info["config"], stream_config(pair), OPTIONAL_DEFAULTS)
-        outputs = stream_outputs(props["pair"], pair, info, adopted, unset, dlq_keeper=pair.dlq)
-        return CreateResult(pair.stream, outputs)
+            announce(f"adopted stream {spec.name!r}: it was already on the server")
+        unset = recorded_unset(info["config"], spec.config, OPTIONAL_DEFAULTS)
+        outputs = stream_outputs(props, spec, info, adopted, unset, keeper=bool(spec.dlq_keeper))
+        return CreateResult(spec.name, outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        info, keeper = self.run(_read(id_))
-        if info is None or "pair" not in props:
+        if "pair" in props:
+            raise old_state_error("Stream")
+        if "config" not in props:
+            return ReadResult("", {})  # an import by id alone: not supported
+        spec = StreamSpec.of(props)
+        info, keeper = self.run(_read(spec.connection, id_))
+        if info is None:
             return ReadResult("", {})
-        pair = stored_pair(props["pair"])
-        outputs = stream_outputs(
-            props["pair"], pair, info, bool(props.get("adopted")), props.get("unset"), dlq_keeper=keeper
-        )
+        outputs = stream_outputs(props, spec, info, bool(props.get("adopted")), props.get("unset"), keeper)
         return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        pair = parse_pair(news["pair"])
-        info = self.run(_update(pair, olds.get("unset")))
+        spec = StreamSpec.of(news)
+        info = self.run(_update(spec, olds.get("unset")))
         outputs = stream_outputs(
-            news["pair"], pair, info, bool(olds.get("adopted")), olds.get("unset"), dlq_keeper=pair.dlq
+            news, spec, info, bool(olds.get("adopted")), olds.get("unset"), keeper=bool(spec.dlq_keeper)
         )
         return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        pair = stored_pair(props["pair"])
-        self.run(_delete(id_, pair))
+        if "pair" in props:
+            raise old_state_error("Stream")
+        self.run(_delete(id_, StreamSpec.of(props)))
 
 
-# -- server I/O (on the host's shared admin connection) -------------------------------------------
-async def _info(name: str) -> dict[str, Any] | None:
-    async with settings.admin_session() as js:
-        return await js.stream_info(name)
-
-
-async def _read(name: str) -> tuple[dict[str, Any] | None, bool]:
+# -- server I/O (on the host's shared admin connection for the resource's `connection`) ---------------
+async def _read(conn: Any, name: str) -> tuple[dict[str, Any] | None, bool]:
     """The stream's info, and whether its DLQ keeper is there."""
-    async with settings.admin_session() as js:
+    async with settings.admin_session(conn) as js:
         info = await js.stream_info(name)
         keeper = info is not None and await js.consumer_info(name, names.DLQ_KEEPER) is not None
         return info, keeper
 
 
-async def ensure_dlq_keeper(js: JetStreamAdmin, pair: Pair) -> None:
-    """The pair's DLQ keeper on its stream when the DLQ is on, and none when it is off."""
-    config = dlq_keeper_config(pair)
-    if config is None:
-        await js.delete_consumer(pair.stream, names.DLQ_KEEPER)  # False when there was none
+async def ensure_dlq_keeper(js: JetStreamAdmin, stream: str, keeper: dict[str, Any]) -> None:
+    """The DLQ keeper `keeper` (its rendered config) on the stream, or none when it is empty."""
+    if not keeper:
+        await js.delete_consumer(stream, names.DLQ_KEEPER)  # False when there was none
         return
     try:
-        await js.create_consumer(pair.stream, config)  # an equal one is answered as created
+        await js.create_consumer(stream, keeper)  # an equal one is answered as created
     except JetStreamApiError as err:
         if err.err_code != CONSUMER_ALREADY_EXISTS:
             raise
-        await js.update_consumer(pair.stream, config)
+        await js.update_consumer(stream, keeper)
 
 
-async def _message_count(name: str) -> int:
-    info = await _info(name)
+async def _message_count(spec: StreamSpec) -> int:
+    async with settings.admin_session(spec.connection) as js:
+        info = await js.stream_info(spec.name)
     return int(info["state"]["messages"]) if info else 0
 
 
-async def _create_or_adopt(pair: Pair) -> tuple[dict[str, Any], bool]:
+async def _create_or_adopt(spec: StreamSpec) -> tuple[dict[str, Any], bool]:
     """Create first (one request, answered with the stream's info); adopt only on a conflict.
 
     The server answers an existing stream with an equal config as if created, and refuses one that
     differs in anything, subject order included: only then is the live config read and compared
     field by field. Returns the info and whether the stream was adopted."""
-    async with settings.admin_session() as js:
+    async with settings.admin_session(spec.connection) as js:
         sent = time.monotonic()
         try:
-            info = await js.create_stream(stream_config(pair))
+            info = await js.create_stream(spec.config)
             existed = existed_before(info, time.monotonic() - sent)
-            if not existed and pair.stream_options.replicas > 1:  # one replica: created is current
-                timeout = settings.current().settle_timeout
-                await replication.wait_for_stream(js, pair.stream, timeout, quorum_only=True)
-            await ensure_dlq_keeper(js, pair)
+            if not existed and int(spec.config.get("num_replicas", 1)) > 1:  # one replica: current
+                await replication.wait_for_stream(js, spec.name, spec.settle_timeout, quorum_only=True)
+            await ensure_dlq_keeper(js, spec.name, spec.dlq_keeper)
             return info, existed
         except JetStreamApiError as err:
             if err.err_code != STREAM_NAME_IN_USE:
                 raise
-        existing = await js.stream_info(pair.stream)
+        existing = await js.stream_info(spec.name)
         if existing is None:
             raise ProviderError(
-                f"stream {pair.stream!r} was deleted while it was being adopted; run `pulumi up` again"
+                f"stream {spec.name!r} was deleted while it was being adopted; run `pulumi up` again"
             )
         changes = adopt_decision(
             "stream",
-            pair.stream,
-            desired_config(pair),
-            live_config(existing, pair),
-            adopt=pair.adopt,
+            spec.name,
+            desired_config(spec.config),
+            live_config(existing, spec.config),
+            adopt=spec.adopt,
             immutable=IMMUTABLE,
             in_place=IN_PLACE,
         )
         if changes:
-            existing = await _apply_update(js, existing, pair, changes)
-        await ensure_dlq_keeper(js, pair)
+            existing = await _apply_update(js, existing, spec, changes)
+        await ensure_dlq_keeper(js, spec.name, spec.dlq_keeper)
         return existing, True
 
 
-async def _update(pair: Pair, unset: Any) -> dict[str, Any]:
-    async with settings.admin_session() as js:
-        existing = await js.stream_info(pair.stream)
+async def _update(spec: StreamSpec, unset: Any) -> dict[str, Any]:
+    async with settings.admin_session(spec.connection) as js:
+        existing = await js.stream_info(spec.name)
         if existing is None:
             raise ProviderError(
-                f"stream {pair.stream!r} no longer exists on the server; run `pulumi refresh` "
+                f"stream {spec.name!r} no longer exists on the server; run `pulumi refresh` "
                 "and the next `pulumi up` recreates it"
             )
-        changes = config_changes(desired_config(pair, unset), live_config(existing, pair))
+        changes = config_changes(desired_config(spec.config, unset), live_config(existing, spec.config))
         if changes:
-            existing = await _apply_update(js, existing, pair, changes)
-        await ensure_dlq_keeper(js, pair)
+            existing = await _apply_update(js, existing, spec, changes)
+        await ensure_dlq_keeper(js, spec.name, spec.dlq_keeper)
         return existing
 
 
 async def _apply_update(
-    js: JetStreamAdmin, existing: dict[str, Any], pair: Pair, changes: Changes
+    js: JetStreamAdmin, existing: dict[str, Any], spec: StreamSpec, changes: Changes
 ) -> dict[str, Any]:
     """Send the live config with the managed fields laid over it (the server treats an update as a
     replacement; fields jsb-infra does not manage stay as they are). A change of replicas or placement
     is waited for until the stream and its consumers report the new peers current. Returns the info."""
-    config = read_modify_write(existing["config"], stream_config(pair), changes)
-    await replication.update_stream(js, existing["config"], config, settings.current().settle_timeout)
-    info = await js.stream_info(pair.stream)
+    config = read_modify_write(existing["config"], spec.config, changes)
+    await replication.update_stream(js, existing["config"], config, spec.settle_timeout)
+    info = await js.stream_info(spec.name)
     if info is None:
         raise ProviderError(
-            f"stream {pair.stream!r} vanished right after it was written; run `pulumi up` again"
+            f"stream {spec.name!r} vanished right after it was written; run `pulumi up` again"
         )
     return info
 
 
-async def _delete(name: str, pair: Pair) -> None:
-    async with settings.admin_session() as js:
-        if not pair.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
+async def _delete(name: str, spec: StreamSpec) -> None:
+    async with settings.admin_session(spec.connection) as js:
+        if not spec.allow_destroy_with_messages:  # else the guard cannot refuse: no need to look
             info = await js.stream_info(name)
             if info is None:
                 return
-            destroy_guard(pair, int(info["state"]["messages"]), "delete")
+            destroy_guard(False, name, int(info["state"]["messages"]), "delete")
         await js.delete_stream(name)
 
 
 class Stream(Resource, module="jsb", name="Stream"):
-    """A JetStream stream for one pair. Outputs: name, config (live), created, messages, adopted."""
+    """A JetStream stream, from its rendered config. Outputs: the inputs (config: the live one, cut to
+    the managed keys), created, messages, adopted, unset, dlq_keeper_present."""
 
+    connection: pulumi.Output[dict[str, Any]]
     name: pulumi.Output[str]
     config: pulumi.Output[dict[str, Any]]
+    dlq_keeper: pulumi.Output[dict[str, Any]]
+    allow_destroy_with_messages: pulumi.Output[bool]
+    adopt: pulumi.Output[bool]
     created: pulumi.Output[str]
     messages: pulumi.Output[int]
     adopted: pulumi.Output[bool]
+    unset: pulumi.Output[dict[str, Any]]
+    dlq_keeper_present: pulumi.Output[bool]
 
     def __init__(
         self,
         resource_name: str,
-        pair: pulumi.Input[dict[str, Any]],
+        *,
+        connection: pulumi.Input[dict[str, Any]],
+        name: pulumi.Input[str],
+        config: pulumi.Input[dict[str, Any]],
+        dlq_keeper: pulumi.Input[dict[str, Any]],
+        allow_destroy_with_messages: pulumi.Input[bool],
+        adopt: pulumi.Input[bool],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
-            "pair": pair,
-            "name": None,
-            "config": None,
+            "connection": connection,
+            "name": name,
+            "config": config,
+            "dlq_keeper": dlq_keeper,
+            "allow_destroy_with_messages": allow_destroy_with_messages,
+            "adopt": adopt,
             "created": None,
             "messages": None,
             "adopted": None,
             "unset": None,
+            "dlq_keeper_present": None,
         }
         super().__init__(StreamProvider(), resource_name, props, opts)
