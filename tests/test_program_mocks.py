@@ -28,6 +28,7 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
+from jsb_infra.deploy.bridge_check import BridgeMismatch
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.proto import resource_pb2
@@ -40,7 +41,6 @@ from jsb_infra.core.documents import render_documents
 from jsb_infra.core.outputs import AppCredentials as AppCredentialsOutput
 from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
 from jsb_infra.core.spec import ConfigError, Pair
-from jsb_infra.deploy.bridge_check import BridgeMismatch
 from jsb_infra.deploy.program import LAYOUT, StateLayoutError, build, main
 from jsb_infra.deploy.providers.base import canonical_pair
 from jsb_infra.deploy.providers.credential import AppCredentials

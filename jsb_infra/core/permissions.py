@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from jsb_infra.core import names
 from jsb_infra.core.spec import Pair
@@ -105,7 +105,7 @@ def app_permissions(pair: Pair, app: str) -> AppPermissions:
     )
 
 
-def permission_document_inputs(pair: Pair, app: str) -> dict[str, object]:
+def permission_document_inputs(pair: Pair, app: str) -> dict[str, Any]:
     """What the `PermissionDocument` resource of `app` in `pair` shows for review: the app, the stream,
     the app's account, its publish and subscribe allow lists keyed by subject with why it needs each,
     and the services it imports into its account {subject: response type}."""
