@@ -79,7 +79,7 @@ async def test_the_example_program_deploys_each_pair_to_its_own_server(tmp_path,
     assert await stream_names(servers["east"], PASSWORDS["east"]) == ["orders-billing-sync"]
     assert await stream_names(servers["west"], PASSWORDS["west"]) == ["inventory-shipping-sync"]
     outputs = stack.outputs()
-    assert outputs["credentials"].is_secret and not outputs["bridges"].is_secret
+    assert outputs["credentials"].secret and not outputs["bridges"].secret
     assert (tmp_path / "out" / "east" / "accounts.conf").exists()
     assert (tmp_path / "out" / "west" / "inventory-shipping-sync" / "stream.json").exists()
 
