@@ -45,6 +45,7 @@ from jsb_infra.deploy.providers.base import (
     announce,
     bool_failures,
     config_changes,
+    describe_changes,
     existed_before,
     is_unknown,
     observed,
@@ -349,6 +350,23 @@ async def _info(spec: ConsumerSpec) -> dict[str, Any] | None:
         return await js.consumer_info(spec.stream, spec.durable)
 
 
+def holds_rendered(spec: ConsumerSpec, info: dict[str, Any]) -> dict[str, Any]:
+    """`info` after a write, once checked to hold every rendered field as sent.
+
+    An app's bridge (its max_deliver, ack_wait, backoff, max_ack_pending) is derived from the same
+    rendered config; a server that kept something else after the write would leave the app with wrong
+    redelivery settings, so the write fails loudly instead of recording what the server holds."""
+    rendered = {key: value for key, value in desired_config(spec.config).items() if key in spec.config}
+    differing = config_changes(rendered, live_config(info, spec.config))
+    if differing:
+        raise ProviderError(
+            f"consumer {spec.id}: after the write the server holds {describe_changes(differing)}; "
+            "the apps' bridges say what was sent. Check the server's version and limits, then run "
+            "`pulumi up --refresh`"
+        )
+    return info
+
+
 async def _create_or_adopt(spec: ConsumerSpec) -> tuple[dict[str, Any], bool]:
     """Create first (one request, answered with the consumer's info); adopt only on a conflict.
 
@@ -364,7 +382,7 @@ async def _create_or_adopt(spec: ConsumerSpec) -> tuple[dict[str, Any], bool]:
                 await replication.wait_for_consumer(
                     js, spec.stream, spec.durable, spec.settle_timeout, quorum_only=True
                 )
-            return info, existed
+            return holds_rendered(spec, info), existed
         except JetStreamApiError as err:
             if err.err_code != CONSUMER_ALREADY_EXISTS:
                 raise
@@ -384,7 +402,7 @@ async def _create_or_adopt(spec: ConsumerSpec) -> tuple[dict[str, Any], bool]:
         if changes:
             config = read_modify_write(existing["config"], spec.config, changes)
             existing = await js.update_consumer(spec.stream, config)
-        return existing, True
+        return holds_rendered(spec, existing), True
 
 
 async def _update(spec: ConsumerSpec, unset: Any) -> dict[str, Any]:
@@ -403,7 +421,7 @@ async def _update(spec: ConsumerSpec, unset: Any) -> dict[str, Any]:
         if "num_replicas" in changes:
             await replication.wait_for_consumer(js, spec.stream, spec.durable, spec.settle_timeout)
             info = await js.consumer_info(spec.stream, spec.durable) or info
-        return info
+        return holds_rendered(spec, info)
 
 
 async def messages_at_stake(stream: str, durable: str, conn: Any = None) -> int:
