@@ -1,17 +1,33 @@
-"""The deploy/app contract (`bridges`, `credentials`): what the program exports is what the client reads."""
+"""The deploy/app contract (`bridges`, `credentials`): what the program exports is what the client reads.
 
+The last tests run the program (app-pair layout) under the mock engine of test_program_mocks and
+check its stack outputs against the contract: the schema of each output and which are secret.
+"""
+
+# ruff: noqa: F811  (the `monitor` fixture is imported from test_program_mocks and used as a parameter)
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pulumi
 import pytest
 from pydantic import ValidationError
+from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
+    CREDENTIAL_T,
+    TWO_PAIRS,
+    RecordingMonitor,
+    monitor,
+    resolved,
+    run_program,
+    set_stack_config,
+)
 
 from jsb_infra.core import topology
 from jsb_infra.core.credentials import new_user_keypair
 from jsb_infra.core.outputs import SCHEMA_VERSION, AppCredentials, BridgeOutputs, bridge_outputs
 from jsb_infra.core.spec import Pair
+from jsb_infra.deploy.program import main
 
 SERVERS = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
 
@@ -161,3 +177,56 @@ def test_dlq_subject_is_none_when_the_dlq_is_off() -> None:
         assert bridge.model_dump(mode="json")["dlq_subject"] is None
     assert bridge_outputs(GEM_PAIR, "billing", SERVERS).dlq_subject == "billing.sync.dlq"
     assert "billing.sync.dlq" in topology.stream_config(GEM_PAIR)["subjects"]
+
+
+# -- the program's stack outputs against the contract ---------------------------------------------------
+def program_outputs(monitor: RecordingMonitor) -> dict[str, tuple[Any, bool]]:
+    """Run `main` on TWO_PAIRS with SERVERS; {output: (value, secret)} as the stack exports them."""
+    set_stack_config(TWO_PAIRS, SERVERS)
+    exported: dict[str, tuple[Any, bool]] = {}
+
+    async def check() -> None:
+        main()
+        stack = pulumi.runtime.get_root_resource()
+        assert stack is not None
+        for key, value in stack.outputs.items():  # type: ignore[attr-defined]
+            exported[key] = await resolved(value)
+
+    run_program(check)
+    return exported
+
+
+def test_the_programs_outputs_are_the_documented_set_and_only_credentials_is_secret(
+    monitor: RecordingMonitor,
+) -> None:
+    exported = program_outputs(monitor)
+    assert {key: secret for key, (_, secret) in exported.items()} == {
+        "layout": False,
+        "bridges": False,
+        "credentials": True,
+        "permissions": False,
+        "accounts_conf": False,
+        "documents": False,
+    }
+    assert exported["layout"][0] == "app-pair"
+    assert isinstance(exported["accounts_conf"][0], str) and isinstance(exported["documents"][0], list)
+
+
+def test_every_exported_bridge_and_credential_validates_against_the_contract(
+    monitor: RecordingMonitor,
+) -> None:
+    exported = program_outputs(monitor)
+    bridges, credentials = exported["bridges"][0], exported["credentials"][0]
+    for raw in TWO_PAIRS:
+        pair = Pair.model_validate(raw)
+        assert set(bridges[pair.stream]) == set(pair.apps)
+        for app in pair.apps:
+            bridge = BridgeOutputs.model_validate(bridges[pair.stream][app])
+            assert bridge == bridge_outputs(pair, app, SERVERS)
+            assert bridge.schema_version == SCHEMA_VERSION and bridge.auto_provision is False
+    keys = {r.inputs["app"]: monitor.state(r)["public_key"] for r in monitor.of_type(CREDENTIAL_T)}
+    assert set(credentials) == set(keys) == {"orders", "billing", "shipping"}
+    for app, entry in credentials.items():
+        creds = AppCredentials.model_validate(entry)
+        assert creds.public_key == keys[app] and creds.seed.startswith("SU")
+        assert creds.account == f"APP_{app}" and creds.creds is None  # config mode: no .creds

@@ -1,9 +1,10 @@
 """`jsb:auth` in the program, under the mock engine of test_program_mocks: what each mode registers.
 
-JWT mode: one JetStream signing key, the JetStream account's JWT, one account + user per app (after
-the JetStream account), no NKey credentials, the seeds declared secret. Config mode with
-`accounts_file`: the include resource with its reload hook. A bad `jsb:auth` stops the program
-before anything registers.
+JWT mode: under the `accounts` AppAccounts component, one JetStream signing key, the JetStream
+account's JWT, one account + user per app (after the JetStream account), no NKey credentials, the
+seeds declared secret, the `credentials` output secret and holding each app's `.creds`. Config mode
+with `accounts_file`: the `accounts-include` resource with its reload hook, beside one AppCredential
+per app. A bad `jsb:auth` stops the program before anything registers.
 """
 
 # ruff: noqa: F811  (the `monitor` fixture is imported from test_program_mocks and used as a parameter)
@@ -15,26 +16,30 @@ from typing import Any
 import nkeys
 import pytest
 from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
-    CREDENTIALS_T,
+    APP_ACCOUNTS_T,
+    APP_T,
+    CREDENTIAL_T,
+    DOCUMENTS_T,
+    INCLUDE_T,
+    JS_T,
     SERVERS,
+    SIGNING_T,
     TWO_PAIRS,
     RecordingMonitor,
-    dynamic_type,
     monitor,
+    resolved,
+    run_build,
     run_program,
     set_stack_config,
 )
 
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.accounts import account_layout
+from jsb_infra.core.outputs import AppCredentials
 from jsb_infra.core.spec import ConfigError, parse_pairs
 from jsb_infra.deploy.program import build
-from jsb_infra.deploy.providers.accounts_include import AccountsInclude
-from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 
 ACCOUNT = jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
-SIGNING_T, JS_T, APP_T = (dynamic_type(c) for c in (AccountSigningKey, JetStreamAccountJwt, AppAccountJwt))
-INCLUDE_T = dynamic_type(AccountsInclude)
 
 
 def with_auth(auth: Any) -> None:
@@ -43,17 +48,24 @@ def with_auth(auth: Any) -> None:
 
 def test_jwt_mode_registers_accounts_and_users_not_nkey_credentials(monitor: RecordingMonitor) -> None:
     with_auth({"mode": "jwt", "jetstream_account": ACCOUNT, "rotate": {"billing": "1"}})
+    found: dict[str, Any] = {}
 
     async def check() -> None:
-        build()
+        found["credentials"] = await resolved(build()["credentials"])
 
     run_program(check)
     layout = account_layout(parse_pairs(TWO_PAIRS).pairs)
-    assert monitor.of_type(CREDENTIALS_T) == []
+    assert monitor.of_type(CREDENTIAL_T) == [] and monitor.of_type(INCLUDE_T) == []
+    [accounts] = monitor.of_type(APP_ACCOUNTS_T)
     [signing] = monitor.of_type(SIGNING_T)
     [jetstream] = monitor.of_type(JS_T)
+    [documents] = monitor.of_type(DOCUMENTS_T)
     apps = {r.inputs["app"]: r for r in monitor.of_type(APP_T)}
     assert sorted(apps) == sorted(a.app for a in layout.apps)
+    assert (signing.name, jetstream.name) == ("accounts-jetstream-signing-key", "accounts-jetstream-account")
+    assert {app: r.name for app, r in apps.items()} == {app: f"accounts-{app}-account" for app in apps}
+    assert {r.parent for r in [signing, jetstream, documents, *apps.values()]} == {accounts.urn}
+    assert not any(r.protect or r.delete_before_replace for r in [signing, jetstream, *apps.values()])
     assert signing.secret_outputs == ("seed",) and signing.inputs["account"] == ACCOUNT
     assert jetstream.inputs["public_key"] == ACCOUNT
     assert sorted(e["subject"] for e in jetstream.inputs["exports"]) == sorted(
@@ -69,6 +81,13 @@ def test_jwt_mode_registers_accounts_and_users_not_nkey_credentials(monitor: Rec
     assert apps["billing"].inputs["rotate"] == "1" and apps["orders"].inputs["rotate"] == ""
     # read before any of them registered: a stack of an older layout registers none of them
     assert [before for _, before in monitor.previous_outputs_reads()] == [0]
+    credentials, secret = found["credentials"]
+    assert secret is True and sorted(credentials) == sorted(apps)
+    for app, entry in credentials.items():
+        creds = AppCredentials.model_validate(entry)
+        state = monitor.state(apps[app])
+        assert (creds.account, creds.public_key) == (state["account_key"], state["user_key"])
+        assert (creds.seed, creds.creds) == (state["user_seed"], state["creds"])
 
 
 def test_config_mode_with_an_accounts_file_registers_the_include_and_its_reload(
@@ -76,16 +95,31 @@ def test_config_mode_with_an_accounts_file_registers_the_include_and_its_reload(
 ) -> None:
     reload = {"signal": "HUP", "pid_file": "/run/nats.pid"}
     with_auth({"mode": "config", "accounts_file": "/etc/nats/accounts.conf", "reload": reload})
+    found: dict[str, Any] = {}
 
     async def check() -> None:
-        build()
+        found["accounts_conf"] = await resolved(build()["accounts_conf"])
 
     run_program(check)
+    [accounts] = monitor.of_type(APP_ACCOUNTS_T)
     [include] = monitor.of_type(INCLUDE_T)
+    assert include.name == "accounts-include" and include.parent == accounts.urn
     assert include.inputs["path"] == "/etc/nats/accounts.conf" and include.inputs["reload"] == reload
+    assert (include.inputs["text"], False) == found["accounts_conf"]  # what the servers include
+    assert include.secret_outputs == () and not include.protect
     assert [before for _, before in monitor.previous_outputs_reads()] == [0]
-    [credentials] = monitor.of_type(CREDENTIALS_T)
-    assert credentials.inputs["apps"] == ["billing", "orders", "shipping"] and monitor.of_type(APP_T) == []
+    credentials = monitor.of_type(CREDENTIAL_T)
+    assert sorted(r.inputs["app"] for r in credentials) == ["billing", "orders", "shipping"]
+    assert {r.parent for r in credentials} == {accounts.urn} and monitor.of_type(APP_T) == []
+    assert all(f'nkey: "{monitor.state(r)["public_key"]}"' in include.inputs["text"] for r in credentials)
+
+
+def test_config_mode_without_an_accounts_file_registers_no_include(monitor: RecordingMonitor) -> None:
+    with_auth({"mode": "config"})
+    run_build()
+
+    assert monitor.of_type(INCLUDE_T) == [] and monitor.of_type(JS_T) == []
+    assert len(monitor.of_type(CREDENTIAL_T)) == 3
 
 
 @pytest.mark.parametrize(
