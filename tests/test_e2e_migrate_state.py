@@ -1,13 +1,19 @@
-"""End-to-end: a stack written by the previous layout, migrated with `jsb-infra migrate-state`, then run by
-the new program with the real Pulumi CLI against a real nats-server.
+"""End-to-end: a stack written by an older layout, migrated with `jsb-infra migrate-state` to the app-pair
+layout, then run by the new program with the real Pulumi CLI against a real nats-server.
 
-The state is the fixture tests/fixtures/state-before-pair-stream (a real `pulumi up` of the AppPair
-layout: two pairs sharing the app `orders`). A fresh server gets the fixture's streams and consumers
-from the admin API and the fixture's app keys in its accounts include, as the previous version left
-them. The story, in order: the new program refuses the old state and changes nothing; `migrate-state
---dry-run` changes nothing; `migrate-state` converts it (seeds encrypted in the imported state); the
-preview replaces and deletes nothing; `up` makes no JetStream API write and keeps every key; an app
-publishes and consumes with its old seed.
+Two stories, one per older layout, each with its own server and file backend:
+- `before-pair-stream`: tests/fixtures/state-before-pair-stream (a real `pulumi up` of the first AppPair
+  layout: AppPair + Stream + Consumers per pair, an AppCredential per app; two pairs share `orders`);
+- `pair-stream`: tests/fixtures/state-pair-stream (the same stack as the pair-stream program left it:
+  one PairStream per pair, one AppCredentials); its config is the older fixture's stack file (same
+  stack, same encryption salt).
+Both hold the same streams, consumers and app keys: a fresh server gets the pairs' streams and
+consumers from the admin API and the fixture's app keys in its accounts include, as the older version
+left them. The story, in order: the new program refuses the old state and changes nothing;
+`migrate-state --dry-run` changes nothing; `migrate-state` converts it (seeds encrypted in the imported
+state); the preview replaces and deletes nothing and creates only the permission documents (no server
+I/O); `up` and `up --refresh` make no JetStream API write and keep every key; an app publishes and
+consumes with its old seed.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,41 +49,98 @@ from jsb_infra.core.accounts import account_layout, render_accounts_conf
 from jsb_infra.core.outputs import BridgeOutputs
 from jsb_infra.core.spec import Pair, parse_pairs
 from jsb_infra.deploy.migration.state_migration import (
+    APP_ACCOUNTS_TYPE,
+    APP_PAIR_TYPE,
+    CONSUMER_TYPE,
     CREDENTIAL_TYPE,
     CREDENTIALS_TYPE,
-    OLD_TYPES,
     PAIR_STREAM_TYPE,
+    PERMISSION_DOCUMENT_TYPE,
+    STREAM_TYPE,
     serialized_providers,
 )
 from jsb_infra.local.server import LocalNatsServer
 
 pytestmark = pytest.mark.e2e
 
-FIXTURE = Path(__file__).parent / "fixtures" / "state-before-pair-stream"
-INFO: dict[str, Any] = json.loads((FIXTURE / "fixture.json").read_text())
+FIXTURES = Path(__file__).parent / "fixtures"
+OLDEST = FIXTURES / "state-before-pair-stream"
+"""The stack file (config, encryption salt) and fixture.json of both stories (one stack)."""
+INFO: dict[str, Any] = json.loads((OLDEST / "fixture.json").read_text())
 STACK = INFO["stack"]
 PAIRS: list[Pair] = list(parse_pairs(INFO["pairs"]).pairs)
-NEW_TYPES = (PAIR_STREAM_TYPE, CREDENTIALS_TYPE)
+SERVER_TYPES = (STREAM_TYPE, CONSUMER_TYPE, CREDENTIAL_TYPE)
+"""What must be neither replaced nor deleted: the server's objects and the app keys."""
 GUARD_TYPES = ("pulumi:providers:pulumi",)
 """What a refused run leaves in state: the default provider of the built-in `pulumi` package, whose
 `readStackOutputs` the guard invokes (no resource of jsb-infra's)."""
+PERMISSION_DOCUMENTS = sorted(
+    f"{pair.resource_name}-{app}-permissions" for pair in PAIRS for app in pair.apps
+)
+"""The only creates after a migration: a PermissionDocument per pair and app (no server I/O)."""
+BACKUP_GLOB = f"{STACK}.before-app-pair.*.json"
+REPORT = [
+    "PairStream 'orders-billing' -> AppPair + Stream 'orders-billing-sync' + Consumers "
+    "(orders-workers, billing-workers) (protected)",
+    "PairStream 'orders-shipping-sync' -> AppPair + Stream 'orders-shipping-sync' + Consumers "
+    "(orders-workers, shipping-workers)",
+    "AppCredentials 'app-credentials' -> 3 AppCredential (billing, orders, shipping) under AppAccounts "
+    "'accounts' (same keys, seeds secret)",
+    "AccountsInclude 'accounts-include': moved under AppAccounts 'accounts'",
+    "ServerDocuments 'server-documents': moved under AppAccounts 'accounts'",
+    "stack outputs: layout = 'app-pair'",
+]
 
 
-def fixture_deployment() -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((FIXTURE / "deployment.json").read_text())
-    return document
+@dataclass(frozen=True)
+class Story:
+    layout: str
+    fixture: Path
+    old_key_types: dict[str, int]
+    """What the backup holds of the old layout's keys."""
+
+    def deployment(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads((self.fixture / "deployment.json").read_text())
+        return document
+
+    def stack_outputs(self) -> dict[str, Any]:
+        return next(
+            r["outputs"]
+            for r in self.deployment()["deployment"]["resources"]
+            if r["type"] == "pulumi:pulumi:Stack"
+        )
+
+    def keys(self) -> dict[str, dict[str, str]]:
+        """{app: {public_key, seed}} as the older version recorded them."""
+        out: dict[str, dict[str, str]] = {}
+        for r in self.deployment()["deployment"]["resources"]:
+            if r["type"] == CREDENTIAL_TYPE:
+                seed = json.loads(r["outputs"]["seed"]["plaintext"])
+                out[r["inputs"]["app"]] = {"public_key": r["outputs"]["public_key"], "seed": seed}
+            elif r["type"] == CREDENTIALS_TYPE:
+                seeds = json.loads(r["outputs"]["seeds"]["plaintext"])
+                for app, public_key in r["outputs"]["public_keys"].items():
+                    out[app] = {"public_key": public_key, "seed": seeds[app]}
+        return out
 
 
-def fixture_keys() -> dict[str, dict[str, str]]:
-    """{app: {public_key, seed}} as the previous version recorded them."""
-    return {
-        r["inputs"]["app"]: {
-            "public_key": r["outputs"]["public_key"],
-            "seed": json.loads(r["outputs"]["seed"]["plaintext"]),
-        }
-        for r in fixture_deployment()["deployment"]["resources"]
-        if r["type"] == CREDENTIAL_TYPE
-    }
+STORIES = {
+    "before-pair-stream": Story("before-pair-stream", OLDEST, {CREDENTIAL_TYPE: 3}),
+    "pair-stream": Story(
+        "pair-stream", FIXTURES / "state-pair-stream", {CREDENTIALS_TYPE: 1, PAIR_STREAM_TYPE: 2}
+    ),
+}
+
+
+def test_the_two_fixtures_hold_the_same_keys():
+    """Both stories are one stack at two versions: same apps, same keys."""
+    assert STORIES["before-pair-stream"].keys() == STORIES["pair-stream"].keys()
+    assert sorted(STORIES["pair-stream"].keys()) == ["billing", "orders", "shipping"]
+
+
+@pytest.fixture(scope="module", params=list(STORIES))
+def story(request: pytest.FixtureRequest) -> Story:
+    return STORIES[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +149,10 @@ def bin_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
-    """The servers the previous version provisioned: its streams and consumers, its app keys."""
-    store = tmp_path_factory.mktemp("migrate-nats")
-    keys = {app: entry["public_key"] for app, entry in fixture_keys().items()}
+def server(story: Story, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
+    """The server the older version provisioned: its streams and consumers, its app keys."""
+    store = tmp_path_factory.mktemp(f"migrate-nats-{story.layout}")
+    keys = {app: entry["public_key"] for app, entry in story.keys().items()}
     (store / "accounts.conf").write_text(render_accounts_conf(account_layout(PAIRS), keys, DEPLOY))
     nats_server = LocalNatsServer(
         store_dir=store, extra_config='include "accounts.conf"\n', env={DEPLOY_PASSWORD_ENV: ADMIN_PASSWORD}
@@ -98,14 +162,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer
         for pair in PAIRS:
             await provision(nats_server.url, pair)
 
-    asyncio.run(create_all())
-    yield nats_server
-    nats_server.stop()
+    try:
+        asyncio.run(create_all())
+        yield nats_server
+    finally:
+        nats_server.stop()
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("migrate-pulumi")
+def scratch(story: Story, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp(f"migrate-pulumi-{story.layout}")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +184,7 @@ def imported_stack(
 ) -> auto.Stack:
     """The fixture's stack file (config, encryption salt) and `deployment`, imported as exported."""
     project = copy_project(scratch / "project")
-    shutil.copy(FIXTURE / f"Pulumi.{STACK}.yaml", project / "stacks" / f"Pulumi.{STACK}.yaml")
+    shutil.copy(OLDEST / f"Pulumi.{STACK}.yaml", project / "stacks" / f"Pulumi.{STACK}.yaml")
     options = auto.LocalWorkspaceOptions(
         work_dir=str(project),
         env_vars=env,
@@ -130,29 +196,58 @@ def imported_stack(
     return created
 
 
+def recorded_objects() -> dict[str, str]:
+    """Every stream's and consumer's `created` as the fixtures record it, keyed as server_objects."""
+    out = {}
+    for r in STORIES["before-pair-stream"].deployment()["deployment"]["resources"]:
+        if r["type"] == STREAM_TYPE:
+            out[r["outputs"]["name"]] = r["outputs"]["created"]
+        elif r["type"] == CONSUMER_TYPE:
+            out[f"{r['outputs']['stream']}/{r['outputs']['durable']}"] = r["outputs"]["created"]
+    return out
+
+
+def as_recorded_from(deployment: dict[str, Any], live: dict[str, str]) -> dict[str, Any]:
+    """`deployment` as if its `up` had run against this server: every recorded `created` of a stream or
+    consumer (a consumer's `stream_created` too) replaced by the live object's. Without it a refresh
+    reads streams newer than the recorded ones, and the new program rightly replaces their consumers
+    (a consumer of an earlier stream)."""
+    recorded = recorded_objects()
+    assert sorted(recorded) == sorted(live)
+    times = {recorded[key]: live[key] for key in recorded}
+    assert len(times) == len(recorded)
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        if isinstance(value, str) and value in times:
+            return times[value]
+        if isinstance(value, str) and any(t in value for t in times):  # secrets' plaintext is JSON text
+            for old, new in times.items():
+                value = value.replace(old, new)
+        return value
+
+    swapped: dict[str, Any] = swap(deployment)
+    text = json.dumps(swapped)
+    assert not [t for t in times if t in text]
+    return swapped
+
+
 @pytest.fixture(scope="module")
-def stack(scratch: Path, bin_dir: Path, env: dict[str, str], server: LocalNatsServer) -> auto.Stack:
-    imported = imported_stack(scratch, bin_dir, env, fixture_deployment())
+def stack(
+    story: Story, scratch: Path, bin_dir: Path, env: dict[str, str], server: LocalNatsServer
+) -> auto.Stack:
+    live = asyncio.run(server_objects(server))
+    imported = imported_stack(scratch, bin_dir, env, as_recorded_from(story.deployment(), live))
     set_plain_config(imported, {"jsb:servers": [server.url]})  # this run's port, not the fixture's
     return imported
 
 
-def test_00_a_state_it_cannot_map_is_refused_and_left_as_it_was(tmp_path, bin_dir):
-    """Two credentials for one app: which key is the app's? The command refuses, naming both."""
-    deployment = fixture_deployment()
-    resources = deployment["deployment"]["resources"]
-    [orders] = [r for r in resources if r["type"] == CREDENTIAL_TYPE and r["inputs"]["app"] == "orders"]
-    resources.append({**orders, "urn": orders["urn"].replace("orders-credential", "orders-credential-2")})
-    env = offline_env(tmp_path, bin_dir, INFO["passphrase"])
-    broken = imported_stack(tmp_path, bin_dir, env, deployment)
-    before = decrypted_resources(broken)
-
-    result = migrate_state(broken, env)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "stack 'fleet' cannot be migrated; nothing was changed" in result.stderr
-    assert "app 'orders': two credentials (AppCredential 'orders-credential-2' and another)" in result.stderr
-    assert decrypted_resources(broken) == before
-    assert not list(Path(broken.workspace.work_dir).glob("*.before-pair-stream.*.json"))
+@pytest.fixture(scope="module")
+def memo(story: Story) -> dict[str, Any]:
+    return {}
 
 
 def migrate_state(stack: auto.Stack, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -180,6 +275,10 @@ def types_in_state(stack: auto.Stack) -> Counter[str]:
     )
 
 
+def name_of(urn: str) -> str:
+    return urn.rsplit("::", 1)[1]
+
+
 async def server_objects(server: LocalNatsServer) -> dict[str, str]:
     """Every stream's and consumer's `created`, by name: what a recreate would change."""
     nc = await nats.connect(server.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
@@ -197,9 +296,22 @@ async def server_objects(server: LocalNatsServer) -> dict[str, str]:
         await nc.close()
 
 
-@pytest.fixture(scope="module")
-def memo() -> dict[str, Any]:
-    return {}
+def test_00_a_state_it_cannot_map_is_refused_and_left_as_it_was(tmp_path, bin_dir):
+    """Two credentials for one app: which key is the app's? The command refuses, naming both."""
+    deployment = STORIES["before-pair-stream"].deployment()
+    resources = deployment["deployment"]["resources"]
+    [orders] = [r for r in resources if r["type"] == CREDENTIAL_TYPE and r["inputs"]["app"] == "orders"]
+    resources.append({**orders, "urn": orders["urn"].replace("orders-credential", "orders-credential-2")})
+    env = offline_env(tmp_path, bin_dir, INFO["passphrase"])
+    broken = imported_stack(tmp_path, bin_dir, env, deployment)
+    before = decrypted_resources(broken)
+
+    result = migrate_state(broken, env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "stack 'fleet' cannot be migrated; nothing was changed" in result.stderr
+    assert "app 'orders': two credentials (AppCredential 'orders-credential-2' and another)" in result.stderr
+    assert decrypted_resources(broken) == before
+    assert not list(Path(broken.workspace.work_dir).glob(BACKUP_GLOB))
 
 
 async def test_01_the_new_program_refuses_the_old_state_and_changes_nothing(stack, server, memo):
@@ -209,7 +321,7 @@ async def test_01_the_new_program_refuses_the_old_state_and_changes_nothing(stac
         with pytest.raises(auto.CommandError) as refused:
             stack.up(color="never")
     assert "jsb-infra migrate-state" in str(refused.value)
-    assert audit.writes == 0
+    assert audit.writes == 0, audit.subjects
     after = {r["urn"]: r for r in decrypted_resources(stack)}
     for resource in before:
         # the run registered the stack again (from another call site), and changed nothing else
@@ -223,84 +335,109 @@ async def test_02_dry_run_reports_and_changes_nothing(stack, env):
     before = types_in_state(stack)
     result = migrate_state(stack, env, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "pair 'orders-billing': AppPair + Stream 'orders-billing-sync'" in result.stdout
-    assert "3 AppCredential (billing, orders, shipping) -> AppCredentials" in result.stdout
-    assert "dry run: the stack is unchanged" in result.stdout
+    assert result.stdout.splitlines() == [*REPORT, "dry run: the stack is unchanged"], result.stdout
     assert types_in_state(stack) == before
-    assert not list(Path(stack.workspace.work_dir).glob("*.before-pair-stream.*.json"))
+    assert not list(Path(stack.workspace.work_dir).glob(BACKUP_GLOB))
 
 
-async def test_03_migrate_state_converts_with_a_backup_and_keeps_seeds_encrypted(stack, env, memo):
+async def test_03_migrate_state_converts_with_a_backup_and_keeps_seeds_encrypted(story, stack, env, memo):
     result = migrate_state(stack, env)
     assert result.returncode == 0, result.stderr
-    [backup] = Path(stack.workspace.work_dir).glob(f"{STACK}.before-pair-stream.*.json")
-    backed_up = json.loads(backup.read_text())["deployment"]["resources"]
-    assert Counter(r["type"] for r in backed_up)[CREDENTIAL_TYPE] == 3  # the old layout, as it was
+    assert result.stdout.splitlines()[: len(REPORT)] == REPORT, result.stdout
+    [backup] = Path(stack.workspace.work_dir).glob(BACKUP_GLOB)
+    backed_up = Counter(r["type"] for r in json.loads(backup.read_text())["deployment"]["resources"])
+    for type_, count in story.old_key_types.items():  # the old layout, as it was
+        assert backed_up[type_] == count, backed_up
 
     types = types_in_state(stack)
-    assert types[PAIR_STREAM_TYPE] == 2 and types[CREDENTIALS_TYPE] == 1
-    assert not any(types[t] for t in OLD_TYPES)
+    assert types[APP_PAIR_TYPE] == 2 and types[STREAM_TYPE] == 2 and types[CONSUMER_TYPE] == 4
+    assert types[CREDENTIAL_TYPE] == 3 and types[APP_ACCOUNTS_TYPE] == 1
+    assert not types[PAIR_STREAM_TYPE] and not types[CREDENTIALS_TYPE] and not types[PERMISSION_DOCUMENT_TYPE]
     encrypted = run_cli(stack, "stack", "export")
-    seeds = [entry["seed"] for entry in fixture_keys().values()]
+    seeds = [entry["seed"] for entry in story.keys().values()]
     for text in (encrypted, backup.read_text()):
         assert not [seed for seed in seeds if seed in text], "a seed in plain text"
-    [creds] = [r for r in json.loads(encrypted)["deployment"]["resources"] if r["type"] == CREDENTIALS_TYPE]
-    assert "ciphertext" in creds["outputs"]["seeds"]
+    creds = [r for r in json.loads(encrypted)["deployment"]["resources"] if r["type"] == CREDENTIAL_TYPE]
+    assert sorted(name_of(r["urn"]) for r in creds) == [
+        "accounts-billing-credential",
+        "accounts-orders-credential",
+        "accounts-shipping-credential",
+    ]
+    assert all("ciphertext" in r["outputs"]["seed"] for r in creds)
 
-    memo["migrated"] = {r["urn"]: r for r in decrypted_resources(stack) if r["type"] in NEW_TYPES}
+    migrated = decrypted_resources(stack)
+    memo["migrated"] = {r["urn"]: r for r in migrated if r["type"] in SERVER_TYPES}
+    for r in migrated:
+        if r["type"] == CREDENTIAL_TYPE:
+            key = story.keys()[r["inputs"]["app"]]
+            assert (r["id"], r["outputs"]["public_key"], r["outputs"]["seed"]["plaintext"]) == (
+                key["public_key"],
+                key["public_key"],
+                json.dumps(key["seed"]),
+            )
 
     again = migrate_state(stack, env)
     assert again.returncode == 0 and "nothing to migrate" in again.stdout, again.stdout + again.stderr
 
 
-async def test_04_preview_replaces_and_deletes_nothing(stack):
+async def test_04_preview_replaces_and_deletes_nothing_and_creates_only_the_permission_documents(stack, memo):
     steps = json.loads(run_cli(stack, "preview", "--json", "--show-sames"))["steps"]
-    ops = {step["urn"].rsplit("::", 1)[1]: step["op"] for step in steps}
-    assert not [s for s in steps if s["op"] in ("delete", "replace", "create-replacement", "delete-replaced")]
-    for name in ("orders-billing", "orders-shipping-sync", "app-credentials"):
-        assert ops[name] == "same", steps
+    bad = [
+        (s["op"], s["urn"])
+        for s in steps
+        if s["op"] in ("delete", "replace", "create-replacement", "delete-replaced")
+    ]
+    assert not bad, bad
+    creates = sorted((s["newState"]["type"], name_of(s["urn"])) for s in steps if s["op"] == "create")
+    assert creates == [(PERMISSION_DOCUMENT_TYPE, name) for name in PERMISSION_DOCUMENTS], creates
+    ops = {s["urn"]: s["op"] for s in steps}
+    for urn in memo["migrated"]:  # every stream, consumer and app key: untouched
+        assert ops.get(urn) == "same", (urn, ops.get(urn))
     diff = run_cli(stack, "preview", "--diff")
-    assert "replace" not in diff and "delete" not in diff, diff
+    assert not [
+        line for line in diff.splitlines() if "replace" in line.lower() or "delete" in line.lower()
+    ], diff
 
 
-async def test_05_up_writes_nothing_to_jetstream_and_keeps_every_key(stack, server, memo):
+async def test_05_up_writes_nothing_to_jetstream_and_keeps_every_key(story, stack, server, memo):
     async with ApiAudit(server.url, ADMIN_USER, ADMIN_PASSWORD) as audit:
         up = stack.up(color="never")
     assert audit.writes == 0, audit.subjects
-    changes = up.summary.resource_changes or {}
-    assert not {"create", "delete", "replace"} & {op for op, n in changes.items() if n}, up.stdout
+    changes = {op: n for op, n in (up.summary.resource_changes or {}).items() if n}
+    assert changes.get("create") == len(PERMISSION_DOCUMENTS), up.stdout
+    assert not {"delete", "replace"} & set(changes), up.stdout
     assert await server_objects(server) == memo["objects"]  # nothing recreated
     # the program registers what the migration wrote: the same provider, and outputs kept as they were
     providers = serialized_providers()
+    expected_provider = {
+        STREAM_TYPE: providers.stream,
+        CONSUMER_TYPE: providers.consumer,
+        CREDENTIAL_TYPE: providers.credential,
+    }
+    seen = set()
     for resource in decrypted_resources(stack):
-        if resource["type"] in NEW_TYPES:
+        if resource["type"] in SERVER_TYPES:
             migrated = memo["migrated"][resource["urn"]]
             assert resource["outputs"] == migrated["outputs"], resource["urn"]
-            expected = (
-                providers.pair_stream if resource["type"] == PAIR_STREAM_TYPE else providers.credentials
-            )
-            assert resource["inputs"]["__provider"] == expected
+            assert resource["id"] == migrated["id"], resource["urn"]
+            assert resource["inputs"]["__provider"] == expected_provider[resource["type"]], resource["urn"]
+            seen.add(resource["urn"])
+    assert seen == set(memo["migrated"])
 
     outputs = stack.outputs()
     assert outputs["credentials"].secret
-    keys = fixture_keys()
-    for app, entry in keys.items():
+    for app, entry in story.keys().items():
         assert outputs["credentials"].value[app]["public_key"] == entry["public_key"]
         assert outputs["credentials"].value[app]["seed"] == entry["seed"]
-    assert outputs["layout"].value == "pair-stream"
-    old_outputs = next(
-        r["outputs"]
-        for r in fixture_deployment()["deployment"]["resources"]
-        if r["type"] == "pulumi:pulumi:Stack"
-    )
+    assert outputs["layout"].value == "app-pair"
+    old_outputs = story.stack_outputs()
     assert outputs["bridges"].value == old_outputs["bridges"]
-    assert outputs["permissions"].value == old_outputs["permissions"]
     assert outputs["accounts_conf"].value == old_outputs["accounts_conf"]
 
 
 async def test_05b_up_with_refresh_reads_and_writes_nothing(stack, server, memo):
-    """The server's objects were made apart from this state (their `created` differs from the recorded
-    one): a refresh records them, and still nothing is written or recreated."""
+    """A refresh reads every stream and consumer (the state records them as this server has them), and
+    still nothing is written, created or recreated."""
     async with ApiAudit(server.url, ADMIN_USER, ADMIN_PASSWORD) as audit:
         up = stack.up(color="never", refresh=True)
     assert audit.writes == 0, audit.subjects
@@ -308,9 +445,16 @@ async def test_05b_up_with_refresh_reads_and_writes_nothing(stack, server, memo)
     changes = up.summary.resource_changes or {}
     assert not {"create", "delete", "replace"} & {op for op, n in changes.items() if n}, up.stdout
     assert await server_objects(server) == memo["objects"]
+    outputs = stack.outputs()
+    for resource in decrypted_resources(stack):
+        if resource["type"] == CREDENTIAL_TYPE:
+            old = memo["migrated"][resource["urn"]]
+            assert resource["outputs"]["public_key"] == old["outputs"]["public_key"]
+            assert resource["outputs"]["seed"] == old["outputs"]["seed"]
+    assert outputs["layout"].value == "app-pair"
 
 
-async def test_06_an_app_still_publishes_and_consumes_with_its_old_seed(stack, server):
+async def test_06_an_app_still_publishes_and_consumes_with_its_old_seed(story, stack, server):
     bridge = BridgeOutputs.model_validate(stack.outputs()["bridges"].value["orders-billing-sync"]["orders"])
     admin = await nats.connect(server.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
     try:
@@ -318,7 +462,7 @@ async def test_06_an_app_still_publishes_and_consumes_with_its_old_seed(stack, s
     finally:
         await admin.close()
     app = await nats.connect(
-        server.url, nkeys_seed_str=fixture_keys()["orders"]["seed"], inbox_prefix=bridge.inbox_prefix
+        server.url, nkeys_seed_str=story.keys()["orders"]["seed"], inbox_prefix=bridge.inbox_prefix
     )
     try:
         js = app.jetstream()
