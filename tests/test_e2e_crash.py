@@ -117,12 +117,30 @@ def test_up_killed_halfway_then_up_again_converges(tmp_path: Path, server: Local
     assert not deployment.get("pending_operations")
     resources = deployment["resources"]
     kinds = Counter(r["type"].rsplit(":", 1)[-1] for r in resources if "dynamic" in r["type"])
-    assert kinds == {"PairStream": PAIRS, "AppCredentials": 1, "ServerDocuments": 1}
+    assert kinds == {
+        "Stream": PAIRS,
+        "Consumer": 2 * PAIRS,
+        "PermissionDocument": 2 * PAIRS,
+        "AppCredential": 2 * PAIRS,
+        "ServerDocuments": 1,
+    }
+    components = Counter(r["type"] for r in resources if r["type"].startswith("jsb:index:"))
+    assert components == {"jsb:index:AppPair": PAIRS, "jsb:index:AppAccounts": 1}
     urns = [r["urn"] for r in resources]
     assert len(urns) == len(set(urns))
+    # every stream and consumer of the adopted half is in state exactly once, under its pair
+    by_urn = {r["urn"]: r for r in resources}
+    for r in resources:
+        kind = r["type"].rsplit(":", 1)[-1]
+        if kind in ("Stream", "Consumer", "PermissionDocument"):
+            assert by_urn[r["parent"]]["type"] == "jsb:index:AppPair", r["urn"]
+        if kind in ("AppCredential", "ServerDocuments"):
+            assert by_urn[r["parent"]]["type"] == "jsb:index:AppAccounts", r["urn"]
+    streams_in_state = sorted(r["outputs"]["name"] for r in resources if r["type"].endswith(":Stream"))
+    assert streams_in_state == sorted(wanted)
 
-    [credentials] = [r for r in resources if r["type"].endswith(":AppCredentials")]
-    keys = credentials["outputs"]["public_keys"]
+    credentials = [r for r in resources if r["type"].endswith(":AppCredential")]
+    keys = {r["outputs"]["app"]: r["outputs"]["public_key"] for r in credentials}
     assert sorted(keys) == sorted(app for p in pairs() for app in p["apps"])
     assert len(keys) == len(set(keys.values())) == 2 * PAIRS, "one identity per app"
     # the account layout written to disk names exactly the identities in state, each app its own

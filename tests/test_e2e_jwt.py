@@ -390,8 +390,8 @@ async def test_03b_a_jwt_changed_behind_pulumis_back_shows_in_refresh_and_up_rep
     assert "exports" not in (await resolver_jwt(server, operator, operator.jetstream_key))["nats"]
     stack.refresh(color="never")
     preview = stack.preview(color="never", diff=True)
-    assert "JetStreamAccountJwt::jetstream-account" in preview.stdout, preview.stdout
-    assert "AppAccountJwt::orders-account" not in preview.stdout  # only the drifted identity
+    assert "JetStreamAccountJwt::accounts-jetstream-account" in preview.stdout, preview.stdout
+    assert "AppAccountJwt::accounts-orders-account" not in preview.stdout  # only the drifted identity
     stack.up(color="never")
     layout = account_layout(parse_pairs([FIRST, SECOND]).pairs)
     exports = (await resolver_jwt(server, operator, operator.jetstream_key))["nats"]["exports"]
@@ -409,9 +409,12 @@ async def test_04_dlq_off_updates_the_jwts_and_rights_without_a_restart(
     changed = {op for op, n in (preview.change_summary or {}).items() if n and op != "same"}
     assert changed == {"update"}, preview.stdout  # nothing replaced, no identity re-created
     # the preview names the identities that change, and only those
-    for identity in ("JetStreamAccountJwt::jetstream-account", "AppAccountJwt::orders-account"):
+    for identity in (
+        "JetStreamAccountJwt::accounts-jetstream-account",
+        "AppAccountJwt::accounts-orders-account",
+    ):
         assert identity in preview.stdout, preview.stdout
-    for identity in ("AppAccountJwt::audit-account", "AppAccountJwt::ledger-account"):
+    for identity in ("AppAccountJwt::accounts-audit-account", "AppAccountJwt::accounts-ledger-account"):
         assert identity not in preview.stdout, preview.stdout
     stack.up(color="never")
     assert server.process is not None and server.process.pid == memo["pid"], "the server was restarted"

@@ -82,7 +82,11 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
     assert doctor.run(parser.parse_args(args)) == 0
 
     again = _dev("up", env)
-    assert again.returncode == 0 and "4 unchanged" in again.stdout, again.stdout + again.stderr
+    # Nothing changes on a second `up`: the stack, the AppPair with its Stream, 2 Consumers and 2
+    # PermissionDocuments, and the AppAccounts with 2 AppCredentials and the ServerDocuments.
+    assert again.returncode == 0 and "11 unchanged" in again.stdout, again.stdout + again.stderr
+    changed = (" created", " updated", " replaced", " deleted")
+    assert not any(word in again.stdout for word in changed), again.stdout
 
     down = _dev("down", env)
     assert down.returncode == 0, down.stdout + down.stderr
