@@ -25,6 +25,8 @@ from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 from jsb_infra.nats_admin import JetStreamAdmin
 
 PROVIDER_KEY = "__provider"
+EXISTING = {"existing": True}
+"""Old inputs standing for "the stack has this resource already" in a check."""
 UNKNOWN = rpc.UNKNOWN
 
 
@@ -163,21 +165,30 @@ class ProviderHost:
         self._call("Delete", request)
 
     # -- the engine's sequences ----------------------------------------------------------------------
-    def checked(self, provider: ResourceProvider, news: dict[str, Any]) -> dict[str, Any]:
-        """Check that must pass; returns the inputs the engine would carry on."""
-        inputs, failures = self.check(provider, news)
-        assert not failures, failures
-        return inputs
+    def checked(
+        self, provider: ResourceProvider, news: dict[str, Any], olds: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Check of a resource the stack already has (`olds`: its old inputs; by default a stand-in,
+        as a check only asks whether there are any), as before a diff; it must pass. Returns the
+        inputs the engine would carry on. A failure is raised as the engine reports it."""
+        return self._passed(self.check(provider, news, olds or EXISTING))
 
     def up(self, provider: ResourceProvider, news: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Check + Create, as a first `pulumi up` does."""
-        return self.create(provider, self.checked(provider, news))
+        """Check + Create, as a first `pulumi up` does (the check of a create has no old inputs)."""
+        return self.create(provider, self._passed(self.check(provider, news)))
+
+    @staticmethod
+    def _passed(checked: tuple[dict[str, Any], list[tuple[str, str]]]) -> dict[str, Any]:
+        inputs, failures = checked
+        if failures:
+            raise ProviderCallError("Check", "\n".join(f"{prop}: {reason}" for prop, reason in failures))
+        return inputs
 
     def change(
         self, provider: ResourceProvider, id_: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> tuple[DiffOutcome, dict[str, Any]]:
         """Check + Diff + Update, as a later `pulumi up` does for an in-place change."""
-        inputs = self.checked(provider, news)
+        inputs = self.checked(provider, news, olds)
         outcome = self.diff(provider, id_, olds, inputs)
         return outcome, self.update(provider, id_, olds, inputs)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pulumi.automation as auto
 import pytest
 from conftest import ADMIN_USER
-from e2e_support import offline_env, pulumi_bin_dir, pulumi_command
+from e2e_support import offline_env, pulumi_bin_dir, pulumi_command, run_cli
 
 from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import AdminConnection, admin_session
@@ -80,6 +80,11 @@ async def test_the_example_program_deploys_each_pair_to_its_own_server(tmp_path,
     assert await stream_names(servers["west"], PASSWORDS["west"]) == ["inventory-shipping-sync"]
     outputs = stack.outputs()
     assert outputs["credentials"].secret and not outputs["bridges"].secret
+    seed = outputs["credentials"].value["east"]["orders"]["seed"]
+    assert seed.startswith("SU")
+    state = run_cli(stack, "stack", "export")  # as stored: secrets encrypted
+    assert seed not in state and PASSWORDS["west"] not in state and PASSWORDS["east"] not in state
+    assert '"ciphertext"' in state
     assert (tmp_path / "out" / "east" / "accounts.conf").exists()
     assert (tmp_path / "out" / "west" / "inventory-shipping-sync" / "stream.json").exists()
 

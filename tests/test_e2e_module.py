@@ -205,6 +205,15 @@ async def test_01_create_puts_each_pair_on_its_own_server(stack, servers, memo):
     # A stream made by hand before the first up, equal to what the spec renders: adopted, not refused.
     async with east_js(servers) as js:
         await js.create_stream(stream_config(east_pair()))
+    # `pulumi import` cannot import a dynamic resource; the preview says the create adopts it instead
+    preview = stack.preview(color="never", diff=True)
+    assert re.search(
+        r"adopts\s*: \"stream 'orders-billing-sync' is on the server \(created [^)]*, 0 message\(s\)\): "
+        r"equal to the spec; the create adopts it as is\"",
+        preview.stdout,
+    ), preview.stdout
+    # nothing else is on the servers
+    assert len(re.findall(r"^\s*adopts\s*:", preview.stdout, re.M)) == 1, preview.stdout
     result = stack.up(color="never")
     # stack, the team's resource; per pair: AppPair, Stream, 2 Consumers, 2 PermissionDocuments;
     # per deployment: AppAccounts, 2 AppCredentials, ServerDocuments

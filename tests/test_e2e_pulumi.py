@@ -200,11 +200,18 @@ async def publish_as_admin(server: LocalNatsServer, subject: str, payloads: list
         await nc.close()
 
 
-SAME_BUT_PAIR = 3
-"""Unchanged when only the pair's settings stored with it change: the stack, the apps' credentials
-and the server documents."""
-SAME_BUT_PAIR_AND_DOCUMENTS = 2
-"""Unchanged when the pair and the documents rendered from it change: the stack and the credentials."""
+PAIR = STREAM
+"""The AppPair component's name (pair.resource_name: no `id`, so the stream); its children are
+named `<PAIR>-<role>`."""
+STREAM_RES = f"{PAIR}-stream"
+DOCUMENTS_RES = "accounts-server-documents"
+TOTAL = 11
+"""What one pair registers: the stack, the AppPair with its Stream, 2 Consumers and 2
+PermissionDocuments, the AppAccounts with 2 AppCredentials and the ServerDocuments."""
+
+
+def consumer_res(app: str) -> str:
+    return f"{PAIR}-{app}-consumer"
 
 
 def changes(summary: dict[str, int] | None) -> set[str]:
@@ -212,12 +219,54 @@ def changes(summary: dict[str, int] | None) -> set[str]:
     return {op for op, count in (summary or {}).items() if count and op != "same"}
 
 
+def stepped(run: Any, **kwargs: Any) -> tuple[Any, dict[str, set[str]]]:
+    """Run a stack operation (preview, up, refresh, destroy) and return its result and the resources
+    it changed, by name (the stack's own as "stack"): {name: {op, ...}} from the engine's step
+    events, without "same", without "refresh" (every resource has one in a refresh; what it changed
+    shows in the summary and the output) and without the default provider."""
+    events: list[Any] = []
+    result = run(color="never", on_event=events.append, **kwargs)
+    steps: dict[str, set[str]] = {}
+    for event in events:
+        for step in (event.resource_pre_event, event.res_outputs_event):
+            if step is None:
+                continue
+            op = getattr(step.metadata.op, "value", step.metadata.op)
+            if op not in ("same", "refresh") and not step.metadata.type.startswith("pulumi:providers:"):
+                is_stack = step.metadata.type == "pulumi:pulumi:Stack"
+                name = "stack" if is_stack else step.metadata.urn.rsplit("::", 1)[1]
+                steps.setdefault(name, set()).add(op)
+    return result, steps
+
+
 # -- the story -----------------------------------------------------------------------------------------
 async def test_01_up_from_nothing_creates_exactly_the_rendered_topology(stack, server, out_dir, memo):
     assert await stream_names(server) == []
-    result = stack.up(color="never")
-    # stack, the pair's stream with its consumers, the apps' credentials, the server documents
-    assert result.summary.resource_changes == {"create": 4}
+    result, steps = stepped(stack.up)
+    # the stack; the AppPair with its stream, consumers and permission documents; the AppAccounts
+    # with the apps' credentials and the server documents
+    assert result.summary.resource_changes == {"create": TOTAL}
+    assert steps == {
+        name: {"create"}
+        for name in [
+            "stack",
+            PAIR,
+            STREAM_RES,
+            *(consumer_res(app) for app in APPS),
+            *(f"{PAIR}-{app}-permissions" for app in APPS),
+            "accounts",
+            *(f"accounts-{app}-credential" for app in APPS),
+            DOCUMENTS_RES,
+        ]
+    }, steps
+    types = {r["urn"].rsplit("::", 1)[1]: r["type"] for r in stack.export_stack().deployment["resources"]}
+    assert types[PAIR] == "jsb:index:AppPair" and types["accounts"] == "jsb:index:AppAccounts"
+    assert types[STREAM_RES] == "pulumi-python:dynamic/jsb:Stream"
+    assert types[consumer_res("orders")] == "pulumi-python:dynamic/jsb:Consumer"
+    assert types[f"{PAIR}-orders-permissions"] == "pulumi-python:dynamic/jsb:PermissionDocument"
+    assert types["accounts-orders-credential"] == "pulumi-python:dynamic/jsb:AppCredential"
+    assert types[DOCUMENTS_RES] == "pulumi-python:dynamic/jsb:ServerDocuments"
+    assert stack.outputs()["layout"].value == "app-pair"
     pair = parse_pairs([BASE_PAIR]).pairs[0]
     await server_matches(server, pair)
     written = sorted(p.name for p in (out_dir / STREAM / "permissions").iterdir())
@@ -242,24 +291,26 @@ async def test_03_ack_wait_and_max_age_update_in_place(stack, server, memo):
     assert stream_before["state"]["messages"] == 3
     consumers_before = {app: await consumer_info(server, app) for app in APPS}
 
-    # A stream setting: the pair updates in place (the consumers in it are not recreated, below).
+    # A stream setting: the Stream updates in place; its consumers are untouched.
     set_pair(stack, with_changes(stream_options={"max_age": "2h"}))
-    stream_only = stack.preview(color="never")
-    assert changes(stream_only.change_summary) == {"update"}, stream_only.stdout
-    # the pair, and the rendered stream.json among the server documents
-    assert stream_only.change_summary["update"] == 2, stream_only.stdout
-    assert "jsb:PairStream" in stream_only.stdout and "replace" not in stream_only.stdout
+    stream_only, steps = stepped(stack.preview)
+    # the stream, and the rendered stream.json among the server documents
+    assert stream_only.change_summary == {"same": TOTAL - 2, "update": 2}, stream_only.stdout
+    assert steps == {STREAM_RES: {"update"}, DOCUMENTS_RES: {"update"}}, stream_only.stdout
 
     # backoff [1s, 2s] -> [2s, 3s]: the server's ack_wait (= backoff[0]) goes 1s -> 2s.
     changed = set_pair(
         stack, with_changes(consumer={"backoff": ["2s", "3s"]}, stream_options={"max_age": "2h"})
     )
     assert changed.consumer_for("billing").ack_wait == 2 * SECOND_NS != billing.ack_wait
-    preview = stack.preview(color="never")
-    # the pair, and the documents (consumer configs, bridges)
-    assert preview.change_summary == {"same": SAME_BUT_PAIR_AND_DOCUMENTS, "update": 2}, preview.stdout
-    up = stack.up(color="never")
-    assert up.summary.resource_changes == {"same": SAME_BUT_PAIR_AND_DOCUMENTS, "update": 2}, up.stdout
+    # the stream, both consumers, and the documents (stream and consumer configs, bridges)
+    updated = {STREAM_RES, *(consumer_res(app) for app in APPS), DOCUMENTS_RES}
+    preview, steps = stepped(stack.preview)
+    assert preview.change_summary == {"same": TOTAL - 4, "update": 4}, preview.stdout
+    assert steps == {name: {"update"} for name in updated}, preview.stdout
+    up, steps = stepped(stack.up)
+    assert up.summary.resource_changes == {"same": TOTAL - 4, "update": 4}, up.stdout
+    assert steps == {name: {"update"} for name in updated}, up.stdout
 
     await server_matches(server, changed)
     stream_after = await stream_info(server)
@@ -310,14 +361,25 @@ async def test_03b_preview_diff_shows_permission_and_bridge_changes(stack, serve
         "protect": False,
     }
     set_plain_config(stack, {"jsb:pairs": [current, shipping]})
-    added = stack.preview(color="never", diff=True)
-    # the new pair, and one new identity among the apps' credentials (billing keeps its own)
-    assert added.change_summary.get("create") == 1, added.stdout
-    assert added.stdout.count("+ pulumi-python:dynamic/jsb:PairStream: (create)") == 1, added.stdout
-    # within the credentials' own diff (before the next resource's header): shipping is added
-    assert re.search(
-        r'AppCredentials: \(update\)(?:(?!: \(\w+\)\n)[\s\S])*\+ \[\d\]: "shipping"', added.stdout
-    ), added.stdout
+    added, steps = stepped(stack.preview, diff=True)
+    # the new pair (component, stream, consumers, permission documents) and one new identity,
+    # shipping's (billing keeps its own); the documents gain the new pair's and shipping's
+    new_pair = "e2e-billing-shipping"
+    assert steps == {
+        new_pair: {"create"},
+        f"{new_pair}-stream": {"create"},
+        **{
+            f"{new_pair}-{app}-{role}": {"create"}
+            for app in ("billing", "shipping")
+            for role in ("consumer", "permissions")
+        },
+        "accounts-shipping-credential": {"create"},
+        DOCUMENTS_RES: {"update"},
+    }, added.stdout
+    assert added.change_summary.get("create") == 7, added.stdout
+    assert added.stdout.count("+ pulumi-python:dynamic/jsb:Stream: (create)") == 1, added.stdout
+    assert added.stdout.count("+ jsb:index:AppPair: (create)") == 1, added.stdout
+    assert added.stdout.count("+ pulumi-python:dynamic/jsb:AppCredential: (create)") == 1, added.stdout
     added_outputs = outputs_section(added.stdout)
     assert re.search(r"\+ shipping\s*: \{", added_outputs), added_outputs
     assert re.search(r"\+ billing\.sync\.shipping\s+:", added_outputs), added_outputs
@@ -327,7 +389,8 @@ async def test_03b_preview_diff_shows_permission_and_bridge_changes(stack, serve
     set_pair(stack, {**current, "stream": "e2e-orders-billing-v2", "id": STREAM})
     with pytest.raises(auto.CommandError) as renamed:
         stack.preview(color="never")
-    assert f"refusing to replace stream {STREAM!r} (because pair.stream changed)" in str(renamed.value)
+    refused = f"refusing to replace stream {STREAM!r} (because name changed): it still holds 3 message(s)"
+    assert refused in str(renamed.value), str(renamed.value)
 
     set_pair(stack, current)
     assert changes(stack.preview(color="never").change_summary) == set()
@@ -342,8 +405,8 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     set_pair(stack, limits)
     with pytest.raises(auto.CommandError) as refused_preview:
         stack.preview(color="never")
-    guard = f"refusing to replace stream {STREAM!r} (because pair.stream_options.retention changed)"
-    assert guard in str(refused_preview.value)
+    guard = f"refusing to replace stream {STREAM!r} (because config.retention changed)"
+    assert guard in str(refused_preview.value), str(refused_preview.value)
     assert "still holds 3 message(s)" in str(refused_preview.value)
     # ... and so does the up, before it deletes anything.
     with pytest.raises(auto.CommandError) as refused_up:
@@ -352,7 +415,6 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     # kept by a failed up
     assert sorted(stack.outputs()) == [
         "accounts_conf",
-        "bridge_check",
         "bridges",
         "credentials",
         "documents",
@@ -371,16 +433,20 @@ async def test_04_retention_change_is_a_replace_refused_while_messages_remain(st
     # preview of the retention change shows the replace the guard was refusing.
     opted_in = {**current, "allow_destroy_with_messages": True}
     set_pair(stack, opted_in)
-    up = stack.up(color="never")
-    # stored with the pair (the deletes of its stream and consumers read it)
-    assert up.summary.resource_changes == {"same": SAME_BUT_PAIR, "update": 1}, up.stdout
+    up, steps = stepped(stack.up)
+    # stored with the stream and each consumer (their deletes read it); no document changes
+    stored = {STREAM_RES, *(consumer_res(app) for app in APPS)}
+    assert up.summary.resource_changes == {"same": TOTAL - 3, "update": 3}, up.stdout
+    assert steps == {name: {"update"} for name in stored}, up.stdout
     set_pair(stack, {**limits, "allow_destroy_with_messages": True})
-    preview = stack.preview(color="never")
-    # the pair is replaced (its stream, and the consumers with it), the documents updated
-    assert preview.change_summary == {"same": SAME_BUT_PAIR_AND_DOCUMENTS, "replace": 1, "update": 1}, (
-        preview.stdout
-    )
-    assert "jsb:PairStream" in preview.stdout and "replace" in preview.stdout
+    preview, steps = stepped(stack.preview)
+    # the stream is replaced, and the consumers with it (their stream's incarnation changes); the
+    # documents updated
+    assert preview.change_summary == {"same": TOTAL - 4, "replace": 3, "update": 1}, preview.stdout
+    assert {name: "replace" in ops for name, ops in steps.items()} == {
+        **{name: True for name in stored},
+        DOCUMENTS_RES: False,
+    }, preview.stdout
 
     set_pair(stack, opted_in)  # restore: nothing was replaced
     assert changes(stack.preview(color="never").change_summary) == set()
@@ -398,14 +464,17 @@ async def test_05_out_of_band_edit_shows_in_refresh_and_up_puts_it_back(stack, s
     assert (await consumer_info(server, "billing") or {})["config"]["max_ack_pending"] == 7
 
     refresh = stack.refresh(color="never")
-    assert refresh.summary.resource_changes is not None
-    assert refresh.summary.resource_changes.get("update") == 1, refresh.stdout
-    preview = stack.preview(color="never")
-    assert preview.change_summary.get("update") == 1, preview.stdout
-    assert "jsb:PairStream" in preview.stdout, preview.stdout
+    assert refresh.summary.resource_changes == {"same": TOTAL - 1, "update": 1}, refresh.stdout
+    # only billing's consumer drifted
+    refreshed = re.findall(r"^\s*~\s+(\S+) (\S+) updated", refresh.stdout, re.MULTILINE)
+    assert refreshed == [("pulumi-python:dynamic/jsb:Consumer", consumer_res("billing"))], refresh.stdout
+    preview, steps = stepped(stack.preview)
+    assert preview.change_summary == {"same": TOTAL - 1, "update": 1}, preview.stdout
+    assert steps == {consumer_res("billing"): {"update"}}, preview.stdout
 
-    up = stack.up(color="never")
-    assert changes(up.summary.resource_changes) == {"update"}
+    up, steps = stepped(stack.up)
+    assert up.summary.resource_changes == {"same": TOTAL - 1, "update": 1}, up.stdout
+    assert steps == {consumer_res("billing"): {"update"}}, up.stdout
     after = await consumer_info(server, "billing")
     assert after is not None and after["config"]["max_ack_pending"] == rendered["max_ack_pending"] == 100
     await server_matches(server, pair)
@@ -420,11 +489,13 @@ async def test_06_out_of_band_delete_is_recreated(stack, server, memo):
     # Pulumi diffs against its state, not the server: a plain preview does not see the delete ...
     assert changes(stack.preview(color="never").change_summary) == set()
     # ... `up --refresh` (Pulumi's way to see drift) reads the consumer as gone and recreates it.
-    up = stack.up(color="never", refresh=True)
-    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("update") == 1, (
+    up, steps = stepped(stack.up, refresh=True)
+    assert up.summary.resource_changes is not None and up.summary.resource_changes.get("create") == 1, (
         up.stdout
     )
-    assert changes(up.summary.resource_changes) == {"update"}, up.stdout
+    assert changes(up.summary.resource_changes) == {"create"}, up.stdout
+    # only the orders consumer: found missing by the refresh, then created again
+    assert steps == {consumer_res("orders"): {"create"}}, up.stdout
     new = await consumer_info(server, "orders")
     assert new is not None and old is not None and new["created"] != old["created"]
     await server_matches(server, pair)
@@ -465,10 +536,16 @@ async def test_07_outputs_bridges_and_secret_credentials(stack, server, scratch,
     exported = run_cli(stack, "stack", "export")
     assert public_key_of(seeds["orders"]) in exported
     decrypted = stack.export_stack().deployment
-    [credentials] = [r for r in decrypted["resources"] if r["type"].endswith("jsb:AppCredentials")]
-    envelope = credentials["outputs"]["seeds"]  # one secret holding every app's seed
-    assert envelope["4dabf18193072939515e22adb298388d"] == "1b47061264138c4ac30d75fd1eb44270"
-    assert json.loads(envelope["plaintext"]) == seeds
+    credentials = {
+        r["outputs"]["app"]: r for r in decrypted["resources"] if r["type"].endswith("jsb:AppCredential")
+    }
+    assert sorted(credentials) == sorted(APPS)  # one AppCredential per app
+    for app in APPS:
+        assert credentials[app]["urn"].endswith(f"::accounts-{app}-credential")
+        envelope = credentials[app]["outputs"]["seed"]  # each app's seed, its own secret
+        assert envelope["4dabf18193072939515e22adb298388d"] == "1b47061264138c4ac30d75fd1eb44270"
+        assert json.loads(envelope["plaintext"]) == seeds[app]
+        assert credentials[app]["outputs"]["public_key"] == public_key_of(seeds[app])
     state_files = [p for p in (scratch / "state").rglob("*") if p.is_file()]
     stack_file = scratch / "project" / "stacks" / f"Pulumi.{STACK}.yaml"
     assert any(p.name == f"{STACK}.json" for p in state_files) and stack_file.exists()
@@ -547,16 +624,21 @@ async def test_08_smoke_run_with_generated_credentials_and_permissions(stack, se
 
 
 async def test_08b_opted_in_replace_recreates_the_stream_and_its_consumers(stack, server, memo):
-    """A real replace (storage file -> memory): the pair is deleted first (its stream, and the consumers
-    with it), then created again with new durables on the new stream."""
+    """A real replace (storage file -> memory): the Stream is replaced delete-first, and its Consumers
+    with it (their stream's incarnation changes), created again as new durables on the new stream."""
     before = await stream_info(server)
     consumers_before = {app: await consumer_info(server, app) for app in APPS}
     memory = {**memo["pair"], "stream_options": {**memo["pair"]["stream_options"], "storage": "memory"}}
     pair = set_pair(stack, memory)
 
-    up = stack.up(color="never")
-    assert (up.summary.resource_changes or {}).get("replace") == 1, up.stdout  # the pair
-    assert (up.summary.resource_changes or {}).get("update") == 1, up.stdout  # the rendered stream.json
+    up, steps = stepped(stack.up)
+    # the stream, and its consumers with it; the rendered stream.json updated
+    assert up.summary.resource_changes == {"same": TOTAL - 4, "replace": 3, "update": 1}, up.stdout
+    replaced = {STREAM_RES, *(consumer_res(app) for app in APPS)}
+    assert {name: "replace" in ops for name, ops in steps.items()} == {
+        **{name: True for name in replaced},
+        DOCUMENTS_RES: False,
+    }, up.stdout
     after = await stream_info(server)
     assert after["config"]["storage"] == "memory" and after["created"] != before["created"]
     assert after["state"]["messages"] == 0  # the opt-in said losing them was fine
@@ -576,7 +658,7 @@ async def test_09_destroy_leaves_the_server_empty(stack, server, out_dir):
     # The stream still holds messages; the opt-in stored in test_04 lets destroy delete it.
     assert (await stream_info(server))["state"]["messages"] >= 1
     result = stack.destroy(color="never")
-    assert result.summary.resource_changes == {"delete": 4}
+    assert result.summary.resource_changes == {"delete": TOTAL}
     assert await stream_names(server) == []
     assert not list(out_dir.rglob("*.conf")) and not list(out_dir.rglob("*.json"))
 

@@ -57,8 +57,9 @@ def test_a_new_pair_takes_four_requests_and_is_not_reported_adopted(
     before = api_requests(server.url)
     _, stream = host.up(S, stream_props())
     consumers = [host.up(C, consumer_props(app, stream["created"]))[1] for app in ("orders", "billing")]
-    # one CREATE each, answered with the full info; the stream's create also makes its DLQ keeper
-    assert api_requests(server.url) - before - 1 == 4
+    # the check of a create looks the object up once (an INFO: is it there to adopt?); then one
+    # CREATE each, answered with the full info; the stream's create also makes its DLQ keeper
+    assert api_requests(server.url) - before - 1 == 3 + 4
     assert stream["adopted"] is False and [c["adopted"] for c in consumers] == [False, False]
     assert stream_live(server.url)["state"]["consumer_count"] == 3  # 2 apps and the DLQ keeper
     host.close()
@@ -151,3 +152,66 @@ def test_unset_values_come_from_the_server_at_create_not_from_a_version_table(
     by_hand = {**consumer, "config": {**consumer["config"], "max_waiting": 1000}}
     outcome = host.diff(C, c_id, by_hand, news)
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == ["max_waiting"]
+
+
+# -- adoption at preview: the check of a create says what the create will find ---------------------------
+def test_the_preview_of_a_create_says_it_adopts_an_equal_stream_and_durable_made_by_hand(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    made = admin_call(server.url, lambda js: js.create_stream(rendered()))
+    durable = consumer_config(parse_pairs([pair()]).pairs[0], "orders")
+    admin_call(server.url, lambda js: js.create_consumer(STREAM, durable))
+    inputs, failures = host.check(S, stream_props())
+    assert failures == []
+    assert inputs["adopts"] == (
+        f"stream {STREAM!r} is on the server (created {made['created']}, 0 message(s)): equal to the spec; "
+        "the create adopts it as is"
+    )
+    consumer, failures = host.check(C, consumer_props("orders", made["created"]))
+    assert failures == [] and "the create adopts it as is" in consumer["adopts"]
+    # nothing was written by the checks, and a durable that is not there is no adoption
+    assert stream_live(server.url)["created"] == made["created"]
+    billing, _ = host.check(C, consumer_props("billing", made["created"]))
+    assert "adopts" not in billing
+    # the adoption note is no difference once the object is under management
+    _, stream = host.create(S, inputs)
+    assert stream["adopted"] is True
+    assert host.diff(S, STREAM, stream, host.checked(S, stream_props())).changes == "DIFF_NONE"
+
+
+def test_the_preview_of_a_create_fails_where_the_create_would_refuse_the_object_it_finds(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    admin_call(server.url, lambda js: js.create_stream({**rendered(), "max_age": 3_600_000_000_000}))
+    _, failures = host.check(S, stream_props())
+    assert len(failures) == 1 and failures[0][0] == "config"
+    assert f"stream {STREAM!r} already exists on the server with a different config" in failures[0][1]
+    assert "max_age" in failures[0][1] and "adopt: true" in failures[0][1]
+    # with adopt, the preview says what the create will change in place; still nothing written
+    inputs, failures = host.check(S, stream_props(adopt=True))
+    assert failures == [] and inputs["adopts"].endswith("the create adopts it and updates in place max_age")
+    assert stream_live(server.url)["config"]["max_age"] == 3_600_000_000_000
+    # a change the server cannot make in place is refused at preview even with adopt
+    admin_call(server.url, lambda js: js.delete_stream(STREAM))
+    admin_call(server.url, lambda js: js.create_stream({**rendered(), "storage": "memory"}))
+    _, failures = host.check(S, stream_props(adopt=True))
+    assert len(failures) == 1 and "cannot change storage" in failures[0][1], failures
+
+
+def test_a_preview_without_the_server_checks_inputs_and_says_nothing_of_adoption(host: ProviderHost) -> None:
+    dead = {"name": "gone", "servers": ["nats://127.0.0.1:9"]}
+    inputs, failures = host.check(S, {**stream_props(), "connection": dead})
+    assert failures == [] and "adopts" not in inputs
+
+
+def test_the_check_of_a_replacement_does_not_take_the_object_it_replaces_for_one_to_adopt(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, stream = host.up(S, stream_props(allow_destroy_with_messages=True))
+    news = host.checked(
+        S, stream_props(allow_destroy_with_messages=True, stream_options={"storage": "memory"})
+    )
+    assert host.diff(S, id_, stream, news).replaces == ["config.storage"]
+    # the engine then checks the replacement with no old inputs, as if it were new
+    inputs, failures = host.check(S, news)
+    assert failures == [] and "adopts" not in inputs

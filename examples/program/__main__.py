@@ -86,5 +86,8 @@ pulumi.export("deployments", environment.deployments)
 # Plain values derived from the specs: known at preview, not secret.
 pulumi.export("bridges", {p.pair.stream: p.bridges for p in (orders_billing, inventory_shipping)})
 # Each app's NKey seed: a secret output (shown only with --show-secrets).
-pulumi.export("credentials", {"east": east_accounts.credentials, "west": west_accounts.credentials})
+pulumi.export(
+    "credentials",
+    pulumi.Output.secret({"east": east_accounts.credentials, "west": west_accounts.credentials}),
+)
 pulumi.export("accounts_conf", {"east": east_accounts.accounts_conf, "west": west_accounts.accounts_conf})

@@ -298,6 +298,71 @@ def adopt_decision(
     return changes
 
 
+ADOPTS = "adopts"
+"""The input a create's check adds when the object is already on the server: the preview shows what
+the create will take over (`pulumi import` cannot, for dynamic resources). Not compared by diff."""
+
+
+def is_create(olds: Mapping[str, Any]) -> bool:
+    """Whether a check is for a new resource (the engine sends no old inputs but the provider)."""
+    return not (set(olds) - {"__provider"})
+
+
+def adoption_note(
+    kind: str,
+    name: str,
+    info: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any],
+    *,
+    adopt: bool,
+    immutable: Mapping[str, str],
+    in_place: Transitions | None = None,
+) -> str:
+    """What the preview says of an object the create will find on the server; raises ProviderError
+    (the create's own refusal, said at preview) when the create would refuse it."""
+    changes = adopt_decision(kind, name, desired, live, adopt=adopt, immutable=immutable, in_place=in_place)
+    held = f"{kind} {name!r} is on the server (created {info.get('created', '?')}"
+    messages = (info.get("state") or {}).get("messages")
+    held += f", {messages} message(s))" if messages is not None else ")"
+    if not changes:
+        return f"{held}: equal to the spec; the create adopts it as is"
+    return f"{held}: the create adopts it and updates in place {', '.join(sorted(changes))}"
+
+
+_REPLACED: set[str] = set()
+"""Objects a diff of this host process planned to replace. The engine checks a replacement again
+with no old inputs, as if it were new; that check must not take the object it deletes first for one
+to adopt (one provider host serves a whole run, and the diff comes before that check)."""
+
+
+def being_replaced(what: str) -> None:
+    _REPLACED.add(what)
+
+
+def replacing(what: str) -> bool:
+    return what in _REPLACED
+
+
+_UNREACHABLE: set[str] = set()
+"""Connections a check found unreachable in this host process: a preview without the servers (a
+review job) asks each only once, not once per resource."""
+
+
+def look_up_for_preview(provider: JsbProvider, connection: Any, coro: Coroutine[Any, Any, T]) -> T | None:
+    """The answer of a read-only lookup a check makes, or None when the server cannot be asked: the
+    preview goes on without it, and the create decides as it always does."""
+    key = repr(connection)
+    if key in _UNREACHABLE:
+        coro.close()
+        return None
+    try:
+        return provider.run(coro)
+    except ProviderError:
+        _UNREACHABLE.add(key)
+        return None
+
+
 # -- inputs --------------------------------------------------------------------------------------------
 def pair_failures(value: Any, prop: str = "pair") -> tuple[Pair | None, list[CheckFailure]]:
     """Validate a `pair` input through the spec; failures name the field and the rule."""

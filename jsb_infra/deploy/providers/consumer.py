@@ -39,20 +39,26 @@ from jsb_infra.core.spec import Pair
 from jsb_infra.core.topology import consumer_config
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import (
+    ADOPTS,
     JsbProvider,
     ProviderError,
     adopt_decision,
+    adoption_note,
     announce,
+    being_replaced,
     bool_failures,
     config_changes,
     describe_changes,
     existed_before,
+    is_create,
     is_unknown,
+    look_up_for_preview,
     observed,
     old_state_error,
     plan_diff,
     read_modify_write,
     recorded_unset,
+    replacing,
     stored_live,
     unset_values,
     with_defaults,
@@ -263,7 +269,35 @@ class ConsumerProvider(JsbProvider):
         for key in ("config", "stream_replicas"):
             if not is_unknown(inputs.get(key)):
                 inputs[key] = normalize(inputs.get(key))
-        return CheckResult(inputs, input_failures(news))
+        inputs.pop(ADOPTS, None)
+        failures = input_failures(news)
+        known = {k: v for k, v in inputs.items() if k != "stream_created"}  # unknown on a new stream
+        if is_create(olds) and not failures and not is_unknown(known):
+            failures += self._adoption(inputs)
+        return CheckResult(inputs, failures)
+
+    def _adoption(self, inputs: dict[str, Any]) -> list[CheckFailure]:
+        """A durable already on the server: the preview says the create adopts it (`adopts`), or fails
+        with the create's own refusal."""
+        spec = ConsumerSpec.of(inputs)
+        if replacing(f"consumer {spec.id}"):
+            return []  # the replacement's check: the object found is the one it deletes first
+        info = look_up_for_preview(self, spec.connection, _info(spec))
+        if info is None:
+            return []
+        try:
+            inputs[ADOPTS] = adoption_note(
+                "consumer",
+                spec.id,
+                info,
+                desired_config(spec.config),
+                live_config(info, spec.config),
+                adopt=spec.adopt,
+                immutable=IMMUTABLE,
+            )
+        except ProviderError as err:
+            return [CheckFailure("config", str(err))]
+        return []
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if "pair" in olds:
@@ -296,6 +330,7 @@ class ConsumerProvider(JsbProvider):
                 plan.inputs.append("stream_incarnation")
         if plan.replaces:
             self._guard_replace(old, new, plan.replaces)
+            being_replaced(f"consumer {new.id}")
         return plan.result()
 
     def _guard_replace(self, old: ConsumerSpec, new: ConsumerSpec, replaces: list[str]) -> None:

@@ -38,21 +38,27 @@ from jsb_infra.core.spec import Pair
 from jsb_infra.core.topology import dlq_keeper_config, stream_config
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import (
+    ADOPTS,
     Changes,
     JsbProvider,
     ProviderError,
     Transitions,
     adopt_decision,
+    adoption_note,
     announce,
+    being_replaced,
     bool_failures,
     config_changes,
     existed_before,
+    is_create,
     is_unknown,
+    look_up_for_preview,
     observed,
     old_state_error,
     plan_diff,
     read_modify_write,
     recorded_unset,
+    replacing,
     stored_live,
     unset_values,
     with_defaults,
@@ -236,7 +242,36 @@ class StreamProvider(JsbProvider):
         for key in ("config", "dlq_keeper"):
             if isinstance(inputs.get(key), dict) and not is_unknown(inputs[key]):
                 inputs[key] = normalize(inputs[key])
-        return CheckResult(inputs, input_failures(news))
+        inputs.pop(ADOPTS, None)
+        failures = input_failures(news)
+        if is_create(olds) and not failures and not is_unknown(inputs):
+            failures += self._adoption(inputs)
+        return CheckResult(inputs, failures)
+
+    def _adoption(self, inputs: dict[str, Any]) -> list[CheckFailure]:
+        """A stream already on the server: the preview says the create adopts it (`adopts`), or fails
+        with the create's own refusal."""
+        spec = StreamSpec.of(inputs)
+        if replacing(f"stream {spec.name}"):
+            return []  # the replacement's check: the object found is the one it deletes first
+        found = look_up_for_preview(self, spec.connection, _read(spec.connection, spec.name))
+        if found is None or found[0] is None:
+            return []
+        info = found[0]
+        try:
+            inputs[ADOPTS] = adoption_note(
+                "stream",
+                spec.name,
+                info,
+                desired_config(spec.config),
+                live_config(info, spec.config),
+                adopt=spec.adopt,
+                immutable=IMMUTABLE,
+                in_place=IN_PLACE,
+            )
+        except ProviderError as err:
+            return [CheckFailure("config", str(err))]
+        return []
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if "pair" in olds:
@@ -265,6 +300,7 @@ class StreamProvider(JsbProvider):
         )
         if plan.replaces:
             self._guard_replace(old, new, plan.replaces)
+            being_replaced(f"stream {new.name}")
         return plan.result()
 
     def _guard_replace(self, old: StreamSpec, new: StreamSpec, replaces: list[str]) -> None:
