@@ -1,4 +1,4 @@
-"""AppCredential (and AppCredentials of the PairStream layout), ServerDocuments and PermissionDocument
+"""AppCredential, ServerDocuments and PermissionDocument
 through the real provider host; provider settings from config."""
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from provider_host import UNKNOWN, ProviderCallError, ProviderHost
 from jsb_infra.core.credentials import public_key_of
 from jsb_infra.core.permissions import app_permissions, permission_document_inputs
 from jsb_infra.core.spec import parse_pairs
-from jsb_infra.deploy.providers.credential import AppCredentialProvider, AppCredentialsProvider
+from jsb_infra.deploy.providers.credential import AppCredentialProvider
 from jsb_infra.deploy.providers.documents import ServerDocumentsProvider, digest
 from jsb_infra.deploy.providers.permission_document import PermissionDocumentProvider
 from jsb_infra.deploy.providers.settings import ProviderSettingsError, settings_from_config
 from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 
 CRED = AppCredentialProvider()
-CREDS = AppCredentialsProvider()
 DOC = PermissionDocumentProvider()
 
 
@@ -54,42 +53,6 @@ def test_credential_is_a_fresh_user_key_pair_kept_until_its_owner_changes(host: 
     _, other = host.up(CRED, {"app": "orders"})
     assert other["seed"] != outs["seed"], "every credential gets its own key"
     assert host.read(CRED, id_, outs) == (id_, outs)
-
-
-def test_app_credentials_give_each_app_its_own_key_and_keep_it_while_apps_come_and_go(
-    host: ProviderHost,
-) -> None:
-    id_, outs = host.up(CREDS, {"apps": ["orders", "billing"]})
-    assert outs["apps"] == ["billing", "orders"], "stored sorted: the order apps are listed in is no change"
-    keys, seeds = outs["public_keys"], outs["seeds"]
-    assert set(keys) == set(seeds) == {"orders", "billing"} and keys["orders"] != keys["billing"]
-    for app in keys:
-        assert public_key_of(seeds[app]) == keys[app] and seeds[app].startswith("SU")
-    assert host.diff(CREDS, id_, outs, host.checked(CREDS, {"apps": ["billing", "orders"]})).changes == (
-        "DIFF_NONE"
-    )
-
-    outcome, changed = host.change(CREDS, id_, outs, {"apps": ["orders", "shipping"]})
-    assert outcome.changes == "DIFF_SOME" and outcome.replaces == [], "never a replace: no key is reissued"
-    assert (
-        changed["public_keys"]["orders"] == keys["orders"] and changed["seeds"]["orders"] == seeds["orders"]
-    )
-    assert "billing" not in changed["public_keys"] and "billing" not in changed["seeds"]
-    assert public_key_of(changed["seeds"]["shipping"]) == changed["public_keys"]["shipping"]
-    assert changed["public_keys"]["shipping"] not in keys.values()
-    assert host.read(CREDS, id_, changed) == (id_, changed)
-    host.delete(CREDS, id_, changed)
-
-
-@pytest.mark.parametrize(
-    ("apps", "rule"),
-    [(["orders", "orders"], "each app must be listed once"), (["orders", ""], "must be a list of app names")],
-)
-def test_app_credentials_check_names_the_field_and_the_rule(
-    host: ProviderHost, apps: list[str], rule: str
-) -> None:
-    _, failures = host.check(CREDS, {"apps": apps})
-    assert failures == [("apps", f"apps: {rule}")]
 
 
 def test_credential_of_a_stack_made_before_the_account_layout_still_reads_and_deletes(
@@ -207,7 +170,6 @@ def test_credential_class_declares_the_seed_secret() -> None:
     from jsb_infra.deploy.providers import credential
 
     assert credential.SECRET_OUTPUTS == ["seed"]
-    assert credential.APPS_SECRET_OUTPUTS == ["seeds"]
 
 
 def test_app_credential_merges_the_seed_secret_into_the_caller_s_options(

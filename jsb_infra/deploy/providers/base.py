@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -363,6 +363,44 @@ def look_up_for_preview(provider: JsbProvider, connection: Any, coro: Coroutine[
         return None
 
 
+def preview_adoption(
+    provider: JsbProvider,
+    inputs: dict[str, Any],
+    *,
+    kind: str,
+    name: str,
+    connection: Any,
+    lookup: Coroutine[Any, Any, dict[str, Any] | None],
+    desired: Mapping[str, Any],
+    live_of: Callable[[dict[str, Any]], Mapping[str, Any]],
+    immutable: Mapping[str, str],
+    in_place: Transitions | None = None,
+) -> list[CheckFailure]:
+    """The check of a create: when the object (`lookup`: its info, None: not there) is on the server
+    already, note in `inputs` what the create will do with it (`adopts`), or return the create's own
+    refusal as a check failure of `config`. Nothing is written."""
+    if replacing(f"{kind} {name}"):
+        lookup.close()
+        return []  # the replacement's check: the object found is the one it deletes first
+    info = look_up_for_preview(provider, connection, lookup)
+    if info is None:
+        return []
+    try:
+        inputs[ADOPTS] = adoption_note(
+            kind,
+            name,
+            info,
+            desired,
+            live_of(info),
+            adopt=bool(inputs.get("adopt")),
+            immutable=immutable,
+            in_place=in_place,
+        )
+    except ProviderError as err:
+        return [CheckFailure("config", str(err))]
+    return []
+
+
 # -- inputs --------------------------------------------------------------------------------------------
 def pair_failures(value: Any, prop: str = "pair") -> tuple[Pair | None, list[CheckFailure]]:
     """Validate a `pair` input through the spec; failures name the field and the rule."""
@@ -374,11 +412,6 @@ def pair_failures(value: Any, prop: str = "pair") -> tuple[Pair | None, list[Che
         return parse_pairs([normalize(value)]).pairs[0], []
     except ConfigError as err:
         return None, [CheckFailure(prop, p.replace("pairs[0]", prop, 1)) for p in err.problems]
-
-
-def canonical_pair(pair: Pair) -> dict[str, Any]:
-    """The pair as the provider stores it: defaults filled in, durations as text."""
-    return pair.model_dump(mode="json")
 
 
 def parse_pair(value: Any) -> Pair:
@@ -404,16 +437,6 @@ def stored_pair(value: Any, prop: str = "pair") -> Pair:
         return Pair.model_validate(normalize(value), context=STORED_CONTEXT)
     except ValidationError as err:
         raise ProviderError(f"invalid stored {prop}: {'; '.join(problems_of(err, prop))}") from None
-
-
-def app_failures(pair: Pair | None, app: Any, prop: str = "app") -> list[CheckFailure]:
-    if is_unknown(app):
-        return []
-    if not isinstance(app, str) or not app:
-        return [CheckFailure(prop, f"{prop}: must be an app name")]
-    if pair is not None and app not in pair.apps:
-        return [CheckFailure(prop, f"{prop}: {app!r} is not one of the pair's apps {list(pair.apps)}")]
-    return []
 
 
 def bool_failures(news: Mapping[str, Any], props: tuple[str, ...]) -> list[CheckFailure]:

@@ -43,7 +43,6 @@ from jsb_infra.deploy.providers.base import (
     JsbProvider,
     ProviderError,
     adopt_decision,
-    adoption_note,
     announce,
     being_replaced,
     bool_failures,
@@ -52,13 +51,12 @@ from jsb_infra.deploy.providers.base import (
     existed_before,
     is_create,
     is_unknown,
-    look_up_for_preview,
     observed,
     old_state_error,
     plan_diff,
+    preview_adoption,
     read_modify_write,
     recorded_unset,
-    replacing,
     stored_live,
     unset_values,
     with_defaults,
@@ -277,27 +275,18 @@ class ConsumerProvider(JsbProvider):
         return CheckResult(inputs, failures)
 
     def _adoption(self, inputs: dict[str, Any]) -> list[CheckFailure]:
-        """A durable already on the server: the preview says the create adopts it (`adopts`), or fails
-        with the create's own refusal."""
         spec = ConsumerSpec.of(inputs)
-        if replacing(f"consumer {spec.id}"):
-            return []  # the replacement's check: the object found is the one it deletes first
-        info = look_up_for_preview(self, spec.connection, _info(spec))
-        if info is None:
-            return []
-        try:
-            inputs[ADOPTS] = adoption_note(
-                "consumer",
-                spec.id,
-                info,
-                desired_config(spec.config),
-                live_config(info, spec.config),
-                adopt=spec.adopt,
-                immutable=IMMUTABLE,
-            )
-        except ProviderError as err:
-            return [CheckFailure("config", str(err))]
-        return []
+        return preview_adoption(
+            self,
+            inputs,
+            kind="consumer",
+            name=spec.id,
+            connection=spec.connection,
+            lookup=_info(spec),
+            desired=desired_config(spec.config),
+            live_of=lambda info: live_config(info, spec.config),
+            immutable=IMMUTABLE,
+        )
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if "pair" in olds:

@@ -44,7 +44,6 @@ from jsb_infra.deploy.providers.base import (
     ProviderError,
     Transitions,
     adopt_decision,
-    adoption_note,
     announce,
     being_replaced,
     bool_failures,
@@ -52,13 +51,12 @@ from jsb_infra.deploy.providers.base import (
     existed_before,
     is_create,
     is_unknown,
-    look_up_for_preview,
     observed,
     old_state_error,
     plan_diff,
+    preview_adoption,
     read_modify_write,
     recorded_unset,
-    replacing,
     stored_live,
     unset_values,
     with_defaults,
@@ -249,29 +247,19 @@ class StreamProvider(JsbProvider):
         return CheckResult(inputs, failures)
 
     def _adoption(self, inputs: dict[str, Any]) -> list[CheckFailure]:
-        """A stream already on the server: the preview says the create adopts it (`adopts`), or fails
-        with the create's own refusal."""
         spec = StreamSpec.of(inputs)
-        if replacing(f"stream {spec.name}"):
-            return []  # the replacement's check: the object found is the one it deletes first
-        found = look_up_for_preview(self, spec.connection, _read(spec.connection, spec.name))
-        if found is None or found[0] is None:
-            return []
-        info = found[0]
-        try:
-            inputs[ADOPTS] = adoption_note(
-                "stream",
-                spec.name,
-                info,
-                desired_config(spec.config),
-                live_config(info, spec.config),
-                adopt=spec.adopt,
-                immutable=IMMUTABLE,
-                in_place=IN_PLACE,
-            )
-        except ProviderError as err:
-            return [CheckFailure("config", str(err))]
-        return []
+        return preview_adoption(
+            self,
+            inputs,
+            kind="stream",
+            name=spec.name,
+            connection=spec.connection,
+            lookup=_info(spec.connection, spec.name),
+            desired=desired_config(spec.config),
+            live_of=lambda info: live_config(info, spec.config),
+            immutable=IMMUTABLE,
+            in_place=IN_PLACE,
+        )
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if "pair" in olds:
@@ -352,6 +340,11 @@ class StreamProvider(JsbProvider):
 
 
 # -- server I/O (on the host's shared admin connection for the resource's `connection`) ---------------
+async def _info(conn: Any, name: str) -> dict[str, Any] | None:
+    async with settings.admin_session(conn) as js:
+        return await js.stream_info(name)
+
+
 async def _read(conn: Any, name: str) -> tuple[dict[str, Any] | None, bool]:
     """The stream's info, and whether its DLQ keeper is there."""
     async with settings.admin_session(conn) as js:
