@@ -326,6 +326,26 @@ async def test_07_the_seed_passed_to_the_teams_resource_stays_secret_in_state(st
     assert outputs["orders_public_key"].value in (east_out / "accounts.conf").read_text()
 
 
+async def test_07b_replacing_one_apps_credential_rotates_that_app_alone(stack, servers):
+    """docs/auth.md's rotation: `pulumi up --replace <the app's AppCredential>`."""
+    before = stack.outputs()["credentials"].value
+    credential = (
+        f"urn:pulumi:{stack.name}::platform::jsb:index:AppAccounts$"
+        "pulumi-python:dynamic/jsb:AppCredential::east-orders-credential"
+    )
+    result = stack.up(color="never", replace=[credential])
+    after = stack.outputs()["credentials"].value
+    assert after["orders"]["public_key"] != before["orders"]["public_key"]
+    assert after["orders"]["seed"] != before["orders"]["seed"]
+    assert after["billing"] == before["billing"], "the other app keeps its key"
+    # the accounts include the servers load names the new key and no longer the old one
+    accounts_conf = (Path(stack.get_config("platform:eastOut").value) / "accounts.conf").read_text()
+    assert after["orders"]["public_key"] in accounts_conf
+    assert before["orders"]["public_key"] not in accounts_conf
+    ops = changed_ops(result.summary.resource_changes)
+    assert ops.get("replace") == 1 and set(ops) <= {"replace", "update"}, result.stdout
+
+
 async def test_08_destroy_removes_what_it_made_on_both_servers(stack, servers):
     stack.destroy(color="never")
     async with east_js(servers) as js:
