@@ -241,6 +241,16 @@ class JetStreamAdmin:
         body = {"stream_name": stream, "config": config, "action": action}
         return await self._request(f"{API}.CONSUMER.CREATE.{stream}.{config['name']}", body)
 
+    async def stream_names(self) -> list[str]:
+        """Names of the account's streams (every page)."""
+        names: list[str] = []
+        while True:
+            reply = await self._request(f"{API}.STREAM.NAMES", {"offset": len(names)})
+            page = reply.get("streams") or []
+            names += page
+            if not page or len(names) >= int(reply.get("total", 0)):
+                return sorted(names)
+
     async def consumer_names(self, stream: str) -> list[str]:
         """Names of the stream's consumers (every page); [] when the stream does not exist."""
         names: list[str] = []

@@ -57,9 +57,10 @@ def test_a_new_pair_takes_four_requests_and_is_not_reported_adopted(
     before = api_requests(server.url)
     _, stream = host.up(S, stream_props())
     consumers = [host.up(C, consumer_props(app, stream["created"]))[1] for app in ("orders", "billing")]
-    # the check of a create looks the object up once (an INFO: is it there to adopt?); then one
-    # CREATE each, answered with the full info; the stream's create also makes its DLQ keeper
-    assert api_requests(server.url) - before - 1 == 3 + 4
+    # the checks of the creates ask once which streams are there (is one to adopt?), and look no
+    # durable up on a stream that was not; then one CREATE each, answered with the full info; the
+    # stream's create also makes its DLQ keeper
+    assert api_requests(server.url) - before - 1 == 1 + 4
     assert stream["adopted"] is False and [c["adopted"] for c in consumers] == [False, False]
     assert stream_live(server.url)["state"]["consumer_count"] == 3  # 2 apps and the DLQ keeper
     host.close()

@@ -144,4 +144,6 @@ class AppAccounts(pulumi.ComponentResource):
             f"{resource_name}-server-documents", documents, output_dir=args.output_dir, opts=child
         )
         accounts_include(args.auth, self.accounts_conf, prefix=resource_name, opts=child)
-        self.register_outputs({"accounts_conf": self.accounts_conf, "permissions": self.permissions})
+        # Nothing registered: the accounts include and the permissions of a fleet are hundreds of
+        # kilobytes, stored and walked on every run; they are attributes a program exports as it needs.
+        self.register_outputs({})

@@ -154,4 +154,6 @@ class AppPair(pulumi.ComponentResource):
             )
             for app in pair.apps
         }
-        self.register_outputs({"stream": pair.stream, "subjects": self.subjects, "bridges": self.bridges})
+        # Small on purpose: a component's registered outputs are stored and walked on every run, and
+        # the bridges and subjects are attributes (plain values) a program exports as it needs.
+        self.register_outputs({"stream": pair.stream})

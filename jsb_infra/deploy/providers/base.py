@@ -9,6 +9,7 @@ one admin loop: provider methods are called synchronously from the host's worker
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -330,6 +331,11 @@ def adoption_note(
     return f"{held}: the create adopts it and updates in place {', '.join(sorted(changes))}"
 
 
+def connection_key(connection: Any) -> str:
+    """A connection input as a cache key: the same settings give the same key, whatever the order."""
+    return json.dumps(connection, sort_keys=True, default=str)
+
+
 _REPLACED: set[str] = set()
 """Objects a diff of this host process planned to replace. The engine checks a replacement again
 with no old inputs, as if it were new; that check must not take the object it deletes first for one
@@ -352,7 +358,7 @@ review job) asks each only once, not once per resource."""
 def look_up_for_preview(provider: JsbProvider, connection: Any, coro: Coroutine[Any, Any, T]) -> T | None:
     """The answer of a read-only lookup a check makes, or None when the server cannot be asked: the
     preview goes on without it, and the create decides as it always does."""
-    key = repr(connection)
+    key = connection_key(connection)
     if key in _UNREACHABLE:
         coro.close()
         return None
@@ -363,6 +369,36 @@ def look_up_for_preview(provider: JsbProvider, connection: Any, coro: Coroutine[
         return None
 
 
+_PRESENT: dict[tuple[str, str], frozenset[str]] = {}
+"""Per connection and scope (streams: "", a stream's durables: its name), the names on the server
+when a check first asked: a create's check looks an object up only when its name is there, so a
+new fleet costs one NAMES request per connection instead of one INFO per object. The engine checks
+an object once per run (a replacement aside, which `replacing` covers), before creating it."""
+
+
+def present_on_server(
+    provider: JsbProvider, connection: Any, stream: str | None = None
+) -> frozenset[str] | None:
+    """The stream names (or with `stream`, its durables' names) on the server, asked once per host
+    process; None when the server cannot be asked."""
+    key = (connection_key(connection), stream or "")
+    if stream:
+        streams = present_on_server(provider, connection)
+        if streams is not None and stream not in streams:
+            return frozenset()  # a stream that was not there has no durables from before this run
+    if key not in _PRESENT:
+
+        async def names() -> list[str]:
+            async with settings.admin_session(connection) as js:
+                return await (js.consumer_names(stream) if stream else js.stream_names())
+
+        found = look_up_for_preview(provider, connection, names())
+        if found is None:
+            return None
+        _PRESENT[key] = frozenset(found)
+    return _PRESENT[key]
+
+
 def preview_adoption(
     provider: JsbProvider,
     inputs: dict[str, Any],
@@ -370,18 +406,22 @@ def preview_adoption(
     kind: str,
     name: str,
     connection: Any,
+    present: tuple[str | None, str],
     lookup: Coroutine[Any, Any, dict[str, Any] | None],
     desired: Mapping[str, Any],
     live_of: Callable[[dict[str, Any]], Mapping[str, Any]],
     immutable: Mapping[str, str],
     in_place: Transitions | None = None,
 ) -> list[CheckFailure]:
-    """The check of a create: when the object (`lookup`: its info, None: not there) is on the server
-    already, note in `inputs` what the create will do with it (`adopts`), or return the create's own
-    refusal as a check failure of `config`. Nothing is written."""
-    if replacing(f"{kind} {name}"):
+    """The check of a create: when the object is on the server already, note in `inputs` what the
+    create will do with it (`adopts`), or return the create's own refusal as a check failure of
+    `config`. `present`: (None, stream) or (stream, durable), looked for among the server's names
+    first; `lookup`: its info (None: not there). Nothing is written. A replacement's check is
+    skipped: the object it would find is the one the replacement deletes first."""
+    scope, member = present
+    if replacing(f"{kind} {name}") or member not in (present_on_server(provider, connection, scope) or ()):
         lookup.close()
-        return []  # the replacement's check: the object found is the one it deletes first
+        return []
     info = look_up_for_preview(provider, connection, lookup)
     if info is None:
         return []

@@ -282,6 +282,7 @@ class ConsumerProvider(JsbProvider):
             kind="consumer",
             name=spec.id,
             connection=spec.connection,
+            present=(spec.stream, spec.durable),
             lookup=_info(spec),
             desired=desired_config(spec.config),
             live_of=lambda info: live_config(info, spec.config),

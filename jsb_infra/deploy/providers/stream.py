@@ -17,6 +17,7 @@ holds messages unless `allow_destroy_with_messages` is stored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -254,6 +255,7 @@ class StreamProvider(JsbProvider):
             kind="stream",
             name=spec.name,
             connection=spec.connection,
+            present=(None, spec.name),
             lookup=_info(spec.connection, spec.name),
             desired=desired_config(spec.config),
             live_of=lambda info: live_config(info, spec.config),
@@ -346,11 +348,11 @@ async def _info(conn: Any, name: str) -> dict[str, Any] | None:
 
 
 async def _read(conn: Any, name: str) -> tuple[dict[str, Any] | None, bool]:
-    """The stream's info, and whether its DLQ keeper is there."""
+    """The stream's info, and whether its DLQ keeper is there: asked at once (a refresh reads every
+    stream of a fleet; a missing stream answers the keeper's INFO as not found too)."""
     async with settings.admin_session(conn) as js:
-        info = await js.stream_info(name)
-        keeper = info is not None and await js.consumer_info(name, names.DLQ_KEEPER) is not None
-        return info, keeper
+        info, keeper = await asyncio.gather(js.stream_info(name), js.consumer_info(name, names.DLQ_KEEPER))
+        return info, info is not None and keeper is not None
 
 
 async def ensure_dlq_keeper(js: JetStreamAdmin, stream: str, keeper: dict[str, Any]) -> None:
