@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -309,9 +310,11 @@ def state_sizes(project: PulumiProject, stack: str) -> dict[str, float]:
 
 
 async def jsb_and_floor_runs(
-    project: JsbProject, floor: FloorProject, server: Server, pairs: list[Pair]
+    project: JsbProject, floor: FloorProject, server: Server, pairs: list[Pair], repeat: int = 1
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Each phase on jsb's stack, then at once the same on the floor's: the machine as alike as it gets."""
+    """Each phase on jsb's stack, then at once the same on the floor's: the machine as alike as it gets.
+    The no-op phases run `repeat` times, alternating, and report the median of each (single runs on a
+    shared 2-core machine swing by a third)."""
     name = f"bench{len(pairs)}"
     project.stack(name, pairs)
     floor.stack(name, pairs)
@@ -321,13 +324,23 @@ async def jsb_and_floor_runs(
     base.update(state_sizes(floor, name))
     base["expected"] = expected_resources(floor.pairs_config(pairs))
     for label, extra in (("noop", ()), ("refresh", ("--refresh",))):
-        before = server.total_connections()
-        async with ApiAudit(project.url, ADMIN_USER, ADMIN_PASSWORD) as audit:
-            out[label] = await asyncio.to_thread(project.up, name, *extra)
-        out[f"{label}_api"] = audit.total
-        out[f"{label}_writes"] = audit.writes
-        out[f"{label}_conns"] = server.total_connections() - before - 1  # the audit's own connection
-        base[label] = floor.up(name, *extra)
+        mine: list[float] = []
+        theirs: list[float] = []
+        for _ in range(max(1, repeat)):
+            before = server.total_connections()
+            async with ApiAudit(project.url, ADMIN_USER, ADMIN_PASSWORD) as audit:
+                mine.append(await asyncio.to_thread(project.up, name, *extra))
+            out[f"{label}_api"] = audit.total
+            out[f"{label}_writes"] = out.get(f"{label}_writes", 0.0) + audit.writes
+            out[f"{label}_conns"] = server.total_connections() - before - 1  # the audit's own connection
+            theirs.append(floor.up(name, *extra))
+        out[label], base[label] = statistics.median(mine), statistics.median(theirs)
+        if repeat > 1:
+            print(
+                f"  {label}: jsb {' '.join(f'{s:.2f}' for s in mine)}; "
+                f"floor {' '.join(f'{s:.2f}' for s in theirs)} (medians used)",
+                flush=True,
+            )
     out["destroy"] = project.destroy(name)
     base["destroy"] = floor.destroy(name)
     return out, base
@@ -510,6 +523,9 @@ async def main() -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the NATS CLI recipe")
     parser.add_argument("--no-sigint", action="store_true", help="skip the SIGINT-ignored preview timing")
     parser.add_argument("--kill", type=int, default=0, help="kill test: SIGKILL a create of N pairs halfway")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each no-op phase, alternating (medians; default 3)"
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.pairs.split(",") if n.strip()]
 
@@ -534,7 +550,7 @@ async def main() -> int:
             pairs = bench_pairs(n)
             cli = cli_recipe(nats_bin / "nats", url, pairs) if nats_bin else None
             raw = await raw_loop(url, pairs)
-            jsb, base = await jsb_and_floor_runs(project, floor, server, pairs)
+            jsb, base = await jsb_and_floor_runs(project, floor, server, pairs, args.repeat)
             report(n, cli, raw, jsb, base)
             per_pair[n] = jsb["create"] / n
             runs[n], floors[n] = jsb, base
