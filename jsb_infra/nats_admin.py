@@ -3,7 +3,8 @@
 It sends and reads the raw API JSON (durations in nanoseconds), so the configs rendered by
 `topology` reach the server byte for byte and come back comparable field by field, with no client
 library dataclass converting units in between. Admin credentials live in `AdminConnection`, which
-providers build from stack config in the host process: they are never resource inputs or outputs.
+providers build in the host process from a resource's `connection` input: from the stack config
+(never in state), or from a secret input (encrypted in state as a Pulumi secret).
 """
 
 from __future__ import annotations

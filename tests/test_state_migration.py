@@ -21,7 +21,7 @@ import pytest
 from jsb_infra import cli
 from jsb_infra.core.credentials import public_key_of
 from jsb_infra.core.spec import STORED_CONTEXT, Pair
-from jsb_infra.core.topology import consumer_config, dlq_keeper_config, stream_config
+from jsb_infra.core.topology import consumer_config, dlq_keeper_config, pair_incarnation_key, stream_config
 from jsb_infra.deploy.migration.state_migration import (
     APP_ACCOUNTS_TYPE,
     APP_PAIR_TYPE,
@@ -40,7 +40,6 @@ from jsb_infra.deploy.migration.state_migration import (
     is_secret,
     migrate,
     older_layout_resources,
-    stream_incarnation_key,
     unpack_documents,
 )
 from jsb_infra.nats_admin import normalize
@@ -199,7 +198,7 @@ def test_each_pair_becomes_an_app_pair_with_its_stream_and_a_consumer_per_app(be
                 "stream": pair.stream,
                 "durable": config["durable_name"],
                 "config": json.loads(json.dumps(config)),
-                "stream_incarnation": stream_incarnation_key(pair),
+                "stream_incarnation": pair_incarnation_key(pair),
                 "stream_created": old["created"],
                 "stream_replicas": pair.stream_options.replicas,
                 "allow_destroy_with_messages": pair.allow_destroy_with_messages,
@@ -216,7 +215,7 @@ def test_each_pair_becomes_an_app_pair_with_its_stream_and_a_consumer_per_app(be
             assert consumer["dependencies"] == [stream["urn"]]
             assert consumer["propertyDependencies"]["stream_created"] == [stream["urn"]]
             assert consumer.get("protect", False) == pair.protect
-    assert stream_incarnation_key(stored_pair("orders-billing")) == "orders-billing-sync/file/workqueue"
+    assert pair_incarnation_key(stored_pair("orders-billing")) == "orders-billing-sync/file/workqueue"
     assert len(report.pairs) == 2 and "orders-billing" in report.pairs[0]
     assert not by_type(after, PAIR_STREAM_TYPE) and not by_type(
         after, "pulumi-python:dynamic/jsb:PermissionDocument"

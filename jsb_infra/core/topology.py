@@ -7,6 +7,7 @@ the providers can compare desired and live field by field. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from jsb_infra.core import names
@@ -100,3 +101,18 @@ def dlq_keeper_config(pair: Pair) -> ConsumerConfig | None:
         "ack_policy": "explicit",
         "replay_policy": "instant",
     }
+
+
+def stream_incarnation_key(config: Mapping[str, Any]) -> str:
+    """What identifies one incarnation of a stream, from its rendered config: it changes exactly when
+    a change of the config replaces the stream (name, storage, retention to or from workqueue).
+
+    Consumers compare it to know at preview, when the stream's `created` is still unknown, whether
+    the stream they live on is about to be recreated (and they with it)."""
+    retention = "workqueue" if config.get("retention") == "workqueue" else "limits|interest"
+    return f"{config.get('name')}/{config.get('storage', 'file')}/{retention}"
+
+
+def pair_incarnation_key(pair: Pair) -> str:
+    """`stream_incarnation_key` of the pair's rendered stream config."""
+    return stream_incarnation_key(dict(stream_config(pair)))

@@ -35,11 +35,10 @@ from jsb_infra.core import names
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import permission_document_inputs
 from jsb_infra.core.spec import ConfigError, Pair, problems_of
-from jsb_infra.core.topology import consumer_config, dlq_keeper_config, stream_config
 from jsb_infra.deploy.connection import Connection
-from jsb_infra.deploy.providers.consumer import Consumer
+from jsb_infra.deploy.providers.consumer import Consumer, consumer_inputs
 from jsb_infra.deploy.providers.permission_document import PermissionDocument
-from jsb_infra.deploy.providers.stream import Stream, stream_incarnation_key
+from jsb_infra.deploy.providers.stream import Stream, stream_inputs
 
 AppPairArgs = Pair
 """The typed args of an `AppPair`: the pair spec (docs/spec.md), a pydantic model."""
@@ -119,29 +118,13 @@ class AppPair(pulumi.ComponentResource):
             return base.merge((child_opts or {}).get(role))
 
         conn = connection.as_input()
-        guard, adopt = pair.allow_destroy_with_messages, pair.adopt
         self.stream = Stream(
-            f"{resource_name}-stream",
-            name=pair.stream,
-            config=dict(stream_config(pair)),
-            dlq_keeper=dict(dlq_keeper_config(pair) or {}),
-            connection=conn,
-            allow_destroy_with_messages=guard,
-            adopt=adopt,
-            opts=options("stream", server_object=True),
+            f"{resource_name}-stream", **stream_inputs(pair, conn), opts=options("stream", server_object=True)
         )
         self.consumers = {
             app: Consumer(
                 f"{resource_name}-{app}-consumer",
-                stream=pair.stream,
-                durable=names.durable_name(app),
-                config=dict(consumer_config(pair, app)),
-                stream_incarnation=stream_incarnation_key(stream_config(pair)),
-                stream_created=self.stream.created,
-                stream_replicas=pair.stream_options.replicas,
-                connection=conn,
-                allow_destroy_with_messages=guard,
-                adopt=adopt,
+                **consumer_inputs(pair, app, self.stream.created, conn),
                 opts=options(f"{app}-consumer", server_object=True),
             )
             for app in pair.apps

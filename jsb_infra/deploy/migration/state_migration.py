@@ -48,7 +48,7 @@ from pydantic import ValidationError
 
 from jsb_infra.core.credentials import public_key_of
 from jsb_infra.core.spec import STORED_CONTEXT, Pair, problems_of
-from jsb_infra.core.topology import consumer_config, dlq_keeper_config, stream_config
+from jsb_infra.core.topology import consumer_config, dlq_keeper_config, pair_incarnation_key, stream_config
 from jsb_infra.nats_admin import normalize
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
@@ -562,15 +562,6 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def stream_incarnation_key(pair: Pair) -> str:
-    """What identifies one incarnation of the pair's stream (the Consumer input `stream_incarnation`):
-    it changes exactly when a change of the pair replaces the stream (name, storage, retention to or
-    from workqueue). Computed as the Stream provider computes it."""
-    opts = pair.stream_options
-    retention = "workqueue" if opts.retention == "workqueue" else "limits|interest"
-    return f"{pair.stream}/{opts.storage}/{retention}"
-
-
 def _stored_pair(value: Any, where: str, problems: list[str]) -> Pair | None:
     """The stored pair, read leniently as the providers read state (types parsed, today's rules not
     applied: the pair was valid under the rules of the version that wrote it)."""
@@ -722,7 +713,7 @@ def _app_pair_entries(resource: dict[str, Any], step: _Step, problems: list[str]
             "stream": pair.stream,
             "durable": durable,
             "config": config,
-            "stream_incarnation": stream_incarnation_key(pair),
+            "stream_incarnation": pair_incarnation_key(pair),
             "stream_created": created,
             "stream_replicas": pair.stream_options.replicas,
             "allow_destroy_with_messages": pair.allow_destroy_with_messages,

@@ -304,6 +304,14 @@ ADOPTS = "adopts"
 the create will take over (`pulumi import` cannot, for dynamic resources). Not compared by diff."""
 
 
+def carried_adoption_note(olds: Mapping[str, Any], inputs: dict[str, Any]) -> None:
+    """The `adopts` note a create's check wrote stays as it was (a later check does not look again):
+    it never reads as a difference, in a preview or in a saved plan."""
+    inputs.pop(ADOPTS, None)
+    if ADOPTS in olds:
+        inputs[ADOPTS] = olds[ADOPTS]
+
+
 def is_create(olds: Mapping[str, Any]) -> bool:
     """Whether a check is for a new resource (the engine sends no old inputs but the provider)."""
     return not (set(olds) - {"__provider"})
@@ -342,12 +350,16 @@ with no old inputs, as if it were new; that check must not take the object it de
 to adopt (one provider host serves a whole run, and the diff comes before that check)."""
 
 
-def being_replaced(what: str) -> None:
-    _REPLACED.add(what)
+def being_replaced(connection: Any, old: str, new: str) -> None:
+    """A diff planned to replace the object `old` (e.g. "stream orders") with `new` on `connection`.
+    Only a replacement that keeps the name (and the connection) deletes the very object its check
+    would find; under another name, an object found there is one to adopt, as for any create."""
+    if old == new:
+        _REPLACED.add(f"{connection_key(connection)} {new}")
 
 
-def replacing(what: str) -> bool:
-    return what in _REPLACED
+def replacing(connection: Any, what: str) -> bool:
+    return f"{connection_key(connection)} {what}" in _REPLACED
 
 
 _UNREACHABLE: set[str] = set()
@@ -418,8 +430,15 @@ def preview_adoption(
     `config`. `present`: (None, stream) or (stream, durable), looked for among the server's names
     first; `lookup`: its info (None: not there). Nothing is written. A replacement's check is
     skipped: the object it would find is the one the replacement deletes first."""
+    try:
+        settings.for_connection(connection).admin_connection()
+    except settings.ProviderSettingsError as err:
+        lookup.close()
+        return [CheckFailure("connection", str(err))]
     scope, member = present
-    if replacing(f"{kind} {name}") or member not in (present_on_server(provider, connection, scope) or ()):
+    if replacing(connection, f"{kind} {name}") or member not in (
+        present_on_server(provider, connection, scope) or ()
+    ):
         lookup.close()
         return []
     info = look_up_for_preview(provider, connection, lookup)
@@ -574,6 +593,7 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
     ManagementUnavailable,
     NotSettled,
     AdminConnectError,
+    settings.ProviderSettingsError,
 )
 """Failures whose message says everything: what failed and what to do. Anything else is a bug and
 keeps its traceback."""

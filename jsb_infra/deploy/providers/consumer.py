@@ -1,7 +1,7 @@
 """The `Consumer` dynamic resource: an app's durable pull consumer, kept equal to its rendered config.
 
 Inputs: `connection`, `stream` and `durable` (its identity), `config` (`topology.consumer_config` of
-the pair and app, verbatim), `stream_incarnation` (`stream.pair_incarnation_key`, known at preview),
+the pair and app, verbatim), `stream_incarnation` (`topology.pair_incarnation_key`, known at preview),
 `stream_created` (the Stream's `created` output), `stream_replicas` (create waits for the peers when
 above 1), `allow_destroy_with_messages` and `adopt`. Outputs echo them, except `config`, which is the
 live config cut to the managed keys, plus `created`, `adopted` and `unset`.
@@ -36,16 +36,16 @@ from pulumi.dynamic import (
 from jsb_infra import replication
 from jsb_infra.core import names
 from jsb_infra.core.spec import Pair
-from jsb_infra.core.topology import consumer_config
+from jsb_infra.core.topology import consumer_config, pair_incarnation_key
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import (
-    ADOPTS,
     JsbProvider,
     ProviderError,
     adopt_decision,
     announce,
     being_replaced,
     bool_failures,
+    carried_adoption_note,
     config_changes,
     describe_changes,
     existed_before,
@@ -61,7 +61,6 @@ from jsb_infra.deploy.providers.base import (
     unset_values,
     with_defaults,
 )
-from jsb_infra.deploy.providers.stream import pair_incarnation_key
 from jsb_infra.nats_admin import CONSUMER_ALREADY_EXISTS, JetStreamAdmin, JetStreamApiError, normalize
 
 IMMUTABLE = {
@@ -267,7 +266,7 @@ class ConsumerProvider(JsbProvider):
         for key in ("config", "stream_replicas"):
             if not is_unknown(inputs.get(key)):
                 inputs[key] = normalize(inputs.get(key))
-        inputs.pop(ADOPTS, None)
+        carried_adoption_note(olds, inputs)
         failures = input_failures(news)
         known = {k: v for k, v in inputs.items() if k != "stream_created"}  # unknown on a new stream
         if is_create(olds) and not failures and not is_unknown(known):
@@ -320,7 +319,7 @@ class ConsumerProvider(JsbProvider):
                 plan.inputs.append("stream_incarnation")
         if plan.replaces:
             self._guard_replace(old, new, plan.replaces)
-            being_replaced(f"consumer {new.id}")
+            being_replaced(old.connection, f"consumer {old.id}", f"consumer {new.id}")
         return plan.result()
 
     def _guard_replace(self, old: ConsumerSpec, new: ConsumerSpec, replaces: list[str]) -> None:
@@ -407,7 +406,14 @@ async def _create_or_adopt(spec: ConsumerSpec) -> tuple[dict[str, Any], bool]:
                 await replication.wait_for_consumer(
                     js, spec.stream, spec.durable, spec.settle_timeout, quorum_only=True
                 )
-            return holds_rendered(spec, info), existed
+            try:
+                return holds_rendered(spec, info), existed
+            except ProviderError as err:
+                if existed:
+                    raise
+                # not recorded in state, so never deleted by Pulumi: take back what this create made
+                await js.delete_consumer(spec.stream, spec.durable)
+                raise ProviderError(f"{err} (the consumer this create made was deleted again)") from None
         except JetStreamApiError as err:
             if err.err_code != CONSUMER_ALREADY_EXISTS:
                 raise

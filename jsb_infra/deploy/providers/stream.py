@@ -36,10 +36,12 @@ from pulumi.dynamic import (
 from jsb_infra import replication
 from jsb_infra.core import names
 from jsb_infra.core.spec import Pair
-from jsb_infra.core.topology import dlq_keeper_config, stream_config
+from jsb_infra.core.topology import (
+    dlq_keeper_config,
+    stream_config,
+)
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import (
-    ADOPTS,
     Changes,
     JsbProvider,
     ProviderError,
@@ -48,6 +50,7 @@ from jsb_infra.deploy.providers.base import (
     announce,
     being_replaced,
     bool_failures,
+    carried_adoption_note,
     config_changes,
     existed_before,
     is_create,
@@ -117,21 +120,6 @@ def desired_config(config: dict[str, Any], unset: Any = None) -> dict[str, Any]:
 
 def live_config(info: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     return observed(info["config"], desired_config(config))
-
-
-def stream_incarnation_key(config: dict[str, Any]) -> str:
-    """What identifies one incarnation of a stream, from its rendered config: it changes exactly when
-    a change of the config replaces the stream (name, storage, retention to or from workqueue).
-
-    Consumers compare it to know at preview, when the stream's `created` is still unknown, whether
-    the stream they live on is about to be recreated (and they with it)."""
-    retention = "workqueue" if config.get("retention") == "workqueue" else "limits|interest"
-    return f"{config.get('name')}/{config.get('storage', 'file')}/{retention}"
-
-
-def pair_incarnation_key(pair: Pair) -> str:
-    """`stream_incarnation_key` of the pair's rendered stream config."""
-    return stream_incarnation_key(dict(stream_config(pair)))
 
 
 def stream_inputs(pair: Pair, connection: Any = None) -> dict[str, Any]:
@@ -241,7 +229,7 @@ class StreamProvider(JsbProvider):
         for key in ("config", "dlq_keeper"):
             if isinstance(inputs.get(key), dict) and not is_unknown(inputs[key]):
                 inputs[key] = normalize(inputs[key])
-        inputs.pop(ADOPTS, None)
+        carried_adoption_note(olds, inputs)
         failures = input_failures(news)
         if is_create(olds) and not failures and not is_unknown(inputs):
             failures += self._adoption(inputs)
@@ -290,7 +278,7 @@ class StreamProvider(JsbProvider):
         )
         if plan.replaces:
             self._guard_replace(old, new, plan.replaces)
-            being_replaced(f"stream {new.name}")
+            being_replaced(old.connection, f"stream {old.name}", f"stream {new.name}")
         return plan.result()
 
     def _guard_replace(self, old: StreamSpec, new: StreamSpec, replaces: list[str]) -> None:
