@@ -7,7 +7,6 @@ validated against today's spec: the old state is simulated as an older jsb-infra
 (the stream and both consumers created through the host as `limits` with a DLQ, valid today, the
 server's stream switched to `interest` in place, and the stored live config edited to say `interest`),
 and today's rendering of a valid pair diffs, updates or replaces it as the server rules say.
-`stored_pair` (which PairStream still reads its state with) is tested on its own at the end.
 """
 
 from __future__ import annotations
@@ -28,11 +27,10 @@ from provider_host import (
     stack_config,
 )
 
-from jsb_infra.core.spec import parse_pairs
-from jsb_infra.core.topology import consumer_config, stream_config
-from jsb_infra.deploy.providers.base import ProviderError, parse_pair, stored_pair
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.core.topology import stream_config
 from jsb_infra.deploy.providers.consumer import ConsumerProvider, consumer_inputs
-from jsb_infra.deploy.providers.stream import StreamProvider, pair_incarnation_key, stream_inputs
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
@@ -52,11 +50,11 @@ LIMITS_WITH_DLQ = pair(stream_options={"retention": "limits"})
 
 
 def stream_props(spec: dict[str, Any]) -> dict[str, Any]:
-    return stream_inputs(parse_pair(spec))
+    return stream_inputs(Pair.model_validate(spec))
 
 
 def consumer_props(spec: dict[str, Any], app: str, created: str) -> dict[str, Any]:
-    return consumer_inputs(parse_pair(spec), app, created)
+    return consumer_inputs(Pair.model_validate(spec), app, created)
 
 
 def as_stored_before_the_rule(outs: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +98,7 @@ def old_stack(host: ProviderHost, server: LocalNatsServer) -> OldStack:
     consumers = {
         app: host.up(C, consumer_props(LIMITS_WITH_DLQ, app, stream_outs["created"])) for app in APPS
     }
-    interest = {**stream_config(parse_pair(LIMITS_WITH_DLQ)), "retention": "interest"}
+    interest = {**stream_config(Pair.model_validate(LIMITS_WITH_DLQ)), "retention": "interest"}
     admin_call(server.url, lambda js: js.update_stream(interest))
     return OldStack(
         as_stored_before_the_rule(stream_outs),
@@ -215,39 +213,3 @@ def test_state_that_still_holds_a_pair_is_refused_with_the_migration_to_run(
         with pytest.raises(ProviderCallError, match="jsb-infra migrate-state"):
             call()
     assert stream_info(server.url) is not None, "nothing was deleted"
-
-
-# -- stored_pair on its own ---------------------------------------------------------------------------
-OLD_PAIR: dict[str, Any] = {
-    **LIMITS_WITH_DLQ,
-    "stream_options": {**LIMITS_WITH_DLQ["stream_options"], "retention": "interest"},
-    "allow_destroy_with_messages": True,
-}
-
-
-def test_stored_pair_reads_a_pair_that_breaks_a_later_rule() -> None:
-    with pytest.raises(ProviderError, match=r"invalid pair: pair: stream_options\.retention: interest"):
-        parse_pair(OLD_PAIR)
-    old = stored_pair(OLD_PAIR)
-    assert (old.stream, old.apps, old.dlq) == (STREAM, APPS, True)
-    assert (old.stream_options.retention, old.stream_options.storage) == ("interest", "file")
-    assert old.allow_destroy_with_messages is True
-    assert pair_incarnation_key(old) == f"{STREAM}/file/limits|interest"
-    assert stream_config(old)["subjects"][2:] == ["orders.sync.dlq", "billing.sync.dlq"]
-    assert consumer_config(old, "orders")["durable_name"] == "orders-workers"
-    assert old.model_dump(mode="json") == OLD_PAIR, "types are parsed as strictly as ever (durations)"
-
-
-def test_stored_pair_accepts_the_wire_form_and_refuses_garbled_state_clearly() -> None:
-    wire = {**OLD_PAIR, "consumer": {**OLD_PAIR["consumer"], "max_deliver": 5.0}}
-    assert stored_pair(wire).consumer.max_deliver == 5
-    with pytest.raises(ProviderError, match=r"invalid stored pair: must be a pair object"):
-        stored_pair("orders-billing")
-    missing = {k: v for k, v in OLD_PAIR.items() if k != "stream"}
-    with pytest.raises(ProviderError, match=r"invalid stored pair: pair\.stream: Field required"):
-        stored_pair(missing)
-    garbled = {**OLD_PAIR, "consumer": {"max_deliver": "many"}}
-    with pytest.raises(ProviderError, match=r"pair\.consumer\.max_deliver: Input should be a valid integer"):
-        stored_pair(garbled)
-    with pytest.raises(ProviderError, match=r"pair\.consumer\.backoff\[0\]: 'soon' is not a duration"):
-        stored_pair({**OLD_PAIR, "consumer": {"backoff": ["soon"]}})

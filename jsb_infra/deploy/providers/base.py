@@ -21,9 +21,7 @@ import nats.errors
 from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
-from pydantic import ValidationError
 
-from jsb_infra.core.spec import STORED_CONTEXT, ConfigError, Pair, parse_pairs, problems_of
 from jsb_infra.deploy.providers import connection, settings
 from jsb_infra.nats_admin import API, AdminConnectError, JetStreamApiError, differences, normalize, zero_like
 from jsb_infra.replication import NotSettled
@@ -461,41 +459,6 @@ def preview_adoption(
 
 
 # -- inputs --------------------------------------------------------------------------------------------
-def pair_failures(value: Any, prop: str = "pair") -> tuple[Pair | None, list[CheckFailure]]:
-    """Validate a `pair` input through the spec; failures name the field and the rule."""
-    if is_unknown(value):
-        return None, []
-    if not isinstance(value, dict):
-        return None, [CheckFailure(prop, f"{prop}: must be a pair object (Pair.model_dump(mode='json'))")]
-    try:
-        return parse_pairs([normalize(value)]).pairs[0], []
-    except ConfigError as err:
-        return None, [CheckFailure(prop, p.replace("pairs[0]", prop, 1)) for p in err.problems]
-
-
-def parse_pair(value: Any) -> Pair:
-    """The validated pair of a checked input (check already reported bad input)."""
-    pair, failures = pair_failures(value)
-    if pair is None:
-        reasons = "; ".join(f.reason for f in failures) or "pair is not known yet"
-        raise ProviderError(f"invalid pair: {reasons}")
-    return pair
-
-
-def stored_pair(value: Any, prop: str = "pair") -> Pair:
-    """The pair an earlier run stored (`olds` / `props` of diff, read and delete), read leniently.
-
-    Types are parsed, the spec's rules are not applied: the pair was valid under the rules of the
-    version that wrote it, and a rule added since (the host runs today's code on yesterday's state)
-    must not make an existing stack fail to diff, refresh or destroy. New inputs still go through
-    `pair_failures` / `parse_pair` in full. State that is not a pair at all is still an error.
-    """
-    if not isinstance(value, dict):
-        raise ProviderError(f"invalid stored {prop}: must be a pair object (Pair.model_dump(mode='json'))")
-    try:
-        return Pair.model_validate(normalize(value), context=STORED_CONTEXT)
-    except ValidationError as err:
-        raise ProviderError(f"invalid stored {prop}: {'; '.join(problems_of(err, prop))}") from None
 
 
 def bool_failures(news: Mapping[str, Any], props: tuple[str, ...]) -> list[CheckFailure]:
