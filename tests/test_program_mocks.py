@@ -46,6 +46,7 @@ from jsb_infra.core.documents import render_documents
 from jsb_infra.core.outputs import AppCredentials as AppCredentialsOutput
 from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
 from jsb_infra.core.spec import ConfigError, Pair
+from jsb_infra.core.topology import stream_incarnation_key
 from jsb_infra.deploy.app_accounts import TYPE as APP_ACCOUNTS_T
 from jsb_infra.deploy.component import TYPE as APP_PAIR_T
 from jsb_infra.deploy.component import AppPair
@@ -57,7 +58,7 @@ from jsb_infra.deploy.providers.credential import AppCredential
 from jsb_infra.deploy.providers.documents import ServerDocuments
 from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 from jsb_infra.deploy.providers.permission_document import PermissionDocument
-from jsb_infra.deploy.providers.stream import Stream, stream_incarnation_key
+from jsb_infra.deploy.providers.stream import Stream
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ["nats://127.0.0.1:4222"]

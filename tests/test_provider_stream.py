@@ -17,8 +17,8 @@ from pulumi.output import Unknown
 
 from jsb_infra.core import names
 from jsb_infra.core.spec import parse_pairs
-from jsb_infra.core.topology import stream_config
-from jsb_infra.deploy.providers.stream import StreamProvider, stream_incarnation_key, stream_inputs
+from jsb_infra.core.topology import stream_config, stream_incarnation_key
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.server import LocalNatsServer
 
 STREAM = "orders-billing"
