@@ -383,7 +383,9 @@ _PRESENT: dict[tuple[str, str], frozenset[str]] = {}
 """Per connection and scope (streams: "", a stream's durables: its name), the names on the server
 when a check first asked: a create's check looks an object up only when its name is there, so a
 new fleet costs one NAMES request per connection instead of one INFO per object. The engine checks
-an object once per run (a replacement aside, which `replacing` covers), before creating it."""
+an object once per run (a replacement aside, which `replacing` covers), before creating it. A stale
+entry can only hide an adoption note, never cause a refusal: every note or refusal comes from a live
+INFO, and the create decides again on the server's answer."""
 
 
 def present_on_server(
