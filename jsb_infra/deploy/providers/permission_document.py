@@ -28,7 +28,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, plan_diff
+from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, packed, plan_diff, unpacked
 
 TEXT_INPUTS = ("app", "stream", "account")
 MAP_INPUTS = ("publish", "subscribe", "imports")
@@ -53,9 +53,19 @@ def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
     return failures
 
 
+PACKED_KEYS = ("publish", "subscribe", "imports")
+"""Stored as JSON text in the outputs (the engine costs time per stored value on every run; the
+keyed view a review reads is the inputs)."""
+
+
 def document(props: dict[str, Any]) -> dict[str, Any]:
-    """The outputs: exactly the inputs."""
+    """The inputs, as objects."""
     return {key: props.get(key) for key in INPUTS}
+
+
+def stored(props: dict[str, Any]) -> dict[str, Any]:
+    """The outputs: the inputs, the keyed ones as JSON text."""
+    return packed(document(props), PACKED_KEYS)
 
 
 def remove_legacy_files(props: dict[str, Any]) -> None:
@@ -72,19 +82,20 @@ class PermissionDocumentProvider(JsbProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         """Changed when any input differs; never a replace (there is nothing to recreate)."""
+        olds = unpacked(olds, PACKED_KEYS)
         return plan_diff(
             {}, {}, immutable={}, inputs={key: (olds.get(key), news.get(key)) for key in INPUTS}
         ).result()
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        return CreateResult(f"{props['stream']}/{props['app']}", document(props))
+        return CreateResult(f"{props['stream']}/{props['app']}", stored(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        return ReadResult(id_, dict(props) if "pair" in props else document(props))
+        return ReadResult(id_, dict(props) if "pair" in props else stored(props))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         remove_legacy_files(olds)
-        return UpdateResult(document(news))
+        return UpdateResult(stored(news))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """Nothing to remove but the files of state from before the account layout: today's document
@@ -94,14 +105,14 @@ class PermissionDocumentProvider(JsbProvider):
 
 class PermissionDocument(Resource, module="jsb", name="PermissionDocument"):
     """An app's permissions on one pair's stream. Outputs: the inputs (app, stream, account, publish,
-    subscribe, imports)."""
+    subscribe, imports; the last three as JSON text)."""
 
     app: pulumi.Output[str]
     stream: pulumi.Output[str]
     account: pulumi.Output[str]
-    publish: pulumi.Output[dict[str, str]]
-    subscribe: pulumi.Output[dict[str, str]]
-    imports: pulumi.Output[dict[str, str]]
+    publish: pulumi.Output[Any]
+    subscribe: pulumi.Output[Any]
+    imports: pulumi.Output[Any]
 
     def __init__(
         self,
