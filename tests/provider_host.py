@@ -22,8 +22,7 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
-from jsb_infra.deploy.providers.base import PACKED, unpacked
-from jsb_infra.deploy.providers.permission_document import PACKED_KEYS as PERMISSION_PACKED
+from jsb_infra.deploy.providers.base import unpacked
 from jsb_infra.nats_admin import JetStreamAdmin
 
 PROVIDER_KEY = "__provider"
@@ -61,7 +60,7 @@ def _outputs(host: ProviderHost, struct: struct_pb2.Struct) -> dict[str, Any]:
     """Outputs as a test reads them: the values stored as JSON text (`base.PACKED`) as objects again;
     what the host really answered is kept in `host.raw_outputs`."""
     host.raw_outputs = _props(struct)
-    return unpacked(host.raw_outputs, (*PACKED, *PERMISSION_PACKED, "digests"))
+    return unpacked(host.raw_outputs)
 
 
 class ProviderHost:

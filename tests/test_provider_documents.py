@@ -3,7 +3,6 @@ through the real provider host; provider settings from config."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -326,13 +325,3 @@ def test_settings_errors_name_the_key_and_never_the_value() -> None:
     with pytest.raises(ProviderSettingsError) as err:
         settings_from_config(_Config({"jsb:admin": '{"password": 12345}'}))
     assert "password must be text" in str(err.value) and "12345" not in str(err.value)
-
-
-def test_keyed_outputs_of_documents_are_stored_as_json_text(host: ProviderHost, tmp_path: Path) -> None:
-    """The engine costs time per stored value on every run; the keyed view is the inputs."""
-    host.up(DOC, doc_props())
-    raw = host.raw_outputs
-    assert all(isinstance(raw[key], str) for key in ("publish", "subscribe", "imports"))
-    assert json.loads(raw["publish"]) == doc_props()["publish"]
-    host.up(DOCS, docs_props({"a.conf": "text"}))
-    assert json.loads(host.raw_outputs["digests"]) == {"a.conf": digest("text")}

@@ -197,21 +197,21 @@ on every run (a fleet's no-op `up` took 1.45x the floor with these as maps, near
 and outputs are not what a preview shows: a change previews on the keyed inputs."""
 
 
-def packed(outputs: dict[str, Any], keys: tuple[str, ...] = PACKED) -> dict[str, Any]:
-    """Outputs as stored: the values of `keys` as canonical JSON text."""
+def packed(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs as stored: the PACKED values as canonical JSON text."""
     return {
         key: json.dumps(value, sort_keys=True, separators=(",", ":"))
-        if key in keys and value is not None and not isinstance(value, str)
+        if key in PACKED and value is not None and not isinstance(value, str)
         else value
         for key, value in outputs.items()
     }
 
 
-def unpacked(state: dict[str, Any], keys: tuple[str, ...] = PACKED) -> dict[str, Any]:
-    """Stored outputs (or inputs) with the values of `keys` as objects again; state written before
-    they were packed holds objects already."""
+def unpacked(state: dict[str, Any]) -> dict[str, Any]:
+    """Stored outputs (or inputs) with the PACKED values as objects again; state written before they
+    were packed holds objects already."""
     return {
-        key: json.loads(value) if key in keys and isinstance(value, str) else value
+        key: json.loads(value) if key in PACKED and isinstance(value, str) else value
         for key, value in state.items()
     }
 

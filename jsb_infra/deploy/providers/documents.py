@@ -30,7 +30,7 @@ from pulumi.dynamic import (
 )
 
 from jsb_infra.deploy.providers import settings
-from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, packed, plan_diff, unpacked
+from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, plan_diff
 
 
 def path_problem(relative: str) -> str | None:
@@ -81,7 +81,7 @@ def digest(text: str) -> str:
 def stored_digests(state: dict[str, Any]) -> dict[str, str]:
     """{relative path: digest} of what was written (state written before digests kept the texts)."""
     if state.get("digests") is not None:
-        return dict(unpacked(state, ("digests",))["digests"])
+        return dict(state["digests"])
     return {relative: digest(text) for relative, text in (state.get("documents") or {}).items()}
 
 
@@ -170,7 +170,7 @@ class ServerDocumentsProvider(JsbProvider):
             for path, expected in written_digests(files, digests).items()
             if Path(path).is_file() and digest(Path(path).read_text(encoding="utf-8")) == expected
         ]
-        return ReadResult(id_, packed({"digests": digests, "files": sorted(intact)}, ("digests",)))
+        return ReadResult(id_, {"digests": digests, "files": sorted(intact)})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(self._apply(news, list(olds.get("files") or [])))
@@ -186,9 +186,10 @@ class ServerDocumentsProvider(JsbProvider):
         contents = target_paths(output_dir, documents)
         remove_files([path for path in old_files if path not in contents], output_dir)
         write_files(contents)
-        digests = {relative: digest(text) for relative, text in documents.items()}
-        # the digests as one JSON text: the engine costs time per stored value on every run
-        return packed({"digests": digests, "files": sorted(contents)}, ("digests",))
+        return {
+            "digests": {relative: digest(text) for relative, text in documents.items()},
+            "files": sorted(contents),
+        }
 
 
 class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
@@ -196,8 +197,7 @@ class ServerDocuments(Resource, module="jsb", name="ServerDocuments"):
     Outputs: files (where they were written), digests {relative path: sha256}."""
 
     files: pulumi.Output[list[str]]
-    digests: pulumi.Output[Any]
-    """{relative path: sha256} as JSON text."""
+    digests: pulumi.Output[dict[str, str]]
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, packed, plan_diff, unpacked
+from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, plan_diff
 
 TEXT_INPUTS = ("app", "stream", "account")
 MAP_INPUTS = ("publish", "subscribe", "imports")
@@ -53,19 +53,9 @@ def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
     return failures
 
 
-PACKED_KEYS = ("publish", "subscribe", "imports")
-"""Stored as JSON text in the outputs (the engine costs time per stored value on every run; the
-keyed view a review reads is the inputs)."""
-
-
 def document(props: dict[str, Any]) -> dict[str, Any]:
-    """The inputs, as objects."""
+    """The outputs: exactly the inputs."""
     return {key: props.get(key) for key in INPUTS}
-
-
-def stored(props: dict[str, Any]) -> dict[str, Any]:
-    """The outputs: the inputs, the keyed ones as JSON text."""
-    return packed(document(props), PACKED_KEYS)
 
 
 def remove_legacy_files(props: dict[str, Any]) -> None:
@@ -82,20 +72,19 @@ class PermissionDocumentProvider(JsbProvider):
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         """Changed when any input differs; never a replace (there is nothing to recreate)."""
-        olds = unpacked(olds, PACKED_KEYS)
         return plan_diff(
             {}, {}, immutable={}, inputs={key: (olds.get(key), news.get(key)) for key in INPUTS}
         ).result()
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        return CreateResult(f"{props['stream']}/{props['app']}", stored(props))
+        return CreateResult(f"{props['stream']}/{props['app']}", document(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        return ReadResult(id_, dict(props) if "pair" in props else stored(props))
+        return ReadResult(id_, dict(props) if "pair" in props else document(props))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         remove_legacy_files(olds)
-        return UpdateResult(stored(news))
+        return UpdateResult(document(news))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """Nothing to remove but the files of state from before the account layout: today's document
@@ -105,14 +94,14 @@ class PermissionDocumentProvider(JsbProvider):
 
 class PermissionDocument(Resource, module="jsb", name="PermissionDocument"):
     """An app's permissions on one pair's stream. Outputs: the inputs (app, stream, account, publish,
-    subscribe, imports; the last three as JSON text)."""
+    subscribe, imports)."""
 
     app: pulumi.Output[str]
     stream: pulumi.Output[str]
     account: pulumi.Output[str]
-    publish: pulumi.Output[Any]
-    subscribe: pulumi.Output[Any]
-    imports: pulumi.Output[Any]
+    publish: pulumi.Output[dict[str, str]]
+    subscribe: pulumi.Output[dict[str, str]]
+    imports: pulumi.Output[dict[str, str]]
 
     def __init__(
         self,
