@@ -488,7 +488,7 @@ async def _delete(spec: ConsumerSpec) -> None:
 
 class Consumer(Resource, module="jsb", name="Consumer"):
     """A durable pull consumer, from its rendered config. Outputs: the inputs (config: the live one, cut
-    to the managed keys; config and unset as JSON text), created, adopted, unset."""
+    to the managed keys), created, adopted, unset."""
 
     connection: pulumi.Output[dict[str, Any]]
     stream: pulumi.Output[str]
