@@ -451,8 +451,7 @@ async def _delete(name: str, spec: StreamSpec) -> None:
 
 class Stream(Resource, module="jsb", name="Stream"):
     """A JetStream stream, from its rendered config. Outputs: the inputs (config: the live one, cut to
-    the managed keys; config, unset and dlq_keeper as JSON text), created, messages, adopted, unset,
-    dlq_keeper_present."""
+    the managed keys; config, unset and dlq_keeper as JSON text), created, messages, adopted, unset, dlq_keeper_present."""
 
     connection: pulumi.Output[dict[str, Any]]
     name: pulumi.Output[str]
