@@ -22,7 +22,6 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
-from jsb_infra.deploy.providers.base import unpacked
 from jsb_infra.nats_admin import JetStreamAdmin
 
 PROVIDER_KEY = "__provider"
@@ -56,13 +55,6 @@ def _props(struct: struct_pb2.Struct) -> dict[str, Any]:
     return dict(out)
 
 
-def _outputs(host: ProviderHost, struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Outputs as a test reads them: the values stored as JSON text (`base.PACKED`) as objects again;
-    what the host really answered is kept in `host.raw_outputs`."""
-    host.raw_outputs = _props(struct)
-    return unpacked(host.raw_outputs)
-
-
 class ProviderHost:
     """One host process; `configure` it once (like the engine), then call the resource methods."""
 
@@ -75,8 +67,6 @@ class ProviderHost:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = provider_pb2_grpc.ResourceProviderStub(self.channel)
         self.transcript: list[str] = []
-        self.raw_outputs: dict[str, Any] = {}
-        """The last outputs the host answered, as the engine stores them."""
         self.stderr = ""
         """What the host wrote to stderr (the engine shows it in the run's output), once closed."""
 
@@ -148,14 +138,14 @@ class ProviderHost:
             urn=urn(provider), properties=_struct(self._with_provider(provider, props))
         )
         response = self._call("Create", request)
-        return response.id, _outputs(self, response.properties)
+        return response.id, _props(response.properties)
 
     def read(self, provider: ResourceProvider, id_: str, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         request = provider_pb2.ReadRequest(
             id=id_, urn=urn(provider), properties=_struct(self._with_provider(provider, props))
         )
         response = self._call("Read", request)
-        return response.id, _outputs(self, response.properties)
+        return response.id, _props(response.properties)
 
     def update(
         self, provider: ResourceProvider, id_: str, olds: dict[str, Any], news: dict[str, Any]
@@ -166,7 +156,7 @@ class ProviderHost:
             olds=_struct(self._with_provider(provider, olds)),
             news=_struct(self._with_provider(provider, news)),
         )
-        return _outputs(self, self._call("Update", request).properties)
+        return _props(self._call("Update", request).properties)
 
     def delete(self, provider: ResourceProvider, id_: str, props: dict[str, Any]) -> None:
         request = provider_pb2.DeleteRequest(

@@ -53,7 +53,6 @@ from jsb_infra.deploy.component import AppPair
 from jsb_infra.deploy.connection import Connection
 from jsb_infra.deploy.program import LAYOUT, StateLayoutError, build, main
 from jsb_infra.deploy.providers.accounts_include import AccountsInclude
-from jsb_infra.deploy.providers.base import packed
 from jsb_infra.deploy.providers.consumer import Consumer
 from jsb_infra.deploy.providers.credential import AppCredential
 from jsb_infra.deploy.providers.documents import ServerDocuments
@@ -170,10 +169,10 @@ class ProviderLikeMocks(pulumi.runtime.Mocks):
                 "unset": {},
                 "dlq_keeper_present": bool(inputs.get("dlq_keeper")),
             }
-            return inputs["name"], packed(outputs)  # as the provider stores them
+            return inputs["name"], outputs
         if typ == CONSUMER_T:
             outputs = {**inputs, "created": "2026-01-01T00:00:01Z", "adopted": False, "unset": {}}
-            return f"{inputs['stream']}/{inputs['durable']}", packed(outputs)
+            return f"{inputs['stream']}/{inputs['durable']}", outputs
         if typ == PERMISSIONS_T:
             return f"{inputs['stream']}/{inputs['app']}", inputs
         if typ == CREDENTIAL_T:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -496,18 +495,3 @@ def test_the_dlq_keeper_follows_the_dlq_and_is_repaired_after_a_delete(
         and off["dlq_keeper"] == {}
         and keeper(server.url) is None
     )
-
-
-def test_the_live_config_unset_values_and_keeper_are_stored_as_json_text(
-    host: ProviderHost, server: LocalNatsServer
-) -> None:
-    """One text value each instead of a keyed object: the engine costs time per stored property value
-    on every run; the keyed view is the inputs, which are what a preview shows."""
-    id_, outs = host.up(P, inputs())
-    raw = host.raw_outputs
-    for key in ("config", "unset", "dlq_keeper"):
-        assert isinstance(raw[key], str) and json.loads(raw[key]) == outs[key], key
-    assert json.loads(raw["config"])["max_age"] == outs["config"]["max_age"]
-    # stored text reads back, diffs and refreshes as the objects did
-    assert host.diff(P, id_, raw, host.checked(P, inputs())).changes == "DIFF_NONE"
-    assert host.read(P, id_, raw)[1] == outs

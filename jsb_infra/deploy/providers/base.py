@@ -191,31 +191,6 @@ def describe_changes(changes: Changes) -> str:
     return "; ".join(f"{k}: desired {want!r}, server has {have!r}" for k, (want, have) in changes.items())
 
 
-PACKED = ("config", "unset", "dlq_keeper")
-"""Outputs stored as JSON text rather than as keyed objects. The engine costs time per property value
-on every run (a fleet's no-op `up` took 1.45x the floor with these as maps, near the floor as text),
-and outputs are not what a preview shows: a change previews on the keyed inputs."""
-
-
-def packed(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Outputs as stored: the PACKED values as canonical JSON text."""
-    return {
-        key: json.dumps(value, sort_keys=True, separators=(",", ":"))
-        if key in PACKED and value is not None and not isinstance(value, str)
-        else value
-        for key, value in outputs.items()
-    }
-
-
-def unpacked(state: dict[str, Any]) -> dict[str, Any]:
-    """Stored outputs (or inputs) with the PACKED values as objects again; state written before they
-    were packed holds objects already."""
-    return {
-        key: json.loads(value) if key in PACKED and isinstance(value, str) else value
-        for key, value in state.items()
-    }
-
-
 # -- update or replace -------------------------------------------------------------------------------
 Transitions = Mapping[str, frozenset[tuple[Any, Any]]]
 

@@ -53,13 +53,11 @@ from jsb_infra.deploy.providers.base import (
     is_unknown,
     observed,
     old_state_error,
-    packed,
     plan_diff,
     preview_adoption,
     read_modify_write,
     recorded_unset,
     stored_live,
-    unpacked,
     unset_values,
     with_defaults,
 )
@@ -214,17 +212,15 @@ def consumer_outputs(
     """Every output: the inputs echoed, and from what the server reported the live config (managed
     keys) and `created`; `adopted`: it was on the server before the create; `unset`: the values the
     server gave the keys the renderer leaves out, as recorded at create."""
-    return packed(
-        {
-            **{key: props.get(key) for key in INPUT_KEYS},
-            "stream": info["stream_name"],
-            "durable": info["name"],
-            "config": live_config(info, spec.config),
-            "created": info["created"],
-            "adopted": adopted,
-            "unset": unset,
-        }
-    )
+    return {
+        **{key: props.get(key) for key in INPUT_KEYS},
+        "stream": info["stream_name"],
+        "durable": info["name"],
+        "config": live_config(info, spec.config),
+        "created": info["created"],
+        "adopted": adopted,
+        "unset": unset,
+    }
 
 
 def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
@@ -293,7 +289,6 @@ class ConsumerProvider(JsbProvider):
         )
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        olds = unpacked(olds)
         if "pair" in olds:
             raise old_state_error("Consumer")
         new, old = ConsumerSpec.of(news), ConsumerSpec.of(olds)
@@ -351,7 +346,6 @@ class ConsumerProvider(JsbProvider):
         return CreateResult(consumer_id(spec.stream, info["name"]), outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        props = unpacked(props)
         if "pair" in props:
             raise old_state_error("Consumer")
         if "config" not in props:
@@ -364,14 +358,12 @@ class ConsumerProvider(JsbProvider):
         return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        olds = unpacked(olds)
         spec = ConsumerSpec.of(news)
         info = self.run(_update(spec, olds.get("unset")))
         outputs = consumer_outputs(news, spec, info, bool(olds.get("adopted")), olds.get("unset"))
         return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        props = unpacked(props)
         if "pair" in props:
             raise old_state_error("Consumer")
         self.run(_delete(ConsumerSpec.of(props)))
@@ -493,9 +485,7 @@ class Consumer(Resource, module="jsb", name="Consumer"):
     connection: pulumi.Output[dict[str, Any]]
     stream: pulumi.Output[str]
     durable: pulumi.Output[str]
-    config: pulumi.Output[Any]
-    """The live config, cut to the managed keys, as JSON text (in the preview of a create: the
-    rendered config the input holds)."""
+    config: pulumi.Output[dict[str, Any]]
     stream_incarnation: pulumi.Output[str]
     stream_created: pulumi.Output[str]
     stream_replicas: pulumi.Output[int]
@@ -503,7 +493,7 @@ class Consumer(Resource, module="jsb", name="Consumer"):
     adopt: pulumi.Output[bool]
     created: pulumi.Output[str]
     adopted: pulumi.Output[bool]
-    unset: pulumi.Output[Any]
+    unset: pulumi.Output[dict[str, Any]]
 
     def __init__(
         self,

@@ -57,13 +57,11 @@ from jsb_infra.deploy.providers.base import (
     is_unknown,
     observed,
     old_state_error,
-    packed,
     plan_diff,
     preview_adoption,
     read_modify_write,
     recorded_unset,
     stored_live,
-    unpacked,
     unset_values,
     with_defaults,
 )
@@ -177,18 +175,16 @@ def stream_outputs(
     the server before jsb-infra's first create; `unset`: the values the server gave the keys the
     renderer leaves out, as recorded at create; `keeper`: the durable holding the DLQ messages is on
     the stream."""
-    return packed(
-        {
-            **{key: props.get(key) for key in INPUT_KEYS},
-            "name": info["config"]["name"],
-            "config": live_config(info, spec.config),
-            "created": info["created"],
-            "messages": int(info["state"]["messages"]),
-            "adopted": adopted,
-            "unset": unset,
-            "dlq_keeper_present": keeper,
-        }
-    )
+    return {
+        **{key: props.get(key) for key in INPUT_KEYS},
+        "name": info["config"]["name"],
+        "config": live_config(info, spec.config),
+        "created": info["created"],
+        "messages": int(info["state"]["messages"]),
+        "adopted": adopted,
+        "unset": unset,
+        "dlq_keeper_present": keeper,
+    }
 
 
 def destroy_guard(allowed: bool, name: str, messages: int, action: str, because: str = "") -> None:
@@ -256,7 +252,6 @@ class StreamProvider(JsbProvider):
         )
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        olds = unpacked(olds)
         if "pair" in olds:
             raise old_state_error("Stream")
         new, old = StreamSpec.of(news), StreamSpec.of(olds)
@@ -309,7 +304,6 @@ class StreamProvider(JsbProvider):
         return CreateResult(spec.name, outputs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        props = unpacked(props)
         if "pair" in props:
             raise old_state_error("Stream")
         if "config" not in props:
@@ -322,7 +316,6 @@ class StreamProvider(JsbProvider):
         return ReadResult(id_, outputs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        olds = unpacked(olds)
         spec = StreamSpec.of(news)
         info = self.run(_update(spec, olds.get("unset")))
         outputs = stream_outputs(
@@ -331,7 +324,6 @@ class StreamProvider(JsbProvider):
         return UpdateResult(outputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        props = unpacked(props)
         if "pair" in props:
             raise old_state_error("Stream")
         self.run(_delete(id_, StreamSpec.of(props)))
@@ -451,20 +443,18 @@ async def _delete(name: str, spec: StreamSpec) -> None:
 
 class Stream(Resource, module="jsb", name="Stream"):
     """A JetStream stream, from its rendered config. Outputs: the inputs (config: the live one, cut to
-    the managed keys; config, unset and dlq_keeper as JSON text), created, messages, adopted, unset, dlq_keeper_present."""
+    the managed keys), created, messages, adopted, unset, dlq_keeper_present."""
 
     connection: pulumi.Output[dict[str, Any]]
     name: pulumi.Output[str]
-    config: pulumi.Output[Any]
-    """The live config, cut to the managed keys, as JSON text (in the preview of a create: the
-    rendered config the input holds)."""
-    dlq_keeper: pulumi.Output[Any]
+    config: pulumi.Output[dict[str, Any]]
+    dlq_keeper: pulumi.Output[dict[str, Any]]
     allow_destroy_with_messages: pulumi.Output[bool]
     adopt: pulumi.Output[bool]
     created: pulumi.Output[str]
     messages: pulumi.Output[int]
     adopted: pulumi.Output[bool]
-    unset: pulumi.Output[Any]
+    unset: pulumi.Output[dict[str, Any]]
     dlq_keeper_present: pulumi.Output[bool]
 
     def __init__(
