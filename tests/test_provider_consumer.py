@@ -532,3 +532,31 @@ def test_an_in_place_stream_update_leaves_the_consumer_alone_at_preview(
     changed = pair(stream_options={"retention": "interest", "max_age": "2h"}, dlq=False)
     preview = {**host.checked(C, props(stream_outs, changed)), "stream_created": UNKNOWN}
     assert host.diff(C, id_, outs, preview).changes == "DIFF_NONE"
+
+
+def test_a_create_the_server_answers_with_other_settings_fails_and_leaves_no_durable(
+    host: ProviderHost, server: LocalNatsServer, stream: dict[str, Any]
+) -> None:
+    """An unlucky operator's server that keeps another value than sent (here: max_ack_pending 0, which
+    the server turns into its default): the app's bridge would be wrong, so the create fails, and the
+    durable it made is taken back (it is in no state, so nothing else would delete it)."""
+    rendered = props(stream)
+    sent = {**rendered, "config": {**rendered["config"], "max_ack_pending": 0}}
+    with pytest.raises(ProviderCallError) as err:
+        host.up(C, sent)
+    assert "after the write the server holds max_ack_pending" in err.value.details
+    assert "the consumer this create made was deleted again" in err.value.details
+    assert server_config(server.url) is None
+    # the same create with what the server keeps succeeds: nothing left behind was in the way
+    _, outs = host.up(C, rendered)
+    assert outs["adopted"] is False
+
+
+def test_a_preview_on_a_connection_whose_admin_key_is_not_set_fails_on_that_input(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    connection = {"name": "east", "servers": [server.url], "admin_config_key": "platform:eastAdmin"}
+    _, failures = host.check(S, {**stream_props(pair()), "connection": connection})
+    assert [prop for prop, _ in failures] == ["connection"]
+    assert "the stack config has no platform:eastAdmin" in failures[0][1]
+    assert admin_call(server.url, lambda js: js.stream_info(STREAM)) is None

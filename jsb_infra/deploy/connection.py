@@ -31,9 +31,8 @@ import pulumi
 from jsb_infra.core.durations import parse_duration
 from jsb_infra.core.servers import check_servers
 from jsb_infra.core.spec import ConfigError
-
-ADMIN_FIELDS = ("user", "password", "token", "nkey_seed", "creds_file", "tls_ca", "tls_cert", "tls_key")
-CONFIG_KEY = "jsb:"
+from jsb_infra.deploy.providers.settings import ADMIN_FIELDS
+from jsb_infra.deploy.stack_settings import read_servers
 
 
 class AdminCredentials(TypedDict, total=False):
@@ -107,8 +106,6 @@ class Connection:
         """The default: the `jsb:` stack config keys (`jsb:servers`, `jsb:admin`, `jsb:retryBudget`,
         `jsb:settleTimeout`), resolved by the provider host; the admin credentials stay out of state.
         Servers are read here too (apps are told them); a missing or bad value fails naming the key."""
-        from jsb_infra.deploy.stack_settings import read_servers  # the program's reader of jsb:servers
-
         return cls(name="stack-config", servers=read_servers(config), stack_config=True)
 
     def as_input(self) -> pulumi.Input[dict[str, Any]]:

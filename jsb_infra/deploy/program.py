@@ -113,7 +113,7 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
     settings = read_stack_settings(config)
     auth = read_auth(config)
     check_state_layout()
-    connection = Connection("stack-config", servers=settings.servers, stack_config=True)
+    connection = Connection.from_stack_config(config)
     pairs = [
         AppPair(pair.resource_name, pair, connection=connection, app_servers=settings.bridge_servers)
         for pair in settings.pairs
