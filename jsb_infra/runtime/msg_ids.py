@@ -1,0 +1,111 @@
+"""`Nats-Msg-Id`s the peer app cannot predict: keyed by a secret only the publishing app holds.
+
+Both apps of a pair publish into one stream and share its `Nats-Msg-Id` dedupe window. A publish whose
+id is already in the window is not stored; the server answers it with a PubAck marked `duplicate`.
+An id the peer can predict (an event id it can guess, or `dlq:<stream>:<seq>` built from a sequence it
+sees) can therefore be published by the peer first, and the real publish is silently dropped.
+
+Every id here is an HMAC-SHA256 (truncated to 128 bits, base64url) keyed by a key derived from the
+app's own credential secret (its NKey seed, the seed of its `.creds`, its password or token), over a
+stable input: the event id for an event, stream and stream sequence for a dead letter. Every instance
+of the same app derives the same key, so a publish retried by another process is still deduplicated;
+the peer, which does not hold the secret, cannot compute the id. Each kind of id has its own domain
+in the HMAC input, so no event id can ever produce a dead letter's id.
+
+Without any credential secret (an open server, which isolates nothing anyway) the key is random per
+process: ids stay unpredictable, but a retry from another process is no longer deduplicated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jsb_infra.core.jwt_claims import JwtError, parse_creds
+
+if TYPE_CHECKING:
+    from jsb_infra.runtime.config import Credentials
+
+KEY_CONTEXT = b"jsb-infra Nats-Msg-Id key v1"
+EVENT_PREFIX = "ev1-"
+DEAD_LETTER_PREFIX = "dl1-"
+ONE_OFF_PREFIX = "dl1x-"
+TAG_BYTES = 16  # 128 bits: no guessing, no accidental collision within any dedupe window
+
+
+def _tag(key: bytes, domain: bytes, value: str) -> str:
+    digest = hmac.digest(key, domain + b"\0" + value.encode(), "sha256")[:TAG_BYTES]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def credential_secret(credentials: Credentials) -> bytes | None:
+    """The secret of the app's credentials the key derives from, or None without one.
+
+    Raises ValueError when a `.creds` file or text cannot be read (the connect would fail on it too).
+    """
+    method = credentials.method
+    if method == "creds" and credentials.creds:
+        return _creds_seed(credentials.creds)
+    if method == "nkey" and credentials.nkey_seed:
+        return b"nkey\0" + credentials.nkey_seed.encode()
+    if method == "creds_file" and credentials.creds_file:
+        try:
+            text = Path(credentials.creds_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"creds_file: cannot read {credentials.creds_file!r}: {err}") from None
+        return _creds_seed(text)
+    if method == "user/password" and credentials.password:
+        return b"user\0" + (credentials.user or "").encode() + b"\0" + credentials.password.encode()
+    if method == "token" and credentials.token:
+        return b"token\0" + credentials.token.encode()
+    return None
+
+
+def _creds_seed(text: str) -> bytes:
+    try:
+        seed = parse_creds(text)[1]
+    except JwtError as err:
+        raise ValueError(f"creds: {err}") from None
+    return b"nkey\0" + seed.encode()
+
+
+class MsgIds:
+    """The `Nats-Msg-Id`s one app writes.
+
+    `private`: nobody without this app's key can write these ids (true for every key made here).
+    `shared`: every instance of the app derives the same key (false for the per-process random key).
+    """
+
+    __slots__ = ("_key", "private", "shared")
+
+    def __init__(self, key: bytes, *, shared: bool, private: bool = True):
+        if len(key) < 16:
+            raise ValueError("key: must be at least 16 bytes")
+        self._key = key
+        self.shared = shared
+        self.private = private
+
+    @classmethod
+    def for_credentials(cls, credentials: Credentials) -> MsgIds:
+        """Keyed by the credentials' secret; a random per-process key when there is none."""
+        secret = credential_secret(credentials)
+        if secret is None:
+            return cls(os.urandom(32), shared=False)
+        return cls(hmac.digest(secret, KEY_CONTEXT, "sha256"), shared=True)
+
+    def event(self, event_id: str) -> str:
+        """The id of an event's publish: the same for every publish of this event id by this app."""
+        return EVENT_PREFIX + _tag(self._key, b"event", event_id)
+
+    def dead_letter(self, stream: str, sequence: int) -> str:
+        """The id of the dead letter of message `sequence` of `stream`: one per stored message."""
+        return DEAD_LETTER_PREFIX + _tag(self._key, b"dead-letter", f"{stream}\0{sequence}")
+
+    @staticmethod
+    def one_off() -> str:
+        """A fresh random id, never reused: for a dead letter whose stable id was taken by another."""
+        return ONE_OFF_PREFIX + uuid.UUID(bytes=os.urandom(16)).hex
