@@ -201,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    problem = out_problem(out)
-    if problem is not None:
-        print(f"cannot export:\n  {problem}", file=sys.stderr)
+    refusal = out_problem(out)
+    if refusal is not None:
+        print(f"cannot export:\n  {refusal}", file=sys.stderr)
         return 2
     try:
         write_secret_file(out, text)
