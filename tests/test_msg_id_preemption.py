@@ -261,3 +261,44 @@ def test_ids_are_stable_per_app_and_differ_between_apps_and_kinds():
         Credentials(user="u", password="p2")
     ).event("x")
     assert json.dumps(a1.event("x"))  # a plain string header value
+
+
+async def last_sequence_probe(attacker: NATS, subject: str) -> str:
+    """Publish to the attacker's own DLQ subject, expecting `subject` to have no message yet: the answer
+    names the last sequence of `subject` when it has one."""
+    reply = await attacker.request(
+        names.dlq_subject(ATTACKER),
+        b"probe",
+        headers={
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": subject,
+        },
+        timeout=2,
+    )
+    return json.loads(reply.data).get("error", {}).get("description", "stored")
+
+
+@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
+async def test_expected_last_subject_sequence_names_the_peers_last_sequence(provisioned_pair):
+    """Measured, not closed (docs/permissions.md): a publish to the app's own subject with
+    `Nats-Expected-Last-Subject-Sequence-Subject: <peer subject>` is refused, and the refusal names that
+    subject's last sequence. No subject permission or stream setting filters a header. Within the
+    pair's stream only: the subject of another stream is not seen."""
+    pp = provisioned_pair
+    billing = await victim_client(pp).connect()
+    event = await billing.publish("invoice.created", "invoice", 1, None)
+    letter = await billing.publish_raw(names.dlq_subject(VICTIM), b"dead", {MSG_ID_HEADER: "x"})
+    await billing.close()
+    attacker = await connect_attacker(pp)
+    try:
+        assert await last_sequence_probe(attacker, names.publish_subject(VICTIM, ATTACKER)) == (
+            f"wrong last sequence: {event.seq}"
+        )
+        assert (
+            await last_sequence_probe(attacker, names.dlq_subject(VICTIM))
+            == f"wrong last sequence: {letter.seq}"
+        )
+        assert await last_sequence_probe(attacker, ">") == f"wrong last sequence: {letter.seq}"
+        assert await last_sequence_probe(attacker, "other.sync.pair") == "stored"
+    finally:
+        await attacker.close()
