@@ -8,7 +8,9 @@ and the bare event id, every sequence it has seen and the next ones, every heade
 messages it received from billing, and the new scheme computed with its own key and with billing's
 public key), then billing dead-letters a malformed message of orders through the runtime's own path,
 and publishes events with ids orders could guess. Controls put the former scheme back and show the
-same attack drops the dead letter and the event.
+same attack drops the dead letter and the event. The operator's `dlq replay` (to a subject orders
+publishes to) gets the same attack and control. Last, the `Nats-Expected-Last-Subject-Sequence` leak,
+measured and pinned (it cannot be closed by permissions or stream settings).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from nats.js.api import PubAck
 
 from jsb_infra.core import names
 from jsb_infra.nats_admin import JetStreamAdmin
+from jsb_infra.ops import dlq
 from jsb_infra.runtime import BridgeClient, Credentials
 from jsb_infra.runtime.consumer import DLQ_STREAM_SEQUENCE
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, decode
@@ -302,3 +305,47 @@ async def test_expected_last_subject_sequence_names_the_peers_last_sequence(prov
         assert await last_sequence_probe(attacker, "other.sync.pair") == "stored"
     finally:
         await attacker.close()
+
+
+def former_replay_id(stream: str, letter: dlq.DeadLetter) -> str:
+    return f"replay:{stream}:{letter.seq}"
+
+
+@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
+@pytest.mark.parametrize("scheme", ["hashed", "control-former"])
+async def test_dlq_replay_lands_whatever_ids_the_peer_publishes_first(provisioned_pair, monkeypatch, scheme):
+    """`jsb-infra dlq replay` republishes a dead letter of billing to orders.sync.billing: a subject
+    orders publishes to, in the stream whose dedupe window orders shares. orders pre-publishes every
+    replay id it can build; the replay is still stored. Control: the former `replay:<stream>:<seq>`
+    comes back duplicate, and the dead letter is removed without its event being replayed."""
+    pp = provisioned_pair
+    stream = pp.pair.stream
+    if scheme == "control-former":
+        monkeypatch.setattr(dlq, "replay_msg_id", former_replay_id)
+    _, [stored] = await attack_dead_letter(pp, None)
+    attacker = await connect_attacker(pp)
+    try:
+        letter = dlq.DeadLetter.from_message(stored)
+        guesses = [former_replay_id(stream, letter)]  # and what it can hash: all but the secret parts
+        for seq in range(1, stored.seq + LOOKAHEAD):
+            fake = dlq.DeadLetter(seq, "", "", "", "", "", "", "", "", "", b"")
+            guesses += [former_replay_id(stream, fake), dlq.replay_msg_id(stream, fake)]
+        await pre_publish(attacker, guesses)
+    finally:
+        await attacker.close()
+    nc = await pp.admin()
+    try:
+        admin = JetStreamAdmin(nc)
+        outcome = await dlq.replay_one(admin, stream, letter)
+        assert await admin.get_message(stream, letter.seq) is None  # removed from the DLQ either way
+        replayed = [
+            m
+            async for m in admin.messages(stream, names.publish_subject(ATTACKER, VICTIM))
+            if m.data == MALFORMED
+        ]
+    finally:
+        await nc.close()
+    if scheme == "hashed":
+        assert "stored; removed" in outcome and len(replayed) == 1
+    else:
+        assert "already stored (duplicate)" in outcome and replayed == []
