@@ -26,6 +26,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 
+from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core import names
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.ops import dlq
@@ -349,3 +350,18 @@ async def test_dlq_replay_lands_whatever_ids_the_peer_publishes_first(provisione
         assert "stored; removed" in outcome and len(replayed) == 1
     else:
         assert "already stored (duplicate)" in outcome and replayed == []
+
+
+def test_jwt_mode_creds_key_like_the_nkey_seed_inside_them(tmp_path):
+    """JWT mode connects with a `.creds` (text or file); the key comes from the seed inside, so an app
+    keeps its ids (and its dedupe of retries) whichever way its credential is handed to it."""
+    seed = nkeys.encode_seed(bytes(range(7, 39)), nkeys.PREFIX_BYTE_USER).decode()
+    creds = jc.creds_document("eyJ0eXAiOiJKV1QifQ.e30.sig", seed)
+    path = tmp_path / "app.creds"
+    path.write_text(creds)
+    by_seed = MsgIds.for_credentials(Credentials(nkey_seed=seed)).dead_letter("s", 1)
+    assert MsgIds.for_credentials(Credentials(creds=creds)).dead_letter("s", 1) == by_seed
+    assert MsgIds.for_credentials(Credentials(creds_file=str(path))).dead_letter("s", 1) == by_seed
+    path.write_text("not a creds document")
+    with pytest.raises(ValueError, match=r"creds: not a \.creds document"):
+        MsgIds.for_credentials(Credentials(creds_file=str(path)))
