@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import time
 
 import nats
@@ -31,6 +32,7 @@ from jsb_infra.core import names
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.ops import dlq
 from jsb_infra.runtime import BridgeClient, Credentials
+from jsb_infra.runtime.config import TlsOptions
 from jsb_infra.runtime.consumer import DLQ_STREAM_SEQUENCE
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, decode
 from jsb_infra.runtime.msg_ids import (
@@ -242,7 +244,7 @@ async def test_control_event_ids_as_msg_ids_lose_the_events(provisioned_pair):
 
 def test_ids_are_stable_per_app_and_differ_between_apps_and_kinds():
     """Same secret, same ids (another instance of the app dedupes a retry); another app's secret or
-    another kind of id, different ids; no credential: a random key per process."""
+    another kind of id, different ids."""
     seed_a, seed_b = (
         nkeys.encode_seed(bytes(range(i, i + 32)), nkeys.PREFIX_BYTE_USER).decode() for i in (0, 1)
     )
@@ -253,10 +255,12 @@ def test_ids_are_stable_per_app_and_differ_between_apps_and_kinds():
     assert a1.event("e-1") != b.event("e-1") and a1.dead_letter("s", 7) != b.dead_letter("s", 7)
     assert a1.dead_letter("s", 7) != a1.dead_letter("s", 8) != a1.dead_letter("t", 7)
     assert a1.event("s\x007")[len(EVENT_PREFIX) :] != a1.dead_letter("s", 7)[len(DEAD_LETTER_PREFIX) :]
+    # no credential (an open server): a public key, so retries from any process still dedupe, but the
+    # ids are not private (a duplicate dead-letter PubAck is then not taken as our own write)
     assert credential_secret(Credentials()) is None
     anon = MsgIds.for_credentials(Credentials())
-    assert not anon.shared and anon.private
-    assert anon.event("e-1") != MsgIds.for_credentials(Credentials()).event("e-1")
+    assert anon.shared and not anon.private
+    assert anon.event("e-1") == MsgIds.for_credentials(Credentials()).event("e-1") != a1.event("e-1")
     assert MsgIds.one_off() != MsgIds.one_off()
     # headers stay small and ASCII whatever the event id
     assert len(a1.event("é" * 200)) == len(a1.event("x")) == 36 and a1.event("é").isascii()
@@ -266,6 +270,17 @@ def test_ids_are_stable_per_app_and_differ_between_apps_and_kinds():
         Credentials(user="u", password="p2")
     ).event("x")
     assert json.dumps(a1.event("x"))  # a plain string header value
+
+
+def test_a_client_certificate_key_is_a_secret_too(tmp_path):
+    """Mutual TLS mapped to a user: no password or seed, the certificate's private key is the secret."""
+    keys = []
+    for name in ("one", "two"):
+        key = tmp_path / f"{name}.key"
+        key.write_bytes(os.urandom(64))
+        keys.append(MsgIds.for_credentials(Credentials(tls=TlsOptions(cert_file="c.pem", key_file=str(key)))))
+    assert all(ids.private and ids.shared for ids in keys)
+    assert keys[0].event("e") != keys[1].event("e") != MsgIds.for_credentials(Credentials()).event("e")
 
 
 async def last_sequence_probe(attacker: NATS, subject: str) -> str:

@@ -13,8 +13,10 @@ derives the same key, so a publish retried by another process is still deduplica
 does not hold the secret, cannot compute the id. Each kind of id has its own domain (BLAKE2b's
 personalization), so no event id can ever produce a dead letter's id.
 
-Without any credential secret (an open server, which isolates nothing anyway) the key is random per
-process: ids stay unpredictable, but a retry from another process is no longer deduplicated.
+A client certificate's private key (mutual TLS, mapped to a user) is such a secret too. Without any
+secret (an open server, where any client may do anything to the stream anyway) the key is a public
+constant: retries from any process still deduplicate, but the ids are predictable, so the client
+marks them not private and does not take a duplicate dead-letter PubAck for its own write.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from jsb_infra.runtime.config import Credentials
 
 KEY_CONTEXT = b"jsb-infra Nats-Msg-Id key v1"
+NO_SECRET = b"jsb-infra: no credential secret"  # public: ids of a client without credentials
 EVENT_PREFIX = "ev1-"
 DEAD_LETTER_PREFIX = "dl1-"
 ONE_OFF_PREFIX = "dl1x-"
@@ -62,6 +65,11 @@ def credential_secret(credentials: Credentials) -> bytes | None:
         return b"user\0" + (credentials.user or "").encode() + b"\0" + credentials.password.encode()
     if method == "token" and credentials.token:
         return b"token\0" + credentials.token.encode()
+    if credentials.tls is not None and credentials.tls.key_file:
+        try:
+            return b"tls\0" + Path(credentials.tls.key_file).read_bytes()
+        except OSError as err:
+            raise ValueError(f"tls.key: cannot read {credentials.tls.key_file!r}: {err}") from None
     return None
 
 
@@ -76,8 +84,8 @@ def _creds_seed(text: str) -> bytes:
 class MsgIds:
     """The `Nats-Msg-Id`s one app writes.
 
-    `private`: nobody without this app's key can write these ids (true for every key made here).
-    `shared`: every instance of the app derives the same key (false for the per-process random key).
+    `private`: nobody without this app's key can write these ids (false for the public key of a
+    client without credentials). `shared`: every instance of the app derives the same key.
     """
 
     __slots__ = ("_key", "private", "shared")
@@ -91,10 +99,10 @@ class MsgIds:
 
     @classmethod
     def for_credentials(cls, credentials: Credentials) -> MsgIds:
-        """Keyed by the credentials' secret; a random per-process key when there is none."""
+        """Keyed by the credentials' secret; without one, by a public constant (`private` false)."""
         secret = credential_secret(credentials)
         if secret is None:
-            return cls(os.urandom(32), shared=False)
+            return cls(hmac.digest(NO_SECRET, KEY_CONTEXT, "sha256"), shared=True, private=False)
         return cls(hmac.digest(secret, KEY_CONTEXT, "sha256"), shared=True)
 
     def event(self, event_id: str) -> str:
