@@ -61,7 +61,7 @@ class PredictableIds(MsgIds):
     `private=False` keeps today's (a duplicate of an id others can write is not trusted)."""
 
     def __init__(self, private: bool):
-        super().__init__(bytes(32), shared=True, private=private)
+        super().__init__(bytes(32), private=private)
 
     def event(self, event_id: str) -> str:
         return event_id
@@ -90,7 +90,7 @@ def derivable_ids(pp, stream: str, sequences: range, seen: list[str]) -> list[st
     scheme keyed by its own credential and by what it knows of billing (its public key)."""
     own = MsgIds.for_credentials(Credentials(nkey_seed=pp.seeds[ATTACKER]))
     public = nkeys.from_seed(pp.seeds[VICTIM].encode()).public_key
-    by_public = MsgIds(hmac.digest(b"nkey\0" + public, KEY_CONTEXT, "sha256"), shared=True)
+    by_public = MsgIds(hmac.digest(b"nkey\0" + public, KEY_CONTEXT, "sha256"))
     ids = list(seen)
     for seq in sequences:
         ids += [
@@ -259,14 +259,14 @@ def test_ids_are_stable_per_app_and_differ_between_apps_and_kinds():
     # ids are not private (a duplicate dead-letter PubAck is then not taken as our own write)
     assert credential_secret(Credentials()) is None
     anon = MsgIds.for_credentials(Credentials())
-    assert anon.shared and not anon.private
+    assert not anon.private
     assert anon.event("e-1") == MsgIds.for_credentials(Credentials()).event("e-1") != a1.event("e-1")
     assert MsgIds.one_off() != MsgIds.one_off()
     # headers stay small and ASCII whatever the event id
     assert len(a1.event("é" * 200)) == len(a1.event("x")) == 36 and a1.event("é").isascii()
     # the user/password and token methods key by their secret, not by the public user name
     by_user = MsgIds.for_credentials(Credentials(user="u", password="p1"))
-    assert by_user.shared and by_user.event("x") != MsgIds.for_credentials(
+    assert by_user.private and by_user.event("x") != MsgIds.for_credentials(
         Credentials(user="u", password="p2")
     ).event("x")
     assert json.dumps(a1.event("x"))  # a plain string header value
@@ -279,7 +279,7 @@ def test_a_client_certificate_key_is_a_secret_too(tmp_path):
         key = tmp_path / f"{name}.key"
         key.write_bytes(os.urandom(64))
         keys.append(MsgIds.for_credentials(Credentials(tls=TlsOptions(cert_file="c.pem", key_file=str(key)))))
-    assert all(ids.private and ids.shared for ids in keys)
+    assert all(ids.private for ids in keys)
     assert keys[0].event("e") != keys[1].event("e") != MsgIds.for_credentials(Credentials()).event("e")
 
 

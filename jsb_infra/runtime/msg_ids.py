@@ -84,17 +84,16 @@ def _creds_seed(text: str) -> bytes:
 class MsgIds:
     """The `Nats-Msg-Id`s one app writes.
 
-    `private`: nobody without this app's key can write these ids (false for the public key of a
-    client without credentials). `shared`: every instance of the app derives the same key.
+    Every instance of the app derives the same key, so they all write the same ids. `private`: nobody
+    without this app's key can write them (false for the public key of a client without credentials).
     """
 
-    __slots__ = ("_key", "private", "shared")
+    __slots__ = ("_key", "private")
 
-    def __init__(self, key: bytes, *, shared: bool, private: bool = True):
+    def __init__(self, key: bytes, *, private: bool = True):
         if len(key) < 16:
             raise ValueError("key: must be at least 16 bytes")
         self._key = key
-        self.shared = shared
         self.private = private
 
     @classmethod
@@ -102,8 +101,8 @@ class MsgIds:
         """Keyed by the credentials' secret; without one, by a public constant (`private` false)."""
         secret = credential_secret(credentials)
         if secret is None:
-            return cls(hmac.digest(NO_SECRET, KEY_CONTEXT, "sha256"), shared=True, private=False)
-        return cls(hmac.digest(secret, KEY_CONTEXT, "sha256"), shared=True)
+            return cls(hmac.digest(NO_SECRET, KEY_CONTEXT, "sha256"), private=False)
+        return cls(hmac.digest(secret, KEY_CONTEXT, "sha256"))
 
     def event(self, event_id: str) -> str:
         """The id of an event's publish: the same for every publish of this event id by this app."""
