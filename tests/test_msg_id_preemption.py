@@ -121,6 +121,7 @@ async def observe(attacker: NATS, stream: str) -> list[str]:
         seen.append(decode(msg.data).event_id)
         await msg.ack_sync(timeout=2)
     await sub.unsubscribe()
+    assert seen, "the attacker received nothing to observe"
     return seen
 
 
