@@ -31,6 +31,7 @@ EXPECTED_LAYOUT = sorted(
         for leaf in [
             "stream.json",
             *(f"consumers/{app}-workers.json" for app in apps),
+            *(["consumers/dlq-keeper.json"] if stream == "orders-billing-sync" else []),  # dlq: true
             *(f"permissions/{app}.json" for app in apps),
             *(f"permissions/{app}.conf" for app in apps),
         ]

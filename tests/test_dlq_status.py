@@ -87,11 +87,12 @@ async def test_dead_lettered_event_replayed_after_the_fix_is_handled_once(open_p
         code, out, _ = await cli(
             url, "dlq", "replay", "--stream", "dlq-sync", "--app", "billing", "--all", "--dry-run"
         )
-        assert (
-            code == 0
-            and f"would replay seq {letter['seq']}" in out
-            and f"replay:dlq-sync:{letter['seq']}" in out
-        )
+        nc = await open_pair.admin()
+        stored = await JetStreamAdmin(nc).get_message("dlq-sync", letter["seq"])
+        await nc.close()
+        assert stored is not None
+        replay_id = dlq.replay_msg_id("dlq-sync", dlq.DeadLetter.from_message(stored))
+        assert code == 0 and f"would replay seq {letter['seq']}" in out and replay_id in out
         await asyncio.sleep(0.5)
         assert calls.count(poison.event_id) == 2  # the dry run published nothing...
         code, out, _ = await cli(url, "dlq", "list", "--stream", "dlq-sync", "--app", "billing", "--json")
@@ -104,7 +105,7 @@ async def test_dead_lettered_event_replayed_after_the_fix_is_handled_once(open_p
         await nc.request(
             "orders.sync.billing",
             json.loads(out)["body"].encode(),
-            headers={"Nats-Msg-Id": dlq.replay_msg_id("dlq-sync", letter["seq"])},
+            headers={"Nats-Msg-Id": replay_id},
         )
         await nc.close()
         await wait_for(lambda: inbox.stats.handled == 2)

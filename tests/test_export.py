@@ -119,3 +119,73 @@ def test_hidden_secrets_are_refused(tmp_path, capsys, outputs_file):
     path.write_text(json.dumps(outputs))
     assert main(["export", "--outputs", str(path), "--app", "orders"]) == 2
     assert "hidden; run `pulumi stack output` with --show-secrets" in capsys.readouterr().err
+
+
+def export_to(outputs_file: Path, out: Path) -> int:
+    return main(["export", "--outputs", str(outputs_file), "--app", "orders", "--out", str(out)])
+
+
+def test_out_through_a_symlink_is_refused_and_its_target_untouched(tmp_path, capsys, outputs_file, seeds):
+    """A link planted where the export goes (pointing at a file the attacker can read, or one whose
+    content matters) gets nothing: exit 2, the target and the link unchanged, no seed anywhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "readable-by-others.txt"
+    target.write_text("original content\n")
+    target.chmod(0o644)
+    link = tmp_path / "orders.env"
+    link.symlink_to(target)
+    assert export_to(outputs_file, link) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cannot export:") and "--out:" in err and "is a symlink" in err
+    assert target.read_text() == "original content\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    # a dangling link (which O_CREAT would follow to create its target) is refused the same way
+    dangling = tmp_path / "dangling.env"
+    dangling.symlink_to(elsewhere / "created-by-the-export")
+    assert export_to(outputs_file, dangling) == 2
+    assert not (elsewhere / "created-by-the-export").exists()
+    every_file = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and p != outputs_file]
+    assert every_file == [target]
+    assert not any(seeds["orders"] in p.read_text() for p in every_file), "the seed was written somewhere"
+
+
+def test_control_the_former_open_follows_the_symlink(tmp_path, outputs_file, seeds):
+    """What `export` did before: open(O_WRONLY|O_CREAT|O_TRUNC) writes the seed into the link's target."""
+    target = tmp_path / "target.txt"
+    target.write_text("original content\n")
+    link = tmp_path / "orders.env"
+    link.symlink_to(target)
+    descriptor = os.open(link, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(f"JSB_NKEY_SEED={seeds['orders']}\n")
+    assert seeds["orders"] in target.read_text()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_out_that_is_not_a_regular_file_is_refused(tmp_path, capsys, outputs_file, kind):
+    out = tmp_path / "orders.env"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        out.mkdir()
+    assert export_to(outputs_file, out) == 2  # returns: a FIFO is never opened (that would block)
+    assert "exists and is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(out).st_mode) if kind == "fifo" else out.is_dir() and not any(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["orders.env", "outputs.json"])
+
+
+def test_out_replaces_a_regular_file_whole_with_mode_0600(tmp_path, outputs_file, seeds):
+    """An existing file (wider mode, longer content, a second hard link) is replaced by a new 0600 file:
+    the other link keeps the old content, nothing of the old text remains, no temp file is left."""
+    out = tmp_path / "orders.env"
+    out.write_text("x" * 10_000)
+    out.chmod(0o644)
+    other_link = tmp_path / "hard-link"
+    os.link(out, other_link)
+    assert export_to(outputs_file, out) == 0
+    text = out.read_text()
+    assert text.startswith("export ") and "x" * 10 not in text and seeds["orders"] in text
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and out.stat().st_nlink == 1
+    assert other_link.read_text() == "x" * 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["hard-link", "orders.env", "outputs.json"])

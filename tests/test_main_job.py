@@ -94,3 +94,7 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not list(out.glob("permissions/*"))
+    # the destroyed identities' seeds are not left on disk
+    credentials_dir = root / ".jsb" / "out" / "credentials"
+    assert not credentials_dir.exists(), list(credentials_dir.iterdir())
+    assert "removed .jsb/out/credentials/orders.json" in down.stdout

@@ -16,7 +16,7 @@ from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
 from jsb_infra.core.spec import Pair
-from jsb_infra.core.topology import consumer_configs, stream_config
+from jsb_infra.core.topology import consumer_configs, dlq_keeper_config, stream_config
 
 
 def render_json(document: Any) -> str:
@@ -38,8 +38,9 @@ def render_documents(
     """Every file `render` writes, as relative path -> text, in a fixed order. Pure.
 
     `accounts.conf` is the whole account layout, loadable by nats-server as is; `apps/<app>.json` is
-    what one app may do across all its pairs; per pair, the stream and consumer configs and each app's
-    share of its permissions; with `servers`, each app's bridge (the `bridges` stack output).
+    what one app may do across all its pairs; per pair, the stream and every consumer config (the DLQ
+    keeper included, when the pair has a DLQ) and each app's share of its permissions; with `servers`,
+    each app's bridge (the `bridges` stack output).
     """
     nkeys = nkeys or {}
     layout = account_layout(pairs, jetstream_account)
@@ -51,6 +52,9 @@ def render_documents(
         files[root / "stream.json"] = render_json(stream_config(pair))
         for durable, consumer in consumer_configs(pair).items():
             files[root / "consumers" / f"{durable}.json"] = render_json(consumer)
+        keeper = dlq_keeper_config(pair)
+        if keeper is not None:  # the Stream provider creates it with the stream
+            files[root / "consumers" / f"{names.DLQ_KEEPER}.json"] = render_json(keeper)
         for app in pair.apps:
             perms = app_permissions(pair, app)
             files[root / "permissions" / f"{app}.json"] = render_claims_json(perms)

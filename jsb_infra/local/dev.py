@@ -5,12 +5,14 @@
 account and its deploy user), logs the Pulumi CLI in to a file backend under `.jsb/state`, runs
 `pulumi up --yes` on the `dev` stack (which writes the real `accounts.conf`), reloads the server so
 the app accounts and users take effect, and writes each app's bridge config and credentials beside it.
-`down` destroys the stack and stops the server. Nothing leaves the machine.
+`down` destroys the stack, stops the server and removes the apps' credential files. Nothing leaves
+the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -252,6 +254,22 @@ def down(out_dir: Path) -> None:
         pulumi(["stack", "select", STACK], env, capture=True)
         pulumi(["destroy", "--yes", "--stack", STACK], env)
     stop_server()
+    for path in remove_credential_files(out_dir):
+        print(f"removed {_shown(path)} (the seed of a destroyed identity)")
+
+
+def remove_credential_files(out_dir: Path) -> list[Path]:
+    """Delete the apps' credential files `up` writes (`<out>/credentials/*.json`, each an app's NKey
+    seed) and their folder when it is left empty; returns the files removed. Called once the stack is
+    destroyed: the identities are gone, and their seeds must not stay on disk."""
+    folder = out_dir / "credentials"
+    removed = []
+    for path in sorted(folder.glob("*.json")):
+        path.unlink()
+        removed.append(path)
+    with contextlib.suppress(OSError):  # absent, or holding files `up` did not write
+        folder.rmdir()
+    return removed
 
 
 def main(argv: list[str] | None = None) -> int:

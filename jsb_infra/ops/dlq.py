@@ -5,16 +5,20 @@ message there with the original body and headers saying why (`Jsb-Dlq-Reason`, `
 `Jsb-Original-Subject`, `Jsb-Stream-Sequence`, `Jsb-Consumer`, `Jsb-Error`). These commands read it
 with `STREAM.MSG.GET` (`next_by_subj`), so no consumer is created, and remove with `STREAM.MSG.DELETE`.
 
-Replay republishes the body to the original subject with `Nats-Msg-Id: replay:<stream>:<dlq seq>`, a
-stable id per DLQ message, and only after the PubAck deletes the DLQ message: a replay interrupted
-between the two and run again is dropped by the stream's duplicate window, so the event is stored
-once. The body keeps its `event_id`, so an inbox still answers a redelivery of it.
+Replay republishes the body to the original subject with a `Nats-Msg-Id` fixed per DLQ message
+(`replay_msg_id`), and only after the PubAck deletes the DLQ message: a replay interrupted between the
+two and run again is dropped by the stream's duplicate window, so the event is stored once. The id
+hashes the dead letter's own stored id and time, which only the admin reads, so the app that publishes
+to the original subject cannot publish the replay's id first and have the replay dropped. The body
+keeps its `event_id`, so an inbox still answers a redelivery of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -52,6 +56,7 @@ class DeadLetter:
     event_id: str
     event_type: str
     body: bytes
+    msg_id: str = ""  # the dead letter's own `Nats-Msg-Id` (keyed by the app that wrote it)
 
     @classmethod
     def from_message(cls, message: StoredMessage) -> DeadLetter:
@@ -73,17 +78,27 @@ class DeadLetter:
             event_id=str(event.get("event_id", "?")),
             event_type=str(event.get("event_type", "?")),
             body=message.data,
+            msg_id=h.get(MSG_ID_HEADER, ""),
         )
 
     def summary(self) -> dict[str, Any]:
         fields = asdict(self)
         fields.pop("body")
+        fields.pop("msg_id")
         return fields
 
 
-def replay_msg_id(stream: str, dlq_seq: int) -> str:
-    """The `Nats-Msg-Id` of a replay: fixed per DLQ message, so replaying it twice stores it once."""
-    return f"replay:{stream}:{dlq_seq}"
+def replay_msg_id(stream: str, letter: DeadLetter) -> str:
+    """The `Nats-Msg-Id` of a replay: fixed per DLQ message, so replaying it twice stores it once.
+
+    The replay goes to a subject the peer app publishes to, in the stream whose dedupe window it shares:
+    an id it could predict (such as `replay:<stream>:<dlq seq>`) it could publish first, and the replay
+    would come back `duplicate` and the dead letter be removed unreplayed. The id therefore hashes what
+    the peer never sees: the dead letter's own id (keyed by the app that wrote it) and stored time.
+    """
+    material = f"{stream}\0{letter.seq}\0{letter.msg_id}\0{letter.time}".encode()
+    digest = hashlib.sha256(material).digest()[:16]
+    return "replay-" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def replay_problem(letter: DeadLetter, app: str) -> str | None:
@@ -114,7 +129,7 @@ async def _selected(admin: JetStreamAdmin, args: argparse.Namespace) -> list[Dea
 
 async def replay_one(admin: JetStreamAdmin, stream: str, letter: DeadLetter) -> str:
     """Publish the body to its original subject, then delete the DLQ message; returns what happened."""
-    msg_id = replay_msg_id(stream, letter.seq)
+    msg_id = replay_msg_id(stream, letter)
     reply = await admin.nc.request(
         letter.original_subject, letter.body, timeout=admin.timeout, headers={MSG_ID_HEADER: msg_id}
     )
@@ -190,7 +205,7 @@ async def cmd_replay(admin: JetStreamAdmin, args: argparse.Namespace, out: TextI
             failed = True
             print(f"seq {letter.seq}: not replayed: {problem}", file=out)
             continue
-        msg_id = replay_msg_id(args.stream, letter.seq)
+        msg_id = replay_msg_id(args.stream, letter)
         if args.dry_run:
             print(
                 f"would replay seq {letter.seq} (event {letter.event_id}) to {letter.original_subject} "

@@ -3,18 +3,23 @@
 `jsb-infra export` reads the stack outputs (`pulumi stack output --json --show-secrets`, or the
 `bridges` and `credentials` outputs in two files) and writes, for one app, the variables the runtime
 reads (`JSB_BRIDGE_JSON`, `JSB_NKEY_SEED`, plus `JSB_STREAM`/`JSB_APP` for logs and tooling) as a shell
-script, a dotenv file, or a Kubernetes Secret manifest. The output holds the app's NKey seed: it is
-written with mode 0600 when it goes to a file. Pure apart from reading and writing those files; no
-Pulumi import (it runs in the runtime-only install).
+script, a dotenv file, or a Kubernetes Secret manifest. The output holds the app's NKey seed: when it
+goes to a file, that file is written whole with mode 0600 into a new file beside it and renamed into
+place, and an existing path that is a symlink or not a regular file is refused (the seed never goes
+where a link points). Pure apart from reading and writing those files; no Pulumi import (it runs in
+the runtime-only install).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
+import stat
 import sys
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -148,6 +153,41 @@ def render_export(args: argparse.Namespace) -> str:
     return as_k8s_secret(variables, args.name or secret_name_for(bridge.app), args.namespace)
 
 
+def out_problem(out: Path) -> str | None:
+    """Why `--out` must not be written, or None: an existing path must be a regular file, not a symlink
+    (to a file or anywhere else), a directory, a FIFO or a device."""
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"--out: cannot inspect {str(out)!r}: {err.strerror or err}"
+    if stat.S_ISLNK(mode):
+        return f"--out: {str(out)!r} is a symlink; the seed is never written through a link: give a file path"
+    if not stat.S_ISREG(mode):
+        return f"--out: {str(out)!r} exists and is not a regular file"
+    return None
+
+
+def write_secret_file(out: Path, text: str) -> None:
+    """Write `text` as the whole of `out`, mode 0600, atomically: into a new file beside it (created
+    exclusively, never through a link), then renamed over `out` (a rename replaces a link itself, never
+    its target). A failure leaves `out` as it was and no temp file behind."""
+    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)  # whatever the umask
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(temp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `jsb-infra export`: 0, or 2 with one `field: rule` line per problem."""
     try:
@@ -161,9 +201,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        os.fchmod(file.fileno(), 0o600)  # also when the file existed with wider permissions
-        file.write(text)
+    refusal = out_problem(out)
+    if refusal is not None:
+        print(f"cannot export:\n  {refusal}", file=sys.stderr)
+        return 2
+    try:
+        write_secret_file(out, text)
+    except OSError as err:
+        print(f"cannot export:\n  --out: cannot write {str(out)!r}: {err.strerror or err}", file=sys.stderr)
+        return 2
     print(f"wrote {out} (mode 0600: it holds the app's NKey seed)", file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ from nats.js.client import JetStreamContext
 from jsb_infra.core.outputs import BridgeOutputs
 from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
+from jsb_infra.runtime.msg_ids import MsgIds
 from jsb_infra.runtime.pubacks import PubAckInbox
 
 log = logging.getLogger("jsb_infra.runtime")
@@ -139,6 +140,7 @@ class BridgeClient:
         self._js: JetStreamContext | None = None
         self._puback_inbox: PubAckInbox | None = None
         self._msg_id_header = MSG_ID_HEADER
+        self._msg_ids: MsgIds | None = None  # derived from the credentials on first use
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
         self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
 
@@ -201,6 +203,7 @@ class BridgeClient:
         other = BridgeClient(bridge, self.credentials, name=self.name, **options)
         other._nc = self.nc
         other._js = other._nc.jetstream(timeout=other.publish_timeout)
+        other._msg_ids = self.msg_ids
         other._connection_owner = self
         return other
 
@@ -239,6 +242,13 @@ class BridgeClient:
         if self._js is None:
             raise RuntimeError("BridgeClient is not connected; call `await client.connect()` first")
         return self._js
+
+    @property
+    def msg_ids(self) -> MsgIds:
+        """The `Nats-Msg-Id`s this app writes, keyed by its credentials' secret (`runtime.msg_ids`)."""
+        if self._msg_ids is None:
+            self._msg_ids = MsgIds.for_credentials(self.credentials)
+        return self._msg_ids
 
     @property
     def permission_violations(self) -> list[str]:
@@ -317,8 +327,9 @@ class BridgeClient:
         return await self.publish_event(event)
 
     async def publish_event(self, event: Event, headers: Mapping[str, str] | None = None) -> PubAck:
-        """Publish a built envelope; a publish that times out is retried with the same `Nats-Msg-Id`."""
-        hdrs = {self._msg_id_header: event.event_id}
+        """Publish a built envelope; a publish that times out is retried with the same `Nats-Msg-Id`
+        (the event id keyed by this app's secret: `msg_ids.event`)."""
+        hdrs = {self._msg_id_header: self.msg_ids.event(event.event_id)}
         if headers:
             hdrs.update(headers)
         return await self.publish_raw(self.bridge.publish_subject, encode(event), hdrs)
@@ -433,21 +444,19 @@ class BridgeClient:
         limit = self.nc.max_payload
         header = self._msg_id_header
         header_overhead = headers_size({header: ""})
+        msg_id_of = self.msg_ids.event
         for event in events:
             try:
                 body = encode(event)
-                event_id = event.event_id
-                size = (
-                    len(body)
-                    + header_overhead
-                    + (len(event_id) if event_id.isascii() else len(event_id.encode()))
-                )
+                msg_id = msg_id_of(event.event_id)  # ASCII: one byte per character
+                headers = {header: msg_id}
+                size = len(body) + header_overhead + len(msg_id)
                 if size > limit:
                     raise PublishError(
-                        f"event {event_id}: {size} bytes (body and headers) exceed the server's "
+                        f"event {event.event_id}: {size} bytes (body and headers) exceed the server's "
                         f"max_payload of {limit} bytes"
                     )
-                yield body, {header: event_id}
+                yield body, headers
             except Exception as err:
                 yield err
 

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js.api import PubAck
 
 from jsb_infra.core.outputs import ConsumerOutputs
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, EnvelopeError, Event, decode
+from jsb_infra.runtime.msg_ids import MsgIds
 from jsb_infra.runtime.pull import Puller, PullStats
 
 if TYPE_CHECKING:
@@ -458,13 +460,22 @@ class ConsumerLoop:
         again, so it is kept in hand (the keep-alive sends `in_progress`) and the publish retried with a
         doubling pause up to `dlq_retry_max_wait`, until it succeeds or `stop()` is called; then it is
         left unacknowledged and an ERROR names its stream sequence.
+
+        The publish carries the dead letter's own id (`_dead_letter_id`); a PubAck marked duplicate
+        counts as stored only when no one but this app can have written that id (`_dead_letter_stored`),
+        else the dead letter goes out again under a one-off id (`_with_one_off_id`).
         """
         last_delivery = msg.metadata.num_delivered >= self.bridge.consumer.max_deliver
         pause = self.dlq_retry_wait
+        headers = {**headers, MSG_ID_HEADER: self._dead_letter_id(msg)}
+        private = self.client.msg_ids.private
         while True:
             try:
-                await self.client.publish_raw(dlq, msg.data, headers)
-                return True
+                ack = await self.client.publish_raw(dlq, msg.data, headers)
+                if self._dead_letter_stored(ack, private):
+                    return True
+                headers, private = self._with_one_off_id(msg, headers, ack), True
+                continue
             except Exception as err:
                 self.stats.dlq_failures += 1
                 failure = err
@@ -486,6 +497,35 @@ class ConsumerLoop:
             if self._stopping or self.client.nc.is_closed:
                 self._report_stranded(msg, failure)
                 return False
+
+    def _dead_letter_id(self, msg: Msg) -> str:
+        """The dead letter's `Nats-Msg-Id`: one per stored message, so a retried DLQ publish (from any
+        instance of this app) is stored once, and keyed by this app's secret, so the peer, which shares
+        the stream's dedupe window, cannot publish it first and have the real dead letter dropped."""
+        meta = msg.metadata
+        return self.client.msg_ids.dead_letter(meta.stream, meta.sequence.stream)
+
+    @staticmethod
+    def _dead_letter_stored(ack: PubAck, private: bool) -> bool:
+        """Whether the DLQ holds the dead letter after this PubAck. A duplicate means a message with the
+        same id is in the stream; that is this dead letter only when no one else can write the id
+        (`private`: keyed by this app's secret, or one-off random): our own earlier attempt, from this
+        process or another instance. A duplicate of an id others can write proves nothing."""
+        return not ack.duplicate or private
+
+    def _with_one_off_id(self, msg: Msg, headers: dict[str, str], ack: PubAck) -> dict[str, str]:
+        """The DLQ headers with a fresh random id, after a duplicate this app cannot vouch for: a second
+        copy of a dead letter is possible (if the first was ours after all), a lost one is not."""
+        log.warning(
+            "%s: dead letter of %s seq %d: id %s is taken by stream seq %d, which this app cannot vouch "
+            "for; publishing it again under a one-off id",
+            self.bridge.app,
+            msg.subject,
+            msg.metadata.sequence.stream,
+            headers.get(MSG_ID_HEADER),
+            ack.seq,
+        )
+        return {**headers, MSG_ID_HEADER: MsgIds.one_off()}
 
     async def _nak_for_dlq_retry(self, msg: Msg, dlq: str, failure: BaseException) -> None:
         meta = msg.metadata
@@ -530,8 +570,6 @@ def dlq_headers(msg: Msg, reason: str, error: str) -> dict[str, str]:
         DLQ_STREAM_SEQUENCE: str(meta.sequence.stream),
         DLQ_CONSUMER: meta.consumer,
         DLQ_ERROR: " ".join(error.split())[:MAX_ERROR_HEADER] or "-",
-        # Stable per stored message, so a retried DLQ publish is dropped as a duplicate.
-        MSG_ID_HEADER: f"dlq:{meta.stream}:{meta.sequence.stream}",
     }
 
 

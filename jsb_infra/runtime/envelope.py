@@ -1,8 +1,9 @@
 """The event envelope two apps exchange: the gem's fields, encoded as compact JSON.
 
-`event_id` doubles as the `Nats-Msg-Id` header, so the stream's duplicate window drops a retried
-publish. Decoding checks every field and names the one that is wrong: a message that fails here is
-dead-lettered at once, because no amount of redelivery will make it readable.
+`event_id`, keyed by the app's secret (`jsb_infra.runtime.msg_ids`), is the `Nats-Msg-Id` header, so
+the stream's duplicate window drops a retried publish. Decoding checks every field and names the one
+that is wrong: a message that fails here is dead-lettered at once, because no amount of redelivery
+will make it readable.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 `Outbox.record(session, event)` inserts a row into `jsb_outbox` inside the caller's transaction, so the
 event exists exactly when the business change it describes committed. `OutboxRelay` publishes pending
-rows in `id` order through the client's pipelined `publish_batch`, with `Nats-Msg-Id = event_id`, and
-marks a row sent only after its PubAck. A crash at any point leaves rows pending that may already be
-stored in the stream; publishing them again is absorbed by the stream's duplicate window (the PubAck
-says `duplicate`), so each event is stored once as long as a relay restarts within that window.
+rows in `id` order through the client's pipelined `publish_batch`, with the `Nats-Msg-Id` of the
+`event_id`, and marks a row sent only after its PubAck. A crash at any point leaves rows pending that
+may already be stored in the stream; publishing them again is absorbed by the stream's duplicate
+window (the PubAck says `duplicate`), so each event is stored once as long as a relay restarts within
+that window.
 
 Two relays on one database:
 - PostgreSQL: each batch is claimed with `SELECT ... FOR UPDATE SKIP LOCKED` in a transaction that stays
