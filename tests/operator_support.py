@@ -18,8 +18,8 @@ from typing import Any
 import nkeys
 
 from jsb_infra.core import jwt_claims as jc
-from jsb_infra.core.accounts import account_layout
-from jsb_infra.core.spec import Pair
+from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, account_layout
+from jsb_infra.core.spec import AppLimits, Pair
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.jwt_accounts import (
     AccountSigningKeyProvider,
@@ -131,11 +131,13 @@ class IssuedLayout:
         return str(self.apps[app]["creds"])
 
 
-def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayout:
+def issue_layout(
+    url: str, operator: Operator, pairs: list[Pair], app_limits: AppLimits = DEFAULT_APP_LIMITS
+) -> IssuedLayout:
     """Create the JetStream account's and every app's JWTs with the providers `pulumi up` runs, in
     this process (their I/O is real: the pushes go to the server's resolver). Call from a thread
     when an event loop runs (the providers run their own)."""
-    layout = account_layout(pairs)
+    layout = account_layout(pairs, app_limits=app_limits)
     with provider_settings(url, operator):
         signing = AccountSigningKeyProvider().create({"account": operator.jetstream_key}).outs
         js_props = {
@@ -162,6 +164,7 @@ def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayou
                 "jetstream_account": operator.jetstream_key,
                 "jetstream_signing_seed": signing["seed"],
                 "rotate": "",
+                "limits": account.limits.model_dump(),
             }
             apps[account.app] = AppAccountJwtProvider().create(props).outs
     return IssuedLayout(jetstream, apps)
