@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import nkeys
+from nats.aio.client import RawCredentials
 
+from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, account_layout
 from jsb_infra.core.spec import AppLimits, Pair
@@ -87,6 +90,15 @@ class Operator:
             f"resolver: {{\n  type: full\n  dir: {json.dumps(str(resolver_dir))}\n  allow_delete: false\n}}\n"
             f"resolver_preload: {{\n{entries}\n}}\n"
         )
+
+    async def push_account(self, url: str, claims: dict[str, Any]) -> None:
+        """Sign account `claims` with the operator signing key and push them to the server's resolver
+        (as an operator would with `nsc push`), as the system user."""
+        nc = await nats.connect(url, user_credentials=RawCredentials(self.system_creds))
+        try:
+            await resolver.push(nc, jc.encode(claims, self.signing_seed))
+        finally:
+            await nc.close()
 
     def write_creds(self, directory: Path) -> tuple[Path, Path]:
         """The system and deploy `.creds` as files (paths: system, deploy)."""
