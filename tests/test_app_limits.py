@@ -29,9 +29,10 @@ import pytest
 from conftest import DEPLOY, provision
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
-from operator_support import Operator, issue_layout
+from operator_support import IssuedLayout, Operator, issue_layout, provider_settings
 from test_attacks import RawLeafnode
 
+from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
@@ -39,6 +40,7 @@ from jsb_infra.core.credentials import new_user_keypair, public_key_of
 from jsb_infra.core.documents import render_documents
 from jsb_infra.core.spec import AppLimits, ConfigError, parse_config, parse_pairs
 from jsb_infra.deploy.app_accounts import AppAccountsArgs
+from jsb_infra.deploy.providers.jwt_accounts import AppAccountJwtProvider
 from jsb_infra.deploy.stack_settings import parse_stack_settings
 from jsb_infra.local.server import LocalNatsServer, free_port
 
@@ -114,6 +116,8 @@ class Deployment:
     user_jwts: dict[str, str]  # empty in config mode
     accounts: dict[str, str]  # app -> the account name the server reports (JWT mode: its public key)
     admin_options: dict[str, Any]
+    issued: IssuedLayout | None = None  # JWT mode: the providers' state
+    operator: Operator | None = None  # JWT mode
 
     @property
     def port(self) -> int:
@@ -177,7 +181,7 @@ async def jwt_deployment(
     seeds = {app: state["user_seed"] for app, state in issued.apps.items()}
     user_jwts = {app: jc.parse_creds(issued.creds(app))[0] for app in issued.apps}
     accounts = {app: state["account_key"] for app, state in issued.apps.items()}
-    return Deployment(server, http_port, seeds, user_jwts, accounts, deploy)
+    return Deployment(server, http_port, seeds, user_jwts, accounts, deploy, issued, operator)
 
 
 @pytest.fixture(params=["config", "jwt"])
@@ -384,6 +388,42 @@ async def test_jwt_data_limit_is_in_the_claims_but_the_server_does_not_enforce_i
     await nc.close()
 
 
+# -- JWT mode: the server holds the limits as issued, and a change re-issues them in place --------------
+
+
+async def test_jwt_limits_are_held_as_issued_and_a_change_is_an_update_the_server_enforces(
+    make_server, tmp_path_factory
+):
+    world = await jwt_deployment(make_server, LIMITED, tmp_path_factory.mktemp("resolver"))
+    assert world.issued is not None and world.operator is not None
+    state = world.issued.apps[ATTACKER]
+    account = state["account_key"]
+    async with resolver.system_session([world.server.url], world.operator.system_creds) as nc:
+        live = jc.decode(await resolver.lookup(nc, account) or "")
+    expected = jc.app_account_limits(LIMITED.for_app(ATTACKER), len(state["imports"]))
+    assert live["nats"]["limits"] == expected, "the resolver holds other limits than issued"
+
+    lowered = {**LIMITED.for_app(ATTACKER).model_dump(), "connections": 3}
+    news = {**state, "limits": lowered}  # the inputs as before, outputs ignored by diff and update
+    provider = AppAccountJwtProvider()
+
+    def update() -> tuple[bool | None, bool | None, dict[str, Any]]:
+        with provider_settings(world.server.url, world.operator):
+            unchanged = provider.diff(account, state, {**news, "limits": state["limits"]}).changes
+            changed = provider.diff(account, state, news).changes
+            return unchanged, changed, provider.update(account, state, news).outs
+
+    unchanged, changed, outs = await asyncio.to_thread(update)
+    assert (unchanged, changed) == (False, True)
+    assert jc.decode(outs["user_jwt"])["nats"]["subs"] == LIMITED.subscriptions
+    kept, refused = await _flood_connections(world, ATTACKER, 6)
+    try:
+        assert (len(kept), len(refused)) == (3, 3), "the lowered connection limit is not in force"
+    finally:
+        for client in kept:
+            client.close()
+
+
 # -- what is rendered ----------------------------------------------------------------------------------
 DEFAULT_CONF_LIMITS = (
     "limits: {max_connections: 100, max_subscriptions: 1000, max_payload: 1048576, max_leafnodes: 0}"
@@ -485,3 +525,24 @@ def test_stack_setting_reaches_the_settings():
     settings = parse_stack_settings(pairs, ["nats://127.0.0.1:4222"], app_limits={"connections": 12})
     assert settings.app_limits.for_app("a").connections == 12
     assert parse_stack_settings(pairs, ["nats://127.0.0.1:4222"]).app_limits == AppLimits()
+
+
+def test_render_writes_the_config_files_limits_and_refuses_a_bad_one(tmp_path, capsys):
+    """`jsb-infra render CONFIG`: the example's override reaches billing's account and no other; a bad
+    limit exits 2 naming the field, writing nothing."""
+    from jsb_infra.cli import main
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
+    assert main(["render", str(example), "--out", str(tmp_path / "out")]) == 0
+    conf = (tmp_path / "out" / "accounts.conf").read_text()
+    blocks = dict(re.findall(r'"APP_(\w+)" \{(.*?)\n  \}', conf, re.S))
+    assert "max_connections: 200," in blocks["billing"]
+    assert all("max_connections: 100," in blocks[app] for app in blocks if app != "billing")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(example.read_text().replace("subscriptions: 1000", "subscriptions: 0"))
+    assert main(["render", str(bad), "--out", str(tmp_path / "bad-out")]) == 2
+    assert (
+        "app_limits.subscriptions: subscriptions must be -1 (no limit) or positive, got 0"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "bad-out").exists()
