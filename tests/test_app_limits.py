@@ -26,7 +26,7 @@ from typing import Any
 import nats
 import nkeys
 import pytest
-from conftest import DEPLOY, provision
+from conftest import ADMIN_PASSWORD, DEPLOY, provision
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
 from operator_support import IssuedLayout, Operator, issue_layout, provider_settings
@@ -152,17 +152,22 @@ def _monitored(http_port: int) -> str:
     return f'http: "127.0.0.1:{http_port}"\n'
 
 
-async def config_deployment(make_server: Callable[..., LocalNatsServer], limits: AppLimits) -> Deployment:
-    """Config mode: the rendered `accounts.conf` of PAIRS with `limits`, every app with its NKey user."""
-    seeds = {app: new_user_keypair()[0] for pair in PAIRS for app in pair.apps}
+def _server_config(http_port: int, seeds: dict[str, str], limits: AppLimits) -> str:
+    """The rendered `accounts.conf` of PAIRS with `limits`, every app with its NKey user; monitored."""
     layout = account_layout(PAIRS, app_limits=limits)
-    conf = render_accounts_conf(layout, {app: public_key_of(s) for app, s in seeds.items()}, DEPLOY)
+    keys = {app: public_key_of(seed) for app, seed in seeds.items()}
+    return _monitored(http_port) + render_accounts_conf(layout, keys, DEPLOY)
+
+
+async def config_deployment(make_server: Callable[..., LocalNatsServer], limits: AppLimits) -> Deployment:
+    """Config mode: the rendered layout of PAIRS with `limits` (`_server_config`)."""
+    seeds = {app: new_user_keypair()[0] for pair in PAIRS for app in pair.apps}
     http_port = free_port()
-    server = make_server(_monitored(http_port) + conf)
+    server = make_server(_server_config(http_port, seeds, limits))
     for pair in PAIRS:
         await provision(server.url, pair)
-    accounts = {a.app: a.account for a in layout.apps}
-    admin = {"user": DEPLOY.user, "password": "admin-secret-for-tests"}
+    accounts = {a.app: a.account for a in account_layout(PAIRS).apps}
+    admin = {"user": DEPLOY.user, "password": ADMIN_PASSWORD}
     return Deployment(server, http_port, seeds, {}, accounts, admin)
 
 
@@ -265,6 +270,27 @@ async def test_control_without_limits_one_app_takes_every_connection_it_asks_for
     try:
         assert (len(kept), refused) == (CONNECTIONS_TRIED, []), "without limits the flood should get in"
         assert world.connz(ATTACKER)["num_connections"] == CONNECTIONS_TRIED
+    finally:
+        for client in kept:
+            client.close()
+
+
+async def test_a_reload_puts_the_limits_in_force_and_closes_what_is_over_them(make_server):
+    """Upgrading a running server: the accounts.conf with limits, shipped and reloaded, applies at once.
+    The app's connections over the new limit are closed, and new ones are refused."""
+    world = await config_deployment(make_server, OFF)
+    kept, _ = await _flood_connections(world, ATTACKER, 8)
+    try:
+        assert world.connz(ATTACKER)["num_connections"] == 8
+        world.server.extra_config = _server_config(world.http_port, world.seeds, AppLimits(connections=5))
+        world.server.reload()
+        for _ in range(50):
+            if world.connz(ATTACKER)["num_connections"] == 5:
+                break
+            await asyncio.sleep(0.1)
+        assert world.connz(ATTACKER)["num_connections"] == 5, "the reload left the app over its limit"
+        more, refused = await _flood_connections(world, ATTACKER, 2)
+        assert (more, len(refused)) == ([], 2)
     finally:
         for client in kept:
             client.close()

@@ -601,8 +601,7 @@ class AppLimits(_AppLimitFields):
         """The deployment's limits with `app`'s override applied."""
         override = self.overrides.get(app)
         given = override.model_dump(exclude_none=True) if override else {}
-        values = {k: v for k, v in self.model_dump(exclude={"overrides"}).items()}
-        return ResolvedAppLimits(**{**values, **given})
+        return ResolvedAppLimits(**{**self.model_dump(exclude={"overrides"}), **given})
 
     def check_apps(self, apps: Iterable[str], where: str = "app_limits") -> None:
         """Every override must name an app of the deployment (a typo would silently limit nobody);
