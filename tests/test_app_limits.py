@@ -296,6 +296,30 @@ async def test_a_reload_puts_the_limits_in_force_and_closes_what_is_over_them(ma
             client.close()
 
 
+async def test_the_extreme_values_the_spec_accepts_load_and_hold(make_server):
+    """1 and 2^31-1 everywhere: the server loads the rendered file as is and enforces what it says."""
+    tiny = await config_deployment(make_server, AppLimits(connections=1, subscriptions=1, payload=1))
+    first = await tiny.raw(ATTACKER)
+    try:
+        assert await first.ping()
+        first.subscribe(3)
+        assert await first.ping()
+        assert len(first.errors) == 2 and all(TOO_MANY_SUBS in e for e in first.errors), first.errors
+        kept, refused = await _flood_connections(tiny, ATTACKER, 1)
+        assert (kept, len(refused)) == ([], 1)
+    finally:
+        first.close()
+    for _ in range(50):  # the server notices the close
+        if tiny.connz(ATTACKER)["num_connections"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    held, nc = await _publish_sizes(tiny, [1, 2])
+    assert held == 1 and nc.is_closed
+    most = 2**31 - 1
+    huge = await config_deployment(make_server, AppLimits(connections=most, subscriptions=most, payload=most))
+    assert await _flood_subscriptions(huge) == (0, SUBSCRIPTIONS_TRIED)
+
+
 # -- subscriptions -------------------------------------------------------------------------------------
 async def _flood_subscriptions(world: Deployment) -> tuple[int, int]:
     """SUBSCRIPTIONS_TRIED subscriptions on one connection of the attacker: (refused by the server,
