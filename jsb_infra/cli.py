@@ -127,6 +127,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
             jetstream_account=args.jetstream_account,
             servers=args.server or None,
+            app_limits=config.app_limits,
         )
         files = rendered_tree.with_manifest(documents)
         if args.check:

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import nkeys
+from nats.aio.client import RawCredentials
 
+from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
-from jsb_infra.core.accounts import account_layout
-from jsb_infra.core.spec import Pair
+from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, account_layout
+from jsb_infra.core.spec import AppLimits, Pair
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.jwt_accounts import (
     AccountSigningKeyProvider,
@@ -88,6 +91,15 @@ class Operator:
             f"resolver_preload: {{\n{entries}\n}}\n"
         )
 
+    async def push_account(self, url: str, claims: dict[str, Any]) -> None:
+        """Sign account `claims` with the operator signing key and push them to the server's resolver
+        (as an operator would with `nsc push`), as the system user."""
+        nc = await nats.connect(url, user_credentials=RawCredentials(self.system_creds))
+        try:
+            await resolver.push(nc, jc.encode(claims, self.signing_seed))
+        finally:
+            await nc.close()
+
     def write_creds(self, directory: Path) -> tuple[Path, Path]:
         """The system and deploy `.creds` as files (paths: system, deploy)."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -131,11 +143,13 @@ class IssuedLayout:
         return str(self.apps[app]["creds"])
 
 
-def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayout:
+def issue_layout(
+    url: str, operator: Operator, pairs: list[Pair], app_limits: AppLimits = DEFAULT_APP_LIMITS
+) -> IssuedLayout:
     """Create the JetStream account's and every app's JWTs with the providers `pulumi up` runs, in
     this process (their I/O is real: the pushes go to the server's resolver). Call from a thread
     when an event loop runs (the providers run their own)."""
-    layout = account_layout(pairs)
+    layout = account_layout(pairs, app_limits=app_limits)
     with provider_settings(url, operator):
         signing = AccountSigningKeyProvider().create({"account": operator.jetstream_key}).outs
         js_props = {
@@ -162,6 +176,7 @@ def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayou
                 "jetstream_account": operator.jetstream_key,
                 "jetstream_signing_seed": signing["seed"],
                 "rotate": "",
+                "limits": account.limits.model_dump(),
             }
             apps[account.app] = AppAccountJwtProvider().create(props).outs
     return IssuedLayout(jetstream, apps)

@@ -11,8 +11,8 @@ only the second wall). After each attack the effect is checked, not the error te
 exists with the same messages, every victim consumer's delivered/ack floor/pending/redelivered counts
 are unchanged, no victim inbox received anything, and no victim message reached the attacker.
 
-A control shows the leafnode check can fail: with `allowed_connection_types` removed, the same leafnode
-attack acks away a victim's in-flight message.
+A control shows the leafnode check can fail: with `allowed_connection_types` removed and the app
+account's leafnode limit (0) lifted, the same leafnode attack acks away a victim's in-flight message.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ class World:
         self.in_flight: dict[tuple[str, str], Msg] = {}
         self.user_jwts: dict[str, str] = {}  # JWT mode: each app's user JWT
         self.signing_seeds: dict[str, str] = {}  # JWT mode: each app account's signing key
+        self.account_jwts: dict[str, str] = {}  # JWT mode: each app's account JWT
+        self.operator: Operator | None = None  # JWT mode: the operator that trusts them
 
     async def admin(self) -> NATS:
         return await nats.connect(self.url, **self.admin_options)
@@ -199,6 +201,8 @@ async def build_jwt_world(
     )
     world.user_jwts = {app: jc.parse_creds(issued.creds(app))[0] for app in issued.apps}
     world.signing_seeds = {app: issued.apps[app]["signing_seed"] for app in issued.apps}
+    world.account_jwts = {app: issued.apps[app]["jwt"] for app in issued.apps}
+    world.operator = operator
     await _seed_victims(world)
     return world
 
@@ -622,9 +626,13 @@ async def test_app_credential_cannot_open_a_leafnode(make_server):
 
 
 async def test_control_without_connection_type_restriction_the_leafnode_attack_works(make_server):
-    """Proves the leafnode test can fail: the attack is real once `allowed_connection_types` is gone."""
+    """Proves the leafnode test can fail: the attack is real once `allowed_connection_types` is gone
+    and the app account's `max_leafnodes: 0` is lifted (either wall alone refuses the leafnode)."""
     world, leaf_port = await leafnode_world(
-        make_server, lambda conf: conf.replace('allowed_connection_types: ["STANDARD"]', "")
+        make_server,
+        lambda conf: conf.replace('allowed_connection_types: ["STANDARD"]', "").replace(
+            "max_leafnodes: 0", "max_leafnodes: -1"
+        ),
     )
     before = await world.snapshot()
     try:
@@ -657,7 +665,13 @@ async def test_jwt_mode_app_user_cannot_open_a_leafnode(make_server, tmp_path_fa
         assert await world.snapshot() == before
         log = (world.server.store_dir / "nats-server.log").read_text()
         assert re.search(r"Leafnode connection closed: Authentication Failure", log), log[-2000:]
-        # control: the same CONNECT with a user JWT of that account without the restriction is accepted
+        # control: the same CONNECT with a user JWT of that account without the restriction, the
+        # account's leafnode limit (0) lifted, is accepted
+        assert world.operator is not None
+        lifted = jc.decode(world.account_jwts[ATTACKER])
+        assert lifted["nats"]["limits"]["leaf"] == 0
+        lifted["nats"]["limits"]["leaf"] = -1
+        await world.operator.push_account(world.url, lifted)
         issued_seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
         account_claims = jc.decode(world.user_jwts[ATTACKER])
         unrestricted = account_claims | {"sub": jc.public_key(issued_seed)}

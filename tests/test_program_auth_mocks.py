@@ -144,3 +144,19 @@ def test_a_bad_auth_setting_stops_the_program_before_anything_registers(
     run_program(check)
     assert monitor.registrations == []
     assert any(expected in p for p in raised[0].problems), raised[0].problems
+
+
+def test_jwt_mode_app_accounts_carry_the_stack_configs_app_limits(monitor: RecordingMonitor) -> None:
+    limits = {"subscriptions": 50, "data": 1_000_000, "overrides": {"orders": {"connections": 7}}}
+    set_stack_config(
+        TWO_PAIRS,
+        SERVERS,
+        raw={
+            "auth": json.dumps({"mode": "jwt", "jetstream_account": ACCOUNT}),
+            "appLimits": json.dumps(limits),
+        },
+    )
+    run_build()
+    given = {r.inputs["app"]: r.inputs["limits"] for r in monitor.of_type(APP_T)}
+    base = {"connections": 100, "subscriptions": 50, "payload": 1048576, "data": 1_000_000}
+    assert given == {"orders": {**base, "connections": 7}, "billing": base, "shipping": base}

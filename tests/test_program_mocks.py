@@ -954,3 +954,39 @@ def test_main_turns_a_config_error_into_a_clean_run_error(monitor: RecordingMoni
 
     run_program(check)
     assert monitor.registrations == []
+
+
+def test_app_limits_from_the_stack_config_reach_the_accounts_include(monitor: RecordingMonitor) -> None:
+    limits = {"connections": 20, "overrides": {"billing": {"payload": 2048}}}
+    set_stack_config(TWO_PAIRS, SERVERS, raw={"appLimits": json.dumps(limits)})
+    run_build()
+    [documents] = monitor.of_type(DOCUMENTS_T)
+    conf = documents.inputs["documents"]["accounts.conf"]
+    blocks = dict(re.findall(r'"APP_(\w+)" \{(.*?)\n  \}', conf, re.S))
+    assert "max_connections: 20, max_subscriptions: 1000, max_payload: 2048," in blocks["billing"]
+    assert "max_connections: 20, max_subscriptions: 1000, max_payload: 1048576," in blocks["orders"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (
+            json.dumps({"connections": 0}),
+            "jsb:appLimits.connections: connections must be -1 (no limit) or positive",
+        ),
+        (json.dumps({"overrides": {"nobody": {}}}), "jsb:appLimits.overrides.nobody: 'nobody' is not an app"),
+        ("100", "jsb:appLimits: must be a YAML mapping in the stack config, got the plain string '100'"),
+    ],
+)
+def test_bad_app_limits_in_the_stack_config_fail_before_any_resource_registers(
+    monitor: RecordingMonitor, raw: str, problem: str
+) -> None:
+    set_stack_config(TWO_PAIRS, SERVERS, raw={"appLimits": raw})
+
+    async def check() -> None:
+        with pytest.raises(ConfigError) as err:
+            build()
+        assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+    run_program(check)
+    assert monitor.registrations == []

@@ -3,9 +3,9 @@
 Hypothesis generates configs around every rule's edges (names with any characters and lengths,
 numbers and durations near 0, 2^31 and 2^63, windows near 100ms, long descriptions, wrong types). Each
 goes through `jsb-infra render`: it is either refused with exit 2, every problem naming a field under
-`pairs`, with nothing written; or it renders, and then the stream and both consumers created from the
-rendered JSON with an admin connection hold back exactly the rendered values, field by field, and
-nats-server `-t` parses the rendered permission entries.
+`pairs` or `app_limits`, with nothing written; or it renders, and then the stream and both consumers
+created from the rendered JSON with an admin connection hold back exactly the rendered values, field
+by field, and nats-server `-t` parses the rendered accounts (permission entries and app limits).
 
 Two limits depend on the server's deployment rather than on the config, and are kept out of the
 generated values (docs/spec.md says so): `replicas` above 1 needs a cluster, and `max_bytes` must fit
@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from jsb_infra.cli import main
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.credentials import new_user_keypair
-from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.spec import parse_config
 from jsb_infra.local.server import LocalNatsServer, nats_server_binary
 from jsb_infra.nats_admin import JetStreamAdmin
 
@@ -119,8 +119,13 @@ def pairs(draw: st.DrawFn) -> dict[str, Any]:
     return pair
 
 
-CONFIGS = st.builds(lambda ps: {"pairs": ps}, st.lists(pairs(), min_size=1, max_size=2))
-FIELD_PROBLEM = re.compile(r"^pairs(\[\d+\])?(\.\S.*)?(: | \(stream )\S", re.DOTALL)
+APP_LIMITS = _optional(connections=MSG_SIZE, subscriptions=MSG_SIZE, payload=MSG_SIZE, data=LIMIT)
+CONFIGS = st.builds(
+    lambda ps, limits: {"pairs": ps, **limits},
+    st.lists(pairs(), min_size=1, max_size=2),
+    _optional(app_limits=APP_LIMITS),
+)
+FIELD_PROBLEM = re.compile(r"^(pairs(\[\d+\])?|app_limits)(\.\S.*)?(: | \(stream )\S", re.DOTALL)
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +168,8 @@ async def created_as_rendered(url: str, out: Path) -> None:
 def conf_parses(out: Path, root: Path, config: dict[str, Any]) -> None:
     """nats-server -t accepts the rendered accounts.conf as the whole auth config: as `render` wrote it
     (app accounts without users), and with every app's user (an NKey each) and a deploy user."""
-    pairs = parse_pairs(config["pairs"]).pairs
-    layout = account_layout(pairs)
+    parsed = parse_config(config)
+    layout = account_layout(parsed.pairs, app_limits=parsed.app_limits)
     keys = {account.app: new_user_keypair()[1] for account in layout.apps}
     with_users = render_accounts_conf(layout, keys, DeployUser(nkey=new_user_keypair()[1]))
     for text in ((out / "accounts.conf").read_text(), with_users):

@@ -14,7 +14,11 @@ A reply subject that crosses a service import is rewritten by the server to a pr
 the exporting account and the answer is delivered back in the app's own account, which has no
 JetStream and no stream subjects: reply tricks land nowhere. App users may only open ordinary client
 connections (`allowed_connection_types: ["STANDARD"]`): over a leafnode connection the server does not
-refuse a client's own `$JS.ACK` reply subjects. Pure: no I/O; the same pairs render the same bytes.
+refuse a client's own `$JS.ACK` reply subjects.
+
+Every app account is limited (`AppLimits`): its connections, each connection's subscriptions and
+message size, and no leafnode connections, so one app's key cannot take the connections, memory or
+bandwidth the server gives every app. Pure: no I/O; the same pairs render the same bytes.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from typing import Any
 
 from jsb_infra.core import names
 from jsb_infra.core.permissions import Rights, Service, app_permissions, conf_list
-from jsb_infra.core.spec import Pair
+from jsb_infra.core.spec import AppLimits, Pair, ResolvedAppLimits
 
 STANDARD_CONNECTIONS = ("STANDARD",)
 """The only connection type an app user may open (no leafnode, websocket or MQTT)."""
+APP_LEAFNODES = 0
+"""Leafnode connections of an app account: none (a second wall behind STANDARD_CONNECTIONS)."""
+DEFAULT_APP_LIMITS = AppLimits()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +46,7 @@ class AppAccount(Rights):
     app: str
     account: str
     streams: tuple[str, ...]
+    limits: ResolvedAppLimits
 
     def document(self) -> dict[str, Any]:
         """What a reviewer reads: keyed by subject, so a diff names the subject added or removed."""
@@ -46,8 +54,18 @@ class AppAccount(Rights):
             "account": self.account,
             "streams": list(self.streams),
             "connection_types": list(STANDARD_CONNECTIONS),
+            "limits": {**self.limits.model_dump(), "leafnodes": APP_LEAFNODES},
             **self.reasons(),
         }
+
+    def conf_limits(self) -> str:
+        """The account's `limits` block (nats-server opts.go parseAccountLimits). The config file has
+        no user limits and no data limit; with one user per account, the account's are the user's."""
+        limits = self.limits
+        return (
+            f"limits: {{max_connections: {limits.connections}, max_subscriptions: {limits.subscriptions}, "
+            f"max_payload: {limits.payload}, max_leafnodes: {APP_LEAFNODES}}}"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,9 +105,12 @@ class AccountLayout:
 
 
 def account_layout(
-    pairs: Iterable[Pair], jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
+    pairs: Iterable[Pair],
+    jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
+    app_limits: AppLimits = DEFAULT_APP_LIMITS,
 ) -> AccountLayout:
-    """Group every pair's per-app services by app: one account and one user per app."""
+    """Group every pair's per-app services by app: one account and one user per app, each limited by
+    `app_limits` (with the app's override)."""
     services: dict[str, list[Service]] = {}
     streams: dict[str, list[str]] = {}
     subscribe: dict[str, list[str]] = {}
@@ -108,6 +129,7 @@ def account_layout(
             streams=tuple(streams[app]),
             services=tuple(services[app]),
             subscribe=tuple(subscribe[app]),
+            limits=app_limits.for_app(app),
         )
         for app in sorted(services)
     )
@@ -155,6 +177,8 @@ def render_accounts_conf(
         out.append(
             f"    # app {account.app} (streams: {', '.join(account.streams)}); no JetStream of its own"
         )
+        out.append("    # max_connections: the app's in all; subscriptions, payload (bytes): per connection")
+        out.append(f"    {account.conf_limits()}")
         key = nkeys.get(account.app)
         if key:
             out += [

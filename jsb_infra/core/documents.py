@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from jsb_infra.core import names
-from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
-from jsb_infra.core.spec import Pair
+from jsb_infra.core.spec import AppLimits, Pair
 from jsb_infra.core.topology import consumer_configs, dlq_keeper_config, stream_config
 
 
@@ -34,16 +34,18 @@ def render_documents(
     deploy: DeployUser | None = None,
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
     servers: list[str] | None = None,
+    app_limits: AppLimits = DEFAULT_APP_LIMITS,
 ) -> dict[Path, str]:
     """Every file `render` writes, as relative path -> text, in a fixed order. Pure.
 
     `accounts.conf` is the whole account layout, loadable by nats-server as is; `apps/<app>.json` is
     what one app may do across all its pairs; per pair, the stream and every consumer config (the DLQ
     keeper included, when the pair has a DLQ) and each app's share of its permissions; with `servers`,
-    each app's bridge (the `bridges` stack output).
+    each app's bridge (the `bridges` stack output). `app_limits` limit every app account (and show in
+    `apps/<app>.json`).
     """
     nkeys = nkeys or {}
-    layout = account_layout(pairs, jetstream_account)
+    layout = account_layout(pairs, jetstream_account, app_limits)
     files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy)}
     for account in layout.apps:
         files[Path("apps") / f"{account.app}.json"] = render_json(account.document())

@@ -30,7 +30,8 @@ from typing import Any
 import nkeys
 from nacl.signing import VerifyKey
 
-from jsb_infra.core.accounts import STANDARD_CONNECTIONS
+from jsb_infra.core.accounts import APP_LEAFNODES, DEFAULT_APP_LIMITS, STANDARD_CONNECTIONS
+from jsb_infra.core.spec import ResolvedAppLimits
 
 HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 VERSION = 2
@@ -271,6 +272,28 @@ def activation_claims(subject: str, importer_key: str, exporter_key: str) -> dic
     }
 
 
+def app_user_limits(limits: ResolvedAppLimits) -> dict[str, int]:
+    """The NATS limits of an app's user (nats-io/jwt v2 `NatsLimits`): the server applies the smaller
+    of the user's and the account's subs and payload to each connection (server/client.go
+    applyAccountLimits)."""
+    return {"subs": limits.subscriptions, "data": limits.data, "payload": limits.payload}
+
+
+def app_account_limits(limits: ResolvedAppLimits, imports: int) -> dict[str, Any]:
+    """An app account's limits: the app's connections (counted across the servers), subs and payload
+    per connection, no leafnodes, exactly its `imports` and no exports (nats-io/jwt v2 refuses an
+    account with more imports or exports than its limits). `data` is written for tools; nats-server
+    2.15 does not enforce it."""
+    return {
+        **app_user_limits(limits),
+        "conn": limits.connections,
+        "leaf": APP_LEAFNODES,
+        "imports": imports,
+        "exports": 0,
+        "wildcards": False,
+    }
+
+
 def app_account_claims(
     name: str,
     account_key: str,
@@ -278,14 +301,16 @@ def app_account_claims(
     exporter_key: str,
     revocations: Mapping[str, int] | None = None,
     signing_keys: list[str] | None = None,
+    limits: ResolvedAppLimits | None = None,
 ) -> dict[str, Any]:
-    """An app account: no JetStream, one service import per (subject, activation token), and the
+    """An app account: no JetStream, one service import per (subject, activation token), the
     signing key its user is issued with (an operator with strict signing key usage refuses users
-    signed by the account's identity key: nats-server server/accounts.go)."""
+    signed by the account's identity key: nats-server server/accounts.go), and the app's limits
+    (default: `AppLimits`' defaults)."""
     nats: dict[str, Any] = {
         "type": "account",
         "version": VERSION,
-        "limits": {**UNLIMITED_NATS, **UNLIMITED_ACCOUNT},
+        "limits": app_account_limits(limits or DEFAULT_APP_LIMITS.for_app(name), len(imports)),
     }
     if signing_keys:
         nats["signing_keys"] = sorted(signing_keys)
@@ -300,16 +325,22 @@ def app_account_claims(
 
 
 def user_claims(
-    name: str, user_key: str, publish: list[str], subscribe: list[str], issuer_account: str | None = None
+    name: str,
+    user_key: str,
+    publish: list[str],
+    subscribe: list[str],
+    issuer_account: str | None = None,
+    limits: ResolvedAppLimits | None = None,
 ) -> dict[str, Any]:
-    """An app's user: the layout's allow lists, ordinary client connections only. `issuer_account`:
-    the account, when a signing key of it signs the user."""
+    """An app's user: the layout's allow lists, ordinary client connections only, the app's limits
+    (None: no limits of its own). `issuer_account`: the account, when a signing key of it signs the
+    user."""
     nats: dict[str, Any] = {
         "type": "user",
         "version": VERSION,
         "pub": {"allow": list(publish)},
         "sub": {"allow": list(subscribe)},
-        **UNLIMITED_NATS,
+        **(app_user_limits(limits) if limits else UNLIMITED_NATS),
         "allowed_connection_types": list(STANDARD_CONNECTIONS),
     }
     if issuer_account:

@@ -524,14 +524,114 @@ class Pair(StrictModel):
         )
 
 
+# -- app account limits ------------------------------------------------------------------------------
+DEFAULT_APP_CONNECTIONS = 100
+DEFAULT_APP_SUBSCRIPTIONS = 1000
+DEFAULT_APP_PAYLOAD = 1024 * 1024  # nats-server's default max_payload (MAX_PAYLOAD_SIZE)
+NO_APP_LIMIT = -1
+
+
+def _app_limit(value: int | None, info: ValidationInfo) -> int | None:
+    """-1 (no limit) or positive: 0 would refuse every connection, subscription or message of the app."""
+    if value is not None and enforcing_rules(info) and (value == 0 or value < NO_APP_LIMIT):
+        why = " (0 would refuse every connection, subscription or message of the app)" if value == 0 else ""
+        raise rule(f"{info.field_name} must be -1 (no limit) or positive, got {value}{why}")
+    return value
+
+
+class _AppLimitFields(StrictModel):
+    """The limits of one app's account and user; None in an override: the deployment's value."""
+
+    @field_validator("connections", "subscriptions", "payload", "data", check_fields=False)
+    @classmethod
+    def _limit(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _app_limit(v, info)
+
+
+class AppLimitOverride(_AppLimitFields):
+    """One app's change to `app_limits`; fields left out keep the deployment's value."""
+
+    connections: Int32 | None = None
+    subscriptions: Int32 | None = None
+    payload: Int32 | None = None
+    data: Count | None = None
+
+
+class ResolvedAppLimits(StrictModel):
+    """What one app's account (and, in JWT mode, its user) is rendered with; -1 is no limit."""
+
+    connections: int
+    subscriptions: int
+    payload: int
+    data: int
+
+
+class AppLimits(_AppLimitFields):
+    """Limits of every app account, so one app cannot exhaust what the server gives all of them.
+
+    Each app has one account and one user, so an account limit is the app's limit. The server counts
+    `connections` per account (every instance of the app together), `subscriptions` and `payload` per
+    connection; `data` is written into JWT-mode claims only (nats-server 2.15 does not enforce it)."""
+
+    connections: Int32 = Field(
+        DEFAULT_APP_CONNECTIONS,
+        description="Connections of one app at once, all its instances together (-1: no limit). The "
+        "runtime opens one connection per process.",
+    )
+    subscriptions: Int32 = Field(
+        DEFAULT_APP_SUBSCRIPTIONS,
+        description="Subscriptions per connection (-1: no limit). The runtime holds a few per connection "
+        "plus one per pair it consumes.",
+    )
+    payload: Int32 = Field(
+        DEFAULT_APP_PAYLOAD,
+        description="Largest message one connection may publish, headers included, in bytes (-1: the "
+        "server's max_payload). Default 1 MiB, nats-server's default max_payload.",
+    )
+    data: Count = Field(
+        NO_APP_LIMIT,
+        description="JWT mode: the claims' data limit in bytes (-1: no limit); nats-server 2.15 does not "
+        "enforce it.",
+    )
+    overrides: dict[str, AppLimitOverride] = Field(
+        default_factory=dict, description="Per-app changes to these limits, keyed by app name."
+    )
+
+    def for_app(self, app: str) -> ResolvedAppLimits:
+        """The deployment's limits with `app`'s override applied."""
+        override = self.overrides.get(app)
+        given = override.model_dump(exclude_none=True) if override else {}
+        return ResolvedAppLimits(**{**self.model_dump(exclude={"overrides"}), **given})
+
+    def check_apps(self, apps: Iterable[str], where: str = "app_limits") -> None:
+        """Every override must name an app of the deployment (a typo would silently limit nobody);
+        `where`: how the problem names this setting."""
+        known = set(apps)
+        for app in self.overrides:
+            if app not in known:
+                raise rule(
+                    f"{where}.overrides.{app}: {app!r} is not an app of any pair ({', '.join(sorted(known))})"
+                )
+
+
 class Config(StrictModel):
     """All pairs of a deployment; checks that pairs cannot collide on one server."""
 
     pairs: list[Pair] = Field(min_length=1)
+    app_limits: AppLimits = Field(
+        default_factory=AppLimits,
+        description="Connection, subscription and payload limits of every app account, with per-app "
+        "overrides.",
+    )
 
     @model_validator(mode="after")
     def _no_collisions(self) -> Config:
         check_pairs_disjoint(self.pairs)
+        return self
+
+    @model_validator(mode="after")
+    def _app_limit_overrides(self) -> Config:
+        self.app_limits.check_apps(app for pair in self.pairs for app in pair.apps)
         return self
 
 

@@ -19,18 +19,19 @@ A program that manages several deployments holds one `AppAccounts` each, with it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.auth import AuthSettings, parse_auth
 from jsb_infra.core.documents import render_documents
-from jsb_infra.core.spec import ConfigError, Pair, check_pairs_disjoint
+from jsb_infra.core.spec import AppLimits, ConfigError, Pair, check_pairs_disjoint, problems_of
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
 from jsb_infra.deploy.providers.credential import AppCredential
@@ -46,7 +47,9 @@ class AppAccountsArgs:
     `app_servers`: the URLs apps are told (default: the first AppPair's connection servers);
     `jetstream_account`: the account holding the streams; `deploy_user`: the deploy's identity in it
     (nothing secret); `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
-    written (None: the stack config's `jsb:outputDir`, if any)."""
+    written (None: the stack config's `jsb:outputDir`, if any); `app_limits`: the limits of every app
+    account, with per-app overrides (`AppLimits`, or a mapping written like the spec's `app_limits`;
+    default: its defaults)."""
 
     pairs: Sequence[AppPair | Pair]
     app_servers: Sequence[str] = ()
@@ -54,6 +57,7 @@ class AppAccountsArgs:
     deploy_user: DeployUser | None = None
     auth: AuthSettings = field(default_factory=lambda: parse_auth(None))
     output_dir: str | None = None
+    app_limits: AppLimits | Mapping[str, Any] = field(default_factory=AppLimits)
 
     def specs(self) -> list[Pair]:
         """The pair specs, each validated, and checked disjoint (no shared subject or identity)."""
@@ -71,9 +75,19 @@ class AppAccountsArgs:
             raise ConfigError(problems)
         try:
             check_pairs_disjoint(pairs)
+            self.limits().check_apps(app for pair in pairs for app in pair.apps)
         except PydanticCustomError as err:
             raise ConfigError([f"AppAccountsArgs.{err.message()}"]) from None
         return pairs
+
+    def limits(self) -> AppLimits:
+        """`app_limits`, validated; raises ConfigError naming each bad field."""
+        if isinstance(self.app_limits, AppLimits):
+            return self.app_limits
+        try:
+            return AppLimits.model_validate(self.app_limits)
+        except ValidationError as err:
+            raise ConfigError(problems_of(err, "AppAccountsArgs.app_limits")) from None
 
     def servers(self) -> list[str]:
         if self.app_servers:
@@ -103,7 +117,7 @@ class AppAccounts(pulumi.ComponentResource):
         pairs = args.specs()
         super().__init__(TYPE, resource_name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.layout = layout = account_layout(pairs, args.jetstream_account)
+        self.layout = layout = account_layout(pairs, args.jetstream_account, args.limits())
         self.permissions = {a.app: a.document() for a in layout.apps}
         if args.auth.mode == "jwt":
             entries = jwt_identities(layout, args.auth, prefix=resource_name, opts=child)
@@ -133,6 +147,7 @@ class AppAccounts(pulumi.ComponentResource):
             deploy=args.deploy_user,
             jetstream_account=args.jetstream_account,
             servers=args.servers(),
+            app_limits=args.limits(),
         )
         deploy = args.deploy_user
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(

@@ -55,6 +55,7 @@ def jwt_identities(
             jetstream_account=auth.jetstream_account,
             jetstream_signing_seed=signing.seed,
             rotate=auth.rotate.get(account.app, ""),
+            limits=account.limits.model_dump(),
             opts=pulumi.ResourceOptions.merge(
                 opts, pulumi.ResourceOptions(depends_on=[jetstream])
             ),  # exports first

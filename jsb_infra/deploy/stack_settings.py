@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser
 from jsb_infra.core.servers import UNREADABLE, check_servers
-from jsb_infra.core.spec import ConfigError, Pair, parse_pairs
+from jsb_infra.core.spec import AppLimits, ConfigError, Pair, parse_pairs, problems_of
 
 CONFIG_NAMESPACE = "jsb"
 
@@ -33,6 +35,7 @@ class StackSettings:
     app_servers: tuple[str, ...] = ()
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
     deploy: DeployUser | None = field(default=None)
+    app_limits: AppLimits = field(default_factory=AppLimits)
 
     @property
     def bridge_servers(self) -> list[str]:
@@ -49,6 +52,14 @@ def _json_value(key: str, raw: str | None, problems: list[str]) -> Any:
     except json.JSONDecodeError:
         problems.append(f"{key}: must be a YAML list in the stack config, got the plain string {raw!r}")
         return UNREADABLE
+
+
+def _mapping_value(key: str, raw: str | None, problems: list[str]) -> Any:
+    """A mapping in the stack file arrives as JSON text; a plain string there is a problem."""
+    if raw is not None and raw.strip()[:1] != "{":
+        problems.append(f"{key}: must be a YAML mapping in the stack config, got the plain string {raw!r}")
+        return UNREADABLE
+    return _json_value(key, raw, problems)
 
 
 def _servers_value(raw: str | None, problems: list[str]) -> Any:
@@ -115,12 +126,34 @@ def _check_deploy_user(value: Any, problems: list[str]) -> DeployUser | None:
     return DeployUser(nkey=nkey, user=user, password_env=env)
 
 
+def _check_app_limits(value: Any, pairs: tuple[Pair, ...], problems: list[str]) -> AppLimits:
+    """`jsb:appLimits`: the spec's `app_limits` (every app account's limits, per-app overrides)."""
+    key = f"{CONFIG_NAMESPACE}:appLimits"
+    if value is None or value is UNREADABLE:
+        return AppLimits()
+    if not isinstance(value, dict):
+        problems.append(f"{key}: must be a mapping like the spec's app_limits, got {type(value).__name__}")
+        return AppLimits()
+    try:
+        limits = AppLimits.model_validate(value)
+        if pairs:  # the overrides name apps of the pairs (unknown when the pairs are bad)
+            limits.check_apps((app for pair in pairs for app in pair.apps), key)
+    except ValidationError as err:
+        problems.extend(problems_of(err, key))
+        return AppLimits()
+    except PydanticCustomError as err:
+        problems.append(err.message())
+        return AppLimits()
+    return limits
+
+
 def parse_stack_settings(
     pairs: Any,
     servers: Any,
     app_servers: Any = None,
     jetstream_account: Any = None,
     deploy_user: Any = None,
+    app_limits: Any = None,
 ) -> StackSettings:
     """Validate the decoded stack config together; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -133,6 +166,7 @@ def parse_stack_settings(
     account = _check_jetstream_account(jetstream_account, problems)
     deploy = _check_deploy_user(deploy_user, problems)
     checked_pairs = _check_pairs(pairs, problems)
+    limits = _check_app_limits(app_limits, checked_pairs, problems)
     if problems:
         raise ConfigError(problems)
     return StackSettings(
@@ -141,6 +175,7 @@ def parse_stack_settings(
         app_servers=checked_app_servers,
         jetstream_account=account,
         deploy=deploy,
+        app_limits=limits,
     )
 
 
@@ -153,9 +188,10 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     raw_app_servers = config.get("appServers")
     app_servers = _servers_value(raw_app_servers, problems) if raw_app_servers is not None else None
     deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
+    app_limits = _mapping_value(f"{CONFIG_NAMESPACE}:appLimits", config.get("appLimits"), problems)
     try:
         settings = parse_stack_settings(
-            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user
+            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user, app_limits
         )
     except ConfigError as err:
         raise ConfigError(problems + err.problems) from None

@@ -39,7 +39,9 @@ from pulumi.dynamic import (
 
 from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core.accounts import DEFAULT_APP_LIMITS
 from jsb_infra.core.auth import ACCOUNT_PUBLIC_KEY
+from jsb_infra.core.spec import ResolvedAppLimits
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 
@@ -287,9 +289,21 @@ def app_account_token(props: dict[str, Any], revocations: dict[str, int]) -> str
         for service in _services(props.get("imports") or [])
     ]
     claims = jc.app_account_claims(
-        props["name"], props["account_key"], imports, js_key, revocations, [props["signing_key"]]
+        props["name"],
+        props["account_key"],
+        imports,
+        js_key,
+        revocations,
+        [props["signing_key"]],
+        limits=_limits(props),
     )
     return jc.encode(claims, settings.current().signing_seed())
+
+
+def _limits(props: dict[str, Any]) -> ResolvedAppLimits:
+    """The app's limits (state written before limits existed has none: the defaults)."""
+    given = props.get("limits")
+    return ResolvedAppLimits.model_validate(given) if given else DEFAULT_APP_LIMITS.for_app(props["app"])
 
 
 def app_account_content(props: dict[str, Any], revocations: dict[str, int]) -> dict[str, Any]:
@@ -301,6 +315,7 @@ def app_account_content(props: dict[str, Any], revocations: dict[str, int]) -> d
         props.get("jetstream_account") or "",
         revocations,
         [props["signing_key"]] if props.get("signing_key") else None,
+        limits=_limits(props),
     )
     return claims
 
@@ -342,6 +357,7 @@ class AppAccountJwtProvider(JsbProvider):
             "jetstream_account",
             "jetstream_signing_seed",
             "rotate",
+            "limits",
         )
         inputs: dict[str, tuple[Any, Any]] = {key: (olds.get(key), news.get(key)) for key in keys}
         if not is_unknown(news) and olds.get("jwt"):  # drift in the resolver
@@ -420,6 +436,7 @@ class AppAccountJwtProvider(JsbProvider):
             list(props.get("publish") or []),
             list(props.get("subscribe") or []),
             issuer_account=props["account_key"],
+            limits=_limits(props),
         )
         # A user JWT must be issued after the revocation of its predecessors (revoked: issued at or before).
         issued_at = max(int(time.time()), (issued_after or 0) + 1)
@@ -462,9 +479,11 @@ class AppAccountJwt(Resource, module="jsb", name="AppAccountJwt"):
         jetstream_account: pulumi.Input[str],
         jetstream_signing_seed: pulumi.Input[str],
         rotate: str = "",
+        limits: dict[str, int] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
+            "limits": limits,
             "app": app,
             "name": name,
             "imports": imports,
