@@ -7,12 +7,13 @@ stack's `ServerDocuments` resource (written where the stack says), so both alway
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.auth import AuthSettings
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
 from jsb_infra.core.spec import Pair
@@ -59,3 +60,28 @@ def render_documents(
                 bridge = bridge_outputs(pair, app, servers).model_dump(mode="json")
                 files[root / "bridges" / f"{app}.json"] = render_json(bridge)
     return files
+
+
+def deployment_documents(
+    pairs: Sequence[Pair],
+    public_keys: Mapping[str, str] | None = None,
+    *,
+    app_servers: Sequence[str] = (),
+    jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
+    deploy_user: DeployUser | None = None,
+    auth: AuthSettings | None = None,
+) -> dict[Path, str]:
+    """The documents the `AppAccounts` component of a deployment writes (its `ServerDocuments`), from the
+    same keyword arguments as `AppAccountsArgs`. Pure.
+
+    In config mode `accounts.conf` names each app's user by its public key (`public_keys`; an app
+    without one has no user yet); in JWT mode the users are in the account JWTs, so it names none.
+    """
+    mode = (auth or AuthSettings()).mode
+    return render_documents(
+        pairs,
+        dict(public_keys or {}) if mode == "config" else {},
+        deploy=deploy_user,
+        jetstream_account=jetstream_account,
+        servers=list(app_servers) or None,
+    )

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from jsb_infra.core import names
 from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.auth import AuthSettings, parse_auth
-from jsb_infra.core.documents import render_documents
+from jsb_infra.core.documents import deployment_documents
 from jsb_infra.core.spec import ConfigError, Pair, check_pairs_disjoint
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
@@ -127,12 +127,13 @@ class AppAccounts(pulumi.ComponentResource):
             )
         # What does not depend on the generated keys is a plain value, known at preview; the
         # accounts include names each app's user by its key, so it waits for the credentials.
-        keyless = render_documents(
+        keyless = deployment_documents(
             pairs,
             {},
-            deploy=args.deploy_user,
+            app_servers=args.servers(),
             jetstream_account=args.jetstream_account,
-            servers=args.servers(),
+            deploy_user=args.deploy_user,
+            auth=args.auth,
         )
         deploy = args.deploy_user
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(
