@@ -31,27 +31,43 @@ EXIT_DIFFERS = 1
 _USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 
 
-def parse_nkeys(given: list[str], pairs: Sequence[Pair]) -> dict[str, str]:
-    """`APP=UPUBKEY` options -> {app: public key}; raises ConfigError naming each bad option."""
+def parse_nkeys(given: list[str], pairs: Sequence[Pair], nkeys_file: str | None = None) -> dict[str, str]:
+    """`APP=UPUBKEY` options (and the lines of `--nkeys-file`) -> {app: public key}; raises ConfigError
+    naming each bad option or line."""
     apps = {app for pair in pairs for app in pair.apps}
     keys: dict[str, str] = {}
     problems: list[str] = []
-    for item in given:
+    for where, item in [("--nkey", item) for item in given] + read_nkeys_file(nkeys_file):
         app, sep, key = item.partition("=")
         if not sep or not app:
-            problems.append(f"--nkey {item!r}: write APP=UPUBKEY")
+            problems.append(f"{where} {item!r}: write APP=UPUBKEY")
         elif app not in apps:
             known = ", ".join(sorted(apps))
-            problems.append(f"--nkey {item!r}: {app!r} is not an app of this config ({known})")
+            problems.append(f"{where} {item!r}: {app!r} is not an app of this config ({known})")
         elif not _USER_PUBLIC_KEY.match(key):
-            problems.append(f"--nkey {item!r}: {key!r} is not an NKey user public key (U + 55 characters)")
+            problems.append(f"{where} {item!r}: {key!r} is not an NKey user public key (U + 55 characters)")
         elif app in keys and keys[app] != key:
-            problems.append(f"--nkey {item!r}: {app!r} already has the key {keys[app]}")
+            problems.append(f"{where} {item!r}: {app!r} already has the key {keys[app]}")
         else:
             keys[app] = key
     if problems:
         raise ConfigError(problems)
     return keys
+
+
+def read_nkeys_file(path: str | None) -> list[tuple[str, str]]:
+    """The `APP=UPUBKEY` lines of a keys file (blank lines and `#` comments skipped), each with its place."""
+    if path is None:
+        return []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([f"--nkeys-file {path}: cannot read it: {err}"]) from None
+    return [
+        (f"{path}:{number}", line.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def _load(path: str) -> Config:
@@ -88,14 +104,14 @@ def render_stack(args: argparse.Namespace) -> dict[Path, str]:
     if problems:
         raise ConfigError(problems)
     settings = load_stack_settings(args.stack)
-    if args.nkey and settings.auth.mode == "jwt":
+    if (args.nkey or args.nkeys_file) and settings.auth.mode == "jwt":
         raise ConfigError(
             [
-                "--nkey: the stack's jsb:auth is mode jwt; app users are in the account JWTs, "
+                "--nkey/--nkeys-file: the stack's jsb:auth is mode jwt; app users are in the account JWTs, "
                 "not in accounts.conf"
             ]
         )
-    nkeys = parse_nkeys(args.nkey, settings.pairs)
+    nkeys = parse_nkeys(args.nkey, settings.pairs, args.nkeys_file)
     return deployment_documents(settings.pairs, nkeys, **settings.accounts_args())
 
 
@@ -108,7 +124,7 @@ def render_config(args: argparse.Namespace) -> dict[Path, str]:
         raise ConfigError([f"--jetstream-account: {account_problem}"])
     return render_documents(
         config.pairs,
-        parse_nkeys(args.nkey, config.pairs),
+        parse_nkeys(args.nkey, config.pairs, args.nkeys_file),
         deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
         jetstream_account=jetstream_account,
         servers=args.server or None,
@@ -252,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="APP=UPUBKEY",
         help="the NKey public key of APP's user in accounts.conf (repeatable); without it the app's "
         "account has no user yet",
+    )
+    render.add_argument(
+        "--nkeys-file",
+        metavar="FILE",
+        help="APP=UPUBKEY lines (# comments allowed), as --nkey: the app keys `pulumi up` generated, "
+        "committed beside the stack file so `render --stack --check` compares the whole accounts.conf",
     )
     render.add_argument(
         "--deploy-nkey", metavar="UPUBKEY", help="the deploy user of the JetStream account, by NKey"

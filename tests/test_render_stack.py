@@ -1,0 +1,167 @@
+"""`jsb-infra render --stack`: the documents `pulumi up` writes for a stack file, from the program's own
+settings reader. Under the mock engine of test_program_mocks, the program's `ServerDocuments` input and
+`render --stack` of the same settings are compared file by file, in config mode (the generated keys
+given to render) and in JWT mode, with every document-shaping key set; and the committed tree of the
+old behaviour (pairs alone) fails the check. The real CLI and server: tests/test_e2e_config_reload.py.
+"""
+
+# ruff: noqa: F811  (the `monitor` fixture is imported from test_program_mocks and used as a parameter)
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nkeys
+import pulumi
+import pytest
+import yaml
+from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
+    CREDENTIAL_T,
+    DOCUMENTS_T,
+    TWO_PAIRS,
+    RecordingMonitor,
+    monitor,
+    run_build,
+)
+
+from jsb_infra.cli import main
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.ops.rendered_tree import MANIFEST
+
+ACCOUNT = jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
+DEPLOY_NKEY = new_user_keypair()[1]
+SETTINGS: dict[str, Any] = {
+    "jsb:servers": ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"],
+    "jsb:appServers": ["nats://apps.example:4222"],
+    "jsb:jetstreamAccount": "STREAMS",
+    "jsb:deployUser": {"nkey": DEPLOY_NKEY},
+    "jsb:pairs": TWO_PAIRS,
+    "jsb:outputDir": "/srv/nats/documents",
+}
+CONFIG_AUTH = {"mode": "config", "accounts_file": "/etc/nats/accounts.conf", "reload": {"command": ["true"]}}
+JWT_AUTH = {"mode": "jwt", "jetstream_account": ACCOUNT}
+ADMIN = {
+    "jsb:admin": {"password": {"secure": "v1:C56S1xX+ZQzHWGB3:T/HotDDEkqtEFcdJ2nTAq/ZRcAPePhjpu+RNgcc="}}
+}
+
+
+def write_stack(path: Path, values: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump({"config": values}, sort_keys=False))
+    return path
+
+
+def engine_config(values: dict[str, Any]) -> None:
+    """The stack config as the Pulumi engine hands it to a program: structured values as JSON text."""
+    pulumi.runtime.set_all_config(
+        {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+    )
+
+
+def rendered(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): p.read_text()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+@pytest.mark.parametrize("auth", [CONFIG_AUTH, JWT_AUTH], ids=["config", "jwt"])
+def test_render_stack_is_what_the_program_writes_file_by_file(
+    monitor: RecordingMonitor, tmp_path: Path, auth: dict[str, Any]
+) -> None:
+    values = {**SETTINGS, "jsb:auth": auth}
+    engine_config(values)
+    run_build()
+    [documents] = monitor.of_type(DOCUMENTS_T)
+    written: dict[str, str] = documents.inputs["documents"]
+    keys = [f"{r.inputs['app']}={monitor.state(r)['public_key']}" for r in monitor.of_type(CREDENTIAL_T)]
+
+    stack = write_stack(tmp_path / "Pulumi.prod.yaml", {**values, **ADMIN})
+    out = tmp_path / "rendered"
+    nkey_args = [arg for key in keys for arg in ("--nkey", key)]
+    assert main(["render", "--stack", str(stack), "--out", str(out), *nkey_args]) == 0
+    assert rendered(out) == written  # every file, byte for byte
+    conf = written["accounts.conf"]
+    assert '"STREAMS" {' in conf and "JETSTREAM" not in conf and DEPLOY_NKEY in conf
+    assert (
+        json.loads(written["orders-billing-sync/bridges/orders.json"])["servers"]
+        == SETTINGS["jsb:appServers"]
+    )
+    if auth["mode"] == "config":
+        assert len(keys) == 3 and all(key.split("=")[1] in conf for key in keys)
+    else:
+        assert not keys and 'nkey: "U' not in conf.replace(DEPLOY_NKEY, "")
+    assert main(["render", "--stack", str(stack), "--out", str(out), "--check", *nkey_args]) == 0
+
+
+def test_a_tree_rendered_from_the_pairs_alone_fails_the_check(tmp_path: Path, capsys) -> None:
+    """The old `render --stack` read `jsb:pairs` only: its tree (JETSTREAM, no deploy user, no bridges)
+    passed the check. Now the check lists what `up` would write differently."""
+    stack = write_stack(tmp_path / "Pulumi.prod.yaml", {**SETTINGS, "jsb:auth": JWT_AUTH})
+    config = tmp_path / "pairs.yaml"
+    config.write_text(yaml.safe_dump({"pairs": TWO_PAIRS}))
+    out = tmp_path / "rendered"
+    assert main(["render", str(config), "--out", str(out)]) == 0  # the pairs alone, as before
+    assert '"JETSTREAM" {' in (out / "accounts.conf").read_text()
+    capsys.readouterr()
+    assert main(["render", "--stack", str(stack), "--out", str(out), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "changed  accounts.conf" in err and "changed  orders-billing-sync/permissions/orders.conf" in err
+    assert "missing  orders-billing-sync/bridges/orders.json" in err
+    # control: the same stack without the document-shaping keys renders what the pairs alone render
+    plain = write_stack(
+        tmp_path / "Pulumi.plain.yaml", {"jsb:servers": SETTINGS["jsb:servers"], "jsb:pairs": TWO_PAIRS}
+    )
+    assert main(["render", "--stack", str(plain), "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "accounts.conf").read_text() == (out / "accounts.conf").read_text()
+
+
+@pytest.mark.parametrize(
+    ("values", "args", "expected"),
+    [
+        (
+            {"jsb:jetstreamAccount": {"secure": "v1:abc"}},
+            [],
+            "jsb:jetstreamAccount: is a secret (`secure:`)",
+        ),
+        ({"jsb:auth": {"mode": "ldap"}}, [], "jsb:auth.mode: must be one of config, jwt"),
+        ({"jsb:auth": "jwt"}, [], "jsb:auth: must be an object"),
+        ({"jsb:deployUser": {"nkey": "nope"}}, [], "jsb:deployUser.nkey: must be an NKey user public key"),
+        ({"jsb:jetstreamAccount": "APP_x"}, [], "jsb:jetstreamAccount:"),
+        ({}, ["--jetstream-account", "OTHER"], "--jetstream-account: not with --stack"),
+        ({}, ["--server", "nats://x:4222"], "--server: not with --stack"),
+        (
+            {"jsb:auth": JWT_AUTH},
+            ["--nkey", f"orders={DEPLOY_NKEY}"],
+            "--nkey/--nkeys-file: the stack's jsb:auth",
+        ),
+    ],
+)
+def test_a_bad_stack_setting_or_option_exits_2_naming_it_and_writes_nothing(
+    tmp_path: Path, capsys, values: dict[str, Any], args: list[str], expected: str
+) -> None:
+    stack = write_stack(tmp_path / "Pulumi.prod.yaml", {**SETTINGS, **values})
+    out = tmp_path / "rendered"
+    assert main(["render", "--stack", str(stack), "--out", str(out), *args]) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_keys_file_gives_the_app_users_and_names_a_bad_line(tmp_path: Path, capsys) -> None:
+    stack = write_stack(tmp_path / "Pulumi.prod.yaml", {**SETTINGS, "jsb:auth": CONFIG_AUTH})
+    orders, billing = new_user_keypair()[1], new_user_keypair()[1]
+    keys = tmp_path / "prod.nkeys"
+    keys.write_text(f"# app keys `pulumi up` generated\norders={orders}\n\nbilling={billing}\n")
+    out = tmp_path / "rendered"
+    assert main(["render", "--stack", str(stack), "--out", str(out), "--nkeys-file", str(keys)]) == 0
+    conf = (out / "accounts.conf").read_text()
+    assert orders in conf and billing in conf and "render with --nkey shipping=U..." in conf
+    keys.write_text(f"orders={orders}\nbilling=UNOTAKEY\n")
+    assert (
+        main(["render", "--stack", str(stack), "--out", str(out), "--nkeys-file", str(keys), "--check"]) == 2
+    )
+    assert (
+        f"{keys}:2 'billing=UNOTAKEY': 'UNOTAKEY' is not an NKey user public key" in capsys.readouterr().err
+    )
