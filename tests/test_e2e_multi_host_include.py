@@ -26,6 +26,8 @@ from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
 from jsb_infra.core.credentials import new_user_keypair
 from jsb_infra.core.spec import parse_pairs
+from jsb_infra.deploy.providers.accounts_include import run_reload
+from jsb_infra.deploy.providers.base import ProviderError
 from jsb_infra.local.cluster import LocalNatsCluster
 from jsb_infra.local.server import nats_server_binary
 from jsb_infra.ops.ship_include import config_load_time
@@ -72,26 +74,13 @@ def hosts(cluster: LocalNatsCluster) -> list[dict[str, object]]:
     return listed
 
 
-def ship(
-    tmp_path: Path, cluster: LocalNatsCluster, text: str, *extra: str
-) -> subprocess.CompletedProcess[str]:
+def ship(tmp_path: Path, listed: object, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m jsb_infra.ops.ship_include` of `text` to the hosts `listed` (hosts.json's content)."""
     include, hosts_file = tmp_path / "accounts.conf", tmp_path / "hosts.json"
     include.write_text(text)
-    hosts_file.write_text(json.dumps(hosts(cluster)))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jsb_infra.ops.ship_include",
-            "--include",
-            str(include),
-            "--hosts",
-            str(hosts_file),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    hosts_file.write_text(json.dumps(listed))
+    command = [sys.executable, "-m", "jsb_infra.ops.ship_include", "--include", str(include)]
+    return subprocess.run([*command, "--hosts", str(hosts_file), *extra], capture_output=True, text=True)
 
 
 def loaded_at(http_port: int) -> str:
@@ -118,7 +107,7 @@ async def connects(url: str) -> bool:
 
 async def test_every_host_gets_the_include_and_is_reloaded_in_order(cluster, tmp_path):
     assert not [n.name for n in cluster.nodes if await connects(n.url)], "no app user before the rollout"
-    shipped = ship(tmp_path, cluster, WITH_USERS)
+    shipped = ship(tmp_path, hosts(cluster), WITH_USERS)
     assert shipped.returncode == 0, shipped.stderr
     assert [line.split(":")[0] for line in shipped.stdout.splitlines()] == ["n1", "n2", "n3"]
     for node in cluster.nodes:
@@ -131,7 +120,7 @@ async def test_every_host_gets_the_include_and_is_reloaded_in_order(cluster, tmp
 async def test_an_include_the_servers_refuse_stops_the_rollout_at_the_first_host(cluster, tmp_path):
     before = {n.name: include_of(cluster, n.name).read_text() for n in cluster.nodes}
     refused = WITH_USERS.replace(PUBLIC, "UNOTAKEY")  # nats-server: not a valid public nkey
-    shipped = ship(tmp_path, cluster, refused, "--apply-timeout", "2")
+    shipped = ship(tmp_path, hosts(cluster), refused, "--apply-timeout", "2")
     assert shipped.returncode == 1
     assert "n1: the server did not apply the new include within 2s" in shipped.stderr
     assert "applied on: none; not touched: n2, n3" in shipped.stderr
@@ -151,28 +140,12 @@ async def test_an_include_the_servers_refuse_stops_the_rollout_at_the_first_host
     time.sleep(0.5)
     assert loaded_at(n1.http_port) == loaded
     # put the good include back everywhere: the rollout is idempotent
-    assert ship(tmp_path, cluster, WITH_USERS).returncode == 0
+    assert ship(tmp_path, hosts(cluster), WITH_USERS).returncode == 0
 
 
 def test_a_bad_hosts_file_names_each_problem_before_touching_any_host(tmp_path):
-    hosts_file, include = tmp_path / "hosts.json", tmp_path / "accounts.conf"
-    include.write_text(WITH_USERS)
-    hosts_file.write_text(
-        json.dumps([{"name": "a", "reload": "nats-server --signal reload", "path": "/x", "copy": [["cp"]]}])
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jsb_infra.ops.ship_include",
-            "--include",
-            str(include),
-            "--hosts",
-            str(hosts_file),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = [{"name": "a", "reload": "nats-server --signal reload", "path": "/x", "copy": [["cp"]]}]
+    done = ship(tmp_path, bad, WITH_USERS)
     assert done.returncode == 1
     for problem in (
         "[0].reload: required, a non-empty list",
@@ -181,3 +154,20 @@ def test_a_bad_hosts_file_names_each_problem_before_touching_any_host(tmp_path):
     ):
         assert problem in done.stderr
     assert not Path("/x").exists()
+
+
+def test_a_reload_command_that_fails_is_named_with_its_status_and_stderr(tmp_path):
+    """The same runner serves the single-host hook (`jsb:auth.reload.command`) and the rollout."""
+    with pytest.raises(ProviderError, match=r"reload command 'sh' exited with 3: no pid file"):
+        run_reload({"command": ["sh", "-c", "echo no pid file >&2; exit 3"]})
+    with pytest.raises(ProviderError, match=r"reload command '/nonexistent/reload' failed to run"):
+        run_reload({"command": ["/nonexistent/reload"]})
+    listed = [
+        {"name": "h1", "path": str(tmp_path / "h1.conf"), "reload": ["false"], "varz": "http://127.0.0.1:1/"}
+    ]
+    done = ship(tmp_path, listed, WITH_USERS)
+    assert (
+        done.returncode == 1
+        and "h1: its monitoring endpoint http://127.0.0.1:1/ does not answer" in done.stderr
+    )
+    assert not (tmp_path / "h1.conf").exists(), "nothing is placed on a host whose state cannot be read"

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -41,6 +40,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from jsb_infra.commands import CommandFailed, run_command
 
 COMMAND_TIMEOUT = 60.0
 APPLY_TIMEOUT = 30.0
@@ -124,16 +125,10 @@ def config_load_time(varz: str, timeout: float = 2.0) -> str | None:
 
 
 def _run(host: Host, what: str, argv: tuple[str, ...], include: Path) -> None:
-    command = [a.replace("{include}", str(include)) for a in argv]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ShipProblem(f"{host.name}: the {what} command {command[0]!r} failed to run: {err}") from None
-    if done.returncode != 0:
-        raise ShipProblem(
-            f"{host.name}: the {what} command {command[0]!r} exited with {done.returncode}: "
-            f"{done.stderr.strip()[-300:]}"
-        )
+        run_command([a.replace("{include}", str(include)) for a in argv], COMMAND_TIMEOUT)
+    except CommandFailed as err:
+        raise ShipProblem(f"{host.name}: the {what} {err}") from None
 
 
 def _place(host: Host, include: Path) -> None:
