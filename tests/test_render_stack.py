@@ -8,6 +8,8 @@ old behaviour (pairs alone) fails the check. The real CLI and server: tests/test
 # ruff: noqa: F811  (the `monitor` fixture is imported from test_program_mocks and used as a parameter)
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ from test_program_mocks import (  # noqa: F401  (monitor is a fixture)
 from jsb_infra.cli import main
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.documents import deployment_documents
+from jsb_infra.deploy.app_accounts import AppAccountsArgs
+from jsb_infra.deploy.stack_settings import StackFile, StackSettings, read_stack_settings
 from jsb_infra.ops.rendered_tree import MANIFEST
 
 ACCOUNT = jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
@@ -165,3 +170,44 @@ def test_the_keys_file_gives_the_app_users_and_names_a_bad_line(tmp_path: Path, 
     assert (
         f"{keys}:2 'billing=UNOTAKEY': 'UNOTAKEY' is not an NKey user public key" in capsys.readouterr().err
     )
+
+
+def test_a_jsb_key_set_for_every_stack_in_pulumi_yaml_is_refused(tmp_path: Path, capsys) -> None:
+    """The program would see a project-level value that the stack file does not hold: refuse rather
+    than render documents `up` would not write. A declaration without a value sets nothing (control)."""
+    (tmp_path / "stacks").mkdir()
+    stack = write_stack(tmp_path / "stacks" / "Pulumi.prod.yaml", SETTINGS)
+    project = tmp_path / "Pulumi.yaml"
+    project.write_text("name: jsb\nruntime: python\nconfig:\n  jsb:jetstreamAccount:\n    default: OTHER\n")
+    out = tmp_path / "rendered"
+    assert main(["render", "--stack", str(stack), "--out", str(out)]) == 2
+    assert f"jsb:jetstreamAccount: set in the project file {project}" in capsys.readouterr().err
+    assert not out.exists()
+    project.write_text("name: jsb\nruntime: python\nconfig:\n  jsb:jetstreamAccount:\n    type: string\n")
+    assert main(["render", "--stack", str(stack), "--out", str(out)]) == 0
+    assert '"STREAMS" {' in (out / "accounts.conf").read_text()
+
+
+DOCUMENT_SHAPING = {"pairs", "servers", "app_servers", "jetstream_account", "deploy", "auth"}
+"""Every StackSettings field, each reaching the documents through `accounts_args()` (servers as the
+bridges' default) or, for pairs, directly."""
+
+
+def test_every_stack_setting_is_known_to_reach_render() -> None:
+    """A tripwire for new `jsb:` keys: a field added to StackSettings must be passed on by
+    `accounts_args()` (so `render --stack` and the program both get it) before it is listed here."""
+    fields = {f.name for f in dataclasses.fields(StackSettings)}
+    assert fields == DOCUMENT_SHAPING, (
+        f"new StackSettings field(s) {sorted(fields - DOCUMENT_SHAPING)}: pass them on in accounts_args() "
+        "and deployment_documents() if they shape a document, then list them here"
+    )
+    settings = read_stack_settings(StackFile("s", {**SETTINGS, "jsb:auth": JWT_AUTH}))
+    args = settings.accounts_args()
+    assert args == {
+        "app_servers": SETTINGS["jsb:appServers"],
+        "jetstream_account": "STREAMS",
+        "deploy_user": settings.deploy,
+        "auth": settings.auth,
+    }
+    assert set(args) <= set(inspect.signature(deployment_documents).parameters)
+    assert set(args) <= {f.name for f in dataclasses.fields(AppAccountsArgs)}

@@ -248,6 +248,15 @@ class StackFile:
         config = document.get("config", {}) if isinstance(document, dict) else None
         if not isinstance(config, dict):
             raise ConfigError([f"{path}: a Pulumi stack file is a mapping with a `config:` mapping"])
+        project_keys = _project_config_keys(Path(path))
+        if project_keys:
+            raise ConfigError(
+                [
+                    f"{key}: set in the project file {project} for every stack; render --stack reads the "
+                    "stack file alone, so move it into the stack file"
+                    for project, key in project_keys
+                ]
+            )
         return cls(path, config)
 
     def get(self, key: str) -> str | None:
@@ -267,6 +276,30 @@ class StackFile:
         if isinstance(value, bool):
             return "true" if value else "false"
         return str(value)
+
+
+def _project_config_keys(stack_file: Path) -> list[tuple[Path, str]]:
+    """`jsb:` keys the nearest Pulumi.yaml above the stack file sets for every stack (project-level
+    config): the program would see them and render would not."""
+    for directory in stack_file.resolve().parents:
+        project = directory / "Pulumi.yaml"
+        if project.is_file():
+            try:
+                document = strict_yaml.load_file(project)
+            except (OSError, strict_yaml.YamlProblem):
+                return []
+            config = document.get("config") if isinstance(document, dict) else None
+            if not isinstance(config, dict):
+                return []
+            prefix = f"{CONFIG_NAMESPACE}:"
+            return [
+                (project, str(key))
+                for key, entry in config.items()
+                if str(key).startswith(prefix)
+                # a declaration (type, description) sets nothing; a value or a default does
+                and not (isinstance(entry, dict) and not {"value", "default"} & set(entry))
+            ]
+    return []
 
 
 def _holds_secret(value: Any) -> bool:
