@@ -6,7 +6,9 @@ Three nats-server nodes on loopback stand in for three hosts: each reads its OWN
 They start on the bootstrap include (the JetStream account and its deploy user, no app user). Shipping
 the include with the apps' users reaches every node, in the order listed, and the app connects to each
 (it could connect to none before: the control). An include the servers refuse stops the rollout at the
-first host, which keeps running its previous config; the hosts after it are not touched.
+first host, which keeps running its previous config; the hosts after it are not touched. And the whole
+chain with the real Pulumi CLI: `up` writes the include to a staging path and its reload hook is the
+rollout, after which the app publishes into its stream through every node.
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import pulumi.automation as auto
 import pytest
-from conftest import ADMIN_PASSWORD, DEPLOY, DEPLOY_PASSWORD_ENV
+from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV
+from e2e_support import (
+    copy_project,
+    offline_env,
+    pulumi_bin_dir,
+    pulumi_command,
+    run_cli,
+    set_admin,
+    set_plain_config,
+)
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
@@ -31,8 +43,15 @@ from jsb_infra.deploy.providers.base import ProviderError
 from jsb_infra.local.cluster import LocalNatsCluster
 from jsb_infra.local.server import nats_server_binary
 from jsb_infra.ops.ship_include import config_load_time
+from jsb_infra.runtime import load_bridge
 
-LAYOUT = account_layout(parse_pairs([{"stream": "ship-orders-billing", "apps": ["orders", "billing"]}]).pairs)
+PAIR = {
+    "stream": "ship-orders-billing",
+    "apps": ["orders", "billing"],
+    "protect": False,
+    "allow_destroy_with_messages": True,
+}
+LAYOUT = account_layout(parse_pairs([PAIR]).pairs)
 SEED, PUBLIC = new_user_keypair()
 BOOTSTRAP = render_accounts_conf(LAYOUT, {}, DEPLOY)
 WITH_USERS = render_accounts_conf(LAYOUT, {"orders": PUBLIC}, DEPLOY)
@@ -171,3 +190,52 @@ def test_a_reload_command_that_fails_is_named_with_its_status_and_stderr(tmp_pat
         and "h1: its monitoring endpoint http://127.0.0.1:1/ does not answer" in done.stderr
     )
     assert not (tmp_path / "h1.conf").exists(), "nothing is placed on a host whose state cannot be read"
+
+
+@pytest.mark.e2e
+async def test_pulumi_up_ships_its_include_to_every_host_and_the_apps_work_on_each(cluster, tmp_path):
+    """The whole chain: `up` writes the include to its staging path, its reload hook is the rollout, and
+    the app publishes into its stream through every node with the key that `up` generated."""
+    bin_dir = pulumi_bin_dir()
+    project = copy_project(tmp_path / "project")
+    options = auto.LocalWorkspaceOptions(
+        work_dir=str(project),
+        env_vars=offline_env(tmp_path, bin_dir, "e2e-ship"),
+        pulumi_home=str(tmp_path / "home"),
+        pulumi_command=pulumi_command(bin_dir, tmp_path),
+    )
+    stack = auto.create_or_select_stack(stack_name="ship", work_dir=str(project), opts=options)
+    set_admin(stack, ADMIN_USER, ADMIN_PASSWORD)
+    staging, hosts_file = tmp_path / "staging" / "accounts.conf", tmp_path / "hosts.json"
+    hosts_file.write_text(json.dumps(hosts(cluster)))
+    rollout = [sys.executable, "-m", "jsb_infra.ops.ship_include", "--include", str(staging)]
+    set_plain_config(
+        stack,
+        {
+            "jsb:servers": cluster.urls,
+            "jsb:pairs": [PAIR],
+            "jsb:deployUser": {"user": ADMIN_USER, "password_env": DEPLOY_PASSWORD_ENV},
+            "jsb:auth": {
+                "mode": "config",
+                "accounts_file": str(staging),
+                "reload": {"command": [*rollout, "--hosts", str(hosts_file)]},
+            },
+        },
+    )
+    stack.up(color="never")  # the cluster goes with the module: no destroy needed
+    shown = json.loads(run_cli(stack, "stack", "output", "credentials", "--json", "--show-secrets"))
+    assert shown["orders"]["public_key"] in staging.read_text()
+    bridge = load_bridge(stack.outputs()["bridges"].value, stream=PAIR["stream"], app="orders")
+    for node in cluster.nodes:
+        assert include_of(cluster, node.name).read_text() == staging.read_text()
+        nc = await nats.connect(
+            node.url,
+            nkeys_seed_str=shown["orders"]["seed"],
+            inbox_prefix=names.inbox_prefix("orders"),
+            allow_reconnect=False,
+        )
+        try:
+            ack = await nc.jetstream().publish(bridge.publish_subject, node.name.encode(), timeout=5)
+            assert ack.stream == PAIR["stream"]
+        finally:
+            await nc.close()
