@@ -27,10 +27,7 @@ import pulumi.automation as auto
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV
 from e2e_support import (
-    copy_project,
-    offline_env,
-    pulumi_bin_dir,
-    pulumi_command,
+    local_stack,
     run_cli,
     set_admin,
     set_plain_config,
@@ -87,15 +84,7 @@ def server(scratch: Path, include: Path) -> Iterator[LocalNatsServer]:
 
 @pytest.fixture(scope="module")
 def stack(scratch: Path, server: LocalNatsServer) -> auto.Stack:
-    bin_dir = pulumi_bin_dir()
-    project = copy_project(scratch / "project")
-    options = auto.LocalWorkspaceOptions(
-        work_dir=str(project),
-        env_vars=offline_env(scratch, bin_dir, "e2e-reload"),
-        pulumi_home=str(scratch / "home"),
-        pulumi_command=pulumi_command(bin_dir, scratch),
-    )
-    stack = auto.create_or_select_stack(stack_name="reload", work_dir=str(project), opts=options)
+    stack = local_stack(scratch, "reload", "e2e-reload")
     set_admin(stack, ADMIN_USER, ADMIN_PASSWORD)
     return stack
 

@@ -21,18 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
-import pulumi.automation as auto
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV
-from e2e_support import (
-    copy_project,
-    offline_env,
-    pulumi_bin_dir,
-    pulumi_command,
-    run_cli,
-    set_admin,
-    set_plain_config,
-)
+from e2e_support import local_stack, run_cli, set_admin, set_plain_config
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
@@ -196,15 +187,7 @@ def test_a_reload_command_that_fails_is_named_with_its_status_and_stderr(tmp_pat
 async def test_pulumi_up_ships_its_include_to_every_host_and_the_apps_work_on_each(cluster, tmp_path):
     """The whole chain: `up` writes the include to its staging path, its reload hook is the rollout, and
     the app publishes into its stream through every node with the key that `up` generated."""
-    bin_dir = pulumi_bin_dir()
-    project = copy_project(tmp_path / "project")
-    options = auto.LocalWorkspaceOptions(
-        work_dir=str(project),
-        env_vars=offline_env(tmp_path, bin_dir, "e2e-ship"),
-        pulumi_home=str(tmp_path / "home"),
-        pulumi_command=pulumi_command(bin_dir, tmp_path),
-    )
-    stack = auto.create_or_select_stack(stack_name="ship", work_dir=str(project), opts=options)
+    stack = local_stack(tmp_path, "ship", "e2e-ship")
     set_admin(stack, ADMIN_USER, ADMIN_PASSWORD)
     staging, hosts_file = tmp_path / "staging" / "accounts.conf", tmp_path / "hosts.json"
     hosts_file.write_text(json.dumps(hosts(cluster)))
