@@ -62,6 +62,25 @@ def render_documents(
     return files
 
 
+def deployment_accounts_conf(
+    pairs: Sequence[Pair],
+    public_keys: Mapping[str, str] | None = None,
+    *,
+    app_servers: Sequence[str] = (),
+    jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
+    deploy_user: DeployUser | None = None,
+    auth: AuthSettings | None = None,
+) -> str:
+    """The deployment's `accounts.conf`, from the same keyword arguments as `AppAccountsArgs`. Pure.
+
+    In config mode it names each app's user by its public key (`public_keys`; an app without one has
+    no user yet); in JWT mode the users are in the account JWTs, so it names none. `app_servers` does
+    not shape it; it is accepted so every document takes the same arguments.
+    """
+    users = dict(public_keys or {}) if (auth or AuthSettings()).mode == "config" else {}
+    return render_accounts_conf(account_layout(pairs, jetstream_account), users, deploy_user)
+
+
 def deployment_documents(
     pairs: Sequence[Pair],
     public_keys: Mapping[str, str] | None = None,
@@ -71,17 +90,17 @@ def deployment_documents(
     deploy_user: DeployUser | None = None,
     auth: AuthSettings | None = None,
 ) -> dict[Path, str]:
-    """The documents the `AppAccounts` component of a deployment writes (its `ServerDocuments`), from the
-    same keyword arguments as `AppAccountsArgs`. Pure.
-
-    In config mode `accounts.conf` names each app's user by its public key (`public_keys`; an app
-    without one has no user yet); in JWT mode the users are in the account JWTs, so it names none.
-    """
-    mode = (auth or AuthSettings()).mode
-    return render_documents(
-        pairs,
-        dict(public_keys or {}) if mode == "config" else {},
-        deploy=deploy_user,
-        jetstream_account=jetstream_account,
-        servers=list(app_servers) or None,
+    """Every document the `AppAccounts` component of a deployment writes (its `ServerDocuments`), from
+    the same keyword arguments as `AppAccountsArgs`: what `render --stack` writes. Pure."""
+    files = render_documents(
+        pairs, {}, deploy=deploy_user, jetstream_account=jetstream_account, servers=list(app_servers) or None
     )
+    files[ACCOUNTS_FILE] = deployment_accounts_conf(
+        pairs,
+        public_keys,
+        app_servers=app_servers,
+        jetstream_account=jetstream_account,
+        deploy_user=deploy_user,
+        auth=auth,
+    )
+    return files

@@ -27,9 +27,9 @@ import pulumi
 from pydantic_core import PydanticCustomError
 
 from jsb_infra.core import names
-from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout
 from jsb_infra.core.auth import AuthSettings, parse_auth
-from jsb_infra.core.documents import deployment_documents
+from jsb_infra.core.documents import deployment_accounts_conf, deployment_documents
 from jsb_infra.core.spec import ConfigError, Pair, check_pairs_disjoint
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
@@ -127,17 +127,16 @@ class AppAccounts(pulumi.ComponentResource):
             )
         # What does not depend on the generated keys is a plain value, known at preview; the
         # accounts include names each app's user by its key, so it waits for the credentials.
-        keyless = deployment_documents(
-            pairs,
-            {},
-            app_servers=args.servers(),
-            jetstream_account=args.jetstream_account,
-            deploy_user=args.deploy_user,
-            auth=args.auth,
-        )
-        deploy = args.deploy_user
+        # `render --stack` derives the same documents with the same arguments (core.documents).
+        shaping: dict[str, Any] = {
+            "app_servers": args.servers(),
+            "jetstream_account": args.jetstream_account,
+            "deploy_user": args.deploy_user,
+            "auth": args.auth,
+        }
+        keyless = deployment_documents(pairs, {}, **shaping)
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(
-            lambda keys: render_accounts_conf(layout, dict(keys), deploy)
+            lambda keys: deployment_accounts_conf(pairs, dict(keys), **shaping)
         )
         documents: dict[str, pulumi.Input[str]] = {str(path): text for path, text in keyless.items()}
         documents["accounts.conf"] = self.accounts_conf
