@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
@@ -62,45 +62,40 @@ def render_documents(
     return files
 
 
-def deployment_accounts_conf(
-    pairs: Sequence[Pair],
-    public_keys: Mapping[str, str] | None = None,
-    *,
-    app_servers: Sequence[str] = (),
-    jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
-    deploy_user: DeployUser | None = None,
-    auth: AuthSettings | None = None,
-) -> str:
-    """The deployment's `accounts.conf`, from the same keyword arguments as `AppAccountsArgs`. Pure.
+class DocumentShape(TypedDict, total=False):
+    """What shapes a deployment's documents beyond its pairs: the keyword arguments `AppAccountsArgs`,
+    `deployment_documents` and `deployment_accounts_conf` share (`StackSettings.accounts_args()` gives
+    them for a stack). A setting added here reaches the program's documents and `render --stack` alike."""
 
-    In config mode it names each app's user by its public key (`public_keys`; an app without one has
-    no user yet); in JWT mode the users are in the account JWTs, so it names none. `app_servers` does
-    not shape it; it is accepted so every document takes the same arguments.
-    """
-    users = dict(public_keys or {}) if (auth or AuthSettings()).mode == "config" else {}
-    return render_accounts_conf(account_layout(pairs, jetstream_account), users, deploy_user)
+    app_servers: Sequence[str]  # the URLs apps are told (the bridges)
+    jetstream_account: str
+    deploy_user: DeployUser | None
+    auth: AuthSettings  # config mode names the app users in accounts.conf; JWT mode does not
+
+
+def deployment_accounts_conf(
+    pairs: Sequence[Pair], public_keys: Mapping[str, str] | None = None, **shape: Unpack[DocumentShape]
+) -> str:
+    """The deployment's `accounts.conf`. Pure. In config mode it names each app's user by its public key
+    (`public_keys`; an app without one has no user yet); in JWT mode the users are in the account JWTs,
+    so it names none."""
+    auth = shape.get("auth") or AuthSettings()
+    users = dict(public_keys or {}) if auth.mode == "config" else {}
+    layout = account_layout(pairs, shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT))
+    return render_accounts_conf(layout, users, shape.get("deploy_user"))
 
 
 def deployment_documents(
-    pairs: Sequence[Pair],
-    public_keys: Mapping[str, str] | None = None,
-    *,
-    app_servers: Sequence[str] = (),
-    jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
-    deploy_user: DeployUser | None = None,
-    auth: AuthSettings | None = None,
+    pairs: Sequence[Pair], public_keys: Mapping[str, str] | None = None, **shape: Unpack[DocumentShape]
 ) -> dict[Path, str]:
-    """Every document the `AppAccounts` component of a deployment writes (its `ServerDocuments`), from
-    the same keyword arguments as `AppAccountsArgs`: what `render --stack` writes. Pure."""
+    """Every document the `AppAccounts` component of a deployment writes (its `ServerDocuments`): what
+    `render --stack` writes. Pure."""
     files = render_documents(
-        pairs, {}, deploy=deploy_user, jetstream_account=jetstream_account, servers=list(app_servers) or None
-    )
-    files[ACCOUNTS_FILE] = deployment_accounts_conf(
         pairs,
-        public_keys,
-        app_servers=app_servers,
-        jetstream_account=jetstream_account,
-        deploy_user=deploy_user,
-        auth=auth,
+        {},
+        deploy=shape.get("deploy_user"),
+        jetstream_account=shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT),
+        servers=list(shape.get("app_servers", ())) or None,
     )
+    files[ACCOUNTS_FILE] = deployment_accounts_conf(pairs, public_keys, **shape)
     return files

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from jsb_infra.core import names
 from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout
 from jsb_infra.core.auth import AuthSettings, parse_auth
-from jsb_infra.core.documents import deployment_accounts_conf, deployment_documents
+from jsb_infra.core.documents import DocumentShape, deployment_accounts_conf, deployment_documents
 from jsb_infra.core.spec import ConfigError, Pair, check_pairs_disjoint
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
@@ -128,7 +128,7 @@ class AppAccounts(pulumi.ComponentResource):
         # What does not depend on the generated keys is a plain value, known at preview; the
         # accounts include names each app's user by its key, so it waits for the credentials.
         # `render --stack` derives the same documents with the same arguments (core.documents).
-        shaping: dict[str, Any] = {
+        shaping: DocumentShape = {
             "app_servers": args.servers(),
             "jetstream_account": args.jetstream_account,
             "deploy_user": args.deploy_user,

@@ -21,6 +21,7 @@ from jsb_infra.core import names, strict_yaml
 from jsb_infra.core.accounts import DeployUser
 from jsb_infra.core.auth import KEY as AUTH_KEY
 from jsb_infra.core.auth import AuthSettings, parse_auth
+from jsb_infra.core.documents import DocumentShape
 from jsb_infra.core.servers import UNREADABLE, check_servers
 from jsb_infra.core.spec import ConfigError, Pair, parse_pairs
 
@@ -54,7 +55,7 @@ class StackSettings:
         """The URLs apps are told: `jsb:appServers`, else the deploy's `jsb:servers`."""
         return list(self.app_servers or self.servers)
 
-    def accounts_args(self) -> dict[str, Any]:
+    def accounts_args(self) -> DocumentShape:
         """Every setting that shapes the deployment's documents, as the keyword arguments both
         `AppAccountsArgs` (the program) and `core.documents.deployment_documents` (`render --stack`)
         take: a setting added here reaches both, so what `render --check` compares is what `up` writes."""
