@@ -14,44 +14,60 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jsb_infra.core import names, strict_yaml
+from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser
-from jsb_infra.core.documents import render_documents, render_json
-from jsb_infra.core.spec import Config, ConfigError, config_json_schema, load_config, parse_pairs
+from jsb_infra.core.documents import deployment_documents, render_documents, render_json
+from jsb_infra.core.spec import Config, ConfigError, Pair, config_json_schema, load_config
+from jsb_infra.deploy.stack_settings import StackFile, StackSettings, read_stack_settings
 from jsb_infra.ops import export as export_command
 from jsb_infra.ops import rendered_tree
 
 EXIT_INVALID = 2
 EXIT_DIFFERS = 1
-STACK_PAIRS_KEY = "jsb:pairs"
 _USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 
 
-def parse_nkeys(given: list[str], config: Config) -> dict[str, str]:
-    """`APP=UPUBKEY` options -> {app: public key}; raises ConfigError naming each bad option."""
-    apps = {app for pair in config.pairs for app in pair.apps}
+def parse_nkeys(given: list[str], pairs: Sequence[Pair], nkeys_file: str | None = None) -> dict[str, str]:
+    """`APP=UPUBKEY` options (and the lines of `--nkeys-file`) -> {app: public key}; raises ConfigError
+    naming each bad option or line."""
+    apps = {app for pair in pairs for app in pair.apps}
     keys: dict[str, str] = {}
     problems: list[str] = []
-    for item in given:
+    for where, item in [("--nkey", item) for item in given] + read_nkeys_file(nkeys_file):
         app, sep, key = item.partition("=")
         if not sep or not app:
-            problems.append(f"--nkey {item!r}: write APP=UPUBKEY")
+            problems.append(f"{where} {item!r}: write APP=UPUBKEY")
         elif app not in apps:
             known = ", ".join(sorted(apps))
-            problems.append(f"--nkey {item!r}: {app!r} is not an app of this config ({known})")
+            problems.append(f"{where} {item!r}: {app!r} is not an app of this config ({known})")
         elif not _USER_PUBLIC_KEY.match(key):
-            problems.append(f"--nkey {item!r}: {key!r} is not an NKey user public key (U + 55 characters)")
+            problems.append(f"{where} {item!r}: {key!r} is not an NKey user public key (U + 55 characters)")
         elif app in keys and keys[app] != key:
-            problems.append(f"--nkey {item!r}: {app!r} already has the key {keys[app]}")
+            problems.append(f"{where} {item!r}: {app!r} already has the key {keys[app]}")
         else:
             keys[app] = key
     if problems:
         raise ConfigError(problems)
     return keys
+
+
+def read_nkeys_file(path: str | None) -> list[tuple[str, str]]:
+    """The `APP=UPUBKEY` lines of a keys file (blank lines and `#` comments skipped), each with its place."""
+    if path is None:
+        return []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([f"--nkeys-file {path}: cannot read it: {err}"]) from None
+    return [
+        (f"{path}:{number}", line.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def _load(path: str) -> Config:
@@ -62,29 +78,58 @@ def _load(path: str) -> Config:
         raise ConfigError([f"{path}: cannot read the config file: {err.strerror or err}"]) from None
 
 
-def load_stack_pairs(path: str) -> Config:
-    """`jsb:pairs` of a Pulumi stack file (`stacks/Pulumi.<env>.yaml`), read strictly.
+def load_stack_settings(path: str) -> StackSettings:
+    """Every document-shaping `jsb:` key of a Pulumi stack file (`stacks/Pulumi.<env>.yaml`), read and
+    validated by the program's own reader (`read_stack_settings`), so `render --stack` derives from
+    exactly what `pulumi up` derives from. Secrets (`jsb:admin`, ...) are never read."""
+    return read_stack_settings(StackFile.load(path))
 
-    Other keys, and secure (encrypted) values among them, are not read: rendering needs no secret.
-    """
-    try:
-        document = strict_yaml.load_file(path)
-    except OSError as err:
-        raise ConfigError([f"{path}: cannot read the stack file: {err.strerror or err}"]) from None
-    except strict_yaml.YamlProblem as err:
-        raise ConfigError([str(err)]) from None
-    config = document.get("config") if isinstance(document, dict) else None
-    if not isinstance(config, dict) or STACK_PAIRS_KEY not in config:
-        raise ConfigError([f"{STACK_PAIRS_KEY}: required in the stack file's `config:` section"])
-    pairs = config[STACK_PAIRS_KEY]
-    if isinstance(pairs, dict) and "secure" in pairs:
-        raise ConfigError([f"{STACK_PAIRS_KEY}: is a secret; render needs the pairs as plain YAML"])
-    try:
-        return parse_pairs(pairs)
-    except ConfigError as err:
+
+STACK_DECIDES = {
+    "jetstream_account": ("--jetstream-account", "jsb:jetstreamAccount"),
+    "deploy_nkey": ("--deploy-nkey", "jsb:deployUser"),
+    "deploy_user": ("--deploy-user", "jsb:deployUser"),
+    "server": ("--server", "jsb:appServers / jsb:servers"),
+}
+
+
+def render_stack(args: argparse.Namespace) -> dict[Path, str]:
+    """`render --stack`: the documents `pulumi up` writes for that stack file (AppAccounts' documents),
+    with the app users' public keys from `--nkey` in config mode."""
+    problems = [
+        f"{option}: not with --stack; the stack file's {key} decides (set it there)"
+        for attr, (option, key) in STACK_DECIDES.items()
+        if getattr(args, attr)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    settings = load_stack_settings(args.stack)
+    if (args.nkey or args.nkeys_file) and settings.auth.mode == "jwt":
         raise ConfigError(
-            [STACK_PAIRS_KEY + p.removeprefix("pairs") if p.startswith("pairs") else p for p in err.problems]
-        ) from None
+            [
+                "--nkey/--nkeys-file: the stack's jsb:auth is mode jwt; app users are in the account JWTs, "
+                "not in accounts.conf"
+            ]
+        )
+    nkeys = parse_nkeys(args.nkey, settings.pairs, args.nkeys_file)
+    return deployment_documents(settings.pairs, nkeys, **settings.accounts_args())
+
+
+def render_config(args: argparse.Namespace) -> dict[Path, str]:
+    """`render CONFIG`: the documents of a config file, shaped by the command-line options."""
+    config = _load(args.config)
+    jetstream_account = args.jetstream_account or names.DEFAULT_JETSTREAM_ACCOUNT
+    account_problem = names.jetstream_account_problem(jetstream_account)
+    if account_problem:
+        raise ConfigError([f"--jetstream-account: {account_problem}"])
+    return render_documents(
+        config.pairs,
+        parse_nkeys(args.nkey, config.pairs, args.nkeys_file),
+        deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
+        jetstream_account=jetstream_account,
+        servers=args.server or None,
+        app_limits=config.app_limits,
+    )
 
 
 def _report_invalid(source: str, err: ConfigError | rendered_tree.TreeProblem) -> int:
@@ -117,18 +162,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     out = Path(args.out)
     try:
-        config = load_stack_pairs(args.stack) if args.stack else _load(args.config)
-        account_problem = names.jetstream_account_problem(args.jetstream_account)
-        if account_problem:
-            raise ConfigError([f"--jetstream-account: {account_problem}"])
-        documents = render_documents(
-            config.pairs,
-            parse_nkeys(args.nkey, config),
-            deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
-            jetstream_account=args.jetstream_account,
-            servers=args.server or None,
-            app_limits=config.app_limits,
-        )
+        documents = render_stack(args) if args.stack else render_config(args)
         files = rendered_tree.with_manifest(documents)
         if args.check:
             difference = rendered_tree.compare(out, files)
@@ -215,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("config", nargs="?", help="config YAML (`pairs: [...]`)")
     render.add_argument(
-        "--stack", metavar="STACKFILE", help="read `jsb:pairs` from a Pulumi stack file instead"
+        "--stack",
+        metavar="STACKFILE",
+        help="render what `pulumi up` writes for this Pulumi stack file instead (its jsb:pairs, "
+        "jsb:jetstreamAccount, jsb:deployUser, jsb:auth, jsb:appServers/jsb:servers; no secret read)",
     )
     render.add_argument(
         "--out", required=True, help="output directory (owned by render: replaced as a whole)"
@@ -234,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         "account has no user yet",
     )
     render.add_argument(
+        "--nkeys-file",
+        metavar="FILE",
+        help="APP=UPUBKEY lines (# comments allowed), as --nkey: the app keys `pulumi up` generated, "
+        "committed beside the stack file so `render --stack --check` compares the whole accounts.conf",
+    )
+    render.add_argument(
         "--deploy-nkey", metavar="UPUBKEY", help="the deploy user of the JetStream account, by NKey"
     )
     render.add_argument(
@@ -244,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument(
         "--jetstream-account",
-        default=names.DEFAULT_JETSTREAM_ACCOUNT,
-        help="the account holding the streams (keep an existing account's name to keep its streams)",
+        help="the account holding the streams (keep an existing account's name to keep its streams); "
+        f"default {names.DEFAULT_JETSTREAM_ACCOUNT}",
     )
     render.add_argument(
         "--server", action="append", default=[], metavar="URL", help="also render each app's bridge"

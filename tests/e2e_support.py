@@ -113,6 +113,20 @@ def offline_env(scratch: Path, bin_dir: Path, passphrase: str) -> dict[str, str]
     }
 
 
+def local_stack(scratch: Path, name: str, passphrase: str) -> auto.Stack:
+    """A new stack `name` of a copy of the project (under `scratch`) on a local file backend, run by the
+    CLI the tests use."""
+    bin_dir = pulumi_bin_dir()
+    project = copy_project(scratch / "project")
+    options = auto.LocalWorkspaceOptions(
+        work_dir=str(project),
+        env_vars=offline_env(scratch, bin_dir, passphrase),
+        pulumi_home=str(scratch / "home"),
+        pulumi_command=pulumi_command(bin_dir, scratch),
+    )
+    return auto.create_or_select_stack(stack_name=name, work_dir=str(project), opts=options)
+
+
 def set_plain_config(stack: auto.Stack, values: dict[str, Any]) -> None:
     """Structured values (lists, objects) as YAML in the stack file, as a user would write them."""
     payload = {

@@ -4,6 +4,10 @@ on and runs the reload hook, so the apps work at once, with the same server proc
 The server starts on a bootstrap include (the JetStream account and its deploy user, no app users
 yet), as an operator would before the first deploy. The first `up` reloads it with a signal to its
 pid file; the second (DLQ off) with a command (`nats-server --signal reload=<pid file>`).
+
+The stack names its own JetStream account (`jsb:jetstreamAccount: STREAMS`), a deploy user and
+`jsb:auth`, and writes its documents to `jsb:outputDir`: `jsb-infra render --stack` of its stack file
+(as the real CLI wrote it) must be byte for byte what that `up` wrote, file by file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +27,7 @@ import pulumi.automation as auto
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV
 from e2e_support import (
-    copy_project,
-    offline_env,
-    pulumi_bin_dir,
-    pulumi_command,
+    local_stack,
     run_cli,
     set_admin,
     set_plain_config,
@@ -34,6 +37,7 @@ from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
 from jsb_infra.core.spec import parse_pairs
 from jsb_infra.local.server import LocalNatsServer, nats_server_binary
+from jsb_infra.ops.rendered_tree import MANIFEST, read_tree
 from jsb_infra.runtime import load_bridge, load_credentials
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +50,8 @@ PAIR: dict[str, Any] = {
     "allow_destroy_with_messages": True,
     "consumer": {"max_deliver": 3, "backoff": [], "ack_wait": "2s"},
 }
+JETSTREAM_ACCOUNT = "STREAMS"
+JSB_INFRA = str(Path(sys.executable).parent / "jsb-infra")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,8 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def include(scratch: Path) -> Path:
     path = scratch / "server" / "accounts.conf"
     path.parent.mkdir(parents=True)
-    path.write_text(render_accounts_conf(account_layout(parse_pairs([PAIR]).pairs), {}, DEPLOY))
+    layout = account_layout(parse_pairs([PAIR]).pairs, JETSTREAM_ACCOUNT)
+    path.write_text(render_accounts_conf(layout, {}, DEPLOY))
     return path
 
 
@@ -77,15 +84,7 @@ def server(scratch: Path, include: Path) -> Iterator[LocalNatsServer]:
 
 @pytest.fixture(scope="module")
 def stack(scratch: Path, server: LocalNatsServer) -> auto.Stack:
-    bin_dir = pulumi_bin_dir()
-    project = copy_project(scratch / "project")
-    options = auto.LocalWorkspaceOptions(
-        work_dir=str(project),
-        env_vars=offline_env(scratch, bin_dir, "e2e-reload"),
-        pulumi_home=str(scratch / "home"),
-        pulumi_command=pulumi_command(bin_dir, scratch),
-    )
-    stack = auto.create_or_select_stack(stack_name="reload", work_dir=str(project), opts=options)
+    stack = local_stack(scratch, "reload", "e2e-reload")
     set_admin(stack, ADMIN_USER, ADMIN_PASSWORD)
     return stack
 
@@ -99,7 +98,10 @@ def configure(
             "jsb:servers": [server.url],
             "jsb:pairs": [pair],
             "jsb:deployUser": {"user": ADMIN_USER, "password_env": DEPLOY_PASSWORD_ENV},
+            "jsb:jetstreamAccount": JETSTREAM_ACCOUNT,
             "jsb:auth": {"mode": "config", "accounts_file": str(include), "reload": reload},
+            "jsb:outputDir": str(include.parent.parent / "documents"),
+            "jsb:appLimits": {"connections": 50, "overrides": {"billing": {"subscriptions": 200}}},
         },
     )
 
@@ -145,6 +147,39 @@ async def test_up_writes_the_include_and_reloads_the_server_the_apps_work_at_onc
         finally:
             await nc.close()
     assert server.process is not None and server.process.pid == pid, "the server was restarted"
+
+
+def render(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([JSB_INFRA, "render", *args], capture_output=True, text=True)
+
+
+def test_render_stack_check_is_byte_equal_to_what_up_wrote(stack, include):
+    """After the first `up`: the stack file as `pulumi config set` wrote it, rendered with the keys `up`
+    generated, is every document `up` wrote (the include the server runs on among them)."""
+    stack_file = Path(stack.workspace.work_dir) / "stacks" / f"Pulumi.{stack.name}.yaml"
+    assert "jsb:jetstreamAccount: STREAMS" in stack_file.read_text()
+    shown = json.loads(run_cli(stack, "stack", "output", "credentials", "--json", "--show-secrets"))
+    keys = include.parent.parent / "reload.nkeys"
+    keys.write_text("".join(f"{app}={entry['public_key']}\n" for app, entry in sorted(shown.items())))
+    committed = include.parent.parent / "rendered"
+    source = ["--stack", str(stack_file), "--out", str(committed)]
+
+    written = render(*source, "--nkeys-file", str(keys))
+    assert written.returncode == 0, written.stderr
+    check = render(*source, "--nkeys-file", str(keys), "--check")
+    assert check.returncode == 0 and "is up to date" in check.stdout, check.stderr
+
+    up_wrote = read_tree(include.parent.parent / "documents")
+    reviewed = {path: text for path, text in read_tree(committed).items() if path != MANIFEST}
+    assert reviewed == up_wrote  # the same files, byte for byte
+    assert reviewed["accounts.conf"] == include.read_bytes()  # and the include the server runs on
+    assert f'"{JETSTREAM_ACCOUNT}" {{' in include.read_text() and '"JETSTREAM"' not in include.read_text()
+    assert f"{PAIR['stream']}/bridges/orders.json" in reviewed
+
+    # control: without the keys the check fails on the app users, and on nothing else
+    unkeyed = render(*source, "--check")
+    assert unkeyed.returncode == 1
+    assert "changed  accounts.conf" in unkeyed.stderr and unkeyed.stderr.count("changed  ") == 1
 
 
 async def test_a_change_runs_the_reload_command_and_the_server_applies_it(stack, server, include):

@@ -129,7 +129,8 @@ def test_stack_file_renders_its_pairs_and_ignores_its_secrets(tmp_path):
     plain = tmp_path / "one.yaml"
     plain.write_text(ONE_PAIR)
     assert render("--stack", str(stack), "--out", str(tmp_path / "a")) == 0
-    assert render(str(plain), "--out", str(tmp_path / "b")) == 0
+    # the stack's jsb:servers are also the URLs its apps are told: the bridges
+    assert render(str(plain), "--server", "nats://127.0.0.1:4222", "--out", str(tmp_path / "b")) == 0
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
     assert render("--stack", str(stack), "--out", str(tmp_path / "b"), "--check") == 0
 
@@ -145,9 +146,9 @@ def test_the_dev_stack_file_renders(tmp_path):
         ("  jsb:pairs:\n    - {stream: a.b, apps: [p, q]}\n", "jsb:pairs[0].stream: stream name 'a.b'"),
         (
             "  jsb:pairs:\n    secure: v1:abc\n",
-            "jsb:pairs: is a secret; render needs the pairs as plain YAML",
+            "jsb:pairs: is a secret (`secure:`)",
         ),
-        ("  jsb:servers: [nats://x:4222]\n", "jsb:pairs: required in the stack file's `config:` section"),
+        ("  jsb:servers: [nats://x:4222]\n", "jsb:pairs: required; a list of app pairs"),
         ("  jsb:pairs:\n    - {stream: s, apps: [on, b]}\n", "YAML 1.1 reads on as a boolean"),
     ],
 )

@@ -105,6 +105,15 @@ def test_render_works_in_the_base_install(runtime_venv, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "orders-billing-sync" / "stream.json").is_file()
+    # `render --stack` reads the program's settings without Pulumi, and needs no passphrase
+    stack = REPO / "stacks" / "Pulumi.dev.yaml"
+    from_stack = subprocess.run(
+        [cli, "render", "--stack", str(stack), "--out", str(tmp_path / "stack")],
+        capture_output=True,
+        text=True,
+    )
+    assert from_stack.returncode == 0, from_stack.stderr
+    assert (tmp_path / "stack" / "orders-billing-sync" / "bridges" / "orders.json").is_file()
 
 
 def test_migrate_state_in_the_base_install_asks_for_the_deploy_side(runtime_venv, tmp_path):

@@ -7,12 +7,13 @@ stack's `ServerDocuments` resource (written where the stack says), so both alway
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.auth import AuthSettings
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
 from jsb_infra.core.spec import AppLimits, Pair
@@ -64,4 +65,49 @@ def render_documents(
             if servers:
                 bridge = bridge_outputs(pair, app, servers).model_dump(mode="json")
                 files[root / "bridges" / f"{app}.json"] = render_json(bridge)
+    return files
+
+
+class DocumentShape(TypedDict, total=False):
+    """What shapes a deployment's documents beyond its pairs: the keyword arguments `AppAccountsArgs`,
+    `deployment_documents` and `deployment_accounts_conf` share (`StackSettings.accounts_args()` gives
+    them for a stack). A setting added here reaches the program's documents and `render --stack` alike."""
+
+    app_servers: Sequence[str]  # the URLs apps are told (the bridges)
+    jetstream_account: str
+    deploy_user: DeployUser | None
+    auth: AuthSettings  # config mode names the app users in accounts.conf; JWT mode does not
+    app_limits: AppLimits  # every app account's connection, subscription and payload limits
+
+
+def deployment_accounts_conf(
+    pairs: Sequence[Pair], public_keys: Mapping[str, str] | None = None, **shape: Unpack[DocumentShape]
+) -> str:
+    """The deployment's `accounts.conf`. Pure. In config mode it names each app's user by its public key
+    (`public_keys`; an app without one has no user yet); in JWT mode the users are in the account JWTs,
+    so it names none."""
+    auth = shape.get("auth") or AuthSettings()
+    users = dict(public_keys or {}) if auth.mode == "config" else {}
+    layout = account_layout(
+        pairs,
+        shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT),
+        shape.get("app_limits", DEFAULT_APP_LIMITS),
+    )
+    return render_accounts_conf(layout, users, shape.get("deploy_user"))
+
+
+def deployment_documents(
+    pairs: Sequence[Pair], public_keys: Mapping[str, str] | None = None, **shape: Unpack[DocumentShape]
+) -> dict[Path, str]:
+    """Every document the `AppAccounts` component of a deployment writes (its `ServerDocuments`): what
+    `render --stack` writes. Pure."""
+    files = render_documents(
+        pairs,
+        {},
+        deploy=shape.get("deploy_user"),
+        jetstream_account=shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT),
+        servers=list(shape.get("app_servers", ())) or None,
+        app_limits=shape.get("app_limits", DEFAULT_APP_LIMITS),
+    )
+    files[ACCOUNTS_FILE] = deployment_accounts_conf(pairs, public_keys, **shape)
     return files

@@ -28,9 +28,9 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from jsb_infra.core import names
-from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout
 from jsb_infra.core.auth import AuthSettings, parse_auth
-from jsb_infra.core.documents import render_documents
+from jsb_infra.core.documents import DocumentShape, deployment_accounts_conf, deployment_documents
 from jsb_infra.core.spec import AppLimits, ConfigError, Pair, check_pairs_disjoint, problems_of
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
@@ -141,17 +141,17 @@ class AppAccounts(pulumi.ComponentResource):
             )
         # What does not depend on the generated keys is a plain value, known at preview; the
         # accounts include names each app's user by its key, so it waits for the credentials.
-        keyless = render_documents(
-            pairs,
-            {},
-            deploy=args.deploy_user,
-            jetstream_account=args.jetstream_account,
-            servers=args.servers(),
-            app_limits=args.limits(),
-        )
-        deploy = args.deploy_user
+        # `render --stack` derives the same documents with the same arguments (core.documents).
+        shaping: DocumentShape = {
+            "app_servers": args.servers(),
+            "jetstream_account": args.jetstream_account,
+            "deploy_user": args.deploy_user,
+            "auth": args.auth,
+            "app_limits": args.limits(),
+        }
+        keyless = deployment_documents(pairs, {}, **shaping)
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(
-            lambda keys: render_accounts_conf(layout, dict(keys), deploy)
+            lambda keys: deployment_accounts_conf(pairs, dict(keys), **shaping)
         )
         documents: dict[str, pulumi.Input[str]] = {str(path): text for path, text in keyless.items()}
         documents["accounts.conf"] = self.accounts_conf

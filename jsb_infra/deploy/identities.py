@@ -4,15 +4,12 @@ accounts include with its reload hook. The program calls these; the layout is th
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pulumi
 
 from jsb_infra.core.accounts import AccountLayout
-from jsb_infra.core.auth import KEY as AUTH_KEY
-from jsb_infra.core.auth import AuthSettings, parse_auth
-from jsb_infra.core.spec import ConfigError
+from jsb_infra.core.auth import AuthSettings
 from jsb_infra.deploy.providers.accounts_include import AccountsInclude
 from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 
@@ -87,17 +84,3 @@ def accounts_include(
         auth.reload.as_input() if auth.reload else None,
         opts=opts,
     )
-
-
-def read_auth(config: pulumi.Config) -> AuthSettings:
-    """`jsb:auth` from the stack config (JSON text for an object), validated."""
-    raw = config.get("auth")
-    if raw is None:
-        return parse_auth(None)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        raise ConfigError(
-            [f"{AUTH_KEY}: must be an object in the stack config, got the string {raw!r}"]
-        ) from None
-    return parse_auth(value)

@@ -18,7 +18,6 @@ from jsb_infra.core.spec import ConfigError
 from jsb_infra.deploy.app_accounts import AppAccounts, AppAccountsArgs
 from jsb_infra.deploy.component import AppPair
 from jsb_infra.deploy.connection import Connection
-from jsb_infra.deploy.identities import read_auth
 from jsb_infra.deploy.migration.state_migration import (
     APP_PAIR_LAYOUT,
     PAIR_STREAM_LAYOUT,
@@ -111,24 +110,14 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
     """
     config = config or pulumi.Config(CONFIG_NAMESPACE)
     settings = read_stack_settings(config)
-    auth = read_auth(config)
     check_state_layout()
     connection = Connection.from_stack_config(config)
     pairs = [
         AppPair(pair.resource_name, pair, connection=connection, app_servers=settings.bridge_servers)
         for pair in settings.pairs
     ]
-    accounts = AppAccounts(
-        "accounts",
-        AppAccountsArgs(
-            pairs=pairs,
-            app_servers=settings.bridge_servers,
-            jetstream_account=settings.jetstream_account,
-            deploy_user=settings.deploy,
-            app_limits=settings.app_limits,
-            auth=auth,
-        ),
-    )
+    # Every document-shaping setting, exactly as `jsb-infra render --stack` passes it.
+    accounts = AppAccounts("accounts", AppAccountsArgs(pairs=pairs, **settings.accounts_args()))
     return {
         # Plain values where the spec alone decides: exported as they are, and known at preview.
         "layout": LAYOUT,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from jsb_infra.commands import CommandFailed, run_command
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 from jsb_infra.deploy.providers.documents import digest, write_files
 
@@ -42,14 +42,9 @@ def run_reload(reload: dict[str, Any] | None) -> str:
     command = reload.get("command")
     if command:
         try:
-            result = subprocess.run(list(command), capture_output=True, text=True, timeout=RELOAD_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ProviderError(f"reload command {command[0]!r} failed to run: {err}") from None
-        if result.returncode != 0:
-            raise ProviderError(
-                f"reload command {command[0]!r} exited with {result.returncode}: "
-                f"{result.stderr.strip()[-500:]}"
-            )
+            run_command(command, RELOAD_TIMEOUT)
+        except CommandFailed as err:
+            raise ProviderError(f"reload {err}") from None
         return f"ran {command[0]}"
     pid_file, name = reload.get("pid_file"), reload.get("signal") or "HUP"
     try:
