@@ -266,3 +266,24 @@ def test_make_up_refuses_a_dev_port_that_is_not_a_port(tmp_path: Path, port: str
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"JSB_DEV_PORT: must be a TCP port (1-65535), got {port!r}"]
     assert not (tmp_path / ".jsb" / "nats.pid").exists()
+
+
+def test_make_up_on_another_port_than_the_running_dev_server_says_so(tmp_path: Path) -> None:
+    """A dev server left running on one port and `make up` with another: one line naming both, and the
+    stack never runs against a port where nothing listens."""
+    (tmp_path / "stacks").mkdir()
+    shutil.copy(REPO / "stacks" / "Pulumi.dev.yaml", tmp_path / "stacks" / "Pulumi.dev.yaml")
+    running, other = free_port(), free_port()
+    started = _dev("start-server", tmp_path, str(running))
+    assert started.returncode == 0, started.stderr
+    try:
+        result = _dev("up", tmp_path, str(other))
+        assert result.returncode == 1
+        pid = (tmp_path / ".jsb" / "nats.pid").read_text()
+        assert result.stderr.splitlines() == [
+            f"the dev nats-server (pid {pid}) runs on port {running}, not {other}: run with "
+            f"JSB_DEV_PORT={running}, or `make down JSB_DEV_PORT={running}` first"
+        ]
+        assert not (tmp_path / ".jsb" / "state" / ".pulumi").exists(), "no pulumi command ran"
+    finally:
+        assert _dev("stop-server", tmp_path, str(running)).returncode == 0

@@ -161,10 +161,27 @@ def _running_pid() -> int | None:
         return None
 
 
+def _running_port() -> int | None:
+    """The port in the running dev server's config (`listen: "127.0.0.1:<port>"`), if it can be read."""
+    try:
+        text = (STATE / "nats" / "nats-server.conf").read_text()
+    except OSError:
+        return None
+    found = re.search(r'^listen: "[^"]*:(\d+)"$', text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
 def start_server(out_dir: Path) -> None:
     """Start the dev server in the background (it outlives this process); a no-op when it runs."""
-    if _running_pid():
-        print(f"nats-server already running (pid {_running_pid()}) on {dev_server_url()}")
+    pid = _running_pid()
+    if pid:
+        port = _running_port()
+        if port is not None and port != dev_port():
+            raise SystemExit(
+                f"the dev nats-server (pid {pid}) runs on port {port}, not {dev_port()}: run with "
+                f"{DEV_PORT_ENV}={port}, or `make down {DEV_PORT_ENV}={port}` first"
+            )
+        print(f"nats-server already running (pid {pid}) on {dev_server_url()}")
         return
     server = dev_server(out_dir)
     server.detach = True
