@@ -22,9 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from provider_host import ProviderCallError, ProviderHost, stack_config
 
 from jsb_infra.cli import main
 from jsb_infra.core.credentials import new_user_keypair
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.deploy.providers.stream import StreamProvider, stream_inputs
 from jsb_infra.local.server import LocalNatsServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -287,3 +290,17 @@ def test_make_up_on_another_port_than_the_running_dev_server_says_so(tmp_path: P
         assert not (tmp_path / ".jsb" / "state" / ".pulumi").exists(), "no pulumi command ran"
     finally:
         assert _dev("stop-server", tmp_path, str(running)).returncode == 0
+
+
+def test_the_provider_host_prints_nothing_when_the_admin_connect_fails() -> None:
+    """The deploy side of the same promise: a `pulumi up` against a server that is down shows the
+    provider's one error naming the cause, and the host writes no NATS client tracebacks (with nats-py's
+    default error callback it wrote a traceback per connect attempt, which the engine printed)."""
+    down = f"nats://127.0.0.1:{free_port()}"
+    spec = parse_pairs([{"stream": "s", "apps": ["a", "b"], "protect": False}]).pairs[0]
+    with ProviderHost() as host:
+        host.configure(stack_config(down))
+        with pytest.raises(ProviderCallError) as caught:
+            host.up(StreamProvider(), stream_inputs(spec))
+    assert f"cannot connect to {down} as user 'jsb-admin': Connection refused" in caught.value.details
+    assert "Traceback" not in host.stderr and "Connect call failed" not in host.stderr, host.stderr
