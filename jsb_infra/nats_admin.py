@@ -327,6 +327,10 @@ class ErrorsSeen:
         self.errors.append(err)
         log.debug("admin connection: %r", err)
 
+    def denials(self) -> list[str]:
+        """The server's permission violations, as `connection_problem` words them."""
+        return [connection_problem(e) for e in self.errors if "permissions violation" in str(e).lower()]
+
     def cause(self, fallback: BaseException) -> str:
         """Why the connect failed: what the server answered last (its `-ERR` text), else the last socket
         error, else `fallback` (nats-py's own 'no servers available')."""
@@ -338,10 +342,13 @@ class ErrorsSeen:
         return connection_problem((answered or list(self.errors) or [fallback])[-1])
 
 
-async def connect_admin(conn: AdminConnection, hint: str = DEPLOY_HINT) -> NATS:
+async def connect_admin(
+    conn: AdminConnection, hint: str = DEPLOY_HINT, seen: ErrorsSeen | None = None
+) -> NATS:
     """An open admin connection; a failure says in one line where, as whom and why (never a secret),
-    then `hint`: where the caller's servers and credentials come from."""
-    seen = ErrorsSeen()
+    then `hint`: where the caller's servers and credentials come from. `seen` keeps the connection's
+    errors for the caller (for the whole session: also a permission violation after connecting)."""
+    seen = seen or ErrorsSeen()
     try:
         return await nats.connect(**conn.connect_options(), error_cb=seen.record)
     except Exception as err:
@@ -352,11 +359,14 @@ async def connect_admin(conn: AdminConnection, hint: str = DEPLOY_HINT) -> NATS:
 
 @asynccontextmanager
 async def admin_session(
-    conn: AdminConnection, retry: RetryPolicy | None = None, hint: str = DEPLOY_HINT
+    conn: AdminConnection,
+    retry: RetryPolicy | None = None,
+    hint: str = DEPLOY_HINT,
+    seen: ErrorsSeen | None = None,
 ) -> AsyncIterator[JetStreamAdmin]:
     """An admin connection of its own for the length of one session; always closed. With `retry`, every
     management request of the session is retried through leader elections (`jsb_infra.retry`)."""
-    nc = await connect_admin(conn, hint)
+    nc = await connect_admin(conn, hint, seen)
     try:
         yield JetStreamAdmin(nc, timeout=conn.timeout, retry=retry)
     finally:

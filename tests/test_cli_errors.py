@@ -109,8 +109,9 @@ def test_operator_commands_fail_in_one_line(server: LocalNatsServer, command: li
     assert "JetStream not enabled for account" in one_line(results["no JetStream"], name)
 
     denied = one_line(results["API denied"], name)
-    assert (
-        "no answer from the JetStream API within 1.0s: the admin user may not be allowed $JS.API.>" in denied
+    assert denied == (
+        f"jsb-infra {name}: the server denied the admin user: permissions violation for publish to "
+        '"$js.api.stream.info.s1"; it needs publish rights on $JS.API.>'
     )
 
     bad_input = one_line(results["bad input"], name, code=2)
