@@ -230,6 +230,20 @@ def test_unreadable_input_exits_2_with_one_line(tmp_path: Path, capsys, name, co
     assert not out.exists()
 
 
+def test_an_unreadable_stack_file_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
+    stack = tmp_path / "Pulumi.dev.yaml"
+    stack.write_bytes(b"config:\n  jsb:pairs: \x00\n")
+    assert main(["render", "--stack", str(stack), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"invalid config: {stack}:2:14: a NUL byte; a YAML file is text " + (
+        "without control characters (inside double quotes a value may hold one as an escape such as \\0)\n"
+    )
+    assert main(["render", "--stack", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        capsys.readouterr().err == f"invalid config: {tmp_path}: cannot read the stack file: Is a directory\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_control_pyyaml_raises_on_a_nul_byte() -> None:
     """Before the strict loader caught it, PyYAML's reader error escaped `render` (exit 1, traceback)."""
     import yaml
