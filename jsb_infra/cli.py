@@ -12,6 +12,8 @@ Nothing here imports Pulumi: `render`, `schema`, `export` and `doctor` work in a
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -133,6 +135,12 @@ def render_config(args: argparse.Namespace) -> dict[Path, str]:
 
 
 def _report_invalid(source: str, err: ConfigError | rendered_tree.TreeProblem) -> int:
+    """`invalid config: <file>` and one `field: rule` line per problem; a problem with the file itself
+    (unreadable, not text, not YAML), which names the file already, as the one line
+    `invalid config: <file>...: <why>`."""
+    if len(err.problems) == 1 and err.problems[0].startswith(f"{source}:"):
+        print(f"invalid config: {err.problems[0]}", file=sys.stderr)
+        return EXIT_INVALID
     print(f"invalid config: {source}", file=sys.stderr)
     for problem in err.problems:
         print(f"  {problem}", file=sys.stderr)
@@ -310,10 +318,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "JSB_DEBUG"
+LOGGING_COMMANDS = frozenset({"relay"})  # long-running: logs what happens, with timestamps
+_QUIET = logging.NullHandler()
+
+
+def one_line(err: BaseException) -> str:
+    """An unexpected error as one line: jsb-infra's own errors by their text, others with their type."""
+    own = type(err).__module__.startswith("jsb_infra.")
+    text = str(err) if own and str(err) else f"{type(err).__name__}: {err}".rstrip(": ")
+    return " ".join(text.split())
+
+
+def run_command(command: str, handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one subcommand so that it ends in its own report or in one line on stderr, never a traceback.
+
+    Each command reports what it expects (bad input: exit 2 naming the flag or field; a server that is
+    down, refuses the credentials or lacks the stream: exit 1 naming it). Anything else it raises is
+    printed as one `jsb-infra <command>: <error>` line with exit 1; `JSB_DEBUG=1` shows the traceback
+    and the libraries' debug logs instead. Library log records (such as the NATS client's connection
+    errors) are not printed by the one-shot commands: the command's own line says what failed.
+    """
+    debug = bool(os.environ.get(DEBUG_ENV))
+    root = logging.getLogger()
+    quiet = not debug and command not in LOGGING_COMMANDS and _QUIET not in root.handlers
+    if debug:
+        logging.basicConfig(level=logging.DEBUG)
+    elif quiet:
+        root.addHandler(_QUIET)  # stands in for logging's last-resort handler, which prints warnings
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print(f"jsb-infra {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if debug:
+            raise
+        print(f"jsb-infra {command}: {one_line(err)} (set {DEBUG_ENV}=1 for details)", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if quiet:
+            root.removeHandler(_QUIET)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    return run_command(args.command, args.handler, args)
 
 
 if __name__ == "__main__":

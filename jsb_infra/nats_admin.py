@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
+import socket
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -282,33 +287,86 @@ class AdminConnectError(ConnectionError):
     """The admin connection failed; says where and as whom, never with a secret."""
 
 
+DEPLOY_HINT = "check the stack config jsb:servers and the secret jsb:admin"
+
+log = logging.getLogger(__name__)
+
+
 def _identity(conn: AdminConnection) -> str:
     if conn.user is not None:
         return f"user {conn.user!r}"
     for field, label in (("nkey_seed", "an nkey"), ("creds_file", "a creds file"), ("token", "a token")):
         if getattr(conn, field) is not None:
             return label
-    return "no credentials (set jsb:admin)"
+    return "no credentials"
 
 
-async def connect_admin(conn: AdminConnection) -> NATS:
-    """An open admin connection; a failure says where and as whom, never with a secret."""
+def connection_problem(err: BaseException) -> str:
+    """One line for what the server or the network said: the server's own `-ERR` text (such as
+    Authorization Violation), the errno text of a refused or unreachable address, else the error's text."""
+    if isinstance(err, nats.errors.Error) and str(err).startswith("nats: "):
+        text = str(err).removeprefix("nats: ").strip("'")
+    elif isinstance(err, socket.gaierror) and err.strerror:
+        text = f"{err.strerror} (name lookup)"
+    elif isinstance(err, OSError) and err.errno:
+        text = os.strerror(err.errno)  # asyncio's own text repeats the address the message already names
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+class ErrorsSeen:
+    """nats-py's `error_cb`: keeps what went wrong instead of nats-py's default, which logs each error
+    with its traceback at ERROR level (`nats: encountered error`); the caller reports them in one line."""
+
+    def __init__(self) -> None:
+        self.errors: deque[BaseException] = deque(maxlen=20)
+
+    async def record(self, err: Exception) -> None:
+        """The callback itself (nats-py takes only a coroutine function)."""
+        self.errors.append(err)
+        log.debug("admin connection: %r", err)
+
+    def denials(self) -> list[str]:
+        """The server's permission violations, as `connection_problem` words them."""
+        return [connection_problem(e) for e in self.errors if "permissions violation" in str(e).lower()]
+
+    def cause(self, fallback: BaseException) -> str:
+        """Why the connect failed: what the server answered last (its `-ERR` text), else the last socket
+        error, else `fallback` (nats-py's own 'no servers available')."""
+        answered: list[BaseException] = [
+            e
+            for e in self.errors
+            if isinstance(e, nats.errors.Error) and not isinstance(e, nats.errors.NoServersError)
+        ]
+        return connection_problem((answered or list(self.errors) or [fallback])[-1])
+
+
+async def connect_admin(
+    conn: AdminConnection, hint: str = DEPLOY_HINT, seen: ErrorsSeen | None = None
+) -> NATS:
+    """An open admin connection; a failure says in one line where, as whom and why (never a secret),
+    then `hint`: where the caller's servers and credentials come from. `seen` keeps the connection's
+    errors for the caller (for the whole session: also a permission violation after connecting)."""
+    seen = seen or ErrorsSeen()
     try:
-        return await nats.connect(**conn.connect_options())
+        return await nats.connect(**conn.connect_options(), error_cb=seen.record)
     except Exception as err:
         raise AdminConnectError(
-            f"cannot connect to {', '.join(conn.servers)} as {_identity(conn)}: {err}; "
-            "check the stack config jsb:servers and the secret jsb:admin"
+            f"cannot connect to {', '.join(conn.servers)} as {_identity(conn)}: {seen.cause(err)}; {hint}"
         ) from None
 
 
 @asynccontextmanager
 async def admin_session(
-    conn: AdminConnection, retry: RetryPolicy | None = None
+    conn: AdminConnection,
+    retry: RetryPolicy | None = None,
+    hint: str = DEPLOY_HINT,
+    seen: ErrorsSeen | None = None,
 ) -> AsyncIterator[JetStreamAdmin]:
     """An admin connection of its own for the length of one session; always closed. With `retry`, every
     management request of the session is retried through leader elections (`jsb_infra.retry`)."""
-    nc = await connect_admin(conn)
+    nc = await connect_admin(conn, hint, seen)
     try:
         yield JetStreamAdmin(nc, timeout=conn.timeout, retry=retry)
     finally:

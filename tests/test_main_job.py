@@ -1,14 +1,15 @@
 """The main job (`make up` / `make down`: python -m jsb_infra.local.dev) on a throwaway copy.
 
-It runs the real Pulumi CLI on the committed dev stack config (only the port is moved to a free one),
-then checks what an app would rely on, and that `down` leaves nothing running.
+It runs the real Pulumi CLI on the committed dev stack config, on a free port given as JSB_DEV_PORT
+alone (the one setting: the stack file is not edited), then checks what an app would rely on, by
+running the doctor command `up` prints, and that `down` leaves nothing running.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +18,17 @@ import pytest
 from e2e_support import copy_project, pulumi_bin_dir
 
 from jsb_infra.local.server import free_port
-from jsb_infra.runtime import doctor
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
-def _project_copy(tmp: Path, port: int) -> Path:
-    """The project plus the committed dev stack file, its server moved to `port`."""
+def _project_copy(tmp: Path) -> Path:
+    """The project plus the committed dev stack file, as it is (its jsb:servers is the default port)."""
     root = copy_project(tmp / "project")
     dev = (REPO / "stacks" / "Pulumi.dev.yaml").read_text()
     assert "nats://127.0.0.1:4222" in dev
-    (root / "stacks" / "Pulumi.dev.yaml").write_text(dev.replace(":4222", f":{port}"))
+    (root / "stacks" / "Pulumi.dev.yaml").write_text(dev)
     return root
 
 
@@ -44,7 +44,8 @@ def _dev(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> None:
     port = free_port()
-    root = _project_copy(tmp_path, port)
+    root = _project_copy(tmp_path)
+    committed = (root / "stacks" / "Pulumi.dev.yaml").read_bytes()
     env = dict(os.environ)
     env.update(
         JSB_DEV_ROOT=str(root),
@@ -70,16 +71,21 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
     assert 'nkey: "' in accounts and '"APP_orders"' in accounts
     pid = int((root / ".jsb" / "nats.pid").read_text())
 
-    # The reloaded server knows the app: doctor connects, publishes and pulls with its files alone.
-    args = [
-        "--bridge",
-        str(out / "bridges" / "orders.json"),
-        "--credentials",
-        str(root / ".jsb" / "out" / "credentials" / "orders.json"),
-    ]
-    parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
-    assert doctor.run(parser.parse_args(args)) == 0
+    assert (root / "stacks" / "Pulumi.dev.yaml").read_bytes() == committed, "JSB_DEV_PORT edits no file"
+
+    # The reloaded server knows each app: the doctor command `up` prints, run as printed from the
+    # project directory, connects, publishes and pulls with the app's files alone.
+    bridges = ".jsb/out/orders-billing-sync/bridges"
+    printed = up.stdout.split("Check that an app can work")[1].splitlines()[1:3]
+    assert sorted(line.split()[1:] for line in printed) == [
+        ["doctor", "--bridge", f"{bridges}/{app}.json", "--credentials", f".jsb/out/credentials/{app}.json"]
+        for app in ("billing", "orders")
+    ], up.stdout
+    for line in printed:
+        checked = subprocess.run(shlex.split(line), cwd=root, text=True, capture_output=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"ok      connect: nats://127.0.0.1:{port}" in checked.stdout
+        assert "ok      pull orders-billing-sync/" in checked.stdout
 
     again = _dev("up", env)
     # Nothing changes on a second `up`: the stack, the AppPair with its Stream, 2 Consumers and 2

@@ -1,11 +1,14 @@
 """Property: whatever jsb-infra accepts, a real nats-server accepts and holds as rendered.
 
 Hypothesis generates configs around every rule's edges (names with any characters and lengths,
-numbers and durations near 0, 2^31 and 2^63, windows near 100ms, long descriptions, wrong types). Each
-goes through `jsb-infra render`: it is either refused with exit 2, every problem naming a field under
-`pairs` or `app_limits`, with nothing written; or it renders, and then the stream and both consumers
-created from the rendered JSON with an admin connection hold back exactly the rendered values, field
-by field, and nats-server `-t` parses the rendered accounts (permission entries and app limits).
+numbers and durations near 0, 2^31 and 2^63, windows near 100ms, long descriptions, wrong types, and
+values written unquoted that YAML 1.1 and 1.2 read differently: 1e9, yes/on, 010, 0x10, 1_000, 1:30,
+dates, merge keys). Each is written as YAML and goes through `jsb-infra render`: it is either refused
+with exit 2, every problem naming a field under `pairs` (an unquoted ambiguous value: exactly its own
+field, such as `pairs[0].consumer.ack_wait`), with nothing written; or it renders, and then the stream
+and both consumers created from the rendered JSON with an admin connection hold back exactly the
+rendered values, field by field, and nats-server `-t` parses the rendered accounts (permission
+entries and app limits).
 
 Two limits depend on the server's deployment rather than on the config, and are kept out of the
 generated values (docs/spec.md says so): `replicas` above 1 needs a cluster, and `max_bytes` must fit
@@ -41,6 +44,15 @@ from jsb_infra.nats_admin import JetStreamAdmin
 TEXT = st.characters(max_codepoint=0xFFFF, blacklist_categories=("Cs",))
 
 
+class Plain(str):
+    """A value written unquoted in the YAML file (every other string is written double-quoted)."""
+
+
+AMBIGUOUS = st.sampled_from(
+    ["1e9", "1E3", "yes", "on", "Off", "no", "y", "N", "010", "0x10", "1_000", "1:30", "2026-01-01", "+12_0"]
+).map(Plain)
+
+
 def mostly(valid: st.SearchStrategy[Any], *invalid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """`valid` about nine times in ten, else one of the edge cases around it."""
     return st.integers(0, 9).flatmap(lambda roll: valid if roll else st.one_of(*invalid))
@@ -52,6 +64,7 @@ NAME = mostly(
     st.text(TEXT, max_size=6),
     st.builds(lambda n, c: "a" * n + c, st.integers(238, 258), st.sampled_from(["", "é", "b"])),
     st.sampled_from(["dlq", "_INBOX_x", "$SYS", "a.b", "a b", "ordersé"]),
+    AMBIGUOUS,
 )
 UNITS = ["ns", "us", "ms", "s", "m", "h", "d"]
 VALID_DURATION = st.one_of(
@@ -66,6 +79,7 @@ DURATION = mostly(
     st.integers(-2, 2 * 10**10),
     st.floats(min_value=-1, max_value=1e11),
     st.sampled_from([math.nan, math.inf]),
+    AMBIGUOUS,
 )
 EDGE_INT = st.one_of(
     st.integers(-3, 0),
@@ -73,6 +87,7 @@ EDGE_INT = st.one_of(
     st.integers(2**53 - 2, 2**53 + 1),
     st.integers(2**63 - 2, 2**63 + 1),
     st.sampled_from([True, 5.0, 5.5, "5"]),
+    AMBIGUOUS,
 )
 COUNT = mostly(st.one_of(st.integers(1, 50), st.just(2**53 - 1)), EDGE_INT)
 LIMIT = mostly(st.one_of(st.just(-1), st.integers(1, 2**53 - 1)), EDGE_INT)
@@ -93,9 +108,9 @@ CONSUMER = _optional(
     max_ack_pending=COUNT,
 )
 STREAM_OPTIONS = _optional(
-    replicas=mostly(st.just(1), st.sampled_from([0, 6, True])),
-    storage=mostly(st.sampled_from(["file", "memory"]), st.just("disk")),
-    retention=mostly(st.sampled_from(["workqueue", "limits", "interest"]), st.just("queue")),
+    replicas=mostly(st.just(1), st.sampled_from([0, 6, True]), AMBIGUOUS),
+    storage=mostly(st.sampled_from(["file", "memory"]), st.just("disk"), AMBIGUOUS),
+    retention=mostly(st.sampled_from(["workqueue", "limits", "interest"]), st.just("queue"), AMBIGUOUS),
     duplicate_window=DURATION,
     max_age=st.one_of(st.just(0), DURATION),
     max_bytes=MAX_BYTES,
@@ -105,6 +120,7 @@ STREAM_OPTIONS = _optional(
         st.text(TEXT, max_size=40),
         st.builds(lambda n: "é" * n, st.integers(2040, 2060)),
         st.builds(lambda n: "x" * n, st.integers(4090, 4100)),
+        AMBIGUOUS,
     ),
 )
 
@@ -113,9 +129,13 @@ STREAM_OPTIONS = _optional(
 def pairs(draw: st.DrawFn) -> dict[str, Any]:
     apps = [draw(NAME), draw(NAME)]
     pair: dict[str, Any] = {"stream": draw(NAME), "apps": apps}
-    pair |= draw(_optional(dlq=st.booleans(), consumer=CONSUMER, stream_options=STREAM_OPTIONS))
+    pair |= draw(
+        _optional(dlq=mostly(st.booleans(), AMBIGUOUS), consumer=CONSUMER, stream_options=STREAM_OPTIONS)
+    )
     if draw(st.booleans()):
         pair["consumer_overrides"] = {draw(st.sampled_from([*apps, "other"])): draw(CONSUMER)}
+    if draw(st.integers(0, 19)) == 0:  # a YAML 1.1 merge key, which YAML 1.2 reads as the text "<<"
+        pair[Plain("<<")] = {"dlq": True}
     return pair
 
 
@@ -134,14 +154,38 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer
         yield running
 
 
-def render(config: dict[str, Any], root: Path) -> tuple[int, str]:
-    """`jsb-infra render` of `config` written as JSON (valid YAML with every string quoted)."""
+def field(path: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def as_yaml(value: Any, path: list[str | int], plain: list[str]) -> str:
+    """`value` as YAML flow text: `Plain` strings unquoted, every other value as JSON (which YAML reads
+    alike); the field of each unquoted value is appended to `plain`."""
+    if isinstance(value, Plain):
+        plain.append(field(path))
+        return str(value)
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if isinstance(key, Plain):
+                plain.append(field([*path, key]))
+            written = str(key) if isinstance(key, Plain) else json.dumps(str(key))
+            items.append(f"{written}: {as_yaml(item, [*path, str(key)], plain)}")
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(as_yaml(item, [*path, i], plain) for i, item in enumerate(value)) + "]"
+    return json.dumps(value)
+
+
+def render(config: dict[str, Any], root: Path) -> tuple[int, str, list[str]]:
+    """`jsb-infra render` of `config` written as YAML; also the fields written unquoted."""
     path = root / "config.yaml"
-    path.write_text(json.dumps(config), encoding="utf-8")
+    plain: list[str] = []
+    path.write_text(as_yaml(config, [], plain), encoding="utf-8")
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(["render", str(path), "--out", str(root / "out")])
-    return code, err.getvalue()
+    return code, err.getvalue(), plain
 
 
 async def created_as_rendered(url: str, out: Path) -> None:
@@ -189,14 +233,21 @@ def test_accepted_means_the_server_holds_it_as_rendered(
 ) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        code, err = render(config, root)
+        code, err, plain = render(config, root)
         event("refused" if code else "accepted")
+        if plain:
+            event("an unquoted ambiguous value")
+            assert code == 2, "an ambiguous value is never read one way silently"
         if code != 0:
             assert code == 2, err
             lines = err.splitlines()
             assert lines[0].startswith("invalid config:")
             problems = [line.strip() for line in lines[1:]]
             assert problems and all(FIELD_PROBLEM.match(p) for p in problems), problems
+            if plain:  # the strict loader stops at the first one: that value's own field, then its place
+                assert len(problems) == 1, problems
+                assert any(problems[0].startswith(f"{name}: ") for name in plain), (problems, plain)
+                assert re.search(r" \(\S*config\.yaml:\d+:\d+\)$", problems[0]), problems
             assert not (root / "out").exists()
             return
         out = root / "out"

@@ -33,7 +33,8 @@ def test_ambiguous_plain_scalars_are_refused_with_what_to_write(tmp_path, capsys
     out = tmp_path / "out"
     assert main(["render", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{config}:4:29: {says}" in err, err
+    assert f"pairs[0].consumer.max_deliver: {says}" in err, err
+    assert f"({config}:4:29)" in err, "the position follows the field"
     assert "Traceback" not in err
     assert not out.exists()
 
@@ -76,7 +77,8 @@ def test_duplicate_keys_are_refused_with_both_locations(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["render", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{config}:4:5: duplicate key 'stream' (first at line 2); each key may appear once" in err
+    said = "pairs[0].stream: duplicate key 'stream' (first at line 2); each key may appear once"
+    assert f"{said} ({config}:4:5)" in err
     assert not out.exists()
 
 
@@ -86,7 +88,7 @@ def test_a_non_utf8_file_is_a_config_problem(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["render", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{config}:2: not UTF-8 (byte 0xe9 at offset 22); save the file as UTF-8" in err
+    assert err == f"invalid config: {config}:2: not UTF-8 (byte 0xe9 at offset 22); save the file as UTF-8\n"
     assert "Traceback" not in err
     assert not out.exists()
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver, Resolver
 
 STR_TAG = "tag:yaml.org,2002:str"
@@ -87,9 +87,11 @@ def _what_to_write(value: str, yaml11_tag: str) -> str:
         return f"YAML 1.1 reads {value} as a date; {quoted}"
     if kind11 in ("merge", "value"):
         return f"YAML 1.1 gives {value} a special meaning ({kind11} key); {quoted}"
+    number = float(value)
+    plain = int(number) if number.is_integer() and abs(number) < 2**63 else number
     return (
-        f"YAML 1.1 reads {value} as text and YAML 1.2 as the number {float(value)!r}; write the number "
-        f"in plain decimal ({float(value)!r}), or {quoted}"
+        f"YAML 1.1 reads {value} as text and YAML 1.2 as the number {number!r}; write the number "
+        f"in plain decimal ({plain!r}), or {quoted}"
     )
 
 
@@ -171,13 +173,66 @@ def _where(source: str, mark: Any) -> str:
     return f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
 
 
+def _field(parts: list[str | int]) -> str:
+    """A field path as the spec writes it: `pairs[0].consumer.backoff[1]`."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return out
+
+
+def field_at(root: Node, mark: Any) -> str:
+    """The field whose key or value starts at `mark` (`pairs[0].consumer.ack_wait`), or "" at the top."""
+    stack: list[tuple[Node, list[str | int]]] = [(root, [])]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # an alias repeats a node: its first place names it
+            continue
+        seen.add(id(node))
+        if node.start_mark.index == mark.index and not isinstance(node, MappingNode | SequenceNode):
+            return _field(path)
+        children: list[tuple[Node, list[str | int]]] = []
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                key_path = [*path, str(key_node.value) if isinstance(key_node, ScalarNode) else "?"]
+                children += [(key_node, key_path), (value_node, key_path)]
+        elif isinstance(node, SequenceNode):
+            children = [(item, [*path, i]) for i, item in enumerate(node.value)]
+        stack += reversed(children)
+    return ""
+
+
+def _unreadable(err: yaml.reader.ReaderError, text: str, source: str) -> YamlProblem:
+    """A character no YAML file may hold (a NUL byte, other control characters): not a text file."""
+    line = text.count("\n", 0, err.position) + 1
+    column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+    what = "a NUL byte" if err.character == 0 else f"the control character U+{err.character:04X}"
+    return YamlProblem(
+        f"{source}:{line}:{column}: {what}; a YAML file is text without control characters "
+        "(inside double quotes a value may hold one as an escape such as \\0)"
+    )
+
+
 def loads(text: str, source: str = "<string>") -> Any:
-    """Parse one YAML document strictly; raises YamlProblem naming `source:line:column` and the fix."""
-    loader = StrictLoader(text)
+    """Parse one YAML document strictly; raises YamlProblem naming the field (`pairs[0].consumer.ack_wait`)
+    where there is one, else `source:line:column`, and the fix."""
     try:
-        return loader.get_single_data()
-    except ConstructorError as err:  # this loader's own rules: the message says what to write
-        raise YamlProblem(f"{_where(source, err.problem_mark)}: {err.problem}") from None
+        loader = StrictLoader(text)
+    except yaml.reader.ReaderError as err:  # PyYAML checks a whole text for unprintable characters first
+        raise _unreadable(err, text, source) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            return loader.construct_document(node)
+        except ConstructorError as err:  # this loader's own rules: the message says what to write
+            field = field_at(node, err.problem_mark) if err.problem_mark is not None else ""
+            where = _where(source, err.problem_mark)
+            raise YamlProblem(
+                f"{field}: {err.problem} ({where})" if field else f"{where}: {err.problem}"
+            ) from None
     except yaml.MarkedYAMLError as err:
         detail = f"not valid YAML: {err.problem}" if err.problem else "not valid YAML"
         raise YamlProblem(f"{_where(source, err.problem_mark or err.context_mark)}: {detail}") from None

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,17 +31,57 @@ from jsb_infra.core.names import app_account
 from jsb_infra.core.spec import Pair, parse_pairs
 from jsb_infra.local.server import LocalNatsServer
 
-# The project dir (Pulumi.yaml) and the dev server's port; tests point them at a throwaway copy.
+# The project dir (Pulumi.yaml); tests point it at a throwaway copy.
 ROOT = Path(os.environ.get("JSB_DEV_ROOT") or Path(__file__).resolve().parents[2])
 STATE = ROOT / ".jsb"
 STACK = "dev"
-DEV_PORT = int(os.environ.get("JSB_DEV_PORT", "4222"))  # must match jsb:servers of the dev stack
+DEV_PORT_ENV = "JSB_DEV_PORT"  # the one setting for another port: the server and the stack's jsb:servers
+DEFAULT_DEV_PORT = 4222
 DEV_ADMIN_USER = "admin"
 # The dev server listens on loopback only; this password is also the (encrypted) jsb:admin of the dev stack.
 DEV_ADMIN_PASSWORD = "jsb-dev-admin"
 DEV_PASSPHRASE = "jsb-local-dev"
 DEPLOY_PASSWORD_ENV = "JSB_DEPLOY_PASSWORD"  # jsb:deployUser of the dev stack names this variable
 DEV_DEPLOY = DeployUser(user=DEV_ADMIN_USER, password_env=DEPLOY_PASSWORD_ENV)
+
+
+def dev_port() -> int:
+    """The dev server's port: $JSB_DEV_PORT, else 4222; anything but a TCP port stops with one line."""
+    given = os.environ.get(DEV_PORT_ENV, "").strip()
+    if not given:
+        return DEFAULT_DEV_PORT
+    if not given.isascii() or not given.isdecimal() or not 1 <= int(given) <= 65535:
+        raise SystemExit(f"{DEV_PORT_ENV}: must be a TCP port (1-65535), got {given!r}")
+    return int(given)
+
+
+def dev_server_url() -> str:
+    return f"nats://127.0.0.1:{dev_port()}"
+
+
+def committed_stack_file() -> Path:
+    return ROOT / "stacks" / f"Pulumi.{STACK}.yaml"
+
+
+def stack_config_file() -> Path:
+    """The dev stack's config as `pulumi up` reads it (`--config-file`): the committed
+    stacks/Pulumi.dev.yaml with `jsb:servers` set to the dev server's URL, so that $JSB_DEV_PORT alone
+    moves both. Written under .jsb/ on every run; the committed file is never edited. Its secrets and
+    encryption salt are copied as they are (the same passphrase decrypts them)."""
+    document = yaml.safe_load(committed_stack_file().read_text())
+    document["config"]["jsb:servers"] = [dev_server_url()]
+    path = STATE / f"Pulumi.{STACK}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"# Written by `make up` from {_shown(committed_stack_file())} with jsb:servers from "
+        f"{DEV_PORT_ENV}; edit that file, not this one.\n" + yaml.safe_dump(document, sort_keys=False)
+    )
+    return path
+
+
+def stack_flags() -> list[str]:
+    """`--stack dev --config-file <that copy>`, for every Pulumi command that reads the stack's config."""
+    return ["--stack", STACK, "--config-file", str(stack_config_file())]
 
 
 def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
@@ -69,7 +110,7 @@ def accounts_file(out_dir: Path) -> Path:
 
 def dev_pairs() -> list[Pair]:
     """The pairs of the dev stack file (`jsb:pairs`), validated like the program does."""
-    config = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
+    config = yaml.safe_load(committed_stack_file().read_text())["config"]
     return list(parse_pairs(config["jsb:pairs"]).pairs)
 
 
@@ -104,7 +145,7 @@ def dev_server(out_dir: Path) -> LocalNatsServer:
     return LocalNatsServer(
         store_dir=store,
         extra_config=server_config(out_dir, store),
-        port=DEV_PORT,
+        port=dev_port(),
         env={DEPLOY_PASSWORD_ENV: DEV_ADMIN_PASSWORD},
     )
 
@@ -122,18 +163,54 @@ def _running_pid() -> int | None:
         return None
 
 
+def _running_port() -> int | None:
+    """The port in the running dev server's config (`listen: "127.0.0.1:<port>"`), if it can be read."""
+    try:
+        text = (STATE / "nats" / "nats-server.conf").read_text()
+    except OSError:
+        return None
+    found = re.search(r'^listen: "[^"]*:(\d+)"$', text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
 def start_server(out_dir: Path) -> None:
     """Start the dev server in the background (it outlives this process); a no-op when it runs."""
-    if _running_pid():
-        print(f"nats-server already running (pid {_running_pid()}) on nats://127.0.0.1:{DEV_PORT}")
+    pid = _running_pid()
+    if pid:
+        port = _running_port()
+        if port is not None and port != dev_port():
+            raise SystemExit(
+                f"the dev nats-server (pid {pid}) runs on port {port}, not {dev_port()}: run with "
+                f"{DEV_PORT_ENV}={port}, or `make down {DEV_PORT_ENV}={port}` first"
+            )
+        print(f"nats-server already running (pid {pid}) on {dev_server_url()}")
         return
     server = dev_server(out_dir)
     server.detach = True
-    server.start()
+    try:
+        server.start()
+    except (RuntimeError, TimeoutError) as err:  # its message carries the whole server log
+        raise SystemExit(_start_failure(server, err)) from None
     assert server.process is not None
     _pid_file().write_text(str(server.process.pid))
     _loaded_file().write_text(accounts_file(out_dir).read_text())
     print(f"nats-server started on {server.url} (pid {server.process.pid}, store {server.store_dir})")
+
+
+def _start_failure(server: LocalNatsServer, err: Exception) -> str:
+    """One line for a dev server that did not start: the server's own fatal line, and what to do."""
+    log = server.store_dir / "nats-server.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    fatal = [
+        re.sub(r"^.*?\[(?:FTL|ERR)\] ", "", line) for line in lines if re.search(r"\[(?:FTL|ERR)\] ", line)
+    ]
+    reason = fatal[-1] if fatal else str(err).splitlines()[0]
+    hint = (
+        f"; another server on port {dev_port()}? set {DEV_PORT_ENV} to a free port"
+        if "listen" in reason
+        else ""
+    )
+    return f"the dev nats-server did not start on {server.url}: {reason}{hint} (log: {_shown(log)})"
 
 
 def reload_server(out_dir: Path) -> None:
@@ -178,7 +255,12 @@ def stop_server() -> None:
 def pulumi(args: list[str], env: dict[str, str], capture: bool = False) -> str:
     """Run the Pulumi CLI in the repo root; raise SystemExit with its status when it fails."""
     cmd = ["pulumi", *args]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=capture)
+    try:
+        result = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=capture)
+    except FileNotFoundError:
+        raise SystemExit(
+            "pulumi: not on PATH; `make up` puts the CLI of scripts/ensure-pulumi there (see README)"
+        ) from None
     if result.returncode != 0:
         if capture:
             sys.stderr.write(result.stdout + result.stderr)
@@ -216,7 +298,7 @@ def up(out_dir: Path) -> None:
     env = pulumi_env()
     start_server(out_dir)
     select_stack(env)
-    pulumi(["up", "--yes", "--refresh", "--stack", STACK], env)  # --refresh: repair drift too
+    pulumi(["up", "--yes", "--refresh", *stack_flags()], env)  # --refresh: repair drift too
     reload_server(out_dir)
     outputs = json.loads(pulumi(["stack", "output", "--json", "--show-secrets"], env, capture=True))
     files = write_app_files(outputs, out_dir)
@@ -234,8 +316,32 @@ def up(out_dir: Path) -> None:
         print(f"  {_shown(path)}")
     print(
         "\nThe server runs on accounts.conf: one account per app, reaching the streams only through its "
-        "imports.\n`make down` destroys the stack and stops the server."
+        "imports."
     )
+    print("\nCheck that an app can work (connect, publish, pull; says plainly what is denied):")
+    for command in doctor_commands(outputs, out_dir):
+        print(f"  {command}")
+    print("\n`make down` destroys the stack and stops the server.")
+
+
+def doctor_commands(outputs: dict[str, Any], out_dir: Path) -> list[str]:
+    """`jsb-infra doctor` per app of the stack, with the files `up` wrote, as a shell command run from the
+    project directory."""
+    cli = _shown(Path(sys.executable).absolute().parent / "jsb-infra")
+    return [
+        shlex.join(
+            [
+                cli,
+                "doctor",
+                "--bridge",
+                _shown(out_dir / stream / "bridges" / f"{app}.json"),
+                "--credentials",
+                _shown(out_dir / "credentials" / f"{app}.json"),
+            ]
+        )
+        for stream, apps in outputs.get("bridges", {}).items()
+        for app in apps
+    ]
 
 
 def _shown(path: Path) -> str:
@@ -252,7 +358,7 @@ def down(out_dir: Path) -> None:
     stacks = json.loads(pulumi(["stack", "ls", "--json"], env, capture=True) or "[]")
     if any(s.get("name") == STACK for s in stacks):
         pulumi(["stack", "select", STACK], env, capture=True)
-        pulumi(["destroy", "--yes", "--stack", STACK], env)
+        pulumi(["destroy", "--yes", *stack_flags()], env)
     stop_server()
     for path in remove_credential_files(out_dir):
         print(f"removed {_shown(path)} (the seed of a destroyed identity)")
@@ -277,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "start-server", "stop-server"])
     parser.add_argument("--out", type=Path, default=STATE / "out", help="where the stack writes documents")
     args = parser.parse_args(argv)
+    dev_port()  # a bad JSB_DEV_PORT stops here, before anything starts
     out_dir: Path = args.out.resolve()
     {
         "up": up,

@@ -10,11 +10,18 @@ import argparse
 import os
 import sys
 
+import nats.errors
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from jsb_infra.core.spec import MAX_NAME_LEN, _check_app_name, _check_nats_name
-from jsb_infra.nats_admin import AdminConnection
+from jsb_infra.nats_admin import (
+    AdminConnectError,
+    AdminConnection,
+    ErrorsSeen,
+    JetStreamApiError,
+    connection_problem,
+)
 
 # flag (argparse dest) -> environment variable
 ADMIN_ENV = {
@@ -28,6 +35,30 @@ ADMIN_ENV = {
     "tls_cert": "JSB_ADMIN_TLS_CERT",
     "tls_key": "JSB_ADMIN_TLS_KEY",
 }
+
+
+ADMIN_HINT = "check --server (or JSB_ADMIN_SERVERS) and the admin credentials (the flags or JSB_ADMIN_*)"
+"""What a failed admin connect of an operator command tells the operator to check."""
+
+ADMIN_FAILURES = (AdminConnectError, JetStreamApiError, nats.errors.Error, OSError)
+"""What an admin session of an operator command can fail with; `admin_failure` says it in one line."""
+
+
+def admin_failure(err: BaseException, timeout: float, seen: ErrorsSeen) -> str:
+    """One line for a failed admin session: the connect's own message, the server's API error, the
+    permission the server denied (kept by `seen`), or what a request without an answer most likely means."""
+    if isinstance(err, AdminConnectError | JetStreamApiError):
+        return str(err)
+    if isinstance(err, nats.errors.NoRespondersError):
+        return "no responders to the JetStream API: JetStream is not enabled for the admin user's account"
+    if isinstance(err, nats.errors.TimeoutError) and seen.denials():
+        return f"the server denied the admin user: {seen.denials()[-1]}; it needs publish rights on $JS.API.>"
+    if isinstance(err, nats.errors.TimeoutError):
+        return (
+            f"no answer from the JetStream API within {timeout}s: the admin user may not be allowed "
+            "$JS.API.>, or the server is overloaded (see --timeout)"
+        )
+    return f"the admin connection failed: {connection_problem(err)}"
 
 
 class AdminOptionsError(ValueError):

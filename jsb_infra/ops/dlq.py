@@ -25,8 +25,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from jsb_infra.core import names
-from jsb_infra.nats_admin import AdminConnectError, JetStreamAdmin, StoredMessage, admin_session
-from jsb_infra.ops.admin_cli import add_admin_arguments, checked_connection, name_problems
+from jsb_infra.nats_admin import ErrorsSeen, JetStreamAdmin, StoredMessage, admin_session
+from jsb_infra.ops.admin_cli import (
+    ADMIN_FAILURES,
+    ADMIN_HINT,
+    add_admin_arguments,
+    admin_failure,
+    checked_connection,
+    name_problems,
+)
 from jsb_infra.runtime.consumer import (
     DLQ_CONSUMER,
     DLQ_DELIVERY_COUNT,
@@ -267,8 +274,9 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
     conn = checked_connection("dlq", args, problems)
     if conn is None:
         return EXIT_INVALID
+    seen = ErrorsSeen()
     try:
-        async with admin_session(conn) as admin:
+        async with admin_session(conn, hint=ADMIN_HINT, seen=seen) as admin:
             if await admin.stream_info(args.stream) is None:
                 print(
                     f"jsb-infra dlq: --stream: no stream {args.stream!r} on {', '.join(conn.servers)}",
@@ -276,8 +284,8 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 )
                 return EXIT_FAILED
             return await COMMANDS[args.action](admin, args, out)
-    except AdminConnectError as err:
-        print(f"jsb-infra dlq: {err}", file=sys.stderr)
+    except ADMIN_FAILURES as err:
+        print(f"jsb-infra dlq: {admin_failure(err, conn.timeout, seen)}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from jsb_infra.core import names
-from jsb_infra.nats_admin import AdminConnectError, JetStreamAdmin, admin_session
+from jsb_infra.nats_admin import ErrorsSeen, JetStreamAdmin, admin_session
+from jsb_infra.ops import admin_cli
 from jsb_infra.ops.admin_cli import add_admin_arguments, checked_connection, name_problems
 
 EXIT_FAILED = 1
@@ -124,15 +125,16 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_INVALID
     rows: list[AppStatus] = []
     missing = []
+    seen = ErrorsSeen()
     try:
-        async with admin_session(conn) as admin:
+        async with admin_session(conn, hint=admin_cli.ADMIN_HINT, seen=seen) as admin:
             for stream in args.stream:
                 if await admin.stream_info(stream) is None:
                     missing.append(stream)
                     continue
                 rows += await pair_status(admin, stream, args.app)
-    except AdminConnectError as err:
-        print(f"jsb-infra status: {err}", file=sys.stderr)
+    except admin_cli.ADMIN_FAILURES as err:
+        print(f"jsb-infra status: {admin_cli.admin_failure(err, conn.timeout, seen)}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2), file=out)

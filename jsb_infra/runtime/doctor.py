@@ -27,6 +27,7 @@ from typing import TextIO
 import nats.errors
 
 from jsb_infra.core import names
+from jsb_infra.nats_admin import connection_problem
 from jsb_infra.runtime.client import BridgeClient
 from jsb_infra.runtime.config import BridgeConfigError, load_bridge, load_credentials
 from jsb_infra.runtime.probe import PROBE_HEADER, probe_publish
@@ -209,7 +210,9 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         await client.connect()
     except Exception as err:
-        reasons = [str(e) for e in client.errors] or [repr(err)]
+        reasons = list(dict.fromkeys(connection_problem(e) for e in client.errors)) or [
+            connection_problem(err)
+        ]
         report.fail(
             "connect", f"{', '.join(bridge.servers)} as {credentials.describe()}: {'; '.join(reasons)}"
         )
