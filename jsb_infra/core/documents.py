@@ -34,6 +34,7 @@ def render_documents(
     deploy: DeployUser | None = None,
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
     servers: list[str] | None = None,
+    reader: DeployUser | None = None,
 ) -> dict[Path, str]:
     """Every file `render` writes, as relative path -> text, in a fixed order. Pure.
 
@@ -43,7 +44,7 @@ def render_documents(
     """
     nkeys = nkeys or {}
     layout = account_layout(pairs, jetstream_account)
-    files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy)}
+    files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy, reader)}
     for account in layout.apps:
         files[Path("apps") / f"{account.app}.json"] = render_json(account.document())
     for pair in pairs:

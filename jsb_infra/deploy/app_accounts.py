@@ -45,13 +45,15 @@ class AppAccountsArgs:
 
     `app_servers`: the URLs apps are told (default: the first AppPair's connection servers);
     `jetstream_account`: the account holding the streams; `deploy_user`: the deploy's identity in it
-    (nothing secret); `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
+    (nothing secret); `reader`: a read-only identity in it, for previews (`jsb:previewUser`);
+    `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
     written (None: the stack config's `jsb:outputDir`, if any)."""
 
     pairs: Sequence[AppPair | Pair]
     app_servers: Sequence[str] = ()
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
     deploy_user: DeployUser | None = None
+    reader: DeployUser | None = None
     auth: AuthSettings = field(default_factory=lambda: parse_auth(None))
     output_dir: str | None = None
 
@@ -133,10 +135,11 @@ class AppAccounts(pulumi.ComponentResource):
             deploy=args.deploy_user,
             jetstream_account=args.jetstream_account,
             servers=args.servers(),
+            reader=args.reader,
         )
-        deploy = args.deploy_user
+        deploy, reader = args.deploy_user, args.reader
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(
-            lambda keys: render_accounts_conf(layout, dict(keys), deploy)
+            lambda keys: render_accounts_conf(layout, dict(keys), deploy, reader)
         )
         documents: dict[str, pulumi.Input[str]] = {str(path): text for path, text in keyless.items()}
         documents["accounts.conf"] = self.accounts_conf

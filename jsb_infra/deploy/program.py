@@ -125,6 +125,7 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
             app_servers=settings.bridge_servers,
             jetstream_account=settings.jetstream_account,
             deploy_user=settings.deploy,
+            reader=settings.reader,
             auth=auth,
         ),
     )

@@ -33,6 +33,7 @@ class StackSettings:
     app_servers: tuple[str, ...] = ()
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
     deploy: DeployUser | None = field(default=None)
+    reader: DeployUser | None = field(default=None)
 
     @property
     def bridge_servers(self) -> list[str]:
@@ -115,12 +116,28 @@ def _check_deploy_user(value: Any, problems: list[str]) -> DeployUser | None:
     return DeployUser(nkey=nkey, user=user, password_env=env)
 
 
+def _check_reader(value: Any, problems: list[str]) -> DeployUser | None:
+    """`jsb:previewUser`: the read-only identity rendered into the JetStream account (what a preview
+    job connects as): `{nkey: U...}` or `{user: NAME, password_env: VAR}`; nothing secret."""
+    key = f"{CONFIG_NAMESPACE}:previewUser"
+    if value is None or value is UNREADABLE:
+        return None
+    found: list[str] = []
+    reader = _check_deploy_user(value, found)
+    problems.extend(p.replace(f"{CONFIG_NAMESPACE}:deployUser", key) for p in found)
+    if reader is not None and reader.user and not reader.password_env:
+        problems.append(f"{key}.password_env: required with user (the variable the server reads)")
+        return None
+    return reader
+
+
 def parse_stack_settings(
     pairs: Any,
     servers: Any,
     app_servers: Any = None,
     jetstream_account: Any = None,
     deploy_user: Any = None,
+    preview_user: Any = None,
 ) -> StackSettings:
     """Validate the decoded stack config together; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -132,6 +149,7 @@ def parse_stack_settings(
     )
     account = _check_jetstream_account(jetstream_account, problems)
     deploy = _check_deploy_user(deploy_user, problems)
+    reader = _check_reader(preview_user, problems)
     checked_pairs = _check_pairs(pairs, problems)
     if problems:
         raise ConfigError(problems)
@@ -141,6 +159,7 @@ def parse_stack_settings(
         app_servers=checked_app_servers,
         jetstream_account=account,
         deploy=deploy,
+        reader=reader,
     )
 
 
@@ -153,9 +172,10 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     raw_app_servers = config.get("appServers")
     app_servers = _servers_value(raw_app_servers, problems) if raw_app_servers is not None else None
     deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
+    preview_user = _json_value(f"{CONFIG_NAMESPACE}:previewUser", config.get("previewUser"), problems)
     try:
         settings = parse_stack_settings(
-            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user
+            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user, preview_user
         )
     except ConfigError as err:
         raise ConfigError(problems + err.problems) from None
