@@ -172,3 +172,26 @@ def test_secret_settings_may_name_where_the_provider_reads_them(tmp_path, monkey
             settings.settings_from_config(Raw({settings.ADMIN_KEY: {"password": bad}}))
         assert "jsb:admin.password: must be the value as text, or where to read it" in str(err.value)
         assert "12345" not in str(err.value)
+
+
+def test_the_preview_user_is_checked_like_the_deploy_user_and_rendered_read_only():
+    from jsb_infra.core.accounts import READ_ONLY_PUBLISH, account_layout, render_accounts_conf
+    from jsb_infra.core.spec import parse_pairs
+    from jsb_infra.deploy.stack_settings import parse_stack_settings
+
+    pairs = [{"stream": "s1", "apps": ["a", "b"]}]
+    servers = ["nats://a:4222"]
+    reader = parse_stack_settings(pairs, servers, preview_user={"user": "pv", "password_env": "PV"}).reader
+    assert reader is not None and (reader.user, reader.password_env) == ("pv", "PV")
+    for bad, rule in (
+        ({"user": "pv"}, "jsb:previewUser.password_env: required with user"),
+        ({"nkey": "nope"}, "jsb:previewUser.nkey: must be an NKey user public key"),
+        ({"user": "pv", "nkey": "U" + "A" * 55}, "jsb:previewUser: give exactly one of nkey or user"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            parse_stack_settings(pairs, servers, preview_user=bad)
+        assert rule in str(err.value)
+    text = render_accounts_conf(account_layout(parse_pairs(pairs).pairs), {}, None, reader)
+    [line] = [line for line in text.splitlines() if '"pv"' in line]
+    assert "password: $PV" in line and all(f'"{s}"' in line for s in READ_ONLY_PUBLISH)
+    assert '"$JS.API.>' not in line and "DELETE" not in line and "CREATE" not in line

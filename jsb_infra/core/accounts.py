@@ -170,11 +170,9 @@ def render_accounts_conf(
         "    jetstream: enabled",
     ]
     entry = deploy.conf_entry() if deploy else None
-    read_only = read_only_conf_entry(reader) if reader else None
-    if entry and read_only:
-        out.append(f"    users: [\n      {entry}\n      {read_only}\n    ]")
-    elif entry:
-        out.append(f"    users: [\n      {entry}\n    ]")
+    users = [e for e in (entry, read_only_conf_entry(reader) if reader else None) if e]
+    if users:
+        out.append("    users: [\n" + "".join(f"      {e}\n" for e in users) + "    ]")
     else:
         out.append('    # users: [ {nkey: "U..."} ]  (the deploy user: none given)')
     out.append("    exports: [")
