@@ -195,3 +195,24 @@ def test_the_preview_user_is_checked_like_the_deploy_user_and_rendered_read_only
     [line] = [line for line in text.splitlines() if '"pv"' in line]
     assert "password: $PV" in line and all(f'"{s}"' in line for s in READ_ONLY_PUBLISH)
     assert '"$JS.API.>' not in line and "DELETE" not in line and "CREATE" not in line
+
+
+def test_a_connection_admin_stores_references_plain_and_values_as_a_secret():
+    import pulumi
+
+    from jsb_infra.deploy.connection import AdminCredentials, Connection
+
+    named = Connection(
+        "east", servers=["nats://e:4222"], admin=AdminCredentials(user="deploy", password={"env": "EAST_PW"})
+    )
+    assert named.as_input() == {
+        "name": "east",
+        "servers": ["nats://e:4222"],
+        "admin": {"user": "deploy", "password": {"env": "EAST_PW"}},
+    }  # plain: a user name and where the password is read
+    valued = Connection("west", servers=["nats://w:4222"], admin=AdminCredentials(user="d", password="pw"))
+    assert isinstance(valued.as_input(), pulumi.Output)  # the value form: a secret, as before
+    for bad in ({"env": ""}, {"env": "A", "file": "b"}, {"path": "/x"}):
+        with pytest.raises(ConfigError) as err:
+            Connection("east", servers=["nats://e:4222"], admin={"password": bad})
+        assert "Connection('east').admin.password: must be the value" in str(err.value)

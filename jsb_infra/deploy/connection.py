@@ -8,19 +8,20 @@ Passed to a component the way a provider is, so one Pulumi program manages sever
     AppPair("orders-billing", pair, connection=east)
 
 `Connection.from_stack_config()` is the default: servers, admin, retry budget and settle timeout come
-from the `jsb:` stack config keys (docs/stack-config.md), and the admin credentials never enter state.
+from the `jsb:` stack config keys (docs/stack-config.md); each child stores only that it uses them.
 
 Where the admin credentials live. Each field (`user`, `password`, `token`, `nkey_seed`, `creds_file`,
 TLS paths) is its value, or where the provider host reads it at run time: `{"env": "VARIABLE"}` (an
-environment variable of the `pulumi` process) or `{"file": "/path"}`. Only such a reference is ever
-stored; the value stays in the provider host's memory.
-- `admin` with references only: every child carries the references in its `connection` input, plain
-  (nothing secret in them); `pulumi destroy` and `pulumi refresh`, which run without the program,
-  read the values from the same places. Rotating a password changes nothing in the program or state.
-- `admin` with values (a literal or a secret Output): as before, every child carries them in its
-  `connection` input, encrypted in the state as a Pulumi secret, because destroy and refresh must
-  still reach the server. Rotating one shows as an in-place update of each child that writes nothing
-  to the server. Prefer references: then no admin secret is in the state.
+environment variable of the `pulumi` process) or `{"file": "/path"}`. A reference is stored as such;
+the value it points to stays in the provider host's memory.
+- `admin` whose secret fields (password, token, nkey_seed) are references: every child carries the
+  admin in its `connection` input, plain (a user name, paths and references are no secrets).
+  `pulumi destroy` and `pulumi refresh`, which run without the program, read the values from the
+  same places. Rotating a password changes nothing in the program or the state.
+- `admin` with a secret field's value (a literal or a secret Output): as before, every child carries
+  it in its `connection` input, encrypted in the state as a Pulumi secret, because destroy and
+  refresh must still reach the server. Rotating it shows as an in-place update of each child that
+  writes nothing to the server. Prefer references: then no admin secret is in the state.
 - `admin_config_key`: the name of a stack config key holding the object; the provider host reads it
   on every run. The Pulumi engine copies the whole stack config into the state (the dynamic
   providers' default provider inputs), so give references there too.
@@ -69,6 +70,10 @@ class AdminCredentials(TypedDict, total=False):
     tls_ca: AdminField
     tls_cert: AdminField
     tls_key: AdminField
+
+
+SECRET_FIELDS = ("password", "token", "nkey_seed")
+"""The admin fields that hold a secret; the rest (user name, file paths) are plain values."""
 
 
 def is_reference(value: Any) -> bool:
@@ -150,8 +155,8 @@ class Connection:
         if self.admin is not None:
             admin: Mapping[str, Any] = self.admin
             value["admin"] = {name: dict(v) if is_reference(v) else v for name, v in admin.items()}
-            if not all(is_reference(v) for v in self.admin.values()):
-                return pulumi.Output.secret(value)  # values, not references: stored encrypted
+            if any(not is_reference(admin[name]) for name in SECRET_FIELDS if name in admin):
+                return pulumi.Output.secret(value)  # a secret's value, not where to read it: encrypted
         return value
 
 
