@@ -46,7 +46,7 @@ def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
     """The environment for an offline Pulumi CLI: local file backend, no update check, no plugin downloads."""
     env = dict(os.environ)
     env.setdefault("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
-    env.setdefault(DEPLOY_PASSWORD_ENV, DEV_ADMIN_PASSWORD)  # jsb:admin.password: {env: ...}
+    env[DEPLOY_PASSWORD_ENV] = DEV_ADMIN_PASSWORD  # jsb:admin.password: {env: ...}, as the dev server
     # State once per update instead of after every step (quadratic in stack size on a file backend);
     # a killed `up` then converges on the next one (tests/test_e2e_crash.py). See docs/performance.md.
     env.setdefault("PULUMI_SKIP_CHECKPOINTS", "true")
