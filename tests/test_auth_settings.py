@@ -191,6 +191,9 @@ def test_the_preview_user_is_checked_like_the_deploy_user_and_rendered_read_only
         with pytest.raises(ConfigError) as err:
             parse_stack_settings(pairs, servers, preview_user=bad)
         assert rule in str(err.value)
+    with pytest.raises(ConfigError, match="jsb:previewUser: must be another user than jsb:deployUser"):
+        same = {"user": "pv", "password_env": "PV"}
+        parse_stack_settings(pairs, servers, deploy_user=same, preview_user=same)
     text = render_accounts_conf(account_layout(parse_pairs(pairs).pairs), {}, None, reader)
     [line] = [line for line in text.splitlines() if '"pv"' in line]
     assert "password: $PV" in line and all(f'"{s}"' in line for s in READ_ONLY_PUBLISH)

@@ -150,6 +150,15 @@ def parse_stack_settings(
     account = _check_jetstream_account(jetstream_account, problems)
     deploy = _check_deploy_user(deploy_user, problems)
     reader = _check_reader(preview_user, problems)
+    if (
+        reader is not None
+        and deploy is not None
+        and (reader.nkey or reader.user) == (deploy.nkey or deploy.user)
+    ):
+        problems.append(
+            f"{CONFIG_NAMESPACE}:previewUser: must be another user than {CONFIG_NAMESPACE}:deployUser "
+            "(one name, one set of rights)"
+        )
     checked_pairs = _check_pairs(pairs, problems)
     if problems:
         raise ConfigError(problems)

@@ -21,8 +21,9 @@ host reads; relative to the program directory). Only the reference is in the sta
 read when a provider needs it (`SecretRef`), held in host memory only, and never an input or output.
 
 A resource may carry its own `connection` input (what `jsb_infra.Connection.as_input()` makes): its
-servers, its admin credentials (a secret input, or the name of a stack config key holding them, which
-keeps them out of state), its retry budget and settle timeout. `for_connection` resolves it against the
+servers, its admin credentials (each field a value, then the whole input is a secret, or a reference
+as above; or the name of a stack config key holding them), its retry budget and settle timeout.
+`for_connection` resolves it against the
 stack config; a resource without one (or with `{"stack_config": true}`) uses the `jsb:` keys above.
 """
 
