@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,53 @@ async def test_05_the_read_only_identity_cannot_write_and_the_stream_stays_as_it
     await nc.request(f"$JS.API.STREAM.PURGE.{STREAM}", b"{}", timeout=2)
     await nc.close()
     assert (await stream_info(server.url, ADMIN_USER, ADMIN_PASSWORD))["state"]["messages"] == 0
+
+
+def test_05b_a_preview_stack_without_secrets_previews_the_same_change(stack, scratch):
+    """`python -m jsb_infra.ops.preview_state`: the state copied into `<stack>-preview` with every
+    secret redacted and its own passphrase; previewed with the read-only identity, it shows the
+    pending change, and nothing in it (decrypted) is a seed."""
+    env = {**stack.workspace.env_vars, "JSB_PREVIEW_PASSPHRASE": "preview-only-passphrase"}
+    work = Path(stack.workspace.work_dir)
+    made = subprocess.run(
+        [sys.executable, "-m", "jsb_infra.ops.preview_state", "--stack", STACK],
+        cwd=work,
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    seeds = [
+        e["seed"]
+        for e in json.loads(
+            run_cli(stack, "stack", "output", "credentials", "--show-secrets", "--json")
+        ).values()
+    ]
+    assert len(seeds) == 2 and all(seed in exported(stack) for seed in seeds)  # the control
+    preview_env = {
+        **env,
+        "PULUMI_CONFIG_PASSPHRASE": "preview-only-passphrase",
+        USER_ENV: READER.user or "",
+        PASSWORD_ENV: READER_PASSWORD,
+    }
+
+    def on_preview(*args: str) -> str:
+        result = subprocess.run(
+            ["pulumi", *args, "--stack", f"{STACK}-preview"],
+            cwd=work,
+            env=preview_env,
+            text=True,
+            capture_output=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    state = on_preview("stack", "export", "--show-secrets")
+    assert not [seed for seed in seeds if seed in state] and ADMIN_PASSWORD not in state
+    assert state.count('\\"redacted\\"') >= 3  # the two seeds and the credentials output
+    shown = on_preview("preview", "--refresh", "--diff")
+    assert "~ max_age         : 5400000000000 => 10800000000000" in shown, shown[-3000:]
+    assert "~ 2 to update" in shown, shown[-3000:]
 
 
 def test_06_destroy(stack):
