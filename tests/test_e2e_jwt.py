@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -419,6 +420,37 @@ def issued_creds(claims: dict[str, Any], seed: str, signing_seed: str) -> str:
     return jc.creds_document(jc.encode(claims, signing_seed), seed)
 
 
+def preview_of_a_copy_without_secrets(stack: auto.Stack, env: dict[str, str]) -> str:
+    """`python -m jsb_infra.ops.preview_state` copies the stack with every seed redacted; its preview,
+    under its own passphrase, with `env`'s identities; asserts no seed of the stack is in the copy."""
+    work = Path(stack.workspace.work_dir)
+    env = {**env, "JSB_PREVIEW_PASSPHRASE": "jwt-preview-passphrase"}
+    made = subprocess.run(
+        [sys.executable, "-m", "jsb_infra.ops.preview_state", "--stack", STACK],
+        cwd=work,
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    copy = {**env, "PULUMI_CONFIG_PASSPHRASE": "jwt-preview-passphrase"}
+
+    def pulumi(*args: str) -> str:
+        result = subprocess.run(
+            ["pulumi", *args, "--stack", f"{STACK}-preview"],
+            cwd=work,
+            env=copy,
+            text=True,
+            capture_output=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    seeds = [jc.parse_creds(entry["creds"])[1] for entry in credentials(stack).values()]
+    assert seeds and not [seed for seed in seeds if seed in pulumi("stack", "export", "--show-secrets")]
+    return pulumi("preview", "--refresh", "--diff")
+
+
 async def test_03c_a_preview_with_read_only_identities_shows_a_pending_change_and_cannot_write(
     stack, server, operator, scratch
 ):
@@ -446,13 +478,15 @@ async def test_03c_a_preview_with_read_only_identities_shows_a_pending_change_an
     env.update({CREDS_ENV: str(reader_file), SYSTEM_CREDS_ENV: lookup})
     try:
         shown = run_cli(stack, "preview", "--refresh", "--diff")
+        on_copy = preview_of_a_copy_without_secrets(stack, dict(env))
     finally:
         env.clear()
         env.update(saved)
         hidden.rename(signing)
         configure(stack, server, operator, [FIRST, SECOND], scratch / "out")
-    assert "AppAccountJwt::accounts-orders-account" in shown and '"preview-1"' in shown, shown[-3000:]
-    assert "~ 1 to update" in shown, shown[-3000:]
+    for previewed in (shown, on_copy):
+        assert "AppAccountJwt::accounts-orders-account" in previewed and '"preview-1"' in previewed
+        assert "~ 1 to update" in previewed, previewed[-3000:]
 
     async with resolver.system_session([server.url], operator.system_creds) as nc:
         before = await resolver.lookup(nc, operator.jetstream_key)
