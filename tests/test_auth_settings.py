@@ -200,7 +200,7 @@ def test_the_preview_user_is_checked_like_the_deploy_user_and_rendered_read_only
     assert '"$JS.API.>' not in line and "DELETE" not in line and "CREATE" not in line
 
 
-def test_a_connection_admin_stores_references_plain_and_values_as_a_secret():
+async def test_a_connection_admin_stores_references_plain_and_values_as_a_secret():
     import pulumi
 
     from jsb_infra.deploy.connection import AdminCredentials, Connection
