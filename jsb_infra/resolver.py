@@ -15,6 +15,7 @@ the signer against the servers' trusted operators (`$SYS.REQ.SERVER.PING.VARZ`).
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,16 +35,34 @@ class ResolverError(RuntimeError):
     """The resolver refused or did not answer; the message names the account, never a secret."""
 
 
+_REFUSED: weakref.WeakKeyDictionary[NATS, list[str]] = weakref.WeakKeyDictionary()
+"""Per system session, the server's permission refusals (`-ERR 'Permissions Violation for Publish
+to "..."'`, which nats-py hands the error callback, not the request): a lookup the user may not send
+times out exactly like one for an account the resolver does not hold."""
+
+
+def refused(nc: NATS, subject: str) -> bool:
+    """Whether the server refused this session a publish to `subject`."""
+    return any(f'publish to "{subject.lower()}"' in text for text in _REFUSED.get(nc, []))
+
+
 @asynccontextmanager
 async def system_session(
     servers: list[str], system_creds: str, tls: Any = None, timeout: float = 5.0
 ) -> AsyncIterator[NATS]:
     """A connection as the system account's user (`system_creds`: the text of its `.creds`)."""
+    refusals: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        if "permissions violation" in str(err).lower():
+            refusals.append(str(err).lower())
+
     options: dict[str, Any] = {
         "servers": servers,
         "user_credentials": RawCredentials(system_creds),
         "connect_timeout": timeout,
         "allow_reconnect": False,
+        "error_cb": on_error,
     }
     if tls is not None:
         options["tls"] = tls
@@ -54,6 +73,7 @@ async def system_session(
             f"cannot connect to {', '.join(servers)} as the system account's user "
             f"({type(err).__name__}: {err}); check jsb:systemCreds and jsb:servers"
         ) from None
+    _REFUSED[nc] = refusals
     try:
         yield nc
     finally:
@@ -61,10 +81,18 @@ async def system_session(
 
 
 async def lookup(nc: NATS, account_key: str, timeout: float = 1.0) -> str | None:
-    """The account JWT the resolver holds, or None when it holds none."""
+    """The account JWT the resolver holds, or None when it holds none. Raises when the server
+    refused the system user the lookup: that is no answer about the account (a refresh taking it
+    for one would drop the account from the state, and the next `up` re-create it with new keys)."""
+    subject = LOOKUP_SUBJECT.format(account_key)
     try:
-        reply = await nc.request(LOOKUP_SUBJECT.format(account_key), b"", timeout=timeout)
+        reply = await nc.request(subject, b"", timeout=timeout)
     except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        if refused(nc, subject):
+            raise ResolverError(
+                f"the system account's user may not look up account JWTs ({LOOKUP_SUBJECT.format('*')}): "
+                "give it that publish permission (jsb:systemCreds)"
+            ) from None
         return None
     token = reply.data.decode().strip()
     return token or None

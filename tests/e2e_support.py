@@ -141,7 +141,9 @@ def set_plain_config(stack: auto.Stack, values: dict[str, Any]) -> None:
 
 
 def set_admin(stack: auto.Stack, user: str, password: str) -> None:
-    """`pulumi config set --secret --path jsb:admin.user ...`, as docs/stack-config.md says."""
+    """`jsb:admin` as secret values (`pulumi config set --secret --path jsb:admin.user ...`): the
+    form that works but lands in the state; docs/stack-config.md recommends naming where the
+    password is read (tests/test_e2e_secrets.py)."""
     stack.set_config("jsb:admin.user", auto.ConfigValue(user, secret=True), path=True)
     stack.set_config("jsb:admin.password", auto.ConfigValue(password, secret=True), path=True)
 

@@ -163,3 +163,28 @@ async def test_reload_applies_new_pairs_of_existing_accounts_but_new_accounts_ne
     server.stop()
     server.start()
     assert await _publish_as(server.url, seeds["carrier"], "carrier", "carrier.sync.orders") == "oc"
+
+
+async def test_a_read_only_nkey_user_reads_the_jetstream_api_and_may_write_nothing(make_server):
+    """`jsb:previewUser: {nkey: U...}`: the server loads the rendered entry; its user gets answers to
+    info and names requests, and every write is refused at the publish."""
+    from jsb_infra.core.accounts import DeployUser
+
+    seed, public = new_user_keypair()
+    layout = account_layout(load_config(EXAMPLE).pairs)
+    server = make_server(render_accounts_conf(layout, {}, DEPLOY, DeployUser(nkey=public)))
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err).lower())
+
+    nc = await nats.connect(server.url, nkeys_seed_str=seed, error_cb=on_error)
+    try:
+        reply = await nc.request("$JS.API.STREAM.NAMES", b"", timeout=2)
+        assert b"streams" in reply.data  # the JetStream account answers it
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request("$JS.API.STREAM.CREATE.intruder", b'{"name": "intruder"}', timeout=0.5)
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert any('publish to "$js.api.stream.create.intruder"' in e for e in errors), errors

@@ -3,6 +3,8 @@ anything touches a server; the `.creds` credentials output loads into the runtim
 
 from __future__ import annotations
 
+import json
+
 import nkeys
 import pytest
 
@@ -93,9 +95,7 @@ def test_provider_secrets_are_checked_without_echoing_them():
     with pytest.raises(settings.ProviderSettingsError, match=not_creds):
         settings.settings_from_config(Raw({settings.SYSTEM_CREDS_KEY: "/path/to/sys.creds"}))
     empty = settings.settings_from_config(Raw({}))
-    with pytest.raises(
-        settings.ProviderSettingsError, match="pulumi config set --secret jsb:operatorSigningKey"
-    ):
+    with pytest.raises(settings.ProviderSettingsError, match="jsb:operatorSigningKey is not set"):
         empty.signing_seed()
     with pytest.raises(settings.ProviderSettingsError, match="jsb:systemCreds is not set"):
         empty.system_user_creds()
@@ -129,3 +129,93 @@ def test_a_creds_document_of_another_user_is_refused():
         load_credentials(credentials={"orders": {**entry, "creds": other["creds"]}}, app="orders")
     with pytest.raises(BridgeConfigError, match=r"credentials.orders.creds: not a .creds document"):
         load_credentials(credentials={"orders": {**entry, "creds": "garbage"}}, app="orders")
+
+
+def test_secret_settings_may_name_where_the_provider_reads_them(tmp_path, monkeypatch):
+    """`{env: NAME}` / `{file: PATH}` instead of a value: the reference is all the stack config (and
+    so the state) holds; the provider reads the value when it needs it, and a run that does not need
+    it does not fail for it."""
+    seed = jc.new_seed(nkeys.PREFIX_BYTE_OPERATOR)
+    creds = tmp_path / "sys.creds"
+    creds.write_text(_entry()["creds"] + "\n")
+    (tmp_path / "seed").write_text(seed + "\n")
+    monkeypatch.setenv("JSB_TEST_PASSWORD", "pw-from-env")
+    raw = Raw(
+        {
+            settings.SERVERS_KEY: '["nats://a:4222"]',
+            settings.ADMIN_KEY: '{"user": "deploy", "password": {"env": "JSB_TEST_PASSWORD"}}',
+            settings.OPERATOR_SIGNING_KEY: json.dumps({"file": str(tmp_path / "seed")}),
+            settings.SYSTEM_CREDS_KEY: {"file": str(creds)},
+        }
+    )
+    read = settings.settings_from_config(raw)
+    assert "pw-from-env" not in read.model_dump_json() and seed not in read.model_dump_json()
+    connection = read.admin_connection()
+    assert (connection.user, connection.password) == ("deploy", "pw-from-env")
+    assert read.signing_seed() == seed  # the file's trailing line break dropped
+    assert read.system_user_creds() == creds.read_text().rstrip("\n")
+    monkeypatch.setenv("JSB_TEST_PASSWORD", "rotated")
+    assert read.admin_connection().password == "rotated"  # read at each use, not kept from configure
+
+    monkeypatch.delenv("JSB_TEST_PASSWORD")
+    with pytest.raises(settings.ProviderSettingsError) as err:
+        read.admin_connection()
+    assert "jsb:admin.password: the environment variable JSB_TEST_PASSWORD" in str(err.value)
+    (tmp_path / "seed").write_text(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
+    with pytest.raises(settings.ProviderSettingsError, match="must be an operator NKey seed"):
+        read.signing_seed()
+    (tmp_path / "seed").unlink()
+    with pytest.raises(settings.ProviderSettingsError, match=r"jsb:operatorSigningKey: cannot read the file"):
+        read.signing_seed()
+    for bad in ({"env": ""}, {"env": "A", "file": "b"}, {"path": "x"}, ["x"], 12345):
+        with pytest.raises(settings.ProviderSettingsError) as err:
+            settings.settings_from_config(Raw({settings.ADMIN_KEY: {"password": bad}}))
+        assert "jsb:admin.password: must be the value as text, or where to read it" in str(err.value)
+        assert "12345" not in str(err.value)
+
+
+def test_the_preview_user_is_checked_like_the_deploy_user_and_rendered_read_only():
+    from jsb_infra.core.accounts import READ_ONLY_PUBLISH, account_layout, render_accounts_conf
+    from jsb_infra.core.spec import parse_pairs
+    from jsb_infra.deploy.stack_settings import parse_stack_settings
+
+    pairs = [{"stream": "s1", "apps": ["a", "b"]}]
+    servers = ["nats://a:4222"]
+    reader = parse_stack_settings(pairs, servers, preview_user={"user": "pv", "password_env": "PV"}).reader
+    assert reader is not None and (reader.user, reader.password_env) == ("pv", "PV")
+    for bad, rule in (
+        ({"user": "pv"}, "jsb:previewUser.password_env: required with user"),
+        ({"nkey": "nope"}, "jsb:previewUser.nkey: must be an NKey user public key"),
+        ({"user": "pv", "nkey": "U" + "A" * 55}, "jsb:previewUser: give exactly one of nkey or user"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            parse_stack_settings(pairs, servers, preview_user=bad)
+        assert rule in str(err.value)
+    with pytest.raises(ConfigError, match="jsb:previewUser: must be another user than jsb:deployUser"):
+        same = {"user": "pv", "password_env": "PV"}
+        parse_stack_settings(pairs, servers, deploy_user=same, preview_user=same)
+    text = render_accounts_conf(account_layout(parse_pairs(pairs).pairs), {}, None, reader)
+    [line] = [line for line in text.splitlines() if '"pv"' in line]
+    assert "password: $PV" in line and all(f'"{s}"' in line for s in READ_ONLY_PUBLISH)
+    assert '"$JS.API.>' not in line and "DELETE" not in line and "CREATE" not in line
+
+
+async def test_a_connection_admin_stores_references_plain_and_values_as_a_secret():
+    import pulumi
+
+    from jsb_infra.deploy.connection import AdminCredentials, Connection
+
+    named = Connection(
+        "east", servers=["nats://e:4222"], admin=AdminCredentials(user="deploy", password={"env": "EAST_PW"})
+    )
+    assert named.as_input() == {
+        "name": "east",
+        "servers": ["nats://e:4222"],
+        "admin": {"user": "deploy", "password": {"env": "EAST_PW"}},
+    }  # plain: a user name and where the password is read
+    valued = Connection("west", servers=["nats://w:4222"], admin=AdminCredentials(user="d", password="pw"))
+    assert isinstance(valued.as_input(), pulumi.Output)  # the value form: a secret, as before
+    for bad in ({"env": ""}, {"env": "A", "file": "b"}, {"path": "/x"}):
+        with pytest.raises(ConfigError) as err:
+            Connection("east", servers=["nats://e:4222"], admin={"password": bad})
+        assert "Connection('east').admin.password: must be the value" in str(err.value)

@@ -58,17 +58,18 @@ async def test_the_example_program_deploys_each_pair_to_its_own_server(tmp_path,
     )
     options = auto.LocalWorkspaceOptions(
         work_dir=str(project),
-        env_vars=offline_env(tmp_path, bin_dir, "example-passphrase"),
+        env_vars={
+            **offline_env(tmp_path, bin_dir, "example-passphrase"),
+            "EAST_NATS_PASSWORD": PASSWORDS["east"],
+        },
         pulumi_home=str(tmp_path / "home"),
         pulumi_command=pulumi_command(bin_dir, tmp_path),
     )
     stack = auto.create_or_select_stack(stack_name="dev", work_dir=str(project), opts=options)
     stack.set_config("platform:eastServers[0]", auto.ConfigValue(servers["east"].url), path=True)
     stack.set_config("platform:westServers[0]", auto.ConfigValue(servers["west"].url), path=True)
-    stack.set_config("platform:eastAdmin.user", auto.ConfigValue(ADMIN_USER, secret=True), path=True)
-    stack.set_config(
-        "platform:eastAdmin.password", auto.ConfigValue(PASSWORDS["east"], secret=True), path=True
-    )
+    stack.set_config("platform:eastAdmin.user", auto.ConfigValue(ADMIN_USER), path=True)
+    stack.set_config("platform:eastAdmin.password.env", auto.ConfigValue("EAST_NATS_PASSWORD"), path=True)
     stack.set_config("platform:westUser", auto.ConfigValue(ADMIN_USER))
     stack.set_config("platform:westPassword", auto.ConfigValue(PASSWORDS["west"], secret=True))
     stack.set_config("platform:protect", auto.ConfigValue("false"))
@@ -85,6 +86,8 @@ async def test_the_example_program_deploys_each_pair_to_its_own_server(tmp_path,
     state = run_cli(stack, "stack", "export")  # as stored: secrets encrypted
     assert seed not in state and PASSWORDS["west"] not in state and PASSWORDS["east"] not in state
     assert '"ciphertext"' in state
+    decrypted = run_cli(stack, "stack", "export", "--show-secrets")
+    assert PASSWORDS["east"] not in decrypted  # named, not stored; west's is a secret Input: stored
     assert (tmp_path / "out" / "east" / "accounts.conf").exists()
     assert (tmp_path / "out" / "west" / "inventory-shipping-sync" / "stream.json").exists()
 

@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
+import nkeys
 import pulumi.automation as auto
 import pytest
 from e2e_support import (
@@ -104,11 +106,24 @@ def stack(operator: Operator, server: LocalNatsServer, scratch: Path) -> auto.St
     )
     stack = auto.create_or_select_stack(stack_name=STACK, work_dir=str(project), opts=options)
     _, deploy = operator.write_creds(scratch / "creds")
+    signing_key_file(scratch).write_text(operator.signing_seed + "\n")
     configure(stack, server, operator, [FIRST, SECOND], scratch / "out")
-    stack.set_config("jsb:admin.creds_file", auto.ConfigValue(str(deploy), secret=True), path=True)
-    stack.set_config("jsb:operatorSigningKey", auto.ConfigValue(operator.signing_seed, secret=True))
-    stack.set_config("jsb:systemCreds", auto.ConfigValue(operator.system_creds, secret=True))
+    # The secrets stay out of the stack config (and so out of the state): it names where the
+    # providers read them, a file for the signing key and environment variables for the rest.
+    stack.workspace.env_vars.update({CREDS_ENV: str(deploy), SYSTEM_CREDS_ENV: operator.system_creds})
+    stack.set_config("jsb:admin.creds_file.env", auto.ConfigValue(CREDS_ENV), path=True)
+    stack.set_config(
+        "jsb:operatorSigningKey.file", auto.ConfigValue(str(signing_key_file(scratch))), path=True
+    )
+    stack.set_config("jsb:systemCreds.env", auto.ConfigValue(SYSTEM_CREDS_ENV), path=True)
     return stack
+
+
+CREDS_ENV, SYSTEM_CREDS_ENV = "JSB_NATS_CREDS", "JSB_SYSTEM_CREDS"
+
+
+def signing_key_file(scratch: Path) -> Path:
+    return scratch / "creds" / "operator-signing.nk"
 
 
 def configure(
@@ -358,6 +373,8 @@ async def test_03_no_seed_or_signing_key_in_plain_text(stack, operator, scratch,
                 secrets.append(json.loads(value["plaintext"]))
     assert len(secrets) >= 2 + 4 + 4 + 1, "the seeds of every account, user and signing key"
     assert all(s in decrypted for s in secrets[2:])  # they are in state, as secrets
+    # The operator signing key and the system user's seed are not, not even decrypted.
+    assert not [s for s in secrets[:2] if s in decrypted]
     exported = run_cli(stack, "stack", "export")
     texts = {
         "pulumi stack export": exported,
@@ -397,6 +414,114 @@ async def test_03b_a_jwt_changed_behind_pulumis_back_shows_in_refresh_and_up_rep
     exports = (await resolver_jwt(server, operator, operator.jetstream_key))["nats"]["exports"]
     assert sorted(e["subject"] for e in exports) == sorted(s.subject for s, _ in layout.exports())
     await every_runtime_operation(server, Outputs(stack), FIRST["stream"], "orders")  # the imports work again
+
+
+def issued_creds(claims: dict[str, Any], seed: str, signing_seed: str) -> str:
+    return jc.creds_document(jc.encode(claims, signing_seed), seed)
+
+
+def preview_of_a_copy_without_secrets(stack: auto.Stack, env: dict[str, str]) -> str:
+    """`python -m jsb_infra.ops.preview_state` copies the stack with every seed redacted; its preview,
+    under its own passphrase, with `env`'s identities; asserts no seed of the stack is in the copy."""
+    work = Path(stack.workspace.work_dir)
+    env = {**env, "JSB_PREVIEW_PASSPHRASE": "jwt-preview-passphrase"}
+    made = subprocess.run(
+        [sys.executable, "-m", "jsb_infra.ops.preview_state", "--stack", STACK],
+        cwd=work,
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    copy = {**env, "PULUMI_CONFIG_PASSPHRASE": "jwt-preview-passphrase"}
+
+    def pulumi(*args: str) -> str:
+        result = subprocess.run(
+            ["pulumi", *args, "--stack", f"{STACK}-preview"],
+            cwd=work,
+            env=copy,
+            text=True,
+            capture_output=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    seeds = [jc.parse_creds(entry["creds"])[1] for entry in credentials(stack).values()]
+    assert seeds and not [seed for seed in seeds if seed in pulumi("stack", "export", "--show-secrets")]
+    return pulumi("preview", "--refresh", "--diff")
+
+
+async def test_03c_a_preview_with_read_only_identities_shows_a_pending_change_and_cannot_write(
+    stack, server, operator, scratch
+):
+    """The preview job holds a JetStream-account user that may only read stream and consumer info and
+    a system-account user that may only look account JWTs up (as the operator issues them with nsc,
+    docs/auth.md); no operator signing key (its file is gone for the run) and no deploy user."""
+    reader_seed, lookup_seed = (jc.new_seed(nkeys.PREFIX_BYTE_USER) for _ in range(2))
+    reader = issued_creds(
+        jc.read_only_user_claims("preview", jc.public_key(reader_seed), operator.jetstream_key),
+        reader_seed,
+        operator.jetstream_signing_seed,
+    )
+    lookup = issued_creds(
+        jc.claims_lookup_user_claims("lookup", jc.public_key(lookup_seed), operator.system_key),
+        lookup_seed,
+        operator.system_signing_seed,
+    )
+    reader_file = scratch / "creds" / "preview.creds"
+    reader_file.write_text(reader)
+    configure(stack, server, operator, [FIRST, SECOND], scratch / "out", rotate={"orders": "preview-1"})
+    signing = signing_key_file(scratch)
+    hidden = signing.rename(signing.with_suffix(".away"))
+    env = stack.workspace.env_vars
+    saved = dict(env)
+    env.update({CREDS_ENV: str(reader_file), SYSTEM_CREDS_ENV: lookup})
+    try:
+        shown = run_cli(stack, "preview", "--refresh", "--diff")
+        on_copy = preview_of_a_copy_without_secrets(stack, dict(env))
+    finally:
+        env.clear()
+        env.update(saved)
+        hidden.rename(signing)
+        configure(stack, server, operator, [FIRST, SECOND], scratch / "out")
+    for previewed in (shown, on_copy):
+        assert "AppAccountJwt::accounts-orders-account" in previewed and '"preview-1"' in previewed
+        assert "~ 1 to update" in previewed, previewed[-3000:]
+
+    async with resolver.system_session([server.url], operator.system_creds) as nc:
+        before = await resolver.lookup(nc, operator.jetstream_key)
+    assert before
+
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err).lower())
+
+    nc = await nats.connect(server.url, user_credentials=RawCredentials(reader), error_cb=on_error)
+    stream = FIRST["stream"]
+    writes = [
+        f"$JS.API.STREAM.DELETE.{stream}",
+        f"$JS.API.STREAM.PURGE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
+        f"$JS.API.CONSUMER.DELETE.{stream}.orders-workers",
+    ]
+    assert json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)).data)["config"]
+    for subject in writes:
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request(subject, b"{}", timeout=0.5)
+    await nc.close()
+    nc = await nats.connect(server.url, user_credentials=RawCredentials(lookup), error_cb=on_error)
+    assert await resolver.lookup(nc, operator.jetstream_key) == before  # it may read
+    time.sleep(1)
+    newer = jc.encode(operator.jetstream_claims(), operator.signing_seed)  # would drop our exports
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.request("$SYS.REQ.CLAIMS.UPDATE", newer.encode(), timeout=0.5)
+    await nc.close()
+    for subject in [*writes, "$SYS.REQ.CLAIMS.UPDATE"]:
+        assert any(f'permissions violation for publish to "{subject.lower()}"' in e for e in errors), subject
+    async with resolver.system_session([server.url], operator.system_creds) as nc:
+        assert await resolver.lookup(nc, operator.jetstream_key) == before  # nothing pushed
+    await every_runtime_operation(server, Outputs(stack), FIRST["stream"], "orders")  # all still there
 
 
 async def test_04_dlq_off_updates_the_jwts_and_rights_without_a_restart(

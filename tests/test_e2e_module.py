@@ -2,10 +2,10 @@
 
 The program (written below into a throwaway project named `platform`, not `jsb`) has a resource of
 its own, two `AppPair`s on two `Connection`s to two real nats-servers (one connection with the admin
-password as a secret Input, one with the admin in a stack config key), one `AppAccounts` per
-deployment, and passes an app's secret seed into its own resource. One stack, one story, in order,
-with the real Pulumi CLI: each child is its own object in preview, `--target` and `protect`; objects
-made by hand are adopted; the seed stays secret in state.
+password as a secret Input, one naming the environment variable the provider host reads it
+from), one `AppAccounts` per deployment, and passes an app's secret seed into its own resource. One
+stack, one story, in order, with the real Pulumi CLI: each child is its own object in preview,
+`--target` and `protect`; objects made by hand are adopted; the seed stays secret in state.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ PASSPHRASE = "module-e2e-passphrase"
 EAST_STREAM, WEST_STREAM = "orders-billing-sync", "inventory-shipping-sync"
 EAST_ADMIN_PASSWORD = ADMIN_PASSWORD
 WEST_ADMIN_PASSWORD = "west-admin-secret"
+WEST_PASSWORD_ENV = "WEST_NATS_PASSWORD"
 
 PROGRAM = '''
 """A platform team's program: its own resource, and jsb-infra's components on two clusters."""
@@ -64,7 +65,11 @@ east = Connection(
     servers=[config.require("eastUrl")],
     admin=AdminCredentials(user="admin", password=config.require_secret("eastPassword")),
 )
-west = Connection("west", servers=[config.require("westUrl")], admin_config_key="platform:westAdmin")
+west = Connection(
+    "west",
+    servers=[config.require("westUrl")],
+    admin=AdminCredentials(user="admin", password={"env": "WEST_NATS_PASSWORD"}),
+)
 
 orders_billing = AppPair(
     "orders-billing",
@@ -157,7 +162,7 @@ def stack(scratch: Path, servers: dict[str, LocalNatsServer]) -> auto.Stack:
     )
     options = auto.LocalWorkspaceOptions(
         work_dir=str(project),
-        env_vars=offline_env(scratch, bin_dir, PASSPHRASE),
+        env_vars={**offline_env(scratch, bin_dir, PASSPHRASE), WEST_PASSWORD_ENV: WEST_ADMIN_PASSWORD},
         pulumi_home=str(scratch / "home"),
         pulumi_command=pulumi_command(bin_dir, scratch),
     )
@@ -165,10 +170,6 @@ def stack(scratch: Path, servers: dict[str, LocalNatsServer]) -> auto.Stack:
     stack.set_config("platform:eastUrl", auto.ConfigValue(servers["east"].url))
     stack.set_config("platform:westUrl", auto.ConfigValue(servers["west"].url))
     stack.set_config("platform:eastPassword", auto.ConfigValue(EAST_ADMIN_PASSWORD, secret=True))
-    stack.set_config("platform:westAdmin.user", auto.ConfigValue(ADMIN_USER, secret=True), path=True)
-    stack.set_config(
-        "platform:westAdmin.password", auto.ConfigValue(WEST_ADMIN_PASSWORD, secret=True), path=True
-    )
     stack.set_config("platform:eastOut", auto.ConfigValue(str(scratch / "out-east")))
     stack.set_config("platform:westOut", auto.ConfigValue(str(scratch / "out-west")))
     return stack
@@ -321,6 +322,16 @@ async def test_07_the_seed_passed_to_the_teams_resource_stays_secret_in_state(st
         r for r in json.loads(state)["deployment"]["resources"] if r["urn"].endswith("::orders-deployment")
     )
     assert "ciphertext" in json.dumps(deployment["outputs"]["seed"])
+    # West names where its password is read: its children carry that name, plain, and no state
+    # holds the password, not even decrypted. East passes the value: it is in state, as a secret.
+    decrypted = run_cli(stack, "stack", "export", "--show-secrets")
+    assert WEST_ADMIN_PASSWORD not in decrypted and EAST_ADMIN_PASSWORD in decrypted
+    streams = [r for r in json.loads(state)["deployment"]["resources"] if r["type"].endswith("jsb:Stream")]
+    west_stream = next((r for r in streams if r["inputs"]["connection"].get("name") == "west"), streams)
+    assert west_stream["inputs"]["connection"]["admin"] == {
+        "user": "admin",
+        "password": {"env": WEST_PASSWORD_ENV},
+    }
     # the app works with its generated identity? Its account layout is written for the servers:
     east_out = Path(stack.get_config("platform:eastOut").value)
     assert outputs["orders_public_key"].value in (east_out / "accounts.conf").read_text()

@@ -222,6 +222,46 @@ async def test_read_reports_an_account_the_resolver_does_not_hold_as_gone(operat
     assert gone.id == "" and held.id == operator.jetstream_key
 
 
+def system_user(operator: Operator, claims_of: Callable[[str, str, str], dict[str, Any]]) -> str:
+    """A `.creds` of a system-account user with the rights `claims_of` gives it."""
+    seed = jc.new_seed(nkeys.PREFIX_BYTE_USER)
+    claims = claims_of("sys-user", jc.public_key(seed), operator.system_key)
+    return jc.creds_document(jc.encode(claims, operator.system_signing_seed), seed)
+
+
+async def test_read_with_a_system_user_refused_the_lookup_fails_instead_of_reporting_the_account_gone(
+    operator_server,
+):
+    """A lookup the server refuses times out like one for an account it does not hold; taken as
+    "gone", a refresh would drop the account from the state and the next `up` re-issue it with new
+    keys. The read fails naming the permission; a user that may look up (the preview's) reads it."""
+    operator, server = operator_server
+
+    def no_lookup(name: str, key: str, account: str) -> dict[str, Any]:
+        return jc.user_claims(name, key, ["$SYS.REQ.SERVER.PING.VARZ"], ["_INBOX.>"], account)
+
+    reads = {}
+    for label, creds in (
+        ("refused", system_user(operator, no_lookup)),
+        ("lookup only", system_user(operator, jc.claims_lookup_user_claims)),
+    ):
+        holder = Operator.__new__(Operator)
+        holder.__dict__.update(operator.__dict__, system_creds=creds)
+        with provider_settings(server.url, holder):
+            try:
+                reads[label] = await asyncio.to_thread(
+                    JetStreamAccountJwtProvider().read, operator.jetstream_key, {"name": "X"}
+                )
+            except ResolverError as err:
+                reads[label] = err
+    assert isinstance(reads["refused"], ResolverError)
+    assert "may not look up account JWTs ($SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP)" in str(reads["refused"])
+    assert (
+        not isinstance(reads["lookup only"], ResolverError)
+        and reads["lookup only"].id == operator.jetstream_key
+    )
+
+
 async def test_an_account_without_jetstream_gets_it_and_one_with_empty_tiers_is_refused(operator_server):
     operator, server = operator_server
     tiered = operator.jetstream_claims()

@@ -55,6 +55,26 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
     up = _dev("up", env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "Provisioned on the dev nats-server" in up.stdout
+    # The admin user's name is no secret, so Pulumi masks it nowhere: in its event stream (what the
+    # Automation API and `up --json` read) it replaces the text of every secret config value, and the
+    # accounts include names the deploy user.
+    state = root / ".jsb"
+    shown = subprocess.run(
+        ["pulumi", "up", "--yes", "--json", "--stack", "dev"],
+        cwd=root,
+        env={
+            **env,
+            "PULUMI_BACKEND_URL": f"file://{state / 'state'}",
+            "PULUMI_HOME": str(state / "pulumi-home"),
+            "PULUMI_CONFIG_PASSPHRASE": "jsb-local-dev",
+        },
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert 'user: \\"[secret]\\"' not in shown.stdout
+    assert '{user: \\"admin\\", password: $JSB_DEPLOY_PASSWORD}' in shown.stdout
     out = root / ".jsb" / "out" / "orders-billing-sync"
     for app in ("orders", "billing"):
         assert f"app {app}: publishes {app}.sync." in up.stdout

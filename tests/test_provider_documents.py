@@ -324,4 +324,4 @@ def test_settings_errors_name_the_key_and_never_the_value() -> None:
     assert "jsb:admin: unknown key(s) pasword" in str(err.value) and "hunter2" not in str(err.value)
     with pytest.raises(ProviderSettingsError) as err:
         settings_from_config(_Config({"jsb:admin": '{"password": 12345}'}))
-    assert "password must be text" in str(err.value) and "12345" not in str(err.value)
+    assert "jsb:admin.password: must be the value as text" in str(err.value) and "12345" not in str(err.value)

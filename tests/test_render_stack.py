@@ -36,6 +36,7 @@ from jsb_infra.ops.rendered_tree import MANIFEST
 
 ACCOUNT = jc.public_key(jc.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
 DEPLOY_NKEY = new_user_keypair()[1]
+PREVIEW_NKEY = new_user_keypair()[1]
 SETTINGS: dict[str, Any] = {
     "jsb:servers": ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"],
     "jsb:appServers": ["nats://apps.example:4222"],
@@ -43,6 +44,7 @@ SETTINGS: dict[str, Any] = {
     "jsb:deployUser": {"nkey": DEPLOY_NKEY},
     "jsb:pairs": TWO_PAIRS,
     "jsb:outputDir": "/srv/nats/documents",
+    "jsb:previewUser": {"nkey": PREVIEW_NKEY},
     "jsb:appLimits": {"connections": 50, "overrides": {"billing": {"subscriptions": 200}}},
 }
 CONFIG_AUTH = {"mode": "config", "accounts_file": "/etc/nats/accounts.conf", "reload": {"command": ["true"]}}
@@ -89,7 +91,7 @@ def test_render_stack_is_what_the_program_writes_file_by_file(
     assert main(["render", "--stack", str(stack), "--out", str(out), *nkey_args]) == 0
     assert rendered(out) == written  # every file, byte for byte
     conf = written["accounts.conf"]
-    assert '"STREAMS" {' in conf and "JETSTREAM" not in conf and DEPLOY_NKEY in conf
+    assert '"STREAMS" {' in conf and "JETSTREAM" not in conf and DEPLOY_NKEY in conf and PREVIEW_NKEY in conf
     assert (
         json.loads(written["orders-billing-sync/bridges/orders.json"])["servers"]
         == SETTINGS["jsb:appServers"]
@@ -97,7 +99,7 @@ def test_render_stack_is_what_the_program_writes_file_by_file(
     if auth["mode"] == "config":
         assert len(keys) == 3 and all(key.split("=")[1] in conf for key in keys)
     else:
-        assert not keys and 'nkey: "U' not in conf.replace(DEPLOY_NKEY, "")
+        assert not keys and 'nkey: "U' not in conf.replace(DEPLOY_NKEY, "").replace(PREVIEW_NKEY, "")
     assert main(["render", "--stack", str(stack), "--out", str(out), "--check", *nkey_args]) == 0
 
 
@@ -188,7 +190,16 @@ def test_a_jsb_key_set_for_every_stack_in_pulumi_yaml_is_refused(tmp_path: Path,
     assert '"STREAMS" {' in (out / "accounts.conf").read_text()
 
 
-DOCUMENT_SHAPING = {"pairs", "servers", "app_servers", "jetstream_account", "deploy", "auth", "app_limits"}
+DOCUMENT_SHAPING = {
+    "pairs",
+    "servers",
+    "app_servers",
+    "jetstream_account",
+    "deploy",
+    "auth",
+    "app_limits",
+    "reader",
+}
 """Every StackSettings field, each reaching the documents through `accounts_args()` (servers as the
 bridges' default) or, for pairs, directly."""
 
@@ -209,6 +220,7 @@ def test_every_stack_setting_is_known_to_reach_render() -> None:
         "deploy_user": settings.deploy,
         "auth": settings.auth,
         "app_limits": settings.app_limits,
+        "reader": settings.reader,
     }
     assert settings.app_limits.connections == 50
     assert set(args) == set(DocumentShape.__annotations__)

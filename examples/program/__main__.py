@@ -2,7 +2,8 @@
 
 Stack config (project `platform`, see README.md of this directory):
   platform:eastServers   list of URLs of the east deployment
-  platform:eastAdmin     secret object {user, password, ...}: east's admin, read by the provider host
+  platform:eastAdmin     object {user, password, ...}: east's admin, read by the provider host; its
+                         password as {env: VARIABLE} (or {file: PATH}), so it is never in the state
   platform:westServers   list of URLs of the west deployment
   platform:westPassword  optional secret: west's admin password (user `platform:westUser`, default deploy)
   platform:outputDir     optional: where the server documents are written (default `out`)
@@ -30,7 +31,8 @@ protect = config.get_bool("protect")
 protect = True if protect is None else protect
 out = config.get("outputDir") or "out"
 
-# East: the admin stays in the stack config; each child names the key, the provider host reads it.
+# East: the admin is a stack config key (naming where its password is read); each child names the
+# key, the provider host reads it.
 east = Connection(
     "east",
     servers=config.require_object("eastServers"),

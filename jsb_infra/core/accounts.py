@@ -86,6 +86,36 @@ class DeployUser:
         return None
 
 
+READ_ONLY_PUBLISH = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.CONSUMER.NAMES.*",
+    "$JS.API.CONSUMER.LIST.*",
+    "$JS.API.CONSUMER.INFO.*.*",
+)
+"""The JetStream API requests that only read (account, stream and consumer info and names): every
+request `pulumi preview --refresh` makes. Creating, updating, deleting, purging and message requests
+(`$JS.API.STREAM.MSG.DELETE.*`, `...MSG.GET.*`, `$JS.API.DIRECT.GET.*`) are not in it."""
+READ_ONLY_SUBSCRIBE = ("_INBOX.>",)
+"""Where the answers to those requests come back (the client's reply inboxes)."""
+
+
+def read_only_conf_entry(reader: DeployUser) -> str | None:
+    """The read-only (preview) user's `users` entry in the JetStream account: the identity of
+    `reader` (an NKey, or a user whose password the server reads from an environment variable) with
+    publish rights on `READ_ONLY_PUBLISH` only, on ordinary client connections."""
+    identity = reader.conf_entry()
+    if identity is None:
+        return None
+    return (
+        f"{identity[:-1]}, allowed_connection_types: {json.dumps(list(STANDARD_CONNECTIONS))}, "
+        f"permissions: {{publish: {{allow: {json.dumps(list(READ_ONLY_PUBLISH))}}}, "
+        f"subscribe: {{allow: {json.dumps(list(READ_ONLY_SUBSCRIBE))}}}}}}}"
+    )
+
+
 @dataclass(frozen=True)
 class AccountLayout:
     """The JetStream account and every app account of one deployment."""
@@ -141,12 +171,16 @@ def _q(text: str) -> str:
 
 
 def render_accounts_conf(
-    layout: AccountLayout, nkeys: Mapping[str, str] | None = None, deploy: DeployUser | None = None
+    layout: AccountLayout,
+    nkeys: Mapping[str, str] | None = None,
+    deploy: DeployUser | None = None,
+    reader: DeployUser | None = None,
 ) -> str:
     """The whole `accounts { ... }` block, loadable by nats-server as is (`include "accounts.conf"`).
 
     `nkeys` maps app -> its user's NKey public key; an app without one gets its account and imports but
     no user yet (a comment says how to add it). Without `deploy` the JetStream account has no user.
+    `reader`: a read-only user in the JetStream account as well (`read_only_conf_entry`).
     """
     nkeys = nkeys or {}
     out = [
@@ -158,8 +192,9 @@ def render_accounts_conf(
         "    jetstream: enabled",
     ]
     entry = deploy.conf_entry() if deploy else None
-    if entry:
-        out.append(f"    users: [\n      {entry}\n    ]")
+    users = [e for e in (entry, read_only_conf_entry(reader) if reader else None) if e]
+    if users:
+        out.append("    users: [\n" + "".join(f"      {e}\n" for e in users) + "    ]")
     else:
         out.append('    # users: [ {nkey: "U..."} ]  (the deploy user: none given)')
     out.append("    exports: [")

@@ -36,6 +36,7 @@ def render_documents(
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
     servers: list[str] | None = None,
     app_limits: AppLimits = DEFAULT_APP_LIMITS,
+    reader: DeployUser | None = None,
 ) -> dict[Path, str]:
     """Every file `render` writes, as relative path -> text, in a fixed order. Pure.
 
@@ -47,7 +48,7 @@ def render_documents(
     """
     nkeys = nkeys or {}
     layout = account_layout(pairs, jetstream_account, app_limits)
-    files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy)}
+    files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy, reader)}
     for account in layout.apps:
         files[Path("apps") / f"{account.app}.json"] = render_json(account.document())
     for pair in pairs:
@@ -78,6 +79,7 @@ class DocumentShape(TypedDict, total=False):
     deploy_user: DeployUser | None
     auth: AuthSettings  # config mode names the app users in accounts.conf; JWT mode does not
     app_limits: AppLimits  # every app account's connection, subscription and payload limits
+    reader: DeployUser | None  # the read-only identity previews connect as (`jsb:previewUser`)
 
 
 def deployment_accounts_conf(
@@ -93,7 +95,7 @@ def deployment_accounts_conf(
         shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT),
         shape.get("app_limits", DEFAULT_APP_LIMITS),
     )
-    return render_accounts_conf(layout, users, shape.get("deploy_user"))
+    return render_accounts_conf(layout, users, shape.get("deploy_user"), shape.get("reader"))
 
 
 def deployment_documents(
@@ -108,6 +110,7 @@ def deployment_documents(
         jetstream_account=shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT),
         servers=list(shape.get("app_servers", ())) or None,
         app_limits=shape.get("app_limits", DEFAULT_APP_LIMITS),
+        reader=shape.get("reader"),
     )
     files[ACCOUNTS_FILE] = deployment_accounts_conf(pairs, public_keys, **shape)
     return files

@@ -30,7 +30,13 @@ from typing import Any
 import nkeys
 from nacl.signing import VerifyKey
 
-from jsb_infra.core.accounts import APP_LEAFNODES, DEFAULT_APP_LIMITS, STANDARD_CONNECTIONS
+from jsb_infra.core.accounts import (
+    APP_LEAFNODES,
+    DEFAULT_APP_LIMITS,
+    READ_ONLY_PUBLISH,
+    READ_ONLY_SUBSCRIBE,
+    STANDARD_CONNECTIONS,
+)
 from jsb_infra.core.spec import ResolvedAppLimits
 
 HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
@@ -371,3 +377,20 @@ def parse_creds(text: str) -> tuple[str, str]:
     if not jwt or not seed:
         raise JwtError("not a .creds document: expected a user JWT block and a user seed block")
     return jwt, seed
+
+
+# -- read-only identities (previews) ---------------------------------------------------------------------
+CLAIMS_LOOKUP = "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP"
+"""The system account request that reads an account's JWT from the resolver (and writes nothing)."""
+
+
+def read_only_user_claims(name: str, user_key: str, issuer_account: str | None = None) -> dict[str, Any]:
+    """A JetStream-account user that may only read stream and consumer info and names (what `pulumi
+    preview --refresh` asks): `accounts.READ_ONLY_PUBLISH`, replies on its inboxes."""
+    return user_claims(name, user_key, list(READ_ONLY_PUBLISH), list(READ_ONLY_SUBSCRIBE), issuer_account)
+
+
+def claims_lookup_user_claims(name: str, user_key: str, issuer_account: str | None = None) -> dict[str, Any]:
+    """A system-account user that may only look account JWTs up (`CLAIMS_LOOKUP`): it cannot push
+    (`$SYS.REQ.CLAIMS.UPDATE`) or delete one, nor send any other system request."""
+    return user_claims(name, user_key, [CLAIMS_LOOKUP], list(READ_ONLY_SUBSCRIBE), issuer_account)

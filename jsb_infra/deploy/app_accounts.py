@@ -46,7 +46,8 @@ class AppAccountsArgs:
 
     `app_servers`: the URLs apps are told (default: the first AppPair's connection servers);
     `jetstream_account`: the account holding the streams; `deploy_user`: the deploy's identity in it
-    (nothing secret); `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
+    (nothing secret); `reader`: a read-only identity in it, for previews (`jsb:previewUser`);
+    `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
     written (None: the stack config's `jsb:outputDir`, if any); `app_limits`: the limits of every app
     account, with per-app overrides (`AppLimits`, or a mapping written like the spec's `app_limits`;
     default: its defaults)."""
@@ -55,6 +56,7 @@ class AppAccountsArgs:
     app_servers: Sequence[str] = ()
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
     deploy_user: DeployUser | None = None
+    reader: DeployUser | None = None
     auth: AuthSettings = field(default_factory=lambda: parse_auth(None))
     output_dir: str | None = None
     app_limits: AppLimits | Mapping[str, Any] = field(default_factory=AppLimits)
@@ -148,6 +150,7 @@ class AppAccounts(pulumi.ComponentResource):
             "deploy_user": args.deploy_user,
             "auth": args.auth,
             "app_limits": args.limits(),
+            "reader": args.reader,
         }
         keyless = deployment_documents(pairs, {}, **shaping)
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(

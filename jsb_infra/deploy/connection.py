@@ -4,19 +4,27 @@ Passed to a component the way a provider is, so one Pulumi program manages sever
 
     east = Connection("east", servers=["nats://east-1:4222"], admin_config_key="jsb:eastAdmin")
     west = Connection("west", servers=["tls://west-1:4222"],
-                      admin=AdminCredentials(user="deploy", password=config.require_secret("westPassword")))
+                      admin=AdminCredentials(user="deploy", password={"env": "WEST_NATS_PASSWORD"}))
     AppPair("orders-billing", pair, connection=east)
 
 `Connection.from_stack_config()` is the default: servers, admin, retry budget and settle timeout come
-from the `jsb:` stack config keys (docs/stack-config.md), and the admin credentials never enter state.
+from the `jsb:` stack config keys (docs/stack-config.md); each child stores only that it uses them.
 
-Where the admin credentials live:
-- `admin_config_key`: the name of a (secret) stack config key holding them; the provider host reads
-  it from the stack config on every run. Never in state. Rotating them changes no resource.
-- `admin`: a secret Input. Every child carries it in its `connection` input (encrypted in state as a
-  Pulumi secret), because `pulumi destroy` and `pulumi refresh` run without the program and must still
-  reach the server. Rotating it shows as an in-place update of each child that writes nothing to the
-  server.
+Where the admin credentials live. Each field (`user`, `password`, `token`, `nkey_seed`, `creds_file`,
+TLS paths) is its value, or where the provider host reads it at run time: `{"env": "VARIABLE"}` (an
+environment variable of the `pulumi` process) or `{"file": "/path"}`. A reference is stored as such;
+the value it points to stays in the provider host's memory.
+- `admin` whose secret fields (password, token, nkey_seed) are references: every child carries the
+  admin in its `connection` input, plain (a user name, paths and references are no secrets).
+  `pulumi destroy` and `pulumi refresh`, which run without the program, read the values from the
+  same places. Rotating a password changes nothing in the program or the state.
+- `admin` with a secret field's value (a literal or a secret Output): as before, every child carries
+  it in its `connection` input, encrypted in the state as a Pulumi secret, because destroy and
+  refresh must still reach the server. Rotating it shows as an in-place update of each child that
+  writes nothing to the server. Prefer references: then no admin secret is in the state.
+- `admin_config_key`: the name of a stack config key holding the object; the provider host reads it
+  on every run. The Pulumi engine copies the whole stack config into the state (the dynamic
+  providers' default provider inputs), so give references there too.
 Servers are plain values (not secret, known at preview): the bridges tell apps where to connect.
 """
 
@@ -31,21 +39,46 @@ import pulumi
 from jsb_infra.core.durations import parse_duration
 from jsb_infra.core.servers import check_servers
 from jsb_infra.core.spec import ConfigError
-from jsb_infra.deploy.providers.settings import ADMIN_FIELDS
+from jsb_infra.deploy.providers.settings import ADMIN_FIELDS, REFERENCE_KINDS
 from jsb_infra.deploy.stack_settings import read_servers
 
 
-class AdminCredentials(TypedDict, total=False):
-    """The deploy's management identity on a connection. Every value may be a (secret) Input."""
+class FromEnv(TypedDict):
+    """A setting read at run time from an environment variable of the `pulumi` process."""
 
-    user: pulumi.Input[str]
-    password: pulumi.Input[str]
-    token: pulumi.Input[str]
-    nkey_seed: pulumi.Input[str]
-    creds_file: pulumi.Input[str]
-    tls_ca: pulumi.Input[str]
-    tls_cert: pulumi.Input[str]
-    tls_key: pulumi.Input[str]
+    env: str
+
+
+class FromFile(TypedDict):
+    """A setting read at run time from a file (a relative path: from the program directory)."""
+
+    file: str
+
+
+AdminField = pulumi.Input[str] | FromEnv | FromFile
+
+
+class AdminCredentials(TypedDict, total=False):
+    """The deploy's management identity on a connection. Every value may be a (secret) Input, or
+    where the provider host reads it (`{"env": NAME}`, `{"file": PATH}`), which keeps it out of state."""
+
+    user: AdminField
+    password: AdminField
+    token: AdminField
+    nkey_seed: AdminField
+    creds_file: AdminField
+    tls_ca: AdminField
+    tls_cert: AdminField
+    tls_key: AdminField
+
+
+SECRET_FIELDS = ("password", "token", "nkey_seed")
+"""The admin fields that hold a secret; the rest (user name, file paths) are plain values."""
+
+
+def is_reference(value: Any) -> bool:
+    """Whether an admin field names where its value is read (`{"env": ...}` / `{"file": ...}`)."""
+    return isinstance(value, Mapping) and len(value) == 1 and set(value) <= set(REFERENCE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +114,7 @@ class Connection:
                             f"{label}.admin: unknown key(s) {', '.join(unknown)}; allowed: "
                             f"{', '.join(ADMIN_FIELDS)}"
                         )
+                    problems.extend(_reference_problems(label, self.admin))
             if self.admin_config_key is not None and not (
                 isinstance(self.admin_config_key, str) and ":" in self.admin_config_key
             ):
@@ -119,6 +153,22 @@ class Connection:
             if getattr(self, name) is not None:
                 value[name] = parse_duration(getattr(self, name)) / 1e9
         if self.admin is not None:
-            value["admin"] = dict(self.admin)
-            return pulumi.Output.secret(value)
+            admin: Mapping[str, Any] = self.admin
+            value["admin"] = {name: dict(v) if is_reference(v) else v for name, v in admin.items()}
+            if any(not is_reference(admin[name]) for name in SECRET_FIELDS if name in admin):
+                return pulumi.Output.secret(value)  # a secret's value, not where to read it: encrypted
         return value
+
+
+def _reference_problems(label: str, admin: Mapping[str, Any]) -> list[str]:
+    """A mapping given for an admin field must be exactly one reference to a non-empty name."""
+    problems = []
+    for name, value in admin.items():
+        if not isinstance(value, Mapping):
+            continue
+        target = next(iter(value.values()), None) if is_reference(value) else None
+        if not (isinstance(target, str) and target.strip()):
+            problems.append(
+                f"{label}.admin.{name}: must be the value, {{'env': 'VARIABLE'}} or {{'file': 'PATH'}}"
+            )
+    return problems

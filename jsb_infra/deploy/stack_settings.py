@@ -53,6 +53,7 @@ class StackSettings:
     deploy: DeployUser | None = field(default=None)
     auth: AuthSettings = field(default_factory=AuthSettings)
     app_limits: AppLimits = field(default_factory=AppLimits)
+    reader: DeployUser | None = field(default=None)
 
     @property
     def bridge_servers(self) -> list[str]:
@@ -69,6 +70,7 @@ class StackSettings:
             "deploy_user": self.deploy,
             "auth": self.auth,
             "app_limits": self.app_limits,
+            "reader": self.reader,
         }
 
 
@@ -186,6 +188,21 @@ def _check_auth(value: Any, problems: list[str]) -> AuthSettings:
         return AuthSettings()
 
 
+def _check_reader(value: Any, problems: list[str]) -> DeployUser | None:
+    """`jsb:previewUser`: the read-only identity rendered into the JetStream account (what a preview
+    job connects as): `{nkey: U...}` or `{user: NAME, password_env: VAR}`; nothing secret."""
+    key = f"{CONFIG_NAMESPACE}:previewUser"
+    if value is None or value is UNREADABLE:
+        return None
+    found: list[str] = []
+    reader = _check_deploy_user(value, found)
+    problems.extend(p.replace(f"{CONFIG_NAMESPACE}:deployUser", key) for p in found)
+    if reader is not None and reader.user and not reader.password_env:
+        problems.append(f"{key}.password_env: required with user (the variable the server reads)")
+        return None
+    return reader
+
+
 def parse_stack_settings(
     pairs: Any,
     servers: Any,
@@ -194,6 +211,7 @@ def parse_stack_settings(
     deploy_user: Any = None,
     auth: Any = None,
     app_limits: Any = None,
+    preview_user: Any = None,
 ) -> StackSettings:
     """Validate the decoded stack config together; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -206,6 +224,16 @@ def parse_stack_settings(
     account = _check_jetstream_account(jetstream_account, problems)
     deploy = _check_deploy_user(deploy_user, problems)
     checked_auth = _check_auth(auth, problems)
+    reader = _check_reader(preview_user, problems)
+    if (
+        reader is not None
+        and deploy is not None
+        and (reader.nkey or reader.user) == (deploy.nkey or deploy.user)
+    ):
+        problems.append(
+            f"{CONFIG_NAMESPACE}:previewUser: must be another user than {CONFIG_NAMESPACE}:deployUser "
+            "(one name, one set of rights)"
+        )
     checked_pairs = _check_pairs(pairs, problems)
     limits = _check_app_limits(app_limits, checked_pairs, problems)
     if problems:
@@ -218,6 +246,7 @@ def parse_stack_settings(
         deploy=deploy,
         auth=checked_auth,
         app_limits=limits,
+        reader=reader,
     )
 
 
@@ -239,9 +268,17 @@ def read_stack_settings(config: ConfigSource | None = None) -> StackSettings:
     deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
     auth = _json_value(AUTH_KEY, config.get("auth"), problems, expected="an object")
     app_limits = _mapping_value(f"{CONFIG_NAMESPACE}:appLimits", config.get("appLimits"), problems)
+    preview_user = _json_value(f"{CONFIG_NAMESPACE}:previewUser", config.get("previewUser"), problems)
     try:
         settings = parse_stack_settings(
-            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user, auth, app_limits
+            pairs,
+            servers,
+            app_servers,
+            config.get("jetstreamAccount"),
+            deploy_user,
+            auth,
+            app_limits,
+            preview_user,
         )
     except ConfigError as err:
         raise ConfigError(problems + err.problems) from None

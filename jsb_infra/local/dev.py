@@ -38,7 +38,8 @@ STACK = "dev"
 DEV_PORT_ENV = "JSB_DEV_PORT"  # the one setting for another port: the server and the stack's jsb:servers
 DEFAULT_DEV_PORT = 4222
 DEV_ADMIN_USER = "admin"
-# The dev server listens on loopback only; this password is also the (encrypted) jsb:admin of the dev stack.
+# The dev server listens on loopback only. Its deploy user's password: the server and the providers
+# both read it from DEPLOY_PASSWORD_ENV (the dev stack's jsb:deployUser and jsb:admin.password name it).
 DEV_ADMIN_PASSWORD = "jsb-dev-admin"
 DEV_PASSPHRASE = "jsb-local-dev"
 DEPLOY_PASSWORD_ENV = "JSB_DEPLOY_PASSWORD"  # jsb:deployUser of the dev stack names this variable
@@ -88,6 +89,7 @@ def pulumi_env(state_dir: Path = STATE) -> dict[str, str]:
     """The environment for an offline Pulumi CLI: local file backend, no update check, no plugin downloads."""
     env = dict(os.environ)
     env.setdefault("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
+    env[DEPLOY_PASSWORD_ENV] = DEV_ADMIN_PASSWORD  # jsb:admin.password: {env: ...}, as the dev server
     # State once per update instead of after every step (quadratic in stack size on a file backend);
     # a killed `up` then converges on the next one (tests/test_e2e_crash.py). See docs/performance.md.
     env.setdefault("PULUMI_SKIP_CHECKPOINTS", "true")

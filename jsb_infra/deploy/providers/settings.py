@@ -4,24 +4,36 @@ The engine hands the stack config to each dynamic provider's `configure(req)` af
 The settings are kept in this module's registry, never on the provider object: that object is
 pickled into every resource's state (`__provider`), so anything stored on it would land in state.
 
-Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (secret object: user,
+Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (object: user,
 password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional),
 `jsb:retryBudget` (how long each management call retries through elections; default 60s),
 `jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s),
-and for JWT mode the secrets `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
+and for JWT mode `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
 The engine passes structured values as JSON text (and may pass them decoded); both are accepted.
 
+Where the secrets live. The Pulumi engine hands a dynamic provider the whole stack config as the
+inputs of its default provider resource (`pulumi:providers:pulumi-python::default`), and keeps those
+inputs in the state, in every checkpoint and backup (secret values encrypted). So a secret value set
+in the stack config is in the state whatever the providers do with it. Each secret setting (every
+`jsb:admin` field, `jsb:operatorSigningKey`, `jsb:systemCreds`) may therefore be a reference instead:
+`{env: NAME}` (an environment variable of the `pulumi` process) or `{file: PATH}` (a file the provider
+host reads; relative to the program directory). Only the reference is in the state; the value is
+read when a provider needs it (`SecretRef`), held in host memory only, and never an input or output.
+
 A resource may carry its own `connection` input (what `jsb_infra.Connection.as_input()` makes): its
-servers, its admin credentials (a secret input, or the name of a stack config key holding them, which
-keeps them out of state), its retry budget and settle timeout. `for_connection` resolves it against the
+servers, its admin credentials (each field a value, then the whole input is a secret, or a reference
+as above; or the name of a stack config key holding them), its retry budget and settle timeout.
+`for_connection` resolves it against the
 stack config; a resource without one (or with `{"stack_config": true}`) uses the `jsb:` keys above.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -49,13 +61,70 @@ class ProviderSettingsError(ValueError):
     """A stack config value the providers cannot use. Messages never repeat a value: it may be secret."""
 
 
+REFERENCE_KINDS = ("env", "file")
+
+
+class SecretRef(BaseModel):
+    """Where a secret setting's value is read at run time: an environment variable or a file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    env: str | None = None
+    file: str | None = None
+
+    def read(self, where: str) -> str:
+        """The value now (a file's trailing line break dropped); raises naming `where` and the source."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ProviderSettingsError(
+                    f"{where}: the environment variable {self.env} it names is not set (or empty) "
+                    "in the environment of the `pulumi` command"
+                )
+            return value
+        assert self.file is not None
+        try:
+            text = Path(self.file).read_text().rstrip("\r\n")
+        except OSError as err:
+            raise ProviderSettingsError(
+                f"{where}: cannot read the file it names ({self.file}): {err.strerror}"
+            ) from None
+        if not text:
+            raise ProviderSettingsError(f"{where}: the file it names ({self.file}) is empty")
+        return text
+
+
+Secret = str | SecretRef
+"""A secret setting: its value (which the engine keeps in the state), or where to read it."""
+
+
+def secret_setting(where: str, value: Any) -> Secret | None:
+    """A secret setting's value, or its `{env: NAME}` / `{file: PATH}` reference, checked for shape
+    (never read here: a run that does not need it must not fail for it). Never repeats a value."""
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, dict) and len(value) == 1 and set(value) <= set(REFERENCE_KINDS):
+        (kind, target), *_ = value.items()
+        if isinstance(target, str) and target.strip():
+            return SecretRef(**{kind: target})
+    raise ProviderSettingsError(
+        f"{where}: must be the value as text, or where to read it: {{env: VARIABLE}} or {{file: PATH}}"
+    )
+
+
+def reveal(where: str, value: Secret | None) -> str | None:
+    """The value of a secret setting: as given, or read from where its reference points."""
+    return value.read(where) if isinstance(value, SecretRef) else value
+
+
 class ProviderSettings(BaseModel):
     """What the providers need beyond their inputs. Lives in host memory; never an input or output."""
 
     model_config = ConfigDict(frozen=True)
 
     servers: list[str] = []
-    admin: dict[str, str] = {}
+    admin: dict[str, Secret] = {}
+    admin_key: str = ADMIN_KEY
     output_dir: str | None = None
     retry_budget: float = DEFAULT_BUDGET
     settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
@@ -63,34 +132,45 @@ class ProviderSettings(BaseModel):
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(budget=self.retry_budget)
 
-    operator_signing_key: str | None = None
-    system_creds: str | None = None
+    operator_signing_key: Secret | None = None
+    system_creds: Secret | None = None
 
     def signing_seed(self) -> str:
         """The operator signing key (JWT mode); raises with the config key to set when it is missing."""
-        if not self.operator_signing_key:
+        seed = reveal(OPERATOR_SIGNING_KEY, self.operator_signing_key)
+        if not seed:
             raise ProviderSettingsError(
-                f"{OPERATOR_SIGNING_KEY} is not set: run "
-                f"`pulumi config set --secret {OPERATOR_SIGNING_KEY} SO...`"
+                f"{OPERATOR_SIGNING_KEY} is not set: name where the provider reads it, e.g. "
+                f"`pulumi config set --path {OPERATOR_SIGNING_KEY}.file /secrets/operator-signing.nk`"
             )
-        return self.operator_signing_key
+        if not seed.startswith("SO"):
+            raise ProviderSettingsError(f"{OPERATOR_SIGNING_KEY}: must be an operator NKey seed (SO...)")
+        return seed
 
     def system_user_creds(self) -> str:
         """The system account user's `.creds` text (JWT mode); raises with the key to set when missing."""
-        if not self.system_creds:
+        creds = reveal(SYSTEM_CREDS_KEY, self.system_creds)
+        if not creds:
             raise ProviderSettingsError(
-                f"{SYSTEM_CREDS_KEY} is not set: run `pulumi config set --secret {SYSTEM_CREDS_KEY} "
-                '"$(cat sys.creds)"`'
+                f"{SYSTEM_CREDS_KEY} is not set: name where the provider reads it, e.g. "
+                f"`pulumi config set --path {SYSTEM_CREDS_KEY}.file /secrets/sys.creds`"
             )
-        return self.system_creds
+        if "BEGIN NATS USER JWT" not in creds:
+            raise ProviderSettingsError(
+                f"{SYSTEM_CREDS_KEY}: must be the text of a .creds file (a user JWT and seed)"
+            )
+        return creds
 
     def admin_connection(self) -> AdminConnection:
-        """The admin connection; raises with the config key to set when no server is configured."""
+        """The admin connection, its secrets read now; raises with the config key to set when no
+        server is configured, or naming the field whose reference cannot be read."""
         if not self.servers:
             raise ProviderSettingsError(
                 f"{SERVERS_KEY} is not set: run `pulumi config set --path '{SERVERS_KEY}[0]' nats://host:4222`"
             )
-        credentials: dict[str, Any] = dict(self.admin)
+        credentials: dict[str, Any] = {
+            name: reveal(f"{self.admin_key}.{name}", value) for name, value in self.admin.items()
+        }
         return AdminConnection(servers=self.servers, **credentials)
 
 
@@ -120,18 +200,7 @@ def settings_from_config(raw: Any) -> ProviderSettings:
     if not isinstance(servers, list) or not all(isinstance(s, str) and s for s in servers):
         raise ProviderSettingsError(f"{SERVERS_KEY}: must be a list of server URLs")
 
-    admin = _decoded(ADMIN_KEY, raw.get(ADMIN_KEY)) or {}
-    if not isinstance(admin, dict):
-        raise ProviderSettingsError(f"{ADMIN_KEY}: must be an object with keys {', '.join(ADMIN_FIELDS)}")
-    unknown = sorted(set(admin) - set(ADMIN_FIELDS))
-    if unknown:
-        raise ProviderSettingsError(
-            f"{ADMIN_KEY}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ADMIN_FIELDS)}"
-        )
-    not_text = sorted(k for k, v in admin.items() if v is not None and not isinstance(v, str))
-    if not_text:
-        raise ProviderSettingsError(f"{ADMIN_KEY}: {', '.join(not_text)} must be text")
-    admin = {k: v for k, v in admin.items() if v is not None}
+    admin = admin_setting(ADMIN_KEY, raw.get(ADMIN_KEY))
 
     output_dir = raw.get(OUTPUT_DIR_KEY)
     if output_dir is not None and not isinstance(output_dir, str):
@@ -159,17 +228,35 @@ def _seconds(key: str, value: Any) -> float:
         raise ProviderSettingsError(f"{key}: {err}") from None
 
 
-def jwt_settings(raw: Any) -> dict[str, str | None]:
-    """The JWT-mode secrets: an operator signing key seed (`SO...`) and the system user's `.creds` text."""
-    signing = raw.get(OPERATOR_SIGNING_KEY)
-    if signing is not None and not (isinstance(signing, str) and signing.startswith("SO")):
+def admin_setting(key: str, value: Any) -> dict[str, Secret]:
+    """The admin credentials object (`jsb:admin`, or the key a connection names): each field its
+    value or a reference (`{env: NAME}` / `{file: PATH}`), read only when a connection is made."""
+    admin = _decoded(key, value) or {}
+    if not isinstance(admin, dict):
+        raise ProviderSettingsError(f"{key}: must be an object with keys {', '.join(ADMIN_FIELDS)}")
+    unknown = sorted(set(admin) - set(ADMIN_FIELDS))
+    if unknown:
+        raise ProviderSettingsError(
+            f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ADMIN_FIELDS)}"
+        )
+    fields = {name: secret_setting(f"{key}.{name}", field) for name, field in admin.items()}
+    return {name: field for name, field in fields.items() if field is not None}
+
+
+def jwt_settings(raw: Any) -> dict[str, Secret | None]:
+    """The JWT-mode secrets: an operator signing key seed (`SO...`) and the system user's `.creds`
+    text, or where to read each. A value given as such is checked now; a reference when it is read."""
+    signing = secret_setting(
+        OPERATOR_SIGNING_KEY, _decoded(OPERATOR_SIGNING_KEY, raw.get(OPERATOR_SIGNING_KEY))
+    )
+    if isinstance(signing, str) and not signing.startswith("SO"):
         raise ProviderSettingsError(f"{OPERATOR_SIGNING_KEY}: must be an operator NKey seed (SO...)")
-    creds = raw.get(SYSTEM_CREDS_KEY)
-    if creds is not None and not (isinstance(creds, str) and "BEGIN NATS USER JWT" in creds):
+    creds = secret_setting(SYSTEM_CREDS_KEY, _decoded(SYSTEM_CREDS_KEY, raw.get(SYSTEM_CREDS_KEY)))
+    if isinstance(creds, str) and "BEGIN NATS USER JWT" not in creds:
         raise ProviderSettingsError(
             f"{SYSTEM_CREDS_KEY}: must be the text of a .creds file (a user JWT and seed)"
         )
-    return {"operator_signing_key": signing or None, "system_creds": creds or None}
+    return {"operator_signing_key": signing, "system_creds": creds}
 
 
 def configure(raw: Any) -> None:
@@ -196,12 +283,13 @@ def connection_problem(value: Any) -> str | None:
     if not isinstance(servers, list) or not servers or not all(isinstance(s, str) and s for s in servers):
         return "connection.servers: must be a non-empty list of server URLs"
     admin = value.get("admin")
-    if admin is not None and not isinstance(admin, dict):
-        return f"connection.admin: must be an object with keys {', '.join(ADMIN_FIELDS)}"
-    if isinstance(admin, dict) and set(admin) - set(ADMIN_FIELDS):
-        return f"connection.admin: unknown key(s); allowed: {', '.join(ADMIN_FIELDS)}"
     if admin is not None and value.get("admin_config_key"):
         return "connection: give admin or admin_config_key, not both"
+    if admin is not None:
+        try:
+            admin_setting("connection.admin", admin)
+        except ProviderSettingsError as err:
+            return str(err)
     return None
 
 
@@ -213,19 +301,19 @@ def for_connection(value: Any) -> ProviderSettings:
     problem = connection_problem(value)
     if problem:
         raise ProviderSettingsError(problem)
-    admin = value.get("admin")
+    admin: Any = value.get("admin")
+    where = "connection.admin"
     key = value.get("admin_config_key")
     if key:
         with _lock:
             raw = _raw_config
-        admin = _decoded(key, raw.get(key)) if raw is not None else None
+        admin = raw.get(key) if raw is not None else None
+        where = key
         if admin is None:
             raise ProviderSettingsError(
-                f"connection {value.get('name')!r}: the stack config has no {key}; set it with "
-                f"`pulumi config set --secret --path '{key}.password' ...`"
+                f"connection {value.get('name')!r}: the stack config has no {key}; name where the "
+                f"provider reads it with `pulumi config set --path '{key}.password.env' VARIABLE`"
             )
-        if not isinstance(admin, dict) or set(admin) - set(ADMIN_FIELDS):
-            raise ProviderSettingsError(f"{key}: must be an object with keys {', '.join(ADMIN_FIELDS)}")
     timing = {
         field: float(value[field])
         for field in ("retry_budget", "settle_timeout")
@@ -234,7 +322,8 @@ def for_connection(value: Any) -> ProviderSettings:
     return base.model_copy(
         update={
             "servers": list(value["servers"]),
-            "admin": {k: str(v) for k, v in (admin or {}).items() if v is not None},
+            "admin": admin_setting(where, admin),
+            "admin_key": where,
             **timing,
         }
     )

@@ -1,0 +1,224 @@
+"""docs/auth.md's operator commands, run as written: every `<!-- docs-test: NAME -->` bash block of it,
+with a real nsc (scripts/ensure-nsc), a real nats-server in operator mode with the full resolver that
+`nsc generate config` writes, and the real Pulumi CLI on a throwaway project.
+
+In the order an operator follows: nsc makes the operator, accounts and creds; the server starts on
+the generated resolver config; the deploy block pushes, points the stack at the secrets (names only)
+and runs `pulumi up`, which issues every app's account; the state and stack file hold none of the
+secrets; the documented way to set a `.creds` value works; a spec change previewed with the
+read-only identities the doc makes shows the pending change, while their writes are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from e2e_support import REPO, copy_project, pulumi_bin_dir
+from nats.aio.client import RawCredentials
+
+from jsb_infra import resolver
+from jsb_infra.core import jwt_claims as jc
+from jsb_infra.core.accounts import READ_ONLY_PUBLISH, READ_ONLY_SUBSCRIBE
+from jsb_infra.local.server import LocalNatsServer, free_port
+
+pytestmark = pytest.mark.e2e
+
+DOC = REPO / "docs" / "auth.md"
+ENSURE_NSC = REPO / "scripts" / "ensure-nsc"
+BLOCK = re.compile(r"<!-- docs-test: (\w+) -->\n```bash\n(.*?)```", re.DOTALL)
+
+
+def doc_blocks() -> dict[str, str]:
+    """The doc's runnable blocks by name, exactly as the reader sees them."""
+    return dict(BLOCK.findall(DOC.read_text()))
+
+
+@pytest.fixture(scope="module")
+def nsc_dir() -> Path:
+    result = subprocess.run([str(ENSURE_NSC)], capture_output=True, text=True, cwd=REPO)
+    path = Path(result.stdout.strip()) if result.stdout.strip() else None
+    if result.returncode != 0 or path is None or not path.exists():
+        pytest.fail(f"nsc is missing and scripts/ensure-nsc failed:\n{result.stderr}", pytrace=False)
+    return path.parent
+
+
+class Shell:
+    """bash in the project directory, with nsc, the Pulumi CLI and a private nsc store and backend."""
+
+    def __init__(self, work: Path, scratch: Path, nsc_dir: Path, url: str):
+        self.work = work
+        self.env = {
+            "PATH": os.pathsep.join(
+                [str(nsc_dir), str(pulumi_bin_dir()), str(Path(sys.prefix) / "bin"), os.environ["PATH"]]
+            ),
+            "HOME": str(scratch / "home"),
+            "XDG_CONFIG_HOME": str(scratch / "xdg-config"),
+            "XDG_DATA_HOME": str(scratch / "xdg-data"),
+            "NATS_URL": url,
+            "PULUMI_BACKEND_URL": f"file://{scratch / 'state'}",
+            "PULUMI_HOME": str(scratch / "pulumi-home"),
+            "PULUMI_CONFIG_PASSPHRASE": "docs-auth-passphrase",
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        }
+        (scratch / "state").mkdir(parents=True, exist_ok=True)
+
+    def run(self, script: str) -> str:
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.work,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"{script}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("docs-auth")
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def shell(scratch: Path, nsc_dir: Path, port: int) -> Shell:
+    work = copy_project(scratch / "project")
+    sh = Shell(work, scratch, nsc_dir, f"nats://127.0.0.1:{port}")
+    pair = {"stream": "docs-orders-billing", "apps": ["orders", "billing"], "protect": False}
+    sh.run(
+        "pulumi stack init docs\n"
+        "pulumi config set --path 'jsb:servers[0]' \"$NATS_URL\"\n"
+        f"pulumi config set --path 'jsb:pairs[0].stream' {pair['stream']}\n"
+        "pulumi config set --path 'jsb:pairs[0].apps[0]' orders\n"
+        "pulumi config set --path 'jsb:pairs[0].apps[1]' billing\n"
+        "pulumi config set --path 'jsb:pairs[0].protect' false\n"
+    )
+    return sh
+
+
+@pytest.fixture(scope="module")
+def server(shell: Shell, scratch: Path, port: int) -> Iterator[LocalNatsServer]:
+    shell.run(doc_blocks()["operator"])
+    store = scratch / "nats"
+    include = os.path.relpath(shell.work / "resolver.conf", store)  # relative to the including file
+    nats_server = LocalNatsServer(store_dir=store, port=port, extra_config=f"include {json.dumps(include)}\n")
+    cwd = Path.cwd()
+    os.chdir(shell.work)  # the generated resolver dir ('./jwt') is relative to the server's directory
+    try:
+        nats_server.start()
+    finally:
+        os.chdir(cwd)
+    yield nats_server
+    nats_server.stop()
+
+
+def test_the_doc_has_the_blocks_this_test_runs() -> None:
+    assert set(doc_blocks()) == {"operator", "deploy", "value", "preview"}
+
+
+async def test_operator_commands_deploy_every_app_with_no_secret_in_the_state(shell, server, scratch):
+    shell.run(doc_blocks()["deploy"])
+    work = shell.work
+    system_creds = (work / "sys.creds").read_text()
+    key = json.loads(shell.run("pulumi stack output credentials --show-secrets --json"))
+    assert sorted(key) == ["billing", "orders"]
+    async with resolver.system_session([server.url], system_creds) as nc:
+        for entry in key.values():
+            assert await resolver.lookup(nc, entry["account"])  # pushed and held by the resolver
+    for entry in key.values():  # the server takes each app's creds
+        nc = await nats.connect(server.url, user_credentials=RawCredentials(entry["creds"]))
+        await nc.close()
+    state = shell.run("pulumi stack export --show-secrets")
+    stack_file = (work / "stacks" / "Pulumi.docs.yaml").read_text()
+    secrets = {
+        "operator signing key": (work / "operator-signing.nk").read_text().strip(),
+        "system user seed": jc.parse_creds(system_creds)[1],
+        "deploy user seed": jc.parse_creds((work / "deploy.creds").read_text())[1],
+    }
+    assert secrets["operator signing key"].startswith("SO")
+    for name, secret in secrets.items():
+        assert secret not in state, f"the {name} is in the state"
+        assert secret not in stack_file, f"the {name} is in the stack file"
+    assert "secure:" not in stack_file
+    issuer = json.loads(shell.run("nsc describe operator --json"))["nats"]["signing_keys"][0]
+    async with resolver.system_session([server.url], system_creds) as nc:
+        token = await resolver.lookup(nc, key["orders"]["account"])
+    assert token and jc.decode(token)["iss"] == issuer  # signed with the key the doc exported
+
+
+def test_a_creds_value_set_as_the_doc_says_is_the_whole_file(shell, server):
+    shell.run("pulumi stack init docs-value")
+    try:
+        shell.run(doc_blocks()["value"])
+        held = shell.run("pulumi config get jsb:systemCreds")
+    finally:
+        shell.run("pulumi stack select docs")
+    assert held.rstrip("\n") == (shell.work / "sys.creds").read_text().rstrip("\n")
+    # The control: the form the doc used to give is refused by the CLI (the text starts with dashes).
+    old = subprocess.run(
+        ["bash", "-c", 'pulumi config set --secret jsb:systemCreds "$(cat sys.creds)" --stack docs'],
+        cwd=shell.work,
+        env=shell.env,
+        text=True,
+        capture_output=True,
+    )
+    assert old.returncode != 0 and "bad flag syntax" in old.stderr
+
+
+def test_the_jetstream_account_key_is_set_without_the_quotes_nsc_prints(shell, server):
+    printed = shell.run("nsc describe account JETSTREAM --field sub").strip()
+    assert printed.startswith('"') and printed.endswith('"')  # why the doc strips them
+    assert shell.run("pulumi config get --path jsb:auth.jetstream_account").strip() == printed.strip('"')
+
+
+async def test_a_preview_with_the_read_only_identities_shows_the_change_and_they_cannot_write(shell, server):
+    shell.run("pulumi config set --path 'jsb:auth.rotate.orders' docs-1")
+    shown = shell.run(doc_blocks()["preview"])
+    assert "AppAccountJwt::accounts-orders-account" in shown and '"docs-1"' in shown, shown[-3000:]
+    work = shell.work
+    preview, lookup = ((work / name).read_text() for name in ("preview.creds", "lookup.creds"))
+    # nsc's flags give the permission lists jsb-infra defines for these identities
+    claims: dict[str, Any] = jc.decode(jc.parse_creds(preview)[0], verify=False)["nats"]
+    assert sorted(claims["pub"]["allow"]) == sorted(READ_ONLY_PUBLISH)
+    assert claims["sub"]["allow"] == list(READ_ONLY_SUBSCRIBE) and "deny" not in claims["pub"]
+    claims = jc.decode(jc.parse_creds(lookup)[0], verify=False)["nats"]
+    assert claims["pub"]["allow"] == [jc.CLAIMS_LOOKUP]
+
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err).lower())
+
+    stream = "docs-orders-billing"
+    nc = await nats.connect(server.url, user_credentials=RawCredentials(preview), error_cb=on_error)
+    assert json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)).data)["config"]
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=0.5)
+    await nc.close()
+    nc = await nats.connect(server.url, user_credentials=RawCredentials(lookup), error_cb=on_error)
+    token = await resolver.lookup(nc, json.loads(shell.run("nsc describe account JETSTREAM --json"))["sub"])
+    assert token
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.request("$SYS.REQ.CLAIMS.UPDATE", token.encode(), timeout=0.5)
+    await nc.close()
+    assert any(f'publish to "$js.api.stream.delete.{stream}"' in e for e in errors), errors
+    assert any('publish to "$sys.req.claims.update"' in e for e in errors), errors
+    admin = await nats.connect(server.url, user_credentials=str(work / "deploy.creds"))
+    info = json.loads((await admin.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)).data)
+    await admin.close()
+    assert info["config"]["name"] == stream  # still there
