@@ -20,14 +20,22 @@ from typing import Any
 
 from jsb_infra.core import names, strict_yaml
 from jsb_infra.core.accounts import DeployUser
+from jsb_infra.core.capacity import capacity_report
 from jsb_infra.core.documents import render_documents, render_json
-from jsb_infra.core.spec import Config, ConfigError, config_json_schema, load_config, parse_pairs
+from jsb_infra.core.spec import (
+    Config,
+    ConfigError,
+    config_json_schema,
+    load_config,
+    parse_config,
+)
 from jsb_infra.ops import export as export_command
 from jsb_infra.ops import rendered_tree
 
 EXIT_INVALID = 2
 EXIT_DIFFERS = 1
 STACK_PAIRS_KEY = "jsb:pairs"
+STACK_CAPACITY_KEY = "jsb:capacity"
 _USER_PUBLIC_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 
 
@@ -80,10 +88,17 @@ def load_stack_pairs(path: str) -> Config:
     if isinstance(pairs, dict) and "secure" in pairs:
         raise ConfigError([f"{STACK_PAIRS_KEY}: is a secret; render needs the pairs as plain YAML"])
     try:
-        return parse_pairs(pairs)
+        return parse_config({"pairs": pairs, "capacity": config.get(STACK_CAPACITY_KEY)})
     except ConfigError as err:
         raise ConfigError(
-            [STACK_PAIRS_KEY + p.removeprefix("pairs") if p.startswith("pairs") else p for p in err.problems]
+            [
+                STACK_PAIRS_KEY + p.removeprefix("pairs")
+                if p.startswith("pairs")
+                else "jsb:" + p
+                if p.startswith("capacity")
+                else p
+                for p in err.problems
+            ]
         ) from None
 
 
@@ -127,7 +142,10 @@ def cmd_render(args: argparse.Namespace) -> int:
             deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
             jetstream_account=args.jetstream_account,
             servers=args.server or None,
+            capacity=config.capacity,
         )
+        for line in capacity_report(config.pairs, config.capacity).lines():
+            print(f"capacity: {line}", file=sys.stderr)
         files = rendered_tree.with_manifest(documents)
         if args.check:
             difference = rendered_tree.compare(out, files)

@@ -19,7 +19,7 @@ import nkeys
 
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.accounts import account_layout
-from jsb_infra.core.spec import Pair
+from jsb_infra.core.spec import Capacity, Pair
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.jwt_accounts import (
     AccountSigningKeyProvider,
@@ -131,11 +131,13 @@ class IssuedLayout:
         return str(self.apps[app]["creds"])
 
 
-def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayout:
+def issue_layout(
+    url: str, operator: Operator, pairs: list[Pair], capacity: Capacity | None = None
+) -> IssuedLayout:
     """Create the JetStream account's and every app's JWTs with the providers `pulumi up` runs, in
     this process (their I/O is real: the pushes go to the server's resolver). Call from a thread
-    when an event loop runs (the providers run their own)."""
-    layout = account_layout(pairs)
+    when an event loop runs (the providers run their own). `capacity`: the declared capacity."""
+    layout = account_layout(pairs, capacity=capacity)
     with provider_settings(url, operator):
         signing = AccountSigningKeyProvider().create({"account": operator.jetstream_key}).outs
         js_props = {
@@ -147,6 +149,7 @@ def issue_layout(url: str, operator: Operator, pairs: list[Pair]) -> IssuedLayou
             ],
             "signing_keys": [operator.jetstream_signing_key],
             "adopt": False,
+            "jetstream_limits": layout.jetstream_limits.claims(),
         }
         jetstream = JetStreamAccountJwtProvider().create(js_props).outs
         apps = {}

@@ -15,7 +15,7 @@ from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
-from jsb_infra.core.spec import Pair
+from jsb_infra.core.spec import Capacity, Pair
 from jsb_infra.core.topology import consumer_configs, stream_config
 
 
@@ -34,6 +34,7 @@ def render_documents(
     deploy: DeployUser | None = None,
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
     servers: list[str] | None = None,
+    capacity: Capacity | None = None,
 ) -> dict[Path, str]:
     """Every file `render` writes, as relative path -> text, in a fixed order. Pure.
 
@@ -42,7 +43,7 @@ def render_documents(
     share of its permissions; with `servers`, each app's bridge (the `bridges` stack output).
     """
     nkeys = nkeys or {}
-    layout = account_layout(pairs, jetstream_account)
+    layout = account_layout(pairs, jetstream_account, capacity)
     files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy)}
     for account in layout.apps:
         files[Path("apps") / f"{account.app}.json"] = render_json(account.document())

@@ -29,8 +29,9 @@ from pydantic_core import PydanticCustomError
 from jsb_infra.core import names
 from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.auth import AuthSettings, parse_auth
+from jsb_infra.core.capacity import capacity_problems, capacity_report
 from jsb_infra.core.documents import render_documents
-from jsb_infra.core.spec import ConfigError, Pair, check_pairs_disjoint
+from jsb_infra.core.spec import Capacity, ConfigError, Pair, check_pairs_disjoint
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
 from jsb_infra.deploy.providers.credential import AppCredential
@@ -46,7 +47,9 @@ class AppAccountsArgs:
     `app_servers`: the URLs apps are told (default: the first AppPair's connection servers);
     `jetstream_account`: the account holding the streams; `deploy_user`: the deploy's identity in it
     (nothing secret); `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
-    written (None: the stack config's `jsb:outputDir`, if any)."""
+    written (None: the stack config's `jsb:outputDir`, if any); `capacity`: the JetStream storage declared
+    for the deployment (`jsb:capacity`): the JetStream account's limit, and the pairs' reservations must
+    fit in it (None: not limited, not checked)."""
 
     pairs: Sequence[AppPair | Pair]
     app_servers: Sequence[str] = ()
@@ -54,6 +57,7 @@ class AppAccountsArgs:
     deploy_user: DeployUser | None = None
     auth: AuthSettings = field(default_factory=lambda: parse_auth(None))
     output_dir: str | None = None
+    capacity: Capacity | None = None
 
     def specs(self) -> list[Pair]:
         """The pair specs, each validated, and checked disjoint (no shared subject or identity)."""
@@ -73,6 +77,9 @@ class AppAccountsArgs:
             check_pairs_disjoint(pairs)
         except PydanticCustomError as err:
             raise ConfigError([f"AppAccountsArgs.{err.message()}"]) from None
+        capacity = capacity_problems(pairs, self.capacity)
+        if capacity:
+            raise ConfigError([f"AppAccountsArgs.{p}" for p in capacity])
         return pairs
 
     def servers(self) -> list[str]:
@@ -103,7 +110,9 @@ class AppAccounts(pulumi.ComponentResource):
         pairs = args.specs()
         super().__init__(TYPE, resource_name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.layout = layout = account_layout(pairs, args.jetstream_account)
+        self.layout = layout = account_layout(pairs, args.jetstream_account, args.capacity)
+        for line in capacity_report(pairs, args.capacity).lines():
+            pulumi.log.info(f"jsb capacity: {line}", self)
         self.permissions = {a.app: a.document() for a in layout.apps}
         if args.auth.mode == "jwt":
             entries = jwt_identities(layout, args.auth, prefix=resource_name, opts=child)
@@ -133,6 +142,7 @@ class AppAccounts(pulumi.ComponentResource):
             deploy=args.deploy_user,
             jetstream_account=args.jetstream_account,
             servers=args.servers(),
+            capacity=args.capacity,
         )
         deploy = args.deploy_user
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(

@@ -126,6 +126,7 @@ def build(config: pulumi.Config | None = None) -> dict[str, Any]:
             jetstream_account=settings.jetstream_account,
             deploy_user=settings.deploy,
             auth=auth,
+            capacity=settings.capacity,
         ),
     )
     return {

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pydantic import ValidationError
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser
+from jsb_infra.core.capacity import capacity_problems
 from jsb_infra.core.servers import UNREADABLE, check_servers
-from jsb_infra.core.spec import ConfigError, Pair, parse_pairs
+from jsb_infra.core.spec import Capacity, ConfigError, Pair, parse_pairs, problems_of
 
 CONFIG_NAMESPACE = "jsb"
 
@@ -33,6 +35,7 @@ class StackSettings:
     app_servers: tuple[str, ...] = ()
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT
     deploy: DeployUser | None = field(default=None)
+    capacity: Capacity | None = None
 
     @property
     def bridge_servers(self) -> list[str]:
@@ -115,12 +118,24 @@ def _check_deploy_user(value: Any, problems: list[str]) -> DeployUser | None:
     return DeployUser(nkey=nkey, user=user, password_env=env)
 
 
+def _check_capacity(value: Any, problems: list[str]) -> Capacity | None:
+    key = f"{CONFIG_NAMESPACE}:capacity"
+    if value is None or value is UNREADABLE:
+        return None
+    try:
+        return Capacity.model_validate(value)
+    except ValidationError as err:
+        problems.extend(problems_of(err, key))
+        return None
+
+
 def parse_stack_settings(
     pairs: Any,
     servers: Any,
     app_servers: Any = None,
     jetstream_account: Any = None,
     deploy_user: Any = None,
+    capacity: Any = None,
 ) -> StackSettings:
     """Validate the decoded stack config together; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -133,6 +148,8 @@ def parse_stack_settings(
     account = _check_jetstream_account(jetstream_account, problems)
     deploy = _check_deploy_user(deploy_user, problems)
     checked_pairs = _check_pairs(pairs, problems)
+    checked_capacity = _check_capacity(capacity, problems)
+    problems.extend(f"{CONFIG_NAMESPACE}:{p}" for p in capacity_problems(checked_pairs, checked_capacity))
     if problems:
         raise ConfigError(problems)
     return StackSettings(
@@ -141,6 +158,7 @@ def parse_stack_settings(
         app_servers=checked_app_servers,
         jetstream_account=account,
         deploy=deploy,
+        capacity=checked_capacity,
     )
 
 
@@ -153,9 +171,10 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     raw_app_servers = config.get("appServers")
     app_servers = _servers_value(raw_app_servers, problems) if raw_app_servers is not None else None
     deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
+    capacity = _json_value(f"{CONFIG_NAMESPACE}:capacity", config.get("capacity"), problems)
     try:
         settings = parse_stack_settings(
-            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user
+            pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user, capacity
         )
     except ConfigError as err:
         raise ConfigError(problems + err.problems) from None

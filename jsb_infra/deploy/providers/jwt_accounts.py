@@ -114,7 +114,9 @@ def jetstream_claims(
     if live is None:
         keys = list(props.get("signing_keys") or []) + ([ours] if deployed else [])
         exports = _services(props.get("exports") or []) if deployed else []
-        return jc.jetstream_account_claims(props["name"], props["public_key"], exports, keys)
+        return jc.jetstream_account_claims(
+            props["name"], props["public_key"], exports, keys, props.get("jetstream_limits")
+        )
     try:
         return jc.reissued_jetstream_account(
             live,
@@ -122,6 +124,7 @@ def jetstream_claims(
             owned_exports(props) if owned is None else owned,
             ours if deployed else None,
             (drop_signing_keys or set()) | ({ours} if not deployed else set()),
+            props.get("jetstream_limits") if deployed else None,
         )
     except jc.JwtError as err:
         raise ProviderError(str(err)) from None
@@ -180,7 +183,7 @@ class JetStreamAccountJwtProvider(JsbProvider):
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         inputs: dict[str, tuple[Any, Any]] = {
             key: (olds.get(key), news.get(key))
-            for key in ("name", "exports", "signing_key", "signing_keys", "adopt")
+            for key in ("name", "exports", "signing_key", "signing_keys", "adopt", "jetstream_limits")
         }
         if not is_unknown(news) and olds.get("jwt"):
             # drift: the resolver holds (state's `jwt`, after a refresh) another JWT than we would push
@@ -261,11 +264,13 @@ class JetStreamAccountJwt(Resource, module="jsb", name="JetStreamAccountJwt"):
         signing_keys: list[str] | None = None,
         adopt: bool = False,
         opts: pulumi.ResourceOptions | None = None,
+        jetstream_limits: dict[str, Any] | None = None,
     ) -> None:
         props = {
             "name": name,
             "public_key": public_key,
             "exports": exports,
+            "jetstream_limits": dict(jetstream_limits or {}),
             "signing_keys": list(signing_keys or []),
             "adopt": adopt,
             "signing_key": signing_key,
