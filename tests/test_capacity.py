@@ -84,6 +84,16 @@ def test_max_bytes_must_be_given_when_it_cannot_be_derived() -> None:
     assert config({**AB, "stream_options": {"max_msg_size": -1, "max_bytes": -1}}).pairs[0]
 
 
+def test_a_derived_max_bytes_beyond_what_pulumi_carries_exactly_is_refused() -> None:
+    huge = {"max_msgs_per_subject": 2**40, "max_msg_size": 2**20}
+    [found] = problems({**AB, "stream_options": huge})
+    assert found.startswith(
+        "pairs[0]: stream_options.max_bytes: derived from max_msgs_per_subject x max_msg_size"
+    )
+    assert "more than 2^53-1" in found
+    assert config({**AB, "stream_options": {**huge, "max_bytes": 2**40}}).pairs, "given explicitly: fine"
+
+
 def test_a_pair_stored_before_the_bounds_reads_as_it_was_deployed() -> None:
     """State written by an earlier version lacks discard and max_msgs_per_subject: it was deployed
     with discard old and no per-subject limit, so that is what re-reading it must give."""
@@ -93,7 +103,7 @@ def test_a_pair_stored_before_the_bounds_reads_as_it_was_deployed() -> None:
     )
     rendered = stream_config(stored)
     assert (rendered["discard"], rendered["max_msgs_per_subject"], rendered["max_bytes"]) == ("old", -1, -1)
-    assert rendered["discard_new_per_subject"] is False
+    assert "discard_new_per_subject" not in rendered, "left out when false, as the server reports it"
 
 
 @pytest.mark.parametrize(

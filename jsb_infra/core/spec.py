@@ -531,6 +531,20 @@ class Pair(StrictModel):
         return override is not None and getattr(override, field_name) is not None
 
     @model_validator(mode="after")
+    def _derived_bytes_exact(self, info: ValidationInfo) -> Pair:
+        from jsb_infra.core.capacity import stream_max_bytes  # capacity derives from this module
+
+        if enforcing_rules(info) and self.stream_options.max_bytes is None:
+            derived = stream_max_bytes(self)
+            if derived > MAX_EXACT_INT:
+                raise rule(
+                    f"stream_options.max_bytes: derived from max_msgs_per_subject x max_msg_size over "
+                    f"{len(self.subjects())} subjects it is {derived}, more than 2^53-1 (Pulumi carries "
+                    "numbers as 64-bit floats); lower them or give max_bytes"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _dlq_needs_a_retaining_stream(self, info: ValidationInfo) -> Pair:
         if enforcing_rules(info) and self.dlq and self.stream_options.retention == "interest":
             raise rule(

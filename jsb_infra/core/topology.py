@@ -34,9 +34,11 @@ def stream_config(pair: Pair) -> StreamConfig:
         "max_msg_size": opts.max_msg_size,
         "max_msgs_per_subject": opts.max_msgs_per_subject,
         "discard": opts.discard,
-        # a full subject refuses its own publishes; the server accepts this only with discard new
-        "discard_new_per_subject": opts.discard == "new" and opts.max_msgs_per_subject > 0,
     }
+    if opts.discard == "new" and opts.max_msgs_per_subject > 0:
+        # a full subject refuses publishes to it alone (the server allows it only with discard new);
+        # left out otherwise: the server omits it when false
+        config["discard_new_per_subject"] = True
     if opts.description:
         config["description"] = opts.description
     if opts.placement is not None:
