@@ -22,7 +22,14 @@ from jsb_infra.core.capacity import (
     jetstream_limits,
     stream_max_bytes,
 )
-from jsb_infra.core.spec import STORED_CONTEXT, Capacity, ConfigError, Pair, parse_config
+from jsb_infra.core.spec import (
+    DEFAULT_MAX_MSG_SIZE,
+    STORED_CONTEXT,
+    Capacity,
+    ConfigError,
+    Pair,
+    parse_config,
+)
 from jsb_infra.core.topology import stream_config
 from jsb_infra.deploy.stack_settings import parse_stack_settings
 
@@ -43,7 +50,8 @@ def test_max_bytes_is_derived_so_that_no_subject_can_fill_the_stream() -> None:
     pair = config(AB).pairs[0]
     opts = pair.stream_options
     per_subject = [
-        opts.max_msgs_per_subject * (65536 + len(s) + STORED_MSG_OVERHEAD) for s in pair.subjects()
+        opts.max_msgs_per_subject * (DEFAULT_MAX_MSG_SIZE + len(s) + STORED_MSG_OVERHEAD)
+        for s in pair.subjects()
     ]
     assert stream_max_bytes(pair) == derived_max_bytes(opts, pair.subjects()) == sum(per_subject)
     rendered = stream_config(pair)

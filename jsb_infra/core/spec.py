@@ -97,7 +97,7 @@ Duration = Annotated[
 ]
 """A duration held as integer nanoseconds, written as `500ms`, `30s`, `1m30s`, `2h`, `7d` or seconds."""
 
-DEFAULT_MAX_MSG_SIZE = 64 * 1024
+DEFAULT_MAX_MSG_SIZE = 16 * 1024
 """Default largest message a stream stores (headers and body), bytes."""
 DEFAULT_MAX_MSGS_PER_SUBJECT = 10_000
 """Default messages one subject (one direction, one DLQ) may hold."""
