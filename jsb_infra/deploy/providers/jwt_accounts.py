@@ -42,6 +42,7 @@ from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.auth import ACCOUNT_PUBLIC_KEY
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
+from jsb_infra.nats_admin import normalize
 
 RESPONSE_TYPES = ("Singleton", "Stream")
 
@@ -96,6 +97,13 @@ def owned_exports(state: dict[str, Any]) -> set[str]:
     return {item["subject"] for item in state.get("exports") or []}
 
 
+def _jetstream_limits(props: dict[str, Any]) -> dict[str, Any] | None:
+    """The layout's JetStream limits as JWT claims want them: Pulumi carries numbers as floats, the
+    server's JSON decoder refuses `-1.0` for an int64."""
+    limits = props.get("jetstream_limits")
+    return normalize(limits) if isinstance(limits, dict) else None
+
+
 def jetstream_claims(
     props: dict[str, Any],
     live: dict[str, Any] | None,
@@ -115,7 +123,7 @@ def jetstream_claims(
         keys = list(props.get("signing_keys") or []) + ([ours] if deployed else [])
         exports = _services(props.get("exports") or []) if deployed else []
         return jc.jetstream_account_claims(
-            props["name"], props["public_key"], exports, keys, props.get("jetstream_limits")
+            props["name"], props["public_key"], exports, keys, _jetstream_limits(props)
         )
     try:
         return jc.reissued_jetstream_account(
@@ -124,7 +132,7 @@ def jetstream_claims(
             owned_exports(props) if owned is None else owned,
             ours if deployed else None,
             (drop_signing_keys or set()) | ({ours} if not deployed else set()),
-            props.get("jetstream_limits") if deployed else None,
+            _jetstream_limits(props) if deployed else None,
         )
     except jc.JwtError as err:
         raise ProviderError(str(err)) from None
