@@ -220,3 +220,12 @@ def test_stack_settings_read_jsb_capacity() -> None:
 def test_capacity_is_strict() -> None:
     with pytest.raises(ValidationError):
         Capacity.model_validate({"file": 1, "files": 2})
+
+
+def test_render_stack_reads_jsb_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = tmp_path / "Pulumi.test.yaml"
+    stack.write_text(json.dumps({"config": {"jsb:pairs": [AB], "jsb:capacity": {"file": "1MiB"}}}))
+    assert main(["render", "--stack", str(stack), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "jsb:capacity.file: the pairs reserve" in err and "more than the declared 1048576" in err
+    assert not (tmp_path / "out").exists()
