@@ -229,3 +229,14 @@ def test_render_stack_reads_jsb_capacity(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "jsb:capacity.file: the pairs reserve" in err and "more than the declared 1048576" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_app_accounts_args_refuse_pairs_that_do_not_fit_their_capacity() -> None:
+    from jsb_infra.deploy.app_accounts import AppAccountsArgs
+
+    pairs = [config(AB).pairs[0]]
+    assert AppAccountsArgs(pairs=pairs, capacity=Capacity(file=stream_max_bytes(pairs[0]))).specs() == pairs
+    with pytest.raises(ConfigError) as err:
+        AppAccountsArgs(pairs=pairs, capacity=Capacity(file=1024)).specs()
+    [found] = err.value.problems
+    assert found.startswith("AppAccountsArgs.capacity.file: the pairs reserve")
