@@ -30,11 +30,14 @@ from nats.aio.client import RawCredentials
 from nats.js.errors import APIError
 from operator_support import Operator, issue_layout
 
+from jsb_infra import resolver
+from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
-from jsb_infra.core.capacity import capacity_report, derived_max_bytes
+from jsb_infra.core.capacity import JetStreamLimits, capacity_report, derived_max_bytes
 from jsb_infra.core.credentials import new_user_keypair, public_key_of
 from jsb_infra.core.spec import Capacity, Pair, parse_config
+from jsb_infra.deploy.providers.base import ProviderError
 from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin, JetStreamApiError
 
@@ -329,3 +332,48 @@ async def test_control_discard_old_evicts_the_peers_unread_events_and_dead_lette
         await nc.close()
     counts = await arena.subject_counts("a-b")
     assert counts == {"a.sync.b": 30}, "the flood evicted the peer's events and every dead letter"
+
+
+async def js_info(url: str, operator: Operator) -> dict[str, Any] | str:
+    nc = await nats.connect(url, user_credentials=RawCredentials(operator.deploy_creds))
+    try:
+        return dict(json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data))
+    except nats.errors.NoRespondersError:
+        return "no responders: JetStream is off for the account"
+    finally:
+        await nc.close()
+
+
+async def test_jwt_a_capacity_beyond_the_servers_store_is_refused_before_the_push(tmp_path: Path) -> None:
+    """A server does not enable JetStream for an account whose storage limit exceeds its store
+    ("Error configuring jetstream for account ...": no responders, every pair stopped; a server that
+    already runs the account logs it and keeps the old limits): the provider refuses such a JWT before
+    pushing it. Control: the same JWT pushed anyway to a server that loads the account afterwards."""
+    pairs, capacity = layout(BOUNDED)
+    assert capacity is not None and capacity.file is not None
+    too_big = Capacity(file=capacity.file + 1)
+
+    def operator_server(operator: Operator, name: str) -> LocalNatsServer:
+        return LocalNatsServer(
+            store_dir=tmp_path / name,
+            extra_config=operator.server_config(tmp_path / f"{name}-resolver"),
+            max_file_store=capacity.file,
+        ).start()
+
+    defended, control = Operator(), Operator()
+    servers = [operator_server(defended, "defended"), operator_server(control, "control")]
+    try:
+        with pytest.raises(ProviderError) as err:
+            await asyncio.to_thread(issue_layout, servers[0].url, defended, pairs, too_big)
+        assert f"capacity.file: {capacity.file + 1} bytes is more than server" in str(err.value)
+        info = await js_info(servers[0].url, defended)
+        assert isinstance(info, dict) and "error" not in info, "JetStream still on for the account"
+
+        claims = jc.reissued_jetstream_account(jc.decode(control.jetstream_jwt), [], set(), None, set())
+        claims["nats"]["limits"].update(JetStreamLimits(max_file=too_big.file or 0).claims())
+        async with resolver.system_session([servers[1].url], control.system_creds) as nc:
+            await resolver.push(nc, jc.encode(claims, control.signing_seed))
+        assert await js_info(servers[1].url, control) == "no responders: JetStream is off for the account"
+    finally:
+        for server in servers:
+            server.stop()

@@ -83,7 +83,32 @@ def _content(token: str | None) -> dict[str, Any] | None:
 async def _push(*tokens: str) -> None:
     async with settings.system_session() as nc:
         for token in tokens:
+            await _refuse_limits_beyond_the_stores(nc, token)
             await resolver.push(nc, token)
+
+
+async def _refuse_limits_beyond_the_stores(nc: Any, token: str) -> None:
+    """A server disables JetStream for an account whose storage limit exceeds its own store (measured
+    on nats-server 2.15.1: "Error configuring jetstream for account ...: insufficient storage
+    resources", then no responders), which would stop every pair: refuse such a JWT before the push."""
+    limits = (jc.decode(token, verify=False).get("nats") or {}).get("limits") or {}
+    wanted = {
+        "disk_storage": int(limits.get("disk_storage", -1)),
+        "mem_storage": int(limits.get("mem_storage", -1)),
+    }
+    if all(v < 0 for v in wanted.values()):
+        return
+    for server, (max_storage, max_memory) in sorted((await resolver.jetstream_stores(nc)).items()):
+        for claim, store, field_name in (
+            ("disk_storage", max_storage, "file"),
+            ("mem_storage", max_memory, "memory"),
+        ):
+            if 0 < store < wanted[claim]:
+                raise ProviderError(
+                    f"capacity.{field_name}: {wanted[claim]} bytes is more than server {server}'s JetStream "
+                    f"store ({store} bytes); the server would disable JetStream for the account and every "
+                    "pair would stop. Declare at most the smallest server's store (jsb:capacity)"
+                )
 
 
 async def _lookup(account_key: str) -> str | None:
