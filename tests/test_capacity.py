@@ -76,6 +76,8 @@ def test_explicit_settings_that_let_one_subject_harm_another_are_named(
 ) -> None:
     pair = config({**AB, "stream_options": options}).pairs[0]
     assert any(reason in p for p in isolation_problems(pair)), isolation_problems(pair)
+    shown = capacity_report([pair], None).lines()
+    assert any(line.startswith("not isolated: stream 'a-b': ") and reason in line for line in shown), shown
 
 
 def test_max_bytes_must_be_given_when_it_cannot_be_derived() -> None:
@@ -146,9 +148,7 @@ def test_an_unbounded_stream_is_an_explicit_choice_the_report_names() -> None:
     unbounded = {"stream": "c-d", "apps": ["c", "d"], "stream_options": {"max_bytes": -1}}
     cfg = config(AB, unbounded)
     report = capacity_report(cfg.pairs, None)
-    assert report.lines()[-1] == (
-        "unbounded (max_bytes -1, no reservation; the account cannot require one): c-d"
-    )
+    assert "unbounded (max_bytes -1, no reservation; the account cannot require one): c-d" in report.lines()
     assert jetstream_limits(cfg.pairs).max_bytes_required is False, "the server would refuse c-d"
     assert "jetstream: enabled" in render_accounts_conf(account_layout(cfg.pairs))
     [found] = problems(AB, unbounded, capacity={"file": "100GiB"})

@@ -112,6 +112,8 @@ class CapacityReport:
 
     reservations: tuple[Reservation, ...]
     capacity: Capacity | None
+    caveats: tuple[str, ...] = ()
+    """`isolation_problems` of every pair: where one direction's flood can harm the other's messages."""
 
     def reserved(self, storage: str) -> int:
         return sum(r.reserved or 0 for r in self.reservations if r.storage == storage)
@@ -167,11 +169,14 @@ class CapacityReport:
                 "unbounded (max_bytes -1, no reservation; the account cannot require one): "
                 + ", ".join(unbounded)
             )
+        out += [f"not isolated: {caveat}" for caveat in self.caveats]
         return out
 
 
 def capacity_report(pairs: Iterable[Pair], capacity: Capacity | None) -> CapacityReport:
-    return CapacityReport(tuple(reservations(pairs)), capacity)
+    pairs = list(pairs)
+    caveats = tuple(problem for pair in pairs for problem in isolation_problems(pair))
+    return CapacityReport(tuple(reservations(pairs)), capacity, caveats)
 
 
 def capacity_problems(pairs: Sequence[Pair], capacity: Capacity | None) -> list[str]:
