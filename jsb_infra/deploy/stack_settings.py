@@ -43,14 +43,14 @@ class StackSettings:
         return list(self.app_servers or self.servers)
 
 
-def _json_value(key: str, raw: str | None, problems: list[str]) -> Any:
+def _json_value(key: str, raw: str | None, problems: list[str], shape: str = "list") -> Any:
     """Structured stack config arrives as JSON text; a missing or garbled value is a problem, not a crash."""
     if raw is None:
         return None
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        problems.append(f"{key}: must be a YAML list in the stack config, got the plain string {raw!r}")
+        problems.append(f"{key}: must be a YAML {shape} in the stack config, got the plain string {raw!r}")
         return UNREADABLE
 
 
@@ -171,7 +171,7 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     raw_app_servers = config.get("appServers")
     app_servers = _servers_value(raw_app_servers, problems) if raw_app_servers is not None else None
     deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
-    capacity = _json_value(f"{CONFIG_NAMESPACE}:capacity", config.get("capacity"), problems)
+    capacity = _json_value(f"{CONFIG_NAMESPACE}:capacity", config.get("capacity"), problems, "mapping")
     try:
         settings = parse_stack_settings(
             pairs, servers, app_servers, config.get("jetstreamAccount"), deploy_user, capacity
