@@ -74,6 +74,9 @@ def bench_pairs(n: int) -> list[Pair]:
                     "apps": [f"left{i:03d}", f"right{i:03d}"],
                     "protect": False,
                     "allow_destroy_with_messages": True,
+                    # sized for a fleet: the default bounds reserve ~657 MB per pair, and a server
+                    # refuses reservations beyond its store (100 pairs here reserve ~6.6 GB)
+                    "stream_options": {"max_msgs_per_subject": 1000, "max_msg_size": 16384},
                 }
                 for i in range(n)
             ]

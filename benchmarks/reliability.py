@@ -42,7 +42,16 @@ from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.outbox import Outbox, OutboxRelay
 from jsb_infra.runtime.storage import create_schema, engine_for_url, inbox_table, outbox_table
 
-PAIR = parse_pairs([{"stream": "bench-sync", "apps": ["pub", "sub"]}]).pairs[0]
+# bounded as by default, with room for a whole round's publishes (--publish) on one subject
+PAIR = parse_pairs(
+    [
+        {
+            "stream": "bench-sync",
+            "apps": ["pub", "sub"],
+            "stream_options": {"max_msgs_per_subject": 100_000, "max_msg_size": 4096},
+        }
+    ]
+).pairs[0]
 NOTE = "x" * 130
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,22 +44,32 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.capacity import stream_max_bytes
 from jsb_infra.core.credentials import new_user_keypair
 from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
-from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.spec import Capacity, Pair, parse_pairs
 from jsb_infra.core.topology import consumer_configs, stream_config
 from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
-from jsb_infra.runtime import BridgeClient, ConsumerLoop, ConsumerStats, Credentials, Delivery, Event
+from jsb_infra.runtime import BridgeClient, Credentials, Delivery, Event
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIR = parse_pairs([{"stream": "bench-sync", "apps": ["pub", "sub"]}]).pairs[0]
+BOUNDS = {"max_msgs_per_subject": 100_000, "max_msg_size": 4096}
+"""The bench's stream bounds: the defaults' discard new and per-subject refusal, sized so that a
+workload's messages (up to 100,000 of ~300 bytes on one subject) fit."""
+UNBOUNDED = {"max_bytes": -1, "max_msgs_per_subject": -1, "max_msg_size": -1, "discard": "old"}
+"""Every earlier version's stream: no bound, discard old."""
+PAIR = parse_pairs([{"stream": "bench-sync", "apps": ["pub", "sub"], "stream_options": BOUNDS}]).pairs[0]
+UNBOUNDED_PAIR = parse_pairs(
+    [{"stream": "bench-sync", "apps": ["pub", "sub"], "stream_options": UNBOUNDED}]
+).pairs[0]
 NOTE = "x" * 130
 SEQ, PIPE, CONSUME = "sequential publish", "pipelined publish", "consume+ack"
 
@@ -94,10 +105,24 @@ class Rate:
 
     per_s: float = 0.0
     cpu_us: float = float("inf")
+    server_us: float = float("inf")  # the server's CPU per message, where its process is known
 
-    def add(self, per_s: float, cpu_us: float) -> None:
+    def add(self, per_s: float, cpu_us: float, server_us: float | None = None) -> None:
         self.per_s = max(self.per_s, per_s)
         self.cpu_us = min(self.cpu_us, cpu_us)
+        if server_us is not None:
+            self.server_us = min(self.server_us, server_us)
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a local process (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def timed(fn: Callable[[], Awaitable[int | None]], n: int) -> tuple[float, float]:
@@ -123,6 +148,7 @@ class Layout:
     bridges: dict[str, BridgeOutputs]
     credentials: dict[str, Credentials] = field(default_factory=dict)
     admin_options: dict[str, Any] = field(default_factory=dict)
+    server_pid: int | None = None  # a local server's process: its CPU per message is reported
 
     def app_options(self, app: str) -> dict[str, Any]:
         creds = self.credentials.get(app, Credentials())
@@ -135,108 +161,160 @@ class Layout:
 Rates = dict[str, tuple[Rate, Rate]]  # workload -> (raw, client)
 
 
-async def bench_layout(layout: Layout, args: argparse.Namespace) -> Rates:
-    """Raw nats-py and the client, alternating rounds, on one layout; returns the best rates."""
-    nc = await nats.connect(layout.url, **layout.admin_options)
-    js = nc.jetstream()
-    raw_pub_nc = await nats.connect(layout.url, **layout.app_options("pub"))
-    raw_sub_nc = await nats.connect(layout.url, **layout.app_options("sub"))
-    raw_js = raw_pub_nc.jetstream(publish_async_max_pending=args.in_flight)
-    raw_sub_js = raw_sub_nc.jetstream()
-    pub = await layout.client("pub").connect()
-    sub = await layout.client("sub").connect()
-    subject = pub.bridge.publish_subject
-    stream = pub.bridge.stream
+class Workloads:
+    """The three workloads on one layout, each as raw nats-py and as the client: `side(name, "raw")` is
+    (run, prepare) for that workload. Open with `await Workloads.open(layout, args)`, then `close()`."""
 
-    async def purge() -> None:
-        await nc.request(f"$JS.API.STREAM.PURGE.{stream}", b"", timeout=10)
+    nc: NATS
+    js: JetStreamContext
+    raw_pub_nc: NATS
+    raw_sub_nc: NATS
+    raw_js: JetStreamContext
+    raw_sub_js: JetStreamContext
+    pub: BridgeClient
+    sub: BridgeClient
+    subject: str
+    stream: str
 
-    async def raw_seq() -> None:
-        for i in range(args.seq):
+    def __init__(self, layout: Layout, args: argparse.Namespace):
+        self.layout, self.args = layout, args
+        self.stopping: list[asyncio.Task[None]] = []  # client consumers being stopped, outside the timing
+
+    @classmethod
+    async def open(cls, layout: Layout, args: argparse.Namespace) -> Workloads:
+        self = cls(layout, args)
+        self.nc = await nats.connect(layout.url, **layout.admin_options)
+        self.js = self.nc.jetstream()
+        self.raw_pub_nc = await nats.connect(layout.url, **layout.app_options("pub"))
+        self.raw_sub_nc = await nats.connect(layout.url, **layout.app_options("sub"))
+        self.raw_js = self.raw_pub_nc.jetstream(publish_async_max_pending=args.in_flight)
+        self.raw_sub_js = self.raw_sub_nc.jetstream()
+        self.pub = await layout.client("pub").connect()
+        self.sub = await layout.client("sub").connect()
+        self.subject = self.pub.bridge.publish_subject
+        self.stream = self.pub.bridge.stream
+        return self
+
+    def counts(self) -> dict[str, int]:
+        return {SEQ: self.args.seq, PIPE: self.args.pipe, CONSUME: self.args.consume}
+
+    def side(
+        self, name: str, side: str
+    ) -> tuple[Callable[[], Awaitable[int | None]], Callable[[], Awaitable[None]]]:
+        runs = {
+            SEQ: (self.raw_seq, self.client_seq, self.purge),
+            PIPE: (self.raw_pipe, self.client_pipe, self.purge),
+            CONSUME: (self.raw_consume, self.client_consume, self.prefill),
+        }
+        raw, client, before = runs[name]
+        return (raw if side == "raw" else client), before
+
+    async def settle(self) -> None:
+        """No consumer may still be pulling when the next round starts."""
+        while self.stopping:
+            await self.stopping.pop()
+
+    async def purge(self) -> None:
+        await self.nc.request(f"$JS.API.STREAM.PURGE.{self.stream}", b"", timeout=10)
+
+    async def raw_seq(self) -> None:
+        for i in range(self.args.seq):
             body, headers = raw_envelope(i)
-            await raw_js.publish(subject, body, headers=headers)
+            await self.raw_js.publish(self.subject, body, headers=headers)
 
-    async def client_seq() -> None:
-        for i in range(args.seq):
-            await pub.publish("bench.event", "bench", i, payload(i))
+    async def client_seq(self) -> None:
+        for i in range(self.args.seq):
+            await self.pub.publish("bench.event", "bench", i, payload(i))
 
-    async def raw_pipe() -> int:
+    async def raw_pipe(self) -> int:
         futures = []
-        for i in range(args.pipe):
+        for i in range(self.args.pipe):
             body, headers = raw_envelope(i)
-            futures.append(await raw_js.publish_async(subject, body, headers=headers))
-        await raw_js.publish_async_completed()
+            futures.append(await self.raw_js.publish_async(self.subject, body, headers=headers))
+        await self.raw_js.publish_async_completed()
         return sum(1 for f in futures if not f.cancelled() and f.exception() is None)
 
-    async def client_pipe() -> int:
-        events = (pub.event("bench.event", "bench", i, payload(i)) for i in range(args.pipe))
-        results = await pub.publish_batch(events, max_in_flight=args.in_flight)
-        assert len(results) == args.pipe
+    async def client_pipe(self) -> int:
+        events = (self.pub.event("bench.event", "bench", i, payload(i)) for i in range(self.args.pipe))
+        results = await self.pub.publish_batch(events, max_in_flight=self.args.in_flight)
+        assert len(results) == self.args.pipe
         return sum(1 for r in results if isinstance(r, PubAck))
 
-    async def prefill() -> None:
-        await purge()
-        await fill(js, subject, args.consume)
+    async def prefill(self) -> None:
+        await self.purge()
+        await fill(self.js, self.subject, self.args.consume)
 
-    async def raw_consume() -> None:
-        psub = await raw_sub_js.pull_subscribe_bind(durable=sub.bridge.durable, stream=stream)
+    async def raw_consume(self) -> None:
+        psub = await self.raw_sub_js.pull_subscribe_bind(durable=self.sub.bridge.durable, stream=self.stream)
         got = 0
-        while got < args.consume:
+        while got < self.args.consume:
             for msg in await psub.fetch(100, timeout=2):
                 json.loads(msg.data)
                 await msg.ack()
                 got += 1
-        await raw_sub_nc.flush()
+        await self.raw_sub_nc.flush()
         await psub.unsubscribe()
 
-    stopping: list[asyncio.Task[None]] = []  # client consumers being stopped, outside the timing
-
-    async def stop(consumer: ConsumerLoop, task: asyncio.Task[ConsumerStats]) -> None:
-        await consumer.stop()  # lets the open pull requests run out: up to fetch_timeout
-        await task
-
-    async def client_consume() -> None:
+    async def client_consume(self) -> None:
         got = 0
         done = asyncio.Event()
 
         async def handle(event: Event, delivery: Delivery) -> None:
             nonlocal got
             got += 1
-            if got == args.consume:
+            if got == self.args.consume:
                 done.set()
 
-        consumer = sub.consumer(handle, batch=100, fetch_timeout=2)
+        consumer = self.sub.consumer(handle, batch=100, fetch_timeout=2)
         task = asyncio.create_task(consumer.run())
         await done.wait()
-        await sub.nc.flush()
-        stopping.append(asyncio.create_task(stop(consumer, task)))
+        await self.sub.nc.flush()
 
-    workloads = [
-        (SEQ, args.seq, raw_seq, client_seq, purge),
-        (PIPE, args.pipe, raw_pipe, client_pipe, purge),
-        (CONSUME, args.consume, raw_consume, client_consume, prefill),
-    ]
+        async def stop() -> None:
+            await consumer.stop()  # lets the open pull requests run out: up to fetch_timeout
+            await task
+
+        self.stopping.append(asyncio.create_task(stop()))
+
+    async def close(self) -> None:
+        await self.settle()
+        await self.purge()
+        for conn in (self.pub, self.sub):
+            await conn.close()
+        for raw_conn in (self.raw_pub_nc, self.raw_sub_nc, self.nc):
+            await raw_conn.close()
+
+
+async def alternate(first: tuple[Workloads, str], second: tuple[Workloads, str], rounds: int) -> Rates:
+    """Each workload in `rounds` rounds that alternate which of the two sides goes first; best rates."""
     rates: Rates = {}
-    for name, n, raw, client, before in workloads:
-        best_raw, best_client = Rate(), Rate()
-        for round_no in range(args.rounds):
-            for side in ("raw", "client") if round_no % 2 == 0 else ("client", "raw"):
-                while stopping:  # no consumer may still be pulling when the next round starts
-                    await stopping.pop()
+    for name in (SEQ, PIPE, CONSUME):
+        best = (Rate(), Rate())
+        n = first[0].counts()[name]
+        for round_no in range(rounds):
+            order = (0, 1) if round_no % 2 == 0 else (1, 0)
+            for index in order:
+                workloads, side = (first, second)[index]
+                await first[0].settle()
+                await second[0].settle()
+                run, before = workloads.side(name, side)
                 await before()
-                if side == "raw":
-                    best_raw.add(*await timed(raw, n))
-                else:
-                    best_client.add(*await timed(client, n))
-        rates[name] = (best_raw, best_client)
-    while stopping:
-        await stopping.pop()
-    await purge()
-    for conn in (pub, sub):
-        await conn.close()
-    for raw_conn in (raw_pub_nc, raw_sub_nc, nc):
-        await raw_conn.close()
+                server_cpu = process_cpu_s(workloads.layout.server_pid)
+                per_s, cpu_us = await timed(run, n)
+                after = process_cpu_s(workloads.layout.server_pid)
+                server_us = None if server_cpu is None or after is None else (after - server_cpu) / n * 1e6
+                best[index].add(per_s, cpu_us, server_us)
+        rates[name] = best
     return rates
+
+
+async def bench_layout(layout: Layout, args: argparse.Namespace) -> Rates:
+    """Raw nats-py and the client, alternating rounds, on one layout; returns the best rates."""
+    workloads = await Workloads.open(layout, args)
+    try:
+        return await alternate((workloads, "raw"), (workloads, "client"), args.rounds)
+    finally:
+        await workloads.close()
 
 
 async def fill(js: JetStreamContext, subject: str, n: int) -> None:
@@ -334,21 +412,23 @@ def print_rates(layout: Layout, n: dict[str, int], rates: Rates, go: dict[str, f
     print(f"client pipelined / sequential publish: {speedup:.1f}x")
 
 
-async def provision(url: str, admin_options: dict[str, Any]) -> None:
+async def provision(url: str, admin_options: dict[str, Any], pair: Pair = PAIR) -> None:
     nc = await nats.connect(url, **admin_options)
     admin = JetStreamAdmin(nc)
-    await admin.create_stream(stream_config(PAIR))
-    for config in consumer_configs(PAIR).values():
-        await admin.create_consumer(PAIR.stream, config)
+    await admin.create_stream(stream_config(pair))
+    for config in consumer_configs(pair).values():
+        await admin.create_consumer(pair.stream, config)
     await nc.close()
 
 
-def isolated_server(store: Path) -> tuple[LocalNatsServer, dict[str, Credentials], dict[str, Any]]:
-    """A server on the rendered account layout: streams in the JetStream account, each app in its own
-    account (its NKey user) reaching them only through service imports."""
-    seeds = {app: new_user_keypair() for app in PAIR.apps}
+def isolated_server(
+    store: Path, pair: Pair = PAIR, capacity: Capacity | None = None
+) -> tuple[LocalNatsServer, dict[str, Credentials], dict[str, Any]]:
+    """A server on the rendered account layout of `pair`: streams in the JetStream account (limited to
+    `capacity`), each app in its own account (its NKey user) reaching them only through service imports."""
+    seeds = {app: new_user_keypair() for app in pair.apps}
     conf = render_accounts_conf(
-        account_layout([PAIR]),
+        account_layout([pair], capacity=capacity),
         {app: public for app, (_, public) in seeds.items()},
         DeployUser(user="admin", password_env="JSB_DEPLOY_PASSWORD"),
     )
@@ -395,6 +475,8 @@ async def main(args: argparse.Namespace) -> None:
             go = await bench_go(cli, shared, args)
         print_rates(shared, n, rates, go)
     if args.no_isolated:
+        if not args.no_limits:
+            await bench_limits(store, args)
         return
     iso_server, credentials, admin_options = isolated_server(store / "isolated")
     with iso_server:
@@ -409,6 +491,56 @@ async def main(args: argparse.Namespace) -> None:
         iso_rates = await bench_layout(isolated, args)
         print_rates(isolated, n, iso_rates, None)
     print_isolation_cost(rates, iso_rates)
+    if not args.no_limits:
+        await bench_limits(store, args)
+
+
+async def isolated_layout(name: str, server: LocalNatsServer, pair: Pair, creds: Any, admin: Any) -> Layout:
+    await provision(server.url, admin, pair)
+    bridges = {app: bridge_outputs(pair, app, [server.url]) for app in pair.apps}
+    pid = server.process.pid if server.process else None
+    return Layout(name, server.url, bridges, creds, admin, server_pid=pid)
+
+
+async def bench_limits(store: Path, args: argparse.Namespace) -> None:
+    """The cost of the stream bounds and the account reservation, same run: the client on the rendered
+    layout with bounded streams and the JetStream account limited to their reservation, against the same
+    client on the same layout with every earlier version's unbounded stream and an unlimited account."""
+    capacity = Capacity(file=stream_max_bytes(PAIR))
+    bounded_server, bounded_creds, bounded_admin = isolated_server(store / "bounded", PAIR, capacity)
+    free_server, free_creds, free_admin = isolated_server(store / "unbounded", UNBOUNDED_PAIR)
+    with bounded_server, free_server:
+        bounded = await Workloads.open(
+            await isolated_layout("bounded", bounded_server, PAIR, bounded_creds, bounded_admin), args
+        )
+        free = await Workloads.open(
+            await isolated_layout("unbounded", free_server, UNBOUNDED_PAIR, free_creds, free_admin), args
+        )
+        try:
+            rates = await alternate((bounded, "client"), (free, "client"), args.rounds)
+        finally:
+            await bounded.close()
+            await free.close()
+    print_limits_cost(rates, capacity)
+
+
+def print_limits_cost(rates: Rates, capacity: Capacity) -> None:
+    print(
+        f"cost of the limits (bounded stream: {BOUNDS}, discard new per subject, max_bytes {capacity.file} "
+        "reserved in an account limited to it; against unbounded, discard old, unlimited account):"
+    )
+    print(
+        f"{'workload':<20}{'bounded msg/s':>15}{'unbounded msg/s':>17}{'bounded/unbounded':>19}"
+        f"{'server CPU us/msg: bounded / unbounded (ratio)':>48}"
+    )
+    for name, (bounded, free) in rates.items():
+        print(
+            f"{name:<20}{bounded.per_s:>15,.0f}{free.per_s:>17,.0f}{bounded.per_s / free.per_s:>19.2f}"
+            f"{bounded.server_us:>31.1f} / {free.server_us:<5.1f} ({bounded.server_us / free.server_us:.2f})"
+        )
+    print(
+        "(rates move +-30% on a shared 2-core machine; the server's CPU per message is the steadier signal)"
+    )
 
 
 if __name__ == "__main__":
@@ -420,4 +552,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--no-go", action="store_true", help="skip `nats bench`")
     parser.add_argument("--no-isolated", action="store_true", help="skip the one-account-per-app layout")
+    parser.add_argument("--no-limits", action="store_true", help="skip the cost of the stream bounds")
     asyncio.run(main(parser.parse_args()))

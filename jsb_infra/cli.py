@@ -22,8 +22,9 @@ from typing import Any
 
 from jsb_infra.core import names
 from jsb_infra.core.accounts import DeployUser
+from jsb_infra.core.capacity import capacity_report
 from jsb_infra.core.documents import deployment_documents, render_documents, render_json
-from jsb_infra.core.spec import Config, ConfigError, Pair, config_json_schema, load_config
+from jsb_infra.core.spec import Capacity, Config, ConfigError, Pair, config_json_schema, load_config
 from jsb_infra.deploy.stack_settings import StackFile, StackSettings, read_stack_settings
 from jsb_infra.ops import export as export_command
 from jsb_infra.ops import rendered_tree
@@ -95,6 +96,12 @@ STACK_DECIDES = {
 }
 
 
+def _print_capacity(pairs: Sequence[Pair], capacity: Capacity | None) -> None:
+    """What the pairs reserve against the declared capacity, on stderr (stdout stays the tree's)."""
+    for line in capacity_report(pairs, capacity).lines():
+        print(f"capacity: {line}", file=sys.stderr)
+
+
 def render_stack(args: argparse.Namespace) -> dict[Path, str]:
     """`render --stack`: the documents `pulumi up` writes for that stack file (AppAccounts' documents),
     with the app users' public keys from `--nkey` in config mode."""
@@ -114,6 +121,7 @@ def render_stack(args: argparse.Namespace) -> dict[Path, str]:
             ]
         )
     nkeys = parse_nkeys(args.nkey, settings.pairs, args.nkeys_file)
+    _print_capacity(settings.pairs, settings.capacity)
     return deployment_documents(settings.pairs, nkeys, **settings.accounts_args())
 
 
@@ -124,6 +132,7 @@ def render_config(args: argparse.Namespace) -> dict[Path, str]:
     account_problem = names.jetstream_account_problem(jetstream_account)
     if account_problem:
         raise ConfigError([f"--jetstream-account: {account_problem}"])
+    _print_capacity(config.pairs, config.capacity)
     return render_documents(
         config.pairs,
         parse_nkeys(args.nkey, config.pairs, args.nkeys_file),
@@ -131,6 +140,7 @@ def render_config(args: argparse.Namespace) -> dict[Path, str]:
         jetstream_account=jetstream_account,
         servers=args.server or None,
         app_limits=config.app_limits,
+        capacity=config.capacity,
     )
 
 

@@ -14,6 +14,7 @@ the signer against the servers' trusted operators (`$SYS.REQ.SERVER.PING.VARZ`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections.abc import AsyncIterator
@@ -110,6 +111,34 @@ async def trusted_signers(nc: NATS, timeout: float = 5.0) -> set[str]:
         keys.add(claims.get("sub"))
         keys.update((claims.get("nats") or {}).get("signing_keys") or [])
     return keys
+
+
+async def jetstream_stores(nc: NATS, wait: float = 0.5) -> dict[str, tuple[int, int]]:
+    """Each answering server's JetStream store limits, {server name: (max_storage, max_memory)}, from
+    its VARZ (every server answers the ping; the answers are gathered for `wait` seconds)."""
+    stores: dict[str, tuple[int, int]] = {}
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(VARZ_SUBJECT, b"", reply=inbox)
+        deadline = asyncio.get_running_loop().time() + wait
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            try:
+                data = json.loads(msg.data)["data"]
+                config = (data.get("jetstream") or {}).get("config") or {}
+                stores[str(data.get("server_name") or data.get("server_id"))] = (
+                    int(config.get("max_storage", 0)),
+                    int(config.get("max_memory", 0)),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+    finally:
+        await sub.unsubscribe()
+    return stores
 
 
 async def push(nc: NATS, account_jwt: str, timeout: float = 5.0) -> None:

@@ -22,7 +22,7 @@ from nats.aio.client import RawCredentials
 from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, account_layout
-from jsb_infra.core.spec import AppLimits, Pair
+from jsb_infra.core.spec import AppLimits, Capacity, Pair
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.jwt_accounts import (
     AccountSigningKeyProvider,
@@ -144,12 +144,16 @@ class IssuedLayout:
 
 
 def issue_layout(
-    url: str, operator: Operator, pairs: list[Pair], app_limits: AppLimits = DEFAULT_APP_LIMITS
+    url: str,
+    operator: Operator,
+    pairs: list[Pair],
+    app_limits: AppLimits = DEFAULT_APP_LIMITS,
+    capacity: Capacity | None = None,
 ) -> IssuedLayout:
     """Create the JetStream account's and every app's JWTs with the providers `pulumi up` runs, in
     this process (their I/O is real: the pushes go to the server's resolver). Call from a thread
-    when an event loop runs (the providers run their own)."""
-    layout = account_layout(pairs, app_limits=app_limits)
+    when an event loop runs (the providers run their own). `capacity`: the declared capacity."""
+    layout = account_layout(pairs, app_limits=app_limits, capacity=capacity)
     with provider_settings(url, operator):
         signing = AccountSigningKeyProvider().create({"account": operator.jetstream_key}).outs
         js_props = {
@@ -161,6 +165,7 @@ def issue_layout(
             ],
             "signing_keys": [operator.jetstream_signing_key],
             "adopt": False,
+            "jetstream_limits": layout.jetstream_limits.claims(),
         }
         jetstream = JetStreamAccountJwtProvider().create(js_props).outs
         apps = {}

@@ -57,7 +57,10 @@ def test_render_matches_the_pure_layout():
     config = load_config(EXAMPLE)
     text = render_accounts_conf(account_layout(config.pairs))
     assert text == render_accounts_conf(account_layout(config.pairs)), "byte-stable"
-    assert "jetstream: enabled" in text and text.count("jetstream: enabled") == 1
+    assert text.count("jetstream:") == 1, "only the JetStream account has JetStream"
+    assert "jetstream: {max_bytes_required: true}" in text, "every stream must reserve its max_bytes"
+    limited = render_accounts_conf(account_layout(config.pairs, capacity=config.capacity))
+    assert f"jetstream: {{max_file: {8 * 2**30}, max_mem: {2**30}, max_bytes_required: true}}" in limited
     layout = account_layout(config.pairs)
     billing = layout.app("billing")
     assert billing.streams == ("orders-billing-sync", "billing-shipping-sync")

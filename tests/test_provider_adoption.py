@@ -137,9 +137,7 @@ def test_unset_values_come_from_the_server_at_create_not_from_a_version_table(
     c_id, consumer = host.up(C, consumer_props("orders", stream["created"]))
     live = admin_call(server.url, lambda js: js.consumer_info(STREAM, "orders-workers"))
     assert consumer["unset"]["max_waiting"] == live["config"]["max_waiting"]
-    assert (
-        stream["unset"]["max_msgs_per_subject"] == stream_live(server.url)["config"]["max_msgs_per_subject"]
-    )
+    assert stream["unset"]["deny_delete"] == stream_live(server.url)["config"]["deny_delete"]
 
     # State written against a server whose default max_waiting is 1000: no drift, no replace.
     other_default = {

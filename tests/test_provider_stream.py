@@ -334,7 +334,6 @@ def test_no_admin_secret_in_any_response_even_errors(host: ProviderHost, server:
 MANAGED_UNSET: dict[str, Any] = {
     "sealed": False,
     "no_ack": False,
-    "max_msgs_per_subject": -1,
     "sources": [],
     "deny_delete": False,
     "deny_purge": False,
@@ -364,7 +363,7 @@ def make_by_hand(url: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 STREAM_MUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
     ({"no_ack": True}, "no_ack: desired False, server has True"),
-    ({"max_msgs_per_subject": 10}, "max_msgs_per_subject: desired -1, server has 10"),
+    ({"max_msgs_per_subject": 10}, "max_msgs_per_subject: desired 10000, server has 10"),
     ({"sources": [{"name": SOURCE}]}, "sources: desired [], server has [{'name': 'upstream'}]"),
 ]
 STREAM_IMMUTABLE_EXTRAS: list[tuple[dict[str, Any], str]] = [
@@ -413,7 +412,8 @@ def test_adopt_true_resets_a_stream_field_jsb_does_not_render(
     live = info(server.url)
     assert live is not None and outs["created"] == made["created"]
     for key in extra:
-        assert live["config"].get(key, MANAGED_UNSET[key]) == MANAGED_UNSET[key] == outs["config"][key]
+        want = rendered().get(key, MANAGED_UNSET.get(key))
+        assert live["config"].get(key, want) == want == outs["config"][key]
     assert host.diff(P, id_, outs, host.checked(P, inputs(adopt=True))).changes == "DIFF_NONE"
 
 
@@ -437,8 +437,9 @@ def test_refresh_sees_max_msgs_per_subject_set_by_hand_and_up_resets_it_in_place
     outcome, fixed = host.change(P, id_, refreshed, inputs())
     assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
     live = info(server.url)
-    assert live is not None and live["config"]["max_msgs_per_subject"] == -1
-    assert fixed["config"]["max_msgs_per_subject"] == -1
+    bound = rendered()["max_msgs_per_subject"]
+    assert live is not None and live["config"]["max_msgs_per_subject"] == bound
+    assert fixed["config"]["max_msgs_per_subject"] == bound
 
 
 def test_stream_state_written_before_the_managed_fields_existed_shows_no_diff(host: ProviderHost) -> None:
@@ -495,3 +496,49 @@ def test_the_dlq_keeper_follows_the_dlq_and_is_repaired_after_a_delete(
         and off["dlq_keeper"] == {}
         and keeper(server.url) is None
     )
+
+
+# -- bounding a stream that exists unbounded (an upgrade): in place, or a previewed, guarded change --
+OLD_UNBOUNDED = {"max_bytes": -1, "max_msgs_per_subject": -1, "max_msg_size": -1, "discard": "old"}
+
+
+def subject_counts(url: str) -> dict[str, int]:
+    found = admin_call(url, lambda js: js.stream_info_subjects(STREAM, ">"))
+    return {k: int(v) for k, v in (found["state"].get("subjects") or {}).items()}
+
+
+def test_an_unbounded_stream_is_bounded_in_place_keeping_its_messages(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    id_, outs = host.up(P, inputs(stream_options=OLD_UNBOUNDED))
+    publish(server.url, "orders.sync.billing", 5)
+    outcome, updated = host.change(P, id_, outs, inputs())
+    assert outcome.changes == "DIFF_SOME" and outcome.replaces == []
+    live = info(server.url)
+    assert live is not None and live["created"] == outs["created"], "updated in place, not replaced"
+    want = stream_config(parse_pairs([pair()]).pairs[0])
+    for key in ("max_bytes", "max_msgs_per_subject", "max_msg_size", "discard", "discard_new_per_subject"):
+        assert live["config"][key] == want[key] == updated["config"][key], key
+    assert subject_counts(server.url) == {"orders.sync.billing": 5}
+
+
+def test_a_bound_that_would_delete_stored_messages_fails_the_preview(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    """The server deletes a subject's oldest messages at once when max_msgs_per_subject drops below its
+    count, even with discard new: the preview refuses, naming the subject and the bound; allowed, the
+    update really deletes them (the control: the guard is what kept them)."""
+    id_, outs = host.up(P, inputs(stream_options=OLD_UNBOUNDED))
+    publish(server.url, "orders.sync.billing", 7)
+    bounded = {"max_msgs_per_subject": 4, "max_msg_size": 1024}
+    with pytest.raises(ProviderCallError) as err:
+        host.diff(P, id_, outs, host.checked(P, inputs(stream_options=bounded), outs))
+    assert "orders.sync.billing holds 7 messages, max_msgs_per_subject 4" in err.value.details
+    assert "allow_destroy_with_messages" in err.value.details
+    with pytest.raises(ProviderCallError):  # the update itself checks again (no preview, or a race)
+        host.update(P, id_, outs, host.checked(P, inputs(stream_options=bounded), outs))
+    assert subject_counts(server.url) == {"orders.sync.billing": 7}, "nothing was written"
+
+    allowed = inputs(stream_options=bounded, allow_destroy_with_messages=True)
+    host.change(P, id_, outs, allowed)
+    assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"

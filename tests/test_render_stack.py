@@ -45,6 +45,7 @@ SETTINGS: dict[str, Any] = {
     "jsb:pairs": TWO_PAIRS,
     "jsb:outputDir": "/srv/nats/documents",
     "jsb:previewUser": {"nkey": PREVIEW_NKEY},
+    "jsb:capacity": {"file": "20GiB", "memory": "1GiB"},
     "jsb:appLimits": {"connections": 50, "overrides": {"billing": {"subscriptions": 200}}},
 }
 CONFIG_AUTH = {"mode": "config", "accounts_file": "/etc/nats/accounts.conf", "reload": {"command": ["true"]}}
@@ -221,6 +222,7 @@ def test_every_stack_setting_is_known_to_reach_render() -> None:
         "auth": settings.auth,
         "app_limits": settings.app_limits,
         "reader": settings.reader,
+        "capacity": settings.capacity,
     }
     assert settings.app_limits.connections == 50
     assert set(args) == set(DocumentShape.__annotations__)

@@ -148,7 +148,10 @@ def test_gem_defaults():
         assert c.max_ack_pending == 25000
     opts = p.stream_options
     assert (opts.retention, opts.storage, opts.replicas) == ("workqueue", "file", 1)
-    assert opts.duplicate_window == 120 * S and opts.max_age == 0 and opts.max_bytes == -1
+    assert opts.duplicate_window == 120 * S and opts.max_age == 0
+    # bounded by default: a flood of one subject is refused, never evicting (docs/spec.md)
+    assert (opts.discard, opts.max_msgs_per_subject, opts.max_msg_size) == ("new", 10_000, 16 * 1024)
+    assert opts.max_bytes is None, "derived from the per-subject bounds"
     assert p.subjects() == [
         "orders.sync.billing",
         "billing.sync.orders",

@@ -12,7 +12,8 @@ entries and app limits).
 
 Two limits depend on the server's deployment rather than on the config, and are kept out of the
 generated values (docs/spec.md says so): `replicas` above 1 needs a cluster, and `max_bytes` must fit
-the JetStream storage the server has (it refuses a larger reservation with 10047/10028).
+the JetStream storage the server has (it refuses a larger reservation with 10047/10028): a generated
+pair whose derived `max_bytes` would not fit gets an explicit one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hypothesis import strategies as st
 from jsb_infra.cli import main
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.credentials import new_user_keypair
-from jsb_infra.core.spec import parse_config
+from jsb_infra.core.spec import DEFAULT_MAX_MSG_SIZE, DEFAULT_MAX_MSGS_PER_SUBJECT, parse_config
 from jsb_infra.local.server import LocalNatsServer, nats_server_binary
 from jsb_infra.nats_admin import JetStreamAdmin
 
@@ -116,6 +117,8 @@ STREAM_OPTIONS = _optional(
     max_bytes=MAX_BYTES,
     max_msgs=LIMIT,
     max_msg_size=MSG_SIZE,
+    max_msgs_per_subject=LIMIT,
+    discard=mostly(st.sampled_from(["new", "old"]), st.sampled_from(["none", "", True])),
     description=mostly(
         st.text(TEXT, max_size=40),
         st.builds(lambda n: "é" * n, st.integers(2040, 2060)),
@@ -125,6 +128,24 @@ STREAM_OPTIONS = _optional(
 )
 
 
+STORE_FIT = 2**32
+"""Derived max_bytes above this would exceed the test server's store (a deployment limit, see above)."""
+
+
+def _derived_too_big(options: dict[str, Any]) -> bool:
+    values = [
+        options.get("max_msgs_per_subject", DEFAULT_MAX_MSGS_PER_SUBJECT),
+        options.get("max_msg_size", DEFAULT_MAX_MSG_SIZE),
+    ]
+    numbers = [
+        int(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and v == v // 1
+    ]
+    if len(numbers) < 2 or min(numbers) <= 0:
+        return False  # refused by the spec, or not derivable: nothing to reserve
+    per_subject, size = numbers
+    return bool(4 * per_subject * (size + 600) > STORE_FIT)
+
+
 @st.composite
 def pairs(draw: st.DrawFn) -> dict[str, Any]:
     apps = [draw(NAME), draw(NAME)]
@@ -132,6 +153,9 @@ def pairs(draw: st.DrawFn) -> dict[str, Any]:
     pair |= draw(
         _optional(dlq=mostly(st.booleans(), AMBIGUOUS), consumer=CONSUMER, stream_options=STREAM_OPTIONS)
     )
+    options = pair.get("stream_options")
+    if isinstance(options, dict) and "max_bytes" not in options and _derived_too_big(options):
+        options["max_bytes"] = draw(MAX_BYTES)  # a derived reservation the server's store cannot hold
     if draw(st.booleans()):
         pair["consumer_overrides"] = {draw(st.sampled_from([*apps, "other"])): draw(CONSUMER)}
     if draw(st.integers(0, 19)) == 0:  # a YAML 1.1 merge key, which YAML 1.2 reads as the text "<<"

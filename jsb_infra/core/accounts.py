@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsb_infra.core import names
+from jsb_infra.core.capacity import JetStreamLimits, jetstream_limits
 from jsb_infra.core.permissions import Rights, Service, app_permissions, conf_list
-from jsb_infra.core.spec import AppLimits, Pair, ResolvedAppLimits
+from jsb_infra.core.spec import AppLimits, Capacity, Pair, ResolvedAppLimits
 
 STANDARD_CONNECTIONS = ("STANDARD",)
 """The only connection type an app user may open (no leafnode, websocket or MQTT)."""
@@ -122,6 +123,8 @@ class AccountLayout:
 
     jetstream_account: str
     apps: tuple[AppAccount, ...]
+    jetstream_limits: JetStreamLimits = field(default_factory=JetStreamLimits)
+    """The JetStream account's storage limits (the declared capacity) and max_bytes_required."""
 
     def app(self, name: str) -> AppAccount:
         for account in self.apps:
@@ -138,9 +141,12 @@ def account_layout(
     pairs: Iterable[Pair],
     jetstream_account: str = names.DEFAULT_JETSTREAM_ACCOUNT,
     app_limits: AppLimits = DEFAULT_APP_LIMITS,
+    capacity: Capacity | None = None,
 ) -> AccountLayout:
     """Group every pair's per-app services by app: one account and one user per app, each limited by
-    `app_limits` (with the app's override)."""
+    `app_limits` (with the app's override); the JetStream account limited to `capacity`, every stream
+    required to reserve its max_bytes."""
+    pairs = list(pairs)
     services: dict[str, list[Service]] = {}
     streams: dict[str, list[str]] = {}
     subscribe: dict[str, list[str]] = {}
@@ -163,11 +169,25 @@ def account_layout(
         )
         for app in sorted(services)
     )
-    return AccountLayout(jetstream_account=jetstream_account, apps=apps)
+    return AccountLayout(
+        jetstream_account=jetstream_account, apps=apps, jetstream_limits=jetstream_limits(pairs, capacity)
+    )
 
 
 def _q(text: str) -> str:
     return json.dumps(text)
+
+
+def _jetstream_lines(limits: JetStreamLimits) -> list[str]:
+    """The JetStream account's `jetstream` entry, with what its limits mean."""
+    lines = []
+    if limits.max_bytes_required:
+        lines.append(
+            "    # every stream must reserve its max_bytes here (a pair that fills up stops only itself)"
+        )
+    if limits.max_file != -1 or limits.max_mem != -1:
+        lines.append("    # max_file/max_mem: the declared capacity; at most the server's own store")
+    return [*lines, f"    jetstream: {limits.conf()}"]
 
 
 def render_accounts_conf(
@@ -189,7 +209,7 @@ def render_accounts_conf(
         "accounts {",
         f"  {_q(layout.jetstream_account)} {{",
         "    # Every stream and consumer, and the deploy user. Apps reach it only through the exports below.",
-        "    jetstream: enabled",
+        *_jetstream_lines(layout.jetstream_limits),
     ]
     entry = deploy.conf_entry() if deploy else None
     users = [e for e in (entry, read_only_conf_entry(reader) if reader else None) if e]

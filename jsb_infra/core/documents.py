@@ -16,7 +16,7 @@ from jsb_infra.core.accounts import DEFAULT_APP_LIMITS, DeployUser, account_layo
 from jsb_infra.core.auth import AuthSettings
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.permissions import app_permissions, render_claims_json, render_conf
-from jsb_infra.core.spec import AppLimits, Pair
+from jsb_infra.core.spec import AppLimits, Capacity, Pair
 from jsb_infra.core.topology import consumer_configs, dlq_keeper_config, stream_config
 
 
@@ -37,6 +37,7 @@ def render_documents(
     servers: list[str] | None = None,
     app_limits: AppLimits = DEFAULT_APP_LIMITS,
     reader: DeployUser | None = None,
+    capacity: Capacity | None = None,
 ) -> dict[Path, str]:
     """Every file `render` writes, as relative path -> text, in a fixed order. Pure.
 
@@ -47,7 +48,7 @@ def render_documents(
     `apps/<app>.json`).
     """
     nkeys = nkeys or {}
-    layout = account_layout(pairs, jetstream_account, app_limits)
+    layout = account_layout(pairs, jetstream_account, app_limits, capacity)
     files: dict[Path, str] = {ACCOUNTS_FILE: render_accounts_conf(layout, nkeys, deploy, reader)}
     for account in layout.apps:
         files[Path("apps") / f"{account.app}.json"] = render_json(account.document())
@@ -80,6 +81,7 @@ class DocumentShape(TypedDict, total=False):
     auth: AuthSettings  # config mode names the app users in accounts.conf; JWT mode does not
     app_limits: AppLimits  # every app account's connection, subscription and payload limits
     reader: DeployUser | None  # the read-only identity previews connect as (`jsb:previewUser`)
+    capacity: Capacity | None  # the JetStream account's storage limit (`jsb:capacity`)
 
 
 def deployment_accounts_conf(
@@ -94,6 +96,7 @@ def deployment_accounts_conf(
         pairs,
         shape.get("jetstream_account", names.DEFAULT_JETSTREAM_ACCOUNT),
         shape.get("app_limits", DEFAULT_APP_LIMITS),
+        shape.get("capacity"),
     )
     return render_accounts_conf(layout, users, shape.get("deploy_user"), shape.get("reader"))
 
@@ -111,6 +114,7 @@ def deployment_documents(
         servers=list(shape.get("app_servers", ())) or None,
         app_limits=shape.get("app_limits", DEFAULT_APP_LIMITS),
         reader=shape.get("reader"),
+        capacity=shape.get("capacity"),
     )
     files[ACCOUNTS_FILE] = deployment_accounts_conf(pairs, public_keys, **shape)
     return files

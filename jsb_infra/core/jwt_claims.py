@@ -180,13 +180,18 @@ class ServiceExport:
 
 
 def jetstream_account_claims(
-    name: str, account_key: str, exports: list[ServiceExport], signing_keys: list[str]
+    name: str,
+    account_key: str,
+    exports: list[ServiceExport],
+    signing_keys: list[str],
+    jetstream_limits: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JetStream account: JetStream limits (it is the only account with JetStream), the exports."""
+    """The JetStream account: JetStream limits (it is the only account with JetStream; `jetstream_limits`:
+    the layout's storage limits and max_bytes_required, `JetStreamLimits.claims()`), the exports."""
     nats: dict[str, Any] = {
         "type": "account",
         "version": VERSION,
-        "limits": {**UNLIMITED_NATS, **UNLIMITED_ACCOUNT, **UNLIMITED_JETSTREAM},
+        "limits": {**UNLIMITED_NATS, **UNLIMITED_ACCOUNT, **UNLIMITED_JETSTREAM, **(jetstream_limits or {})},
         "signing_keys": sorted(signing_keys),
     }
     if exports:
@@ -214,6 +219,7 @@ def reissued_jetstream_account(
     owned: set[str],
     add_signing_key: str | None,
     drop_signing_keys: set[str],
+    jetstream_limits: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The live JetStream account with only jsb-infra's part changed (read-modify-write).
 
@@ -221,8 +227,10 @@ def reissued_jetstream_account(
     default permissions, tags, scoped signing keys with their templates, exports of its own), except:
     the exports with an `owned` subject (what this stack exported before) or a subject of `exports`
     are replaced by `exports`; the `drop_signing_keys` leave `signing_keys` and `add_signing_key`
-    joins it; and an account without JetStream gets unlimited JetStream. Limits of an account that
-    has JetStream are never changed."""
+    joins it; an account without JetStream gets unlimited JetStream; and `jetstream_limits` (the
+    layout's storage limits and max_bytes_required) are laid over the flat JetStream limits, or, when
+    the operator set tiered limits, only max_bytes_required is set in every tier (the tiers' storage
+    stays the operator's). Other limits are never changed."""
     claims: dict[str, Any] = json.loads(_json(live))
     nats = claims.setdefault("nats", {})
     replaced = owned | {e.subject for e in exports}
@@ -248,7 +256,25 @@ def reissued_jetstream_account(
                     "(nsc edit account --js-tier ...) or remove the tiers"
                 )
             limits.update(UNLIMITED_JETSTREAM)
+        if jetstream_limits:
+            _lay_jetstream_limits(limits, jetstream_limits)
     return claims
+
+
+def _lay_jetstream_limits(limits: dict[str, Any], wanted: Mapping[str, Any]) -> None:
+    tiers = limits.get("tiered_limits") or {}
+    if tiers:
+        for tier in tiers.values():
+            if wanted.get("max_bytes_required"):
+                tier["max_bytes_required"] = True
+            else:
+                tier.pop("max_bytes_required", None)
+        return
+    limits.update({k: v for k, v in wanted.items() if k != "max_bytes_required"})
+    if wanted.get("max_bytes_required"):
+        limits["max_bytes_required"] = True
+    else:
+        limits.pop("max_bytes_required", None)
 
 
 def canonical(claims: Mapping[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,14 @@ Duration = Annotated[
 ]
 """A duration held as integer nanoseconds, written as `500ms`, `30s`, `1m30s`, `2h`, `7d` or seconds."""
 
+DEFAULT_MAX_MSG_SIZE = 16 * 1024
+"""Default largest message a stream stores (headers and body), bytes."""
+DEFAULT_MAX_MSGS_PER_SUBJECT = 10_000
+"""Default messages one subject (one direction, one DLQ) may hold."""
+
+STORED_BEFORE_BOUNDS: dict[str, Any] = {"discard": "old", "max_msgs_per_subject": -1}
+"""What a stored pair that lacks the bound fields was deployed with (every earlier version's stream)."""
+
 GEM_BACKOFF = ["1s", "5s", "15s", "30s", "60s"]
 DEFAULT_ACK_WAIT_NS = 30 * 1_000_000_000
 
@@ -319,11 +327,42 @@ class StreamOptions(StrictModel):
     storage: Literal["file", "memory"] = "file"
     retention: Literal["workqueue", "limits", "interest"] = "workqueue"
     duplicate_window: Duration = Field(2 * 60 * 1_000_000_000, description="Window of Nats-Msg-Id dedupe.")
-    max_age: Duration = Field(0, description="Oldest message kept; 0 sets no age limit.")
-    max_bytes: Count = Field(-1, description="-1 for unlimited.")
-    max_msgs: Count = Field(-1, description="-1 for unlimited.")
-    max_msg_size: Int32 = Field(-1, description="-1 for unlimited; at most 2^31-1.")
+    max_age: Duration = Field(
+        0,
+        description="Oldest message kept; 0 sets no age limit (the default: an age limit deletes unread "
+        "messages, it does not stop a flood).",
+    )
+    discard: Literal["new", "old"] = Field(
+        "new",
+        description="When a limit is reached: `new` refuses the publish (nothing stored is lost), `old` "
+        "deletes the oldest messages, whoever published them. `old` lets one app's flood evict its peer's "
+        "unread messages and the dead letters: an explicit choice.",
+    )
+    max_msgs_per_subject: Count = Field(
+        DEFAULT_MAX_MSGS_PER_SUBJECT,
+        description="Messages each subject (each direction, each DLQ) may hold; with discard new a full "
+        "subject refuses further publishes to it alone. -1 for unlimited.",
+    )
+    max_msg_size: Int32 = Field(
+        DEFAULT_MAX_MSG_SIZE,
+        description="Largest message (headers and body) the stream stores; -1 for unlimited; at most 2^31-1.",
+    )
+    max_bytes: Count | None = Field(
+        None,
+        description="The stream's size, reserved in the JetStream account. Leave out to derive it: every "
+        "subject's max_msgs_per_subject messages of max_msg_size (plus the server's per-message overhead), "
+        "so no subject can fill the stream. -1 for unlimited (the stream then reserves nothing).",
+    )
+    max_msgs: Count = Field(-1, description="Messages the whole stream may hold; -1 for unlimited.")
     description: str = Field("", description="At most 4096 bytes of UTF-8.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_bounds(cls, data: Any, info: ValidationInfo) -> Any:
+        """A pair stored before the stream bounds existed was deployed unbounded: read it so."""
+        if isinstance(data, dict) and not enforcing_rules(info):
+            return {**STORED_BEFORE_BOUNDS, **data}
+        return data
 
     @field_validator("replicas")
     @classmethod
@@ -364,12 +403,25 @@ class StreamOptions(StrictModel):
             raise rule(f"description is {size} bytes of UTF-8; the server's limit is {MAX_DESCRIPTION_LEN}")
         return v
 
-    @field_validator("max_bytes", "max_msgs", "max_msg_size")
+    @field_validator("max_bytes", "max_msgs", "max_msg_size", "max_msgs_per_subject")
     @classmethod
-    def _limit(cls, v: int, info: ValidationInfo) -> int:
-        if (v == 0 or v < -1) and enforcing_rules(info):
+    def _limit(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and (v == 0 or v < -1) and enforcing_rules(info):
             raise rule(f"{info.field_name} must be -1 (unlimited) or positive, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _bytes_derivable(self, info: ValidationInfo) -> StreamOptions:
+        if enforcing_rules(info) and self.max_bytes is None:
+            unlimited = [
+                name for name in ("max_msgs_per_subject", "max_msg_size") if getattr(self, name) == -1
+            ]
+            if unlimited:
+                raise rule(
+                    f"max_bytes: give it (a size in bytes, or -1 for an unbounded stream) when "
+                    f"{' and '.join(unlimited)} is -1: the stream's size is derived from both"
+                )
+        return self
 
     @model_validator(mode="after")
     def _window_within_age(self, info: ValidationInfo) -> StreamOptions:
@@ -477,6 +529,20 @@ class Pair(StrictModel):
     def _overridden(self, app: str, field_name: str) -> bool:
         override = self.consumer_overrides.get(app)
         return override is not None and getattr(override, field_name) is not None
+
+    @model_validator(mode="after")
+    def _derived_bytes_exact(self, info: ValidationInfo) -> Pair:
+        from jsb_infra.core.capacity import stream_max_bytes  # capacity derives from this module
+
+        if enforcing_rules(info) and self.stream_options.max_bytes is None:
+            derived = stream_max_bytes(self)
+            if derived > MAX_EXACT_INT:
+                raise rule(
+                    f"stream_options.max_bytes: derived from max_msgs_per_subject x max_msg_size over "
+                    f"{len(self.subjects())} subjects it is {derived}, more than 2^53-1 (Pulumi carries "
+                    "numbers as 64-bit floats); lower them or give max_bytes"
+                )
+        return self
 
     @model_validator(mode="after")
     def _dlq_needs_a_retaining_stream(self, info: ValidationInfo) -> Pair:
@@ -614,14 +680,72 @@ class AppLimits(_AppLimitFields):
                 )
 
 
+# -- storage capacity ---------------------------------------------------------------------------------
+_BYTE_SIZE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB|TiB)?\s*")
+_BYTE_UNITS = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def _byte_size(value: object) -> object:
+    """A size in bytes: a whole number, or text such as `512MiB`, `20GiB` (IEC units only: `MB` means
+    10^6 to most tools but 2^20 to the nats-server config parser, so it is refused as ambiguous)."""
+    if isinstance(value, str):
+        match = _BYTE_SIZE.fullmatch(value)
+        if not match:
+            raise rule(
+                "must be a size in bytes such as 1073741824, 512MiB or 20GiB (units B, KiB, MiB, GiB, "
+                f"TiB), got {value!r}"
+            )
+        return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise rule(f"must be a size in bytes, got {value!r}")
+    return value
+
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(_byte_size),
+    _bounded(MAX_EXACT_INT, "2^53-1: Pulumi carries numbers as 64-bit floats, exact only up to there"),
+]
+
+
+class Capacity(StrictModel):
+    """The JetStream storage the operator gives this deployment's JetStream account, per storage type.
+
+    It becomes the account's limit (config mode `jetstream { max_file, max_mem }`, JWT mode
+    `disk_storage`, `mem_storage`), and the streams' reservations (max_bytes x replicas) must fit in it.
+    A server refuses to enable JetStream for an account whose limit exceeds its own store
+    (`max_file_store` / `max_memory_store`): declare at most the smallest server's."""
+
+    file: ByteSize | None = Field(
+        None, description="File storage in bytes (or `20GiB`); leave out: unlimited."
+    )
+    memory: ByteSize | None = Field(
+        None, description="Memory storage in bytes (or `1GiB`); leave out: unlimited."
+    )
+
+    @field_validator("file", "memory")
+    @classmethod
+    def _positive(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1 and enforcing_rules(info):
+            raise rule(f"capacity.{info.field_name} must be at least 1 byte, got {v}")
+        return v
+
+
 class Config(StrictModel):
-    """All pairs of a deployment; checks that pairs cannot collide on one server."""
+    """All pairs of a deployment; checks that pairs cannot collide on one server and that their
+    storage reservations fit the declared capacity."""
 
     pairs: list[Pair] = Field(min_length=1)
     app_limits: AppLimits = Field(
         default_factory=AppLimits,
         description="Connection, subscription and payload limits of every app account, with per-app "
         "overrides.",
+    )
+    capacity: Capacity | None = Field(
+        None,
+        description="JetStream storage declared for the deployment; render refuses pairs that do not fit.",
     )
 
     @model_validator(mode="after")
@@ -632,6 +756,15 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _app_limit_overrides(self) -> Config:
         self.app_limits.check_apps(app for pair in self.pairs for app in pair.apps)
+        return self
+
+    @model_validator(mode="after")
+    def _fits_capacity(self) -> Config:
+        from jsb_infra.core.capacity import capacity_problems  # capacity derives from this module
+
+        problems = capacity_problems(self.pairs, self.capacity)
+        if problems:
+            raise rule("; ".join(problems))
         return self
 
 

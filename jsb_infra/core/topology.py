@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jsb_infra.core import names
+from jsb_infra.core.capacity import stream_max_bytes
 from jsb_infra.core.spec import Pair
 
 StreamConfig = dict[str, Any]
@@ -28,11 +29,16 @@ def stream_config(pair: Pair) -> StreamConfig:
         "num_replicas": opts.replicas,
         "duplicate_window": opts.duplicate_window,
         "max_age": opts.max_age,
-        "max_bytes": opts.max_bytes,
+        "max_bytes": stream_max_bytes(pair),
         "max_msgs": opts.max_msgs,
         "max_msg_size": opts.max_msg_size,
-        "discard": "old",
+        "max_msgs_per_subject": opts.max_msgs_per_subject,
+        "discard": opts.discard,
     }
+    if opts.discard == "new" and opts.max_msgs_per_subject > 0:
+        # a full subject refuses publishes to it alone (the server allows it only with discard new);
+        # left out otherwise: the server omits it when false
+        config["discard_new_per_subject"] = True
     if opts.description:
         config["description"] = opts.description
     if opts.placement is not None:

@@ -30,8 +30,9 @@ from pydantic_core import PydanticCustomError
 from jsb_infra.core import names
 from jsb_infra.core.accounts import AccountLayout, DeployUser, account_layout
 from jsb_infra.core.auth import AuthSettings, parse_auth
+from jsb_infra.core.capacity import capacity_problems, capacity_report
 from jsb_infra.core.documents import DocumentShape, deployment_accounts_conf, deployment_documents
-from jsb_infra.core.spec import AppLimits, ConfigError, Pair, check_pairs_disjoint, problems_of
+from jsb_infra.core.spec import AppLimits, Capacity, ConfigError, Pair, check_pairs_disjoint, problems_of
 from jsb_infra.deploy.component import AppPair, validated_pair
 from jsb_infra.deploy.identities import accounts_include, jwt_identities
 from jsb_infra.deploy.providers.credential import AppCredential
@@ -50,7 +51,9 @@ class AppAccountsArgs:
     `auth`: config or JWT mode (`jsb:auth`); `output_dir`: where the documents are
     written (None: the stack config's `jsb:outputDir`, if any); `app_limits`: the limits of every app
     account, with per-app overrides (`AppLimits`, or a mapping written like the spec's `app_limits`;
-    default: its defaults)."""
+    default: its defaults); `capacity`: the JetStream storage declared for the deployment
+    (`jsb:capacity`): the JetStream account's limit, and the pairs' reservations must fit in it (None:
+    not limited, not checked)."""
 
     pairs: Sequence[AppPair | Pair]
     app_servers: Sequence[str] = ()
@@ -60,6 +63,7 @@ class AppAccountsArgs:
     auth: AuthSettings = field(default_factory=lambda: parse_auth(None))
     output_dir: str | None = None
     app_limits: AppLimits | Mapping[str, Any] = field(default_factory=AppLimits)
+    capacity: Capacity | None = None
 
     def specs(self) -> list[Pair]:
         """The pair specs, each validated, and checked disjoint (no shared subject or identity)."""
@@ -80,6 +84,9 @@ class AppAccountsArgs:
             self.limits().check_apps(app for pair in pairs for app in pair.apps)
         except PydanticCustomError as err:
             raise ConfigError([f"AppAccountsArgs.{err.message()}"]) from None
+        capacity = capacity_problems(pairs, self.capacity)
+        if capacity:
+            raise ConfigError([f"AppAccountsArgs.{p}" for p in capacity])
         return pairs
 
     def limits(self) -> AppLimits:
@@ -119,7 +126,9 @@ class AppAccounts(pulumi.ComponentResource):
         pairs = args.specs()
         super().__init__(TYPE, resource_name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.layout = layout = account_layout(pairs, args.jetstream_account, args.limits())
+        self.layout = layout = account_layout(pairs, args.jetstream_account, args.limits(), args.capacity)
+        for line in capacity_report(pairs, args.capacity).lines():
+            pulumi.log.info(f"jsb capacity: {line}", self)
         self.permissions = {a.app: a.document() for a in layout.apps}
         if args.auth.mode == "jwt":
             entries = jwt_identities(layout, args.auth, prefix=resource_name, opts=child)
@@ -151,6 +160,7 @@ class AppAccounts(pulumi.ComponentResource):
             "auth": args.auth,
             "app_limits": args.limits(),
             "reader": args.reader,
+            "capacity": args.capacity,
         }
         keyless = deployment_documents(pairs, {}, **shaping)
         self.accounts_conf = pulumi.Output.all(**self.public_keys).apply(

@@ -39,6 +39,7 @@ def jwt_identities(
         signing_keys=list(auth.signing_keys),
         adopt=auth.adopt,
         opts=opts,
+        jetstream_limits=layout.jetstream_limits.claims(),
     )
     entries: dict[str, pulumi.Output[Any]] = {}
     for account in layout.apps:

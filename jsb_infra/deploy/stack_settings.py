@@ -24,9 +24,10 @@ from jsb_infra.core import names, strict_yaml
 from jsb_infra.core.accounts import DeployUser
 from jsb_infra.core.auth import KEY as AUTH_KEY
 from jsb_infra.core.auth import AuthSettings, parse_auth
+from jsb_infra.core.capacity import capacity_problems
 from jsb_infra.core.documents import DocumentShape
 from jsb_infra.core.servers import UNREADABLE, check_servers
-from jsb_infra.core.spec import AppLimits, ConfigError, Pair, parse_pairs, problems_of
+from jsb_infra.core.spec import AppLimits, Capacity, ConfigError, Pair, parse_pairs, problems_of
 
 CONFIG_NAMESPACE = "jsb"
 
@@ -54,6 +55,7 @@ class StackSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     app_limits: AppLimits = field(default_factory=AppLimits)
     reader: DeployUser | None = field(default=None)
+    capacity: Capacity | None = None
 
     @property
     def bridge_servers(self) -> list[str]:
@@ -71,6 +73,7 @@ class StackSettings:
             "auth": self.auth,
             "app_limits": self.app_limits,
             "reader": self.reader,
+            "capacity": self.capacity,
         }
 
 
@@ -203,6 +206,17 @@ def _check_reader(value: Any, problems: list[str]) -> DeployUser | None:
     return reader
 
 
+def _check_capacity(value: Any, problems: list[str]) -> Capacity | None:
+    key = f"{CONFIG_NAMESPACE}:capacity"
+    if value is None or value is UNREADABLE:
+        return None
+    try:
+        return Capacity.model_validate(value)
+    except ValidationError as err:
+        problems.extend(problems_of(err, key))
+        return None
+
+
 def parse_stack_settings(
     pairs: Any,
     servers: Any,
@@ -212,6 +226,7 @@ def parse_stack_settings(
     auth: Any = None,
     app_limits: Any = None,
     preview_user: Any = None,
+    capacity: Any = None,
 ) -> StackSettings:
     """Validate the decoded stack config together; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -236,6 +251,8 @@ def parse_stack_settings(
         )
     checked_pairs = _check_pairs(pairs, problems)
     limits = _check_app_limits(app_limits, checked_pairs, problems)
+    checked_capacity = _check_capacity(capacity, problems)
+    problems.extend(f"{CONFIG_NAMESPACE}:{p}" for p in capacity_problems(checked_pairs, checked_capacity))
     if problems:
         raise ConfigError(problems)
     return StackSettings(
@@ -247,6 +264,7 @@ def parse_stack_settings(
         auth=checked_auth,
         app_limits=limits,
         reader=reader,
+        capacity=checked_capacity,
     )
 
 
@@ -268,6 +286,7 @@ def read_stack_settings(config: ConfigSource | None = None) -> StackSettings:
     deploy_user = _json_value(f"{CONFIG_NAMESPACE}:deployUser", config.get("deployUser"), problems)
     auth = _json_value(AUTH_KEY, config.get("auth"), problems, expected="an object")
     app_limits = _mapping_value(f"{CONFIG_NAMESPACE}:appLimits", config.get("appLimits"), problems)
+    capacity = _mapping_value(f"{CONFIG_NAMESPACE}:capacity", config.get("capacity"), problems)
     preview_user = _json_value(f"{CONFIG_NAMESPACE}:previewUser", config.get("previewUser"), problems)
     try:
         settings = parse_stack_settings(
@@ -279,6 +298,7 @@ def read_stack_settings(config: ConfigSource | None = None) -> StackSettings:
             auth,
             app_limits,
             preview_user,
+            capacity,
         )
     except ConfigError as err:
         raise ConfigError(problems + err.problems) from None

@@ -61,6 +61,7 @@ class LocalNatsServer:
     log_file: Path | None = None
     detach: bool = False  # outlive this process (make up); tests keep it attached
     env: dict[str, str] = field(default_factory=dict)  # e.g. the deploy password the config refers to
+    max_file_store: int | None = None  # the server's JetStream file store limit (None: its default)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -75,11 +76,15 @@ class LocalNatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         text = (
             f"listen: {json.dumps(f'{self.host}:{self.port}')}\n"
-            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir / 'jetstream'))} }}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}"
+            f"{self._store_limit()} }}\n"
             f"{self.extra_config}"
         )
         self.config_file.write_text(text)
         return self.config_file
+
+    def _store_limit(self) -> str:
+        return f", max_file_store: {self.max_file_store}" if self.max_file_store is not None else ""
 
     def start(self, timeout: float = 10.0) -> LocalNatsServer:
         """Start the server and wait until it accepts clients; raises with its log when it does not."""

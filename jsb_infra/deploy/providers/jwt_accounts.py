@@ -44,6 +44,7 @@ from jsb_infra.core.auth import ACCOUNT_PUBLIC_KEY
 from jsb_infra.core.spec import ResolvedAppLimits
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
+from jsb_infra.nats_admin import normalize
 
 RESPONSE_TYPES = ("Singleton", "Stream")
 
@@ -84,7 +85,32 @@ def _content(token: str | None) -> dict[str, Any] | None:
 async def _push(*tokens: str) -> None:
     async with settings.system_session() as nc:
         for token in tokens:
+            await _refuse_limits_beyond_the_stores(nc, token)
             await resolver.push(nc, token)
+
+
+async def _refuse_limits_beyond_the_stores(nc: Any, token: str) -> None:
+    """A server disables JetStream for an account whose storage limit exceeds its own store (measured
+    on nats-server 2.15.1: "Error configuring jetstream for account ...: insufficient storage
+    resources", then no responders), which would stop every pair: refuse such a JWT before the push."""
+    limits = (jc.decode(token, verify=False).get("nats") or {}).get("limits") or {}
+    wanted = {
+        "disk_storage": int(limits.get("disk_storage", -1)),
+        "mem_storage": int(limits.get("mem_storage", -1)),
+    }
+    if all(v < 0 for v in wanted.values()):
+        return
+    for server, (max_storage, max_memory) in sorted((await resolver.jetstream_stores(nc)).items()):
+        for claim, store, field_name in (
+            ("disk_storage", max_storage, "file"),
+            ("mem_storage", max_memory, "memory"),
+        ):
+            if 0 < store < wanted[claim]:
+                raise ProviderError(
+                    f"capacity.{field_name}: {wanted[claim]} bytes is more than server {server}'s JetStream "
+                    f"store ({store} bytes); the server would disable JetStream for the account and every "
+                    "pair would stop. Declare at most the smallest server's store (jsb:capacity)"
+                )
 
 
 async def _lookup(account_key: str) -> str | None:
@@ -96,6 +122,13 @@ async def _lookup(account_key: str) -> str | None:
 def owned_exports(state: dict[str, Any]) -> set[str]:
     """The export subjects this stack pushed (its `exports` output): the only ones it replaces or removes."""
     return {item["subject"] for item in state.get("exports") or []}
+
+
+def _jetstream_limits(props: dict[str, Any]) -> dict[str, Any] | None:
+    """The layout's JetStream limits as JWT claims want them: Pulumi carries numbers as floats, the
+    server's JSON decoder refuses `-1.0` for an int64."""
+    limits = props.get("jetstream_limits")
+    return normalize(limits) if isinstance(limits, dict) else None
 
 
 def jetstream_claims(
@@ -116,7 +149,9 @@ def jetstream_claims(
     if live is None:
         keys = list(props.get("signing_keys") or []) + ([ours] if deployed else [])
         exports = _services(props.get("exports") or []) if deployed else []
-        return jc.jetstream_account_claims(props["name"], props["public_key"], exports, keys)
+        return jc.jetstream_account_claims(
+            props["name"], props["public_key"], exports, keys, _jetstream_limits(props)
+        )
     try:
         return jc.reissued_jetstream_account(
             live,
@@ -124,6 +159,7 @@ def jetstream_claims(
             owned_exports(props) if owned is None else owned,
             ours if deployed else None,
             (drop_signing_keys or set()) | ({ours} if not deployed else set()),
+            _jetstream_limits(props) if deployed else None,
         )
     except jc.JwtError as err:
         raise ProviderError(str(err)) from None
@@ -182,7 +218,7 @@ class JetStreamAccountJwtProvider(JsbProvider):
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         inputs: dict[str, tuple[Any, Any]] = {
             key: (olds.get(key), news.get(key))
-            for key in ("name", "exports", "signing_key", "signing_keys", "adopt")
+            for key in ("name", "exports", "signing_key", "signing_keys", "adopt", "jetstream_limits")
         }
         if not is_unknown(news) and olds.get("jwt"):
             # drift: the resolver holds (state's `jwt`, after a refresh) another JWT than we would push
@@ -263,11 +299,13 @@ class JetStreamAccountJwt(Resource, module="jsb", name="JetStreamAccountJwt"):
         signing_keys: list[str] | None = None,
         adopt: bool = False,
         opts: pulumi.ResourceOptions | None = None,
+        jetstream_limits: dict[str, Any] | None = None,
     ) -> None:
         props = {
             "name": name,
             "public_key": public_key,
             "exports": exports,
+            "jetstream_limits": dict(jetstream_limits or {}),
             "signing_keys": list(signing_keys or []),
             "adopt": adopt,
             "signing_key": signing_key,

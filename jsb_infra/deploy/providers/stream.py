@@ -97,6 +97,7 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "sealed": False,
     "no_ack": False,
     "max_msgs_per_subject": -1,
+    "discard_new_per_subject": False,
     "mirror": None,
     "sources": [],
     "deny_delete": False,
@@ -197,6 +198,43 @@ def destroy_guard(allowed: bool, name: str, messages: int, action: str, because:
         )
 
 
+def limit_losses(info: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """What writing `config` over the live stream (`info`, with `state.subjects` counted) would delete.
+
+    Measured on nats-server 2.15.1: a lowered `max_msgs_per_subject` deletes each subject's oldest
+    messages down to it at once, even with discard new; with discard old a lowered `max_bytes` or
+    `max_msgs` deletes the oldest messages too. With discard new, a stream already over its new
+    `max_bytes` or `max_msgs` keeps its messages and refuses publishes until it is below."""
+    state = info.get("state") or {}
+    losses = []
+    per_subject = int(config.get("max_msgs_per_subject", -1))
+    if per_subject > 0:
+        over = {s: n for s, n in (state.get("subjects") or {}).items() if int(n) > per_subject}
+        losses += [
+            f"{s} holds {n} messages, max_msgs_per_subject {per_subject}" for s, n in sorted(over.items())
+        ]
+    if config.get("discard") == "old":
+        max_msgs, max_bytes = int(config.get("max_msgs", -1)), int(config.get("max_bytes", -1))
+        if 0 < max_msgs < int(state.get("messages", 0)):
+            losses.append(
+                f"the stream holds {state['messages']} messages, max_msgs {max_msgs} with discard old"
+            )
+        if 0 < max_bytes < int(state.get("bytes", 0)):
+            losses.append(f"the stream holds {state['bytes']} bytes, max_bytes {max_bytes} with discard old")
+    return losses
+
+
+def limits_guard(spec: StreamSpec, info: dict[str, Any]) -> None:
+    """Refuse an update that would delete stored messages, unless `allow_destroy_with_messages`."""
+    losses = limit_losses(info, spec.config)
+    if losses and not spec.allow_destroy_with_messages:
+        raise ProviderError(
+            f"refusing to update stream {spec.name!r}: the new limits would delete stored messages at once "
+            f"({'; '.join(losses)}). Drain it first, raise the pair's stream_options limits, or set "
+            "`allow_destroy_with_messages: true` to accept losing the oldest ones"
+        )
+
+
 def input_failures(news: dict[str, Any]) -> list[CheckFailure]:
     """Type checks of the inputs; each failure names its property."""
     failures: list[CheckFailure] = []
@@ -279,6 +317,10 @@ class StreamProvider(JsbProvider):
         if plan.replaces:
             self._guard_replace(old, new, plan.replaces)
             being_replaced(old.connection, f"stream {old.name}", f"stream {new.name}")
+        elif known and plan.config:
+            info = self.run(_info_with_subjects(old.connection, old.name))
+            if info is not None:
+                limits_guard(new, info)  # fail the preview, not the `up`
         return plan.result()
 
     def _guard_replace(self, old: StreamSpec, new: StreamSpec, replaces: list[str]) -> None:
@@ -333,6 +375,11 @@ class StreamProvider(JsbProvider):
 async def _info(conn: Any, name: str) -> dict[str, Any] | None:
     async with settings.admin_session(conn) as js:
         return await js.stream_info(name)
+
+
+async def _info_with_subjects(conn: Any, name: str) -> dict[str, Any] | None:
+    async with settings.admin_session(conn) as js:
+        return await js.stream_info_subjects(name, ">")
 
 
 async def _read(conn: Any, name: str) -> tuple[dict[str, Any] | None, bool]:
@@ -419,8 +466,11 @@ async def _apply_update(
     js: JetStreamAdmin, existing: dict[str, Any], spec: StreamSpec, changes: Changes
 ) -> dict[str, Any]:
     """Send the live config with the managed fields laid over it (the server treats an update as a
-    replacement; fields jsb-infra does not manage stay as they are). A change of replicas or placement
-    is waited for until the stream and its consumers report the new peers current. Returns the info."""
+    replacement; fields jsb-infra does not manage stay as they are), unless the new limits would delete
+    stored messages (`limits_guard`). A change of replicas or placement is waited for until the stream
+    and its consumers report the new peers current. Returns the info."""
+    counted = await js.stream_info_subjects(spec.name, ">")
+    limits_guard(spec, counted or existing)
     config = read_modify_write(existing["config"], spec.config, changes)
     await replication.update_stream(js, existing["config"], config, spec.settle_timeout)
     info = await js.stream_info(spec.name)
