@@ -121,8 +121,9 @@ def render_stack(args: argparse.Namespace) -> dict[Path, str]:
             ]
         )
     nkeys = parse_nkeys(args.nkey, settings.pairs, args.nkeys_file)
+    documents = deployment_documents(settings.pairs, nkeys, **settings.accounts_args())
     _print_capacity(settings.pairs, settings.capacity)
-    return deployment_documents(settings.pairs, nkeys, **settings.accounts_args())
+    return documents
 
 
 def render_config(args: argparse.Namespace) -> dict[Path, str]:
@@ -132,8 +133,7 @@ def render_config(args: argparse.Namespace) -> dict[Path, str]:
     account_problem = names.jetstream_account_problem(jetstream_account)
     if account_problem:
         raise ConfigError([f"--jetstream-account: {account_problem}"])
-    _print_capacity(config.pairs, config.capacity)
-    return render_documents(
+    documents = render_documents(
         config.pairs,
         parse_nkeys(args.nkey, config.pairs, args.nkeys_file),
         deploy=parse_deploy(args.deploy_nkey, args.deploy_user),
@@ -142,6 +142,8 @@ def render_config(args: argparse.Namespace) -> dict[Path, str]:
         app_limits=config.app_limits,
         capacity=config.capacity,
     )
+    _print_capacity(config.pairs, config.capacity)
+    return documents
 
 
 def _report_invalid(source: str, err: ConfigError | rendered_tree.TreeProblem) -> int:

@@ -200,6 +200,7 @@ DOCUMENT_SHAPING = {
     "auth",
     "app_limits",
     "reader",
+    "capacity",
 }
 """Every StackSettings field, each reaching the documents through `accounts_args()` (servers as the
 bridges' default) or, for pairs, directly."""

@@ -124,7 +124,7 @@ async def jwt_mode_arena(tmp: Path, stream_options: dict[str, Any]) -> Arena:
         extra_config=operator.server_config(tmp / "resolver"),
         max_file_store=store_size(capacity),
     ).start()
-    issued = await asyncio.to_thread(issue_layout, server.url, operator, pairs, capacity)
+    issued = await asyncio.to_thread(issue_layout, server.url, operator, pairs, capacity=capacity)
     return Arena(
         server.url,
         pairs,
@@ -364,7 +364,7 @@ async def test_jwt_a_capacity_beyond_the_servers_store_is_refused_before_the_pus
     servers = [operator_server(defended, "defended"), operator_server(control, "control")]
     try:
         with pytest.raises(ProviderError) as err:
-            await asyncio.to_thread(issue_layout, servers[0].url, defended, pairs, too_big)
+            await asyncio.to_thread(issue_layout, servers[0].url, defended, pairs, capacity=too_big)
         assert f"capacity.file: {capacity.file + 1} bytes is more than server" in str(err.value)
         info = await js_info(servers[0].url, defended)
         assert isinstance(info, dict) and "error" not in info, "JetStream still on for the account"
