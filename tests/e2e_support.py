@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ import pulumi.automation as auto
 import pytest
 from semver import VersionInfo
 
+from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
+from jsb_infra.core.spec import parse_pairs
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import AdminConnection
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,6 +160,23 @@ def run_cli(stack: auto.Stack, *args: str) -> str:
         [*args, "--stack", stack.name], workspace.work_dir, workspace.env_vars
     )
     return result.stdout
+
+
+def server_with_reader(
+    store: Path,
+    pairs: list[dict[str, Any]],
+    deploy: DeployUser,
+    reader: DeployUser,
+    passwords: Mapping[str, str],
+) -> LocalNatsServer:
+    """A started nats-server including the rendered accounts of `pairs`, whose JetStream account holds
+    the deploy user and the read-only user `reader`; `passwords` sets the environment variables their
+    `password_env` name (the server reads the passwords from there)."""
+    store.mkdir(parents=True, exist_ok=True)
+    layout = account_layout(parse_pairs(pairs).pairs)
+    (store / "accounts.conf").write_text(render_accounts_conf(layout, {}, deploy, reader))
+    server = LocalNatsServer(store_dir=store, extra_config='include "accounts.conf"\n', env=dict(passwords))
+    return server.start()
 
 
 def admin_connection(url: str, user: str, password: str) -> AdminConnection:

@@ -34,12 +34,12 @@ from e2e_support import (
     pulumi_bin_dir,
     pulumi_command,
     run_cli,
+    server_with_reader,
     set_admin,
     set_plain_config,
 )
 
-from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
-from jsb_infra.core.spec import parse_pairs
+from jsb_infra.core.accounts import DeployUser
 from jsb_infra.local.server import LocalNatsServer
 
 pytestmark = pytest.mark.e2e
@@ -68,16 +68,8 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(scratch: Path) -> Iterator[LocalNatsServer]:
-    store = scratch / "nats"
-    store.mkdir()
-    layout = account_layout(parse_pairs([PAIR]).pairs)
-    (store / "accounts.conf").write_text(render_accounts_conf(layout, {}, DEPLOY, READER))
-    nats_server = LocalNatsServer(
-        store_dir=store,
-        extra_config='include "accounts.conf"\n',
-        env={DEPLOY_PASSWORD_ENV: ADMIN_PASSWORD, READER_PASSWORD_ENV: READER_PASSWORD},
-    )
-    nats_server.start()
+    passwords = {DEPLOY_PASSWORD_ENV: ADMIN_PASSWORD, READER_PASSWORD_ENV: READER_PASSWORD}
+    nats_server = server_with_reader(scratch / "nats", [PAIR], DEPLOY, READER, passwords)
     yield nats_server
     nats_server.stop()
 

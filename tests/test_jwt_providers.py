@@ -21,9 +21,11 @@ import nkeys
 import pytest
 from nats.aio.client import RawCredentials
 from operator_support import Operator, provider_settings, user_creds
+from provider_host import ProviderCallError, ProviderHost
 
 from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
+from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import ProviderError
 from jsb_infra.deploy.providers.jwt_accounts import AppAccountJwtProvider, JetStreamAccountJwtProvider
 from jsb_infra.local.server import LocalNatsServer
@@ -196,7 +198,7 @@ async def test_create_update_delete_keep_what_the_operator_set_on_the_jetstream_
 async def test_a_jwt_signed_by_an_untrusted_key_is_refused_before_the_push(operator_server):
     operator, server = operator_server
     stranger = Operator()  # another operator's signing key
-    with provider_settings(server.url, stranger), pytest.raises(ResolverError) as err:
+    with provider_settings(server.url, stranger), pytest.raises(ProviderError) as err:
         # the system user is the stranger's too: the connection itself is refused
         await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
     assert "cannot connect" in str(err.value) and stranger.signing_seed not in str(err.value)
@@ -252,40 +254,69 @@ async def test_read_with_a_system_user_refused_the_lookup_fails_instead_of_repor
                 reads[label] = await asyncio.to_thread(
                     JetStreamAccountJwtProvider().read, operator.jetstream_key, {"name": "X"}
                 )
-            except ResolverError as err:
+            except ProviderError as err:
                 reads[label] = err
-    assert isinstance(reads["refused"], ResolverError)
+    assert isinstance(reads["refused"], ProviderError)
     assert "may not look up account JWTs ($SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP)" in str(reads["refused"])
     assert (
-        not isinstance(reads["lookup only"], ResolverError)
+        not isinstance(reads["lookup only"], ProviderError)
         and reads["lookup only"].id == operator.jetstream_key
     )
 
 
-async def test_an_account_without_jetstream_gets_it_and_one_with_empty_tiers_is_refused(operator_server):
+def resolver_error_not_one_line() -> Any:
+    """The control: the provider as it was before `ResolverError` was a one-line error. Defined as
+    `__main__` code so that it is pickled by value (the provider host cannot import tests/)."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(
+        """
+from jsb_infra.deploy.providers.jwt_accounts import JetStreamAccountJwtProvider
+
+
+class ResolverErrorNotOneLine(JetStreamAccountJwtProvider):
+    def read(self, id_, props):
+        # imported here: a module the method names as a global would be pickled with it
+        from jsb_infra.deploy.providers import base
+        from jsb_infra.resolver import ResolverError
+
+        listed = base.ONE_LINE_ERRORS
+        base.ONE_LINE_ERRORS = tuple(e for e in listed if e is not ResolverError)
+        try:
+            return type(self).__mro__[1].read(self, id_, props)
+        finally:
+            base.ONE_LINE_ERRORS = listed
+""",
+        namespace,
+    )
+    return namespace["ResolverErrorNotOneLine"]()
+
+
+def test_a_resolver_failure_reaches_the_engine_as_one_line_from_the_provider_host(operator_server):
+    """What `pulumi up`/`refresh` prints when the resolver refuses: the real provider host answers the
+    read with the resolver's one line (what to fix), not a traceback. The control: the same refusal,
+    with `ResolverError` taken off the one-line list in the host, comes back as a traceback."""
     operator, server = operator_server
-    tiered = operator.jetstream_claims()
-    for key in jc.UNLIMITED_JETSTREAM:
-        tiered["nats"]["limits"].pop(key)
-    tiered["nats"]["limits"]["tiered_limits"] = {"R1": {"mem_storage": 0, "disk_storage": 0}}
-    await push_as_operator(server, operator, tiered)
-    with provider_settings(server.url, operator):
-        with pytest.raises(ProviderError, match=r"JetStream tiered limits are all 0"):
-            await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
-        assert "exports" not in (await live_account(server, operator))["nats"]  # nothing pushed
-        without = operator.jetstream_claims()
-        for key in jc.UNLIMITED_JETSTREAM:
-            without["nats"]["limits"].pop(key)
-        await push_as_operator(server, operator, without)
-        async with await nats.connect(
-            server.url, user_credentials=RawCredentials(operator.deploy_creds)
-        ) as nc:
-            refused = json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data)
-        assert refused["error"]["code"] == 503, refused  # JetStream not enabled for the account
-        await asyncio.to_thread(JetStreamAccountJwtProvider().create, js_props(operator))
-    limits = (await live_account(server, operator))["nats"]["limits"]
-    assert all(limits[key] == jc.NO_LIMIT for key in jc.UNLIMITED_JETSTREAM)
-    async with await nats.connect(server.url, user_credentials=RawCredentials(operator.deploy_creds)) as nc:
-        reply = await nc.request("$JS.API.STREAM.CREATE.s", b'{"name": "s", "subjects": ["s"]}', timeout=2)
-        assert "error" not in json.loads(reply.data), reply.data
-    assert await streams(server, operator.deploy_creds) == ["s"]  # the deploy user now has JetStream
+
+    def no_lookup(name: str, key: str, account: str) -> dict[str, Any]:
+        return jc.user_claims(name, key, ["$SYS.REQ.SERVER.PING.VARZ"], ["_INBOX.>"], account)
+
+    config = {
+        settings.SERVERS_KEY: [server.url],
+        settings.ADMIN_KEY: {},
+        settings.OPERATOR_SIGNING_KEY: operator.signing_seed,
+        settings.SYSTEM_CREDS_KEY: system_user(operator, no_lookup),
+    }
+    details = {}
+    with ProviderHost() as host:
+        host.configure(config)
+        for label, provider in (
+            ("now", JetStreamAccountJwtProvider()),
+            ("before", resolver_error_not_one_line()),
+        ):
+            with pytest.raises(ProviderCallError) as refused:
+                host.read(provider, operator.jetstream_key, {"name": "X"})
+            details[label] = refused.value.details.strip()
+    assert "may not look up account JWTs ($SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP)" in details["now"]
+    assert "Traceback" not in details["now"] and len(details["now"].splitlines()) == 1, details["now"]
+    assert "Traceback (most recent call last)" in details["before"], details["before"]
+    assert "ResolverError: the system account's user may not look up" in details["before"]

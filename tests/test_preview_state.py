@@ -11,6 +11,7 @@ from jsb_infra.ops.preview_state import (
     SECRET_SIG,
     PreviewStateError,
     preview_deployment,
+    preview_stack_file,
     secret_config_keys,
 )
 
@@ -64,3 +65,27 @@ def test_an_encrypted_export_and_secret_config_are_refused():
         "jsb:servers": {"value": "[]", "secret": False},
     }
     assert secret_config_keys(config) == ["jsb:admin"]
+
+
+STACK_FILE = """\
+config:
+  jsb:servers: [nats://nats-1:4222]   # kept as written
+  jsb:admin: {user: deploy, password: {env: JSB_NATS_PASSWORD}}
+encryptionsalt: v1:AAAA:v1:BBBB:CCCC
+"""
+
+
+def test_the_preview_stack_file_is_the_config_without_the_secrets_provider():
+    """What the pull-request job previews with: the pull request's config line for line; the real
+    stack's salt (the real passphrase's check) is dropped, and a secret value is refused by its key."""
+    written = preview_stack_file(STACK_FILE, "stacks/Pulumi.prod.yaml")
+    assert written == STACK_FILE.replace("encryptionsalt: v1:AAAA:v1:BBBB:CCCC\n", "")
+    kms = STACK_FILE.replace(
+        "encryptionsalt: v1:AAAA:v1:BBBB:CCCC", "secretsprovider: awskms://alias/x\nencryptedkey: ZZZ"
+    )
+    assert "awskms" not in preview_stack_file(kms, "k") and "encryptedkey" not in preview_stack_file(kms, "k")
+    secure = STACK_FILE.replace("{env: JSB_NATS_PASSWORD}", "{secure: v1:xyz}")
+    with pytest.raises(
+        PreviewStateError, match=r"stacks/Pulumi.prod.yaml: jsb:admin.password: a secret value"
+    ):
+        preview_stack_file(secure, "stacks/Pulumi.prod.yaml")

@@ -13,6 +13,10 @@ Run it where the real stack's passphrase is (the deploy job, after each `up`):
 
     PULUMI_CONFIG_PASSPHRASE=... JSB_PREVIEW_PASSPHRASE=... python -m jsb_infra.ops.preview_state --stack prod
 
+The preview stack's file is not committed: the pull-request job writes it from the pull request's
+stack file (`--stack-file-only`: the config, without the secrets provider) and previews
+`<stack>-preview` with `PULUMI_CONFIG_PASSPHRASE` set to the preview stack's passphrase.
+
 Never `up` the preview stack: its redacted seeds are not keys (and `up` needs the admin identity).
 """
 
@@ -97,6 +101,20 @@ def stack_file(cwd: Path, stack: str) -> Path:
     return cwd / (project.get("stackConfigDir") or ".") / f"Pulumi.{stack}.yaml"
 
 
+def passphrase_salt(stack: str, cwd: Path, env: Mapping[str, str]) -> str:
+    """The passphrase salt of `stack`: from its stack file, else (a fresh checkout, where the preview
+    stack's file is not committed) from its state, which keeps the secrets provider it was written with."""
+    path = stack_file(cwd, stack)
+    salt = (yaml.safe_load(path.read_text()) or {}).get("encryptionsalt") if path.is_file() else None
+    if not salt:
+        deployment = json.loads(_pulumi(["stack", "export", "--stack", stack], cwd, env)).get("deployment")
+        provider = (deployment or {}).get("secrets_providers") or {}
+        salt = provider.get("state", {}).get("salt") if provider.get("type") == "passphrase" else None
+    if not salt:
+        raise PreviewStateError(f"stack {stack} has no passphrase salt, neither in {path} nor in its state")
+    return str(salt)
+
+
 def mirror(source: str, target: str, cwd: Path, env: Mapping[str, str], target_passphrase: str) -> int:
     """Make (or refresh) the preview stack `target` from `source`; returns how many secrets it redacted."""
     project = str(yaml.safe_load((cwd / "Pulumi.yaml").read_text())["name"])
@@ -113,9 +131,7 @@ def mirror(source: str, target: str, cwd: Path, env: Mapping[str, str], target_p
     stacks = {s["name"] for s in json.loads(_pulumi(["stack", "ls", "--json"], cwd, env))}
     if target not in stacks:
         _pulumi(["stack", "init", target, "--secrets-provider", "passphrase", "--no-select"], cwd, target_env)
-    salt = yaml.safe_load(stack_file(cwd, target).read_text()).get("encryptionsalt")
-    if not salt:
-        raise PreviewStateError(f"stack {target} has no passphrase salt in {stack_file(cwd, target)}")
+    salt = passphrase_salt(target, cwd, target_env)
     if config:
         _pulumi(["config", "set-all", "--json", json.dumps(config), "--stack", target], cwd, target_env)
     deployment, count = preview_deployment(
@@ -130,6 +146,54 @@ def mirror(source: str, target: str, cwd: Path, env: Mapping[str, str], target_p
     return count
 
 
+SECRETS_PROVIDER_KEYS = ("encryptionsalt", "secretsprovider", "encryptedkey")
+"""The top-level keys of a stack file that belong to its secrets provider, not to its config."""
+
+
+def secure_paths(value: Any, path: str = "") -> list[str]:
+    """Where a stack file's config holds a `secure:` (encrypted) value: `jsb:admin.password`."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return [path]
+        return [
+            found
+            for key, item in value.items()
+            for found in secure_paths(item, f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in secure_paths(item, f"{path}[{i}]")]
+    return []
+
+
+def preview_stack_file(text: str, name: str) -> str:
+    """The preview stack's file for a stack file's `text` (`name` in errors): its config line for line,
+    without the secrets provider (the preview stack's own is in its state, and Pulumi reads it from
+    there when the file has none). A secret value is refused: it would need the real passphrase."""
+    loaded = yaml.safe_load(text) or {}
+    if not isinstance(loaded, dict):
+        raise PreviewStateError(f"{name}: not a stack file (a mapping with `config:`)")
+    secure = secure_paths(loaded.get("config") or {})
+    if secure:
+        raise PreviewStateError(
+            f"{name}: {', '.join(secure)}: a secret value; name where it is read instead "
+            "({env: NAME} or {file: PATH}, docs/stack-config.md)"
+        )
+    kept = [line for line in text.splitlines(keepends=True) if not line.startswith(SECRETS_PROVIDER_KEYS)]
+    left = yaml.safe_load("".join(kept)) or {}
+    if any(key in left for key in SECRETS_PROVIDER_KEYS) or left.get("config") != loaded.get("config"):
+        raise PreviewStateError(f"{name}: write {', '.join(SECRETS_PROVIDER_KEYS)} on one line each")
+    return "".join(kept)
+
+
+def write_preview_stack_file(source: str, target: str, cwd: Path) -> Path:
+    """Write the preview stack `target`'s file from stack `source`'s (the pull request's config)."""
+    origin, path = stack_file(cwd, source), stack_file(cwd, target)
+    if not origin.is_file():
+        raise PreviewStateError(f"{origin}: no such stack file")
+    path.write_text(preview_stack_file(origin.read_text(), str(origin)))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jsb_infra.ops.preview_state", description=__doc__)
     parser.add_argument(
@@ -137,14 +201,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--to", help="the preview stack (default <stack>-preview)")
     parser.add_argument("--cwd", default=".", help="the Pulumi project directory (default: here)")
+    parser.add_argument(
+        "--stack-file-only",
+        action="store_true",
+        help="the preview job's half: only write the preview stack's file from <stack>'s (its config, "
+        "no secrets provider); runs no pulumi and needs no passphrase",
+    )
     args = parser.parse_args(argv)
+    target = args.to or f"{args.stack}-preview"
+    if args.stack_file_only:
+        try:
+            written = write_preview_stack_file(args.stack, target, Path(args.cwd))
+        except PreviewStateError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"stack {target}: {written} holds the config of {args.stack}")
+        return 0
     passphrase = os.environ.get(PREVIEW_PASSPHRASE_ENV)
     if not passphrase:
         print(
             f"error: {PREVIEW_PASSPHRASE_ENV}: required, the preview stack's own passphrase", file=sys.stderr
         )
         return 2
-    target = args.to or f"{args.stack}-preview"
     try:
         count = mirror(args.stack, target, Path(args.cwd), os.environ, passphrase)
     except PreviewStateError as err:

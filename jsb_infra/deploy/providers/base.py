@@ -22,6 +22,7 @@ from pulumi.dynamic import CheckFailure, ConfigureRequest, DiffResult, ResourceP
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
+from jsb_infra import resolver
 from jsb_infra.deploy.providers import connection, settings
 from jsb_infra.nats_admin import API, AdminConnectError, JetStreamApiError, differences, normalize, zero_like
 from jsb_infra.replication import NotSettled
@@ -559,6 +560,7 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
     NotSettled,
     AdminConnectError,
     settings.ProviderSettingsError,
+    resolver.ResolverError,
 )
 """Failures whose message says everything: what failed and what to do. Anything else is a bug and
 keeps its traceback."""
