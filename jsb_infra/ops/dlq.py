@@ -35,6 +35,7 @@ from jsb_infra.ops.admin_cli import (
     name_problems,
 )
 from jsb_infra.runtime.consumer import (
+    DLQ_BODY_OMITTED,
     DLQ_CONSUMER,
     DLQ_DELIVERY_COUNT,
     DLQ_ERROR,
@@ -64,6 +65,7 @@ class DeadLetter:
     event_type: str
     body: bytes
     msg_id: str = ""  # the dead letter's own `Nats-Msg-Id` (keyed by the app that wrote it)
+    body_omitted: str = ""  # the original body's size when it did not fit the dead letter
 
     @classmethod
     def from_message(cls, message: StoredMessage) -> DeadLetter:
@@ -86,12 +88,15 @@ class DeadLetter:
             event_type=str(event.get("event_type", "?")),
             body=message.data,
             msg_id=h.get(MSG_ID_HEADER, ""),
+            body_omitted=h.get(DLQ_BODY_OMITTED, ""),
         )
 
     def summary(self) -> dict[str, Any]:
         fields = asdict(self)
         fields.pop("body")
         fields.pop("msg_id")
+        if not self.body_omitted:
+            fields.pop("body_omitted")
         return fields
 
 
@@ -112,6 +117,10 @@ def replay_problem(letter: DeadLetter, app: str) -> str | None:
     """Why `letter` must not be replayed, or None. The target must be a subject `app` consumes
     (`<peer>.sync.<app>`): an admin publish could otherwise go anywhere a header says."""
     parts = letter.original_subject.split(".")
+    if letter.body_omitted:
+        return (
+            f"{DLQ_BODY_OMITTED}: the original body ({letter.body_omitted} bytes) did not fit the dead letter"
+        )
     if not letter.original_subject:
         return f"no {DLQ_ORIGINAL_SUBJECT} header"
     if len(parts) != 3 or parts[1] != "sync" or parts[2] != app or parts[0] == app:

@@ -84,6 +84,16 @@ def headers_size(headers: Mapping[str, str]) -> int:
     return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
+def oversize_problem(body: bytes, headers: Mapping[str, str], limit: int) -> str | None:
+    """Why a message cannot be sent under the server's `max_payload` (body and headers together), or
+    None. nats-py checks the body alone; the server answers a bigger message with `-ERR 'Maximum Payload
+    Violation'` and closes the connection, and nats-py then closes the client for good."""
+    size = len(body) + headers_size(headers)
+    if size > limit:
+        return f"{size} bytes (body and headers) exceed the server's max_payload of {limit} bytes"
+    return None
+
+
 class BridgeClient:
     """Connect with `await client.connect()` or `async with BridgeClient(...) as client`."""
 
@@ -336,7 +346,11 @@ class BridgeClient:
 
     async def publish_raw(self, subject: str, body: bytes, headers: dict[str, str]) -> PubAck:
         """A JetStream publish retried for `publish_budget` seconds; the headers must carry a stable
-        `Nats-Msg-Id`, so a retry of a publish that was in fact stored is a duplicate, not a second copy."""
+        `Nats-Msg-Id`, so a retry of a publish that was in fact stored is a duplicate, not a second copy.
+        A message over the server's max_payload raises PublishError unsent (`oversize_problem`)."""
+        problem = oversize_problem(body, headers, self.nc.max_payload)
+        if problem:
+            raise PublishError(f"publish to {subject} (msg id {headers.get(self._msg_id_header)}): {problem}")
         return await self._publish_until(subject, body, headers, time.monotonic() + self.publish_budget)
 
     async def _publish_until(
@@ -450,12 +464,8 @@ class BridgeClient:
                 body = encode(event)
                 msg_id = msg_id_of(event.event_id)  # ASCII: one byte per character
                 headers = {header: msg_id}
-                size = len(body) + header_overhead + len(msg_id)
-                if size > limit:
-                    raise PublishError(
-                        f"event {event.event_id}: {size} bytes (body and headers) exceed the server's "
-                        f"max_payload of {limit} bytes"
-                    )
+                if len(body) + header_overhead + len(msg_id) > limit:
+                    raise PublishError(f"event {event.event_id}: {oversize_problem(body, headers, limit)}")
                 yield body, headers
             except Exception as err:
                 yield err
