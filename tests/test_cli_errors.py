@@ -176,6 +176,25 @@ def test_relay_ends_in_one_line_when_the_server_is_down(tmp_path: Path) -> None:
     assert seed not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("not-a-url", "Could not parse SQLAlchemy URL"),
+        ("postgresql+nosuchdriver://u@127.0.0.1/db", "Can't load plugin"),
+        ("mysql://u:secret-pw@127.0.0.1/db", "its driver is not installed"),
+    ],
+    ids=["not-a-url", "unknown-driver", "driver-not-installed"],
+)
+def test_relay_with_a_bad_db_url_is_bad_input_naming_the_flag(tmp_path: Path, url: str, rule: str) -> None:
+    """Before any connection: exit 2 naming --db (it was exit 1 and SQLAlchemy's class name), and the
+    password in the URL is not printed."""
+    result = run("relay", "--bridge", str(_bridge(tmp_path, f"nats://127.0.0.1:{free_port()}")), "--db", url)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("jsb-infra relay: --db: database url: ") and rule in line, line
+    assert "secret-pw" not in line
+
+
 def test_an_unexpected_failure_is_one_line_and_JSB_DEBUG_shows_the_traceback() -> None:
     # No command expects its stdout to fail: `schema` into a full device is an error nobody handles.
     full = ("sh", "-c", f"exec {CLI} schema > /dev/full")
