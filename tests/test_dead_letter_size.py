@@ -7,8 +7,10 @@ limit on billing's subject: billing's runtime dead-letters it with its DLQ heade
 push the copy over. The dead letter must be sent within the limit (the error text cut, or the body left
 out and named), billing must stay connected and go on handling orders' events, and `dlq replay` must
 refuse a letter without its body. A single publish with headers over the limit fails as a
-`PublishError` unsent. The controls put back the former behaviour (the message sent as is) and show
-billing's client closed and its consumer stopped by one message of the peer.
+`PublishError` unsent, and in JWT mode the client takes the user's payload claim from its `.creds`
+(the server applies it without announcing it). The controls put back the former behaviour (the
+message sent as is) and show billing's client closed and its consumer stopped by one message of the
+peer.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import asyncio
 
 import nats
 import pytest
+from test_app_limits import PAIRS as LIMIT_PAIRS
+from test_app_limits import jwt_deployment
 from test_msg_id_preemption import dead_letters, wait_for
 
 from jsb_infra.core import names
+from jsb_infra.core.outputs import bridge_outputs
+from jsb_infra.core.spec import AppLimits
 from jsb_infra.ops import dlq
 from jsb_infra.runtime import BridgeClient, Credentials, PublishError
 from jsb_infra.runtime import client as client_module
@@ -164,3 +170,32 @@ async def test_an_event_whose_headers_cross_the_limit_fails_unsent(provisioned_p
         assert not orders.nc.is_closed
         small = await orders.publish_event(orders.event("order.created", "order", 2, {}))
         assert small.stream == pp.pair.stream
+
+
+@pytest.mark.parametrize("former", [False, True], ids=["claim-read", "control-claim-ignored"])
+async def test_jwt_mode_an_event_over_the_users_payload_claim_fails_unsent(
+    make_server, tmp_path_factory, monkeypatch, former
+):
+    """JWT mode, `app_limits.payload` 4096 under the server's 1 MiB: the server applies the user's claim
+    without announcing it; the client reads it from the `.creds`. Control: the claim ignored (the client
+    trusts the server's INFO alone), the event is sent and the server closes the connection."""
+    if former:
+        monkeypatch.setattr(client_module, "creds_payload_limit", lambda credentials: 0)
+    world = await jwt_deployment(make_server, AppLimits(payload=4096), tmp_path_factory.mktemp("resolver"))
+    assert world.issued is not None
+    bridge = bridge_outputs(LIMIT_PAIRS[0], "a", [world.server.url])
+    async with BridgeClient(
+        bridge, Credentials(creds=world.issued.creds("a")), publish_budget=0.5, publish_timeout=1
+    ) as client:
+        assert client.nc.max_payload == 1024 * 1024  # what the server announces
+        big = client.event("order.created", "order", 1, {"pad": "y" * 5000})
+        with pytest.raises(PublishError) as failed:
+            await client.publish_event(big)
+        if former:
+            await wait_for(lambda: client.nc.is_closed)
+            assert "maximum payload violation" in str(client.nc.last_error)
+            return
+        assert "max_payload of 4096 bytes" in str(failed.value) and client.max_payload == 4096
+        assert not client.nc.is_closed
+        small = await client.publish_event(client.event("order.created", "order", 2, {}))
+        assert small.stream == LIMIT_PAIRS[0].stream

@@ -474,7 +474,7 @@ class ConsumerLoop:
         while True:
             try:
                 ack = await self.client.publish_raw(
-                    dlq, *fit_dead_letter(msg.data, headers, self.client.nc.max_payload)
+                    dlq, *fit_dead_letter(msg.data, headers, self.client.max_payload)
                 )
                 if self._dead_letter_stored(ack, private):
                     return True
