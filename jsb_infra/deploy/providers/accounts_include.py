@@ -129,6 +129,11 @@ def apply_and_reload(path: str, text: str, reload: dict[str, Any] | None) -> str
     applied = wait_for_new_config_load(varz, before, timeout)
     if applied is None:
         back = _put_back(target, previous)
+        if config_load_time(varz) is None:  # a restart hook whose server did not come back
+            raise ProviderError(
+                f"reload: {varz} stopped answering and did not come back within {timeout:g}s: the server "
+                f"may have failed to start on the new include (see its log); {back}, start it again"
+            )
         raise ProviderError(
             f"reload: the server did not apply the new include within {timeout:g}s (config_load_time at "
             f"{varz} stayed {before}): it refused the config (see its log) and runs the previous one; {back}"
