@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="env", help="default: env (shell exports)")
     parser.add_argument("--name", help="k8s-secret: the Secret's name (default: jsb-<app>)")
     parser.add_argument("--namespace", help="k8s-secret: the Secret's namespace")
-    parser.add_argument("--out", help="write to this file (mode 0600) instead of stdout")
+    parser.add_argument("--out", help="write to this file (mode 0600) instead of stdout (`-`: stdout)")
 
 
 def _documents(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    if not args.out:
+    if not args.out or args.out == "-":  # `-`: stdout, as for most tools (never a file named `-`)
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
