@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -164,10 +165,21 @@ async def replay_one(admin: JetStreamAdmin, stream: str, letter: DeadLetter) -> 
 
 
 # -- commands -------------------------------------------------------------------------------------
+def shown(text: str) -> str:
+    """`text` safe to print to an operator's terminal: control and format characters (escape
+    sequences, line breaks, bidi overrides) as `\\x1b`-style escapes. A dead letter's body, its event
+    type and id, and its error text (a handler's exception may quote the payload) are written by the
+    peer app; printed raw they could rewrite the terminal or forge lines of this listing."""
+    return "".join(
+        ch if unicodedata.category(ch) not in ("Cc", "Cf") else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def _row(letter: DeadLetter) -> str:
     error = letter.error if len(letter.error) <= 60 else letter.error[:57] + "..."
     when = letter.time[:19].replace("T", " ")
-    return (
+    return shown(
         f"{letter.seq:>7}  {when:<19}  {letter.reason:<11} {letter.delivery_count:>4}  "
         f"{letter.original_subject:<24} {letter.event_type:<20} {letter.event_id:<36}  {error}"
     )
@@ -206,8 +218,8 @@ async def cmd_show(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO)
             continue
         print(f"seq {letter.seq} ({letter.time}) on {message.subject}", file=out)
         for key, value in message.headers.items():
-            print(f"  {key}: {value}", file=out)
-        print(f"  body: {message.data.decode(errors='replace')}", file=out)
+            print(shown(f"  {key}: {value}"), file=out)
+        print(f"  body: {shown(message.data.decode(errors='replace'))}", file=out)
     for seq in sorted(missing):
         print(f"seq {seq}: not on {names.dlq_subject(args.app)} in stream {args.stream}", file=sys.stderr)
     return EXIT_FAILED if missing else 0
