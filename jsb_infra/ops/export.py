@@ -13,13 +13,11 @@ the runtime-only install).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shlex
 import stat
 import sys
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import yaml
 
 from jsb_infra.core.outputs import BridgeOutputs
+from jsb_infra.files import replace_file
 from jsb_infra.runtime.config import (
     ENV_APP,
     ENV_BRIDGE_JSON,
@@ -173,19 +172,7 @@ def write_secret_file(out: Path, text: str) -> None:
     """Write `text` as the whole of `out`, mode 0600, atomically: into a new file beside it (created
     exclusively, never through a link), then renamed over `out` (a rename replaces a link itself, never
     its target). A failure leaves `out` as it was and no temp file behind."""
-    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o600)  # whatever the umask
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.rename(temp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    replace_file(out, text.encode("utf-8"), 0o600)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 
 from jsb_infra.commands import CommandFailed, run_command
 from jsb_infra.config_load import config_load_time, wait_for_new_config_load
+from jsb_infra.files import replace_file
 
 COMMAND_TIMEOUT = 60.0
 APPLY_TIMEOUT = 30.0
@@ -121,9 +121,7 @@ def _run(host: Host, what: str, argv: tuple[str, ...], include: Path) -> None:
 def _place(host: Host, include: Path) -> None:
     if host.path is not None:
         target = Path(host.path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(include.read_bytes())
-        os.replace(tmp, target)  # the server never reads half of it
+        replace_file(target, include.read_bytes())  # the server never reads half of it
         return
     for argv in host.copy:
         _run(host, "copy", argv, include)

@@ -41,6 +41,7 @@ from jsb_infra.config_load import config_load_time, wait_for_new_config_load
 from jsb_infra.core.auth import RELOAD_APPLY_TIMEOUT
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 from jsb_infra.deploy.providers.documents import digest, write_files
+from jsb_infra.files import replace_file
 
 RELOAD_TIMEOUT = 30.0  # the hook command's own run time
 
@@ -145,9 +146,7 @@ def _put_back(target: Path, previous: bytes | None) -> str:
     """Restore the file the server runs on; says what the file now is."""
     if previous is None:
         return f"{target} keeps the new text (there was no previous file)"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(previous)
-    os.replace(tmp, target)
+    replace_file(target, previous)
     return f"{target} is the previous include again"
 
 
