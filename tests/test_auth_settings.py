@@ -38,6 +38,25 @@ def test_config_mode_with_a_signal_or_a_command():
     }
 
 
+def test_a_reload_confirmed_on_varz_carries_its_url_and_time_to_the_provider():
+    varz = "http://127.0.0.1:8222/varz"
+    auth = parse_auth({"reload": {"signal": "HUP", "pid_file": "/p", "varz": varz}})
+    assert auth.reload is not None and auth.reload.as_input() == {
+        "signal": "HUP",
+        "pid_file": "/p",
+        "varz": varz,
+        "apply_timeout": 30.0,
+    }
+    auth = parse_auth(
+        {"reload": {"command": ["systemctl", "restart", "nats"], "varz": varz, "apply_timeout": 90}}
+    )
+    assert auth.reload is not None and auth.reload.as_input() == {
+        "command": ["systemctl", "restart", "nats"],
+        "varz": varz,
+        "apply_timeout": 90.0,
+    }
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -49,6 +68,17 @@ def test_config_mode_with_a_signal_or_a_command():
             "jsb:auth.reload.command: must be a non-empty list",
         ),
         ({"reload": {"command": ["x"], "pid_file": "/p"}}, "jsb:auth.reload: give either command or signal"),
+        ({"reload": {"varz": "http://h:8222/varz"}}, "jsb:auth.reload: must be {command"),
+        ({"reload": {"command": ["x"], "varz": "h:8222"}}, "jsb:auth.reload.varz: must be the server's"),
+        ({"reload": {"command": ["x"], "apply_timeout": 5}}, "jsb:auth.reload.apply_timeout: only with varz"),
+        (
+            {"reload": {"command": ["x"], "varz": "http://h/varz", "apply_timeout": True}},
+            "jsb:auth.reload.apply_timeout: must be a number of seconds",
+        ),
+        (
+            {"reload": {"command": ["x"], "varz": "http://h/varz", "apply_timeout": 0}},
+            "jsb:auth.reload.apply_timeout: must be a number of seconds",
+        ),
         ({"mode": "jwt"}, "jsb:auth.jetstream_account: required in mode jwt"),
         ({"mode": "jwt", "jetstream_account": "U" + ACCOUNT[1:]}, "jsb:auth.jetstream_account: required"),
         (

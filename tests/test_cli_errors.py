@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -174,6 +177,66 @@ def test_relay_ends_in_one_line_when_the_server_is_down(tmp_path: Path) -> None:
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"jsb-infra relay: could not connect to {down}"), result.stderr
     assert seed not in result.stderr
+
+
+def interrupted_while_connecting(program: tuple[str, ...], command: str) -> subprocess.CompletedProcess[str]:
+    """`command` run against a server that accepts the TCP connection and never says INFO (a firewall
+    or a hung host), Ctrl-C (SIGINT) once it waits; connect_timeout is 5 s, the signal comes at 1 s.
+    (Popen leaves SIGINT at its default; a shell's background job would start with it ignored.)"""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        accepted: list[socket.socket] = []  # held open, never written to
+        threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+        url = f"nats://127.0.0.1:{silent.getsockname()[1]}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("JSB_")}
+        argv = [*program, command, *admin(url), "--timeout", "5", "--stream", "s"]
+        if command == "dlq":
+            argv[len(program) + 1 : len(program) + 1] = ["list"]
+            argv += ["--app", "a"]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        assert accepted, "the command connected to the silent server"
+        accepted[0].close()
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+@pytest.mark.parametrize("command", ["status", "dlq"])
+def test_ctrl_c_while_connecting_says_interrupted_in_one_line(command: str) -> None:
+    """Ctrl-C while the connect waits (asyncio.run cancels the command; the CLI names it, exit 130)."""
+    line = one_line(interrupted_while_connecting((CLI,), command), command, code=130)
+    assert line == f"jsb-infra {command}: interrupted"
+    # control: the command's handler without main() around it ends in a KeyboardInterrupt traceback
+    bare = interrupted_while_connecting((sys.executable, "-c", BARE_HANDLER), command)
+    assert bare.returncode != 0 and "Traceback" in bare.stderr and "KeyboardInterrupt" in bare.stderr
+
+
+BARE_HANDLER = """import sys
+from jsb_infra.cli import build_parser
+args = build_parser().parse_args(sys.argv[1:])
+sys.exit(args.handler(args))
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("not-a-url", "Could not parse SQLAlchemy URL"),
+        ("postgresql+nosuchdriver://u@127.0.0.1/db", "Can't load plugin"),
+        ("mysql://u:secret-pw@127.0.0.1/db", "its driver is not installed"),
+    ],
+    ids=["not-a-url", "unknown-driver", "driver-not-installed"],
+)
+def test_relay_with_a_bad_db_url_is_bad_input_naming_the_flag(tmp_path: Path, url: str, rule: str) -> None:
+    """Before any connection: exit 2 naming --db (it was exit 1 and SQLAlchemy's class name), and the
+    password in the URL is not printed."""
+    result = run("relay", "--bridge", str(_bridge(tmp_path, f"nats://127.0.0.1:{free_port()}")), "--db", url)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("jsb-infra relay: --db: database url: ") and rule in line, line
+    assert "secret-pw" not in line
 
 
 def test_an_unexpected_failure_is_one_line_and_JSB_DEBUG_shows_the_traceback() -> None:

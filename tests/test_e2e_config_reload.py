@@ -3,7 +3,9 @@ on and runs the reload hook, so the apps work at once, with the same server proc
 
 The server starts on a bootstrap include (the JetStream account and its deploy user, no app users
 yet), as an operator would before the first deploy. The first `up` reloads it with a signal to its
-pid file; the second (DLQ off) with a command (`nats-server --signal reload=<pid file>`).
+pid file; the second (DLQ off) with a command (`nats-server --signal reload=<pid file>`), confirmed
+on the server's /varz. Between them, an include the server refuses fails the `up` (with `varz`) and
+the previous file is put back.
 
 The stack names its own JetStream account (`jsb:jetstreamAccount: STREAMS`), a deploy user and
 `jsb:auth`, and writes its documents to `jsb:outputDir`: `jsb-infra render --stack` of its stack file
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,10 +36,12 @@ from e2e_support import (
     set_plain_config,
 )
 
+from jsb_infra.config_load import config_load_time
 from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
 from jsb_infra.core.spec import parse_pairs
-from jsb_infra.local.server import LocalNatsServer, nats_server_binary
+from jsb_infra.deploy.providers.accounts_include import apply_and_reload
+from jsb_infra.local.server import LocalNatsServer, free_port, nats_server_binary
 from jsb_infra.ops.rendered_tree import MANIFEST, read_tree
 from jsb_infra.runtime import load_bridge, load_credentials
 
@@ -51,6 +56,7 @@ PAIR: dict[str, Any] = {
     "consumer": {"max_deliver": 3, "backoff": [], "ack_wait": "2s"},
 }
 JETSTREAM_ACCOUNT = "STREAMS"
+OPS_USER = "ops"  # a user the server's own config defines, outside the include
 JSB_INFRA = str(Path(sys.executable).parent / "jsb-infra")
 
 
@@ -74,7 +80,11 @@ def server(scratch: Path, include: Path) -> Iterator[LocalNatsServer]:
     relative = os.path.relpath(include, scratch / "nats")  # nats-server: relative to the including file
     nats_server = LocalNatsServer(
         store_dir=scratch / "nats",
-        extra_config=f"pid_file: {json.dumps(str(pid_file))}\ninclude {json.dumps(relative)}\n",
+        extra_config=(
+            f"pid_file: {json.dumps(str(pid_file))}\nhttp: {json.dumps(f'127.0.0.1:{free_port()}')}\n"
+            f"authorization {{ users: [{{user: {OPS_USER}, password: {OPS_USER}-password}}] }}\n"
+            f"include {json.dumps(relative)}\n"
+        ),
         env={DEPLOY_PASSWORD_ENV: ADMIN_PASSWORD},
     )
     nats_server.start()
@@ -90,14 +100,19 @@ def stack(scratch: Path, server: LocalNatsServer) -> auto.Stack:
 
 
 def configure(
-    stack: auto.Stack, server: LocalNatsServer, include: Path, pair: dict[str, Any], reload: Any
+    stack: auto.Stack,
+    server: LocalNatsServer,
+    include: Path,
+    pair: dict[str, Any],
+    reload: Any,
+    deploy_user: str = ADMIN_USER,
 ) -> None:
     set_plain_config(
         stack,
         {
             "jsb:servers": [server.url],
             "jsb:pairs": [pair],
-            "jsb:deployUser": {"user": ADMIN_USER, "password_env": DEPLOY_PASSWORD_ENV},
+            "jsb:deployUser": {"user": deploy_user, "password_env": DEPLOY_PASSWORD_ENV},
             "jsb:jetstreamAccount": JETSTREAM_ACCOUNT,
             "jsb:auth": {"mode": "config", "accounts_file": str(include), "reload": reload},
             "jsb:outputDir": str(include.parent.parent / "documents"),
@@ -182,16 +197,74 @@ def test_render_stack_check_is_byte_equal_to_what_up_wrote(stack, include):
     assert "changed  accounts.conf" in unkeyed.stderr and unkeyed.stderr.count("changed  ") == 1
 
 
+def varz_of(server: LocalNatsServer) -> str:
+    port = re.search(r"^http: \"127.0.0.1:(\d+)\"$", server.extra_config, re.M)
+    assert port is not None
+    return f"http://127.0.0.1:{port.group(1)}/varz"
+
+
+def starts_on(server: LocalNatsServer) -> bool:
+    """Whether nats-server accepts its config file as it now is (`-t`: what a restart would read)."""
+    env = {**os.environ, **server.env}
+    test = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(server.config_file)], capture_output=True, env=env
+    )
+    return test.returncode == 0
+
+
+async def test_an_include_the_server_refuses_fails_up_and_the_server_keeps_a_file_it_can_start_on(
+    stack, server, include
+):
+    """An operator picks a deploy user name the server's own config already has: the server refuses the
+    include (`Duplicate user`) and keeps running the previous one. `nats-server --signal reload` and
+    SIGHUP succeed all the same, so only the server's /varz can tell: with `varz` the `up` fails naming
+    the refusal, the previous file is back (a restart would refuse to start on the new one) and the
+    apps still work. Control: the same hook without `varz` reports success on the refused include."""
+    varz, pid_file = varz_of(server), include.parent / "nats-server.pid"
+    running, loaded = include.read_bytes(), config_load_time(varz)
+    assert loaded is not None
+    hook = {"signal": "HUP", "pid_file": str(pid_file), "varz": varz, "apply_timeout": 2}
+    configure(stack, server, include, PAIR, hook, deploy_user=OPS_USER)
+    with pytest.raises(auto.CommandError) as failed:
+        stack.up(color="never")
+    assert "did not apply the new include within 2s" in str(failed.value)
+    assert "the previous include again" in str(failed.value)
+    assert include.read_bytes() == running, "the file is what the server runs on"
+    assert config_load_time(varz) == loaded
+    log = (server.store_dir / "nats-server.log").read_text()
+    assert f'Duplicate user "{OPS_USER}"' in log
+    assert starts_on(server), "a restart would start on it"
+    nc = await connect_app(stack, server, "orders")
+    await nc.close()
+
+    # control: without varz the hook "succeeds" on the include the server refuses
+    refused = running.decode().replace(
+        f'{{user: "{ADMIN_USER}", password:', f'{{user: "{OPS_USER}", password:'
+    )
+    assert refused != running.decode()
+    try:
+        said = apply_and_reload(str(include), refused, {"signal": "HUP", "pid_file": str(pid_file)})
+        assert said.startswith("sent SIGHUP") and "not confirmed" in said
+        time.sleep(0.5)
+        assert config_load_time(varz) == loaded, "the server did not apply it"
+        assert not starts_on(server), "and a restart would not start on the file left behind"
+    finally:
+        include.write_bytes(running)
+
+
 async def test_a_change_runs_the_reload_command_and_the_server_applies_it(stack, server, include):
     pid_file = include.parent / "nats-server.pid"
+    varz = varz_of(server)
+    loaded = config_load_time(varz)
     configure(
         stack,
         server,
         include,
         {**PAIR, "dlq": False},
-        {"command": [nats_server_binary(), "--signal", f"reload={pid_file}"]},
+        {"command": [nats_server_binary(), "--signal", f"reload={pid_file}"], "varz": varz},
     )
     stack.up(color="never")
+    assert config_load_time(varz) not in (None, loaded), "up returned once the server applied it"
     assert names.dlq_subject("orders") not in include.read_text()
     nc = await connect_app(stack, server, "orders")
     try:

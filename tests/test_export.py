@@ -125,6 +125,14 @@ def export_to(outputs_file: Path, out: Path) -> int:
     return main(["export", "--outputs", str(outputs_file), "--app", "orders", "--out", str(out)])
 
 
+def test_out_dash_is_stdout_and_leaves_no_file_named_dash(tmp_path, capsys, outputs_file, seeds, monkeypatch):
+    """`--out - | kubectl apply -f -`: the export goes to the pipe, no seed is left in a file `-`."""
+    monkeypatch.chdir(tmp_path)
+    assert export_to(outputs_file, Path("-")) == 0
+    assert seeds["orders"] in capsys.readouterr().out
+    assert not (tmp_path / "-").exists()
+
+
 def test_out_through_a_symlink_is_refused_and_its_target_untouched(tmp_path, capsys, outputs_file, seeds):
     """A link planted where the export goes (pointing at a file the attacker can read, or one whose
     content matters) gets nothing: exit 2, the target and the link unchanged, no seed anywhere."""

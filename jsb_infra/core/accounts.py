@@ -80,10 +80,10 @@ class DeployUser:
 
     def conf_entry(self) -> str | None:
         if self.nkey:
-            return f"{{nkey: {json.dumps(self.nkey)}}}"
+            return f"{{nkey: {_q(self.nkey)}}}"
         if self.user:
             env = self.password_env or "JSB_DEPLOY_PASSWORD"
-            return f"{{user: {json.dumps(self.user)}, password: ${env}}}"
+            return f"{{user: {_q(self.user)}, password: ${env}}}"
         return None
 
 
@@ -174,8 +174,21 @@ def account_layout(
     )
 
 
+_CONF_ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _conf_char(ch: str) -> str:
+    if ch in _CONF_ESCAPES:
+        return _CONF_ESCAPES[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+
+
 def _q(text: str) -> str:
-    return json.dumps(text)
+    """`text` as a double-quoted string of the NATS config format. nats-server refuses the whole file
+    on an escape other than \\xXX, \\t, \\n, \\r, \\" and \\\\ ("Invalid escape character 'u'" for the
+    `\\u00e9` JSON writes for a non-ASCII character), and reads UTF-8 as is; `$` inside quotes is no
+    variable reference."""
+    return '"' + "".join(_conf_char(ch) for ch in text) + '"'
 
 
 def _jetstream_lines(limits: JetStreamLimits) -> list[str]:

@@ -2,7 +2,8 @@
 
 - `mode: config` (default): the rendered accounts include (`accounts.conf`) is written to
   `accounts_file` (besides `jsb:outputDir`, where the documents go), and `reload` runs after it
-  changed: `{command: [argv...]}` or `{signal: HUP, pid_file: /path/nats-server.pid}`.
+  changed: `{command: [argv...]}` or `{signal: HUP, pid_file: /path/nats-server.pid}`, with `varz`
+  (the server's monitoring URL) to confirm the server applied it.
 - `mode: jwt`: the operator's JetStream account (`jetstream_account: A...`) is re-issued with the
   layout's exports, keeping everything else the resolver holds for it (`signing_keys`: the account's
   keys, used only when the resolver holds no JWT for it yet); every app gets an account and a user.
@@ -24,20 +25,34 @@ MODES = ("config", "jwt")
 ACCOUNT_PUBLIC_KEY = re.compile(r"^A[A-Z2-7]{55}$")
 CONFIG_FIELDS = {"mode", "accounts_file", "reload"}
 JWT_FIELDS = {"mode", "jetstream_account", "signing_keys", "adopt", "rotate"}
+RELOAD_CHECK_FIELDS = {"varz", "apply_timeout"}
+RELOAD_FIELDS = {"command", "signal", "pid_file"} | RELOAD_CHECK_FIELDS
+
+
+RELOAD_APPLY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
 class Reload:
-    """What makes the servers re-read the accounts include: a command, or a signal to a pid file."""
+    """What makes the servers re-read the accounts include: a command, or a signal to a pid file.
+    With `varz` (the server's monitoring URL) the reload counts only once the server shows it applied
+    the new config, within `apply_timeout` seconds."""
 
     command: tuple[str, ...] = ()
     signal: str | None = None
     pid_file: str | None = None
+    varz: str | None = None
+    apply_timeout: float = RELOAD_APPLY_TIMEOUT
 
     def as_input(self) -> dict[str, Any]:
-        if self.command:
-            return {"command": list(self.command)}
-        return {"signal": self.signal, "pid_file": self.pid_file}
+        how: dict[str, Any] = (
+            {"command": list(self.command)}
+            if self.command
+            else {"signal": self.signal, "pid_file": self.pid_file}
+        )
+        if self.varz:
+            how.update(varz=self.varz, apply_timeout=self.apply_timeout)
+        return how
 
 
 @dataclass(frozen=True)
@@ -51,13 +66,39 @@ class AuthSettings:
     rotate: dict[str, str] = field(default_factory=dict)
 
 
+def _reload_check(value: dict[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
+    """The optional `varz` and `apply_timeout` of a reload hook (how `up` confirms the server took it)."""
+    varz, timeout = value.get("varz"), value.get("apply_timeout")
+    if varz is None:
+        if timeout is not None:
+            problems.append(f"{where}.apply_timeout: only with varz (the time the server has to apply it)")
+        return {}
+    if not (isinstance(varz, str) and varz.startswith(("http://", "https://"))):
+        problems.append(f"{where}.varz: must be the server's monitoring URL (http://127.0.0.1:8222/varz)")
+        return {}
+    if timeout is None:
+        return {"varz": varz}
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        problems.append(f"{where}.apply_timeout: must be a number of seconds in (0, 3600], got {timeout!r}")
+        return {}
+    return {"varz": varz, "apply_timeout": float(timeout)}
+
+
 def _reload(value: Any, problems: list[str]) -> Reload | None:
     where = f"{KEY}.reload"
     if value is None:
         return None
-    if not isinstance(value, dict) or not value or set(value) - {"command", "signal", "pid_file"}:
-        problems.append(f"{where}: must be {{command: [argv...]}} or {{signal: HUP, pid_file: PATH}}")
+    if not isinstance(value, dict) or not set(value) - RELOAD_CHECK_FIELDS or set(value) - RELOAD_FIELDS:
+        problems.append(
+            f"{where}: must be {{command: [argv...]}} or {{signal: HUP, pid_file: PATH}}, "
+            "optionally with varz and apply_timeout"
+        )
         return None
+    count = len(problems)
+    check = _reload_check(value, where, problems)
+    if len(problems) > count:
+        return None
+    value = {key: item for key, item in value.items() if key not in RELOAD_CHECK_FIELDS}
     if "command" in value:
         command = value["command"]
         if set(value) != {"command"}:
@@ -66,7 +107,7 @@ def _reload(value: Any, problems: list[str]) -> Reload | None:
         if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
             problems.append(f"{where}.command: must be a non-empty list of arguments (no shell)")
             return None
-        return Reload(command=tuple(command))
+        return Reload(command=tuple(command), **check)
     name, pid_file = value.get("signal", "HUP"), value.get("pid_file")
     if not isinstance(name, str) or not hasattr(signal, f"SIG{name.upper().removeprefix('SIG')}"):
         problems.append(f"{where}.signal: must be a signal name such as HUP, got {name!r}")
@@ -76,7 +117,7 @@ def _reload(value: Any, problems: list[str]) -> Reload | None:
             f"{where}.pid_file: required with signal: the server's pid file (its `pid_file` option)"
         )
         return None
-    return Reload(signal=name.upper().removeprefix("SIG"), pid_file=pid_file)
+    return Reload(signal=name.upper().removeprefix("SIG"), pid_file=pid_file, **check)
 
 
 def parse_auth(value: Any) -> AuthSettings:

@@ -8,7 +8,8 @@ server, with a message that names the field and the rule.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -646,8 +647,8 @@ class AppLimits(_AppLimitFields):
     )
     subscriptions: Int32 = Field(
         DEFAULT_APP_SUBSCRIPTIONS,
-        description="Subscriptions per connection (-1: no limit). The runtime holds a few per connection "
-        "plus one per pair it consumes.",
+        description="Subscriptions per connection (-1: no limit). The runtime holds 2 per pair of the app "
+        "on one connection, plus 1: a smaller limit is refused.",
     )
     payload: Int32 = Field(
         DEFAULT_APP_PAYLOAD,
@@ -670,14 +671,47 @@ class AppLimits(_AppLimitFields):
         return ResolvedAppLimits(**{**self.model_dump(exclude={"overrides"}), **given})
 
     def check_apps(self, apps: Iterable[str], where: str = "app_limits") -> None:
-        """Every override must name an app of the deployment (a typo would silently limit nobody);
-        `where`: how the problem names this setting."""
-        known = set(apps)
+        """Every override must name an app of the deployment (a typo would silently limit nobody), and
+        leave the runtime its subscriptions (`check_runtime_subscriptions`). `apps`: every app of every
+        pair, an app once per pair it is in; `where`: how the problem names this setting."""
+        pairs_of = Counter(apps)
+        known = ", ".join(sorted(pairs_of))
         for app in self.overrides:
-            if app not in known:
-                raise rule(
-                    f"{where}.overrides.{app}: {app!r} is not an app of any pair ({', '.join(sorted(known))})"
+            if app not in pairs_of:
+                raise rule(f"{where}.overrides.{app}: {app!r} is not an app of any pair ({known})")
+        self.check_runtime_subscriptions(pairs_of, where)
+
+    def check_runtime_subscriptions(self, pairs_of: Mapping[str, int], where: str) -> None:
+        """`subscriptions` must leave room for what the runtime client holds on one connection: the
+        server refuses a subscription over the limit and nats-py then closes the whole client, so a
+        consumer would stop at its first pull."""
+        for app, pairs in sorted(pairs_of.items()):
+            limit = self.for_app(app).subscriptions
+            needed = runtime_subscriptions(pairs)
+            if limit != NO_APP_LIMIT and limit < needed:
+                override = self.overrides.get(app)
+                field = (
+                    f"{where}.overrides.{app}.subscriptions"
+                    if override is not None and override.subscriptions is not None
+                    else f"{where}.subscriptions"
                 )
+                raise rule(
+                    f"{field}: {limit} is below what the runtime holds on one connection of {app} "
+                    f"({RUNTIME_SUBSCRIPTIONS_PER_PAIR} per pair it is in, {pairs}, plus "
+                    f"{RUNTIME_SUBSCRIPTIONS_SPARE}): at least {needed}, or -1"
+                )
+
+
+# The runtime client's subscriptions on one connection: per pair (a BridgeClient, sharing the app's
+# connection through `sharing`) its PubAck inbox (runtime/pubacks.py) and its pull inbox
+# (runtime/pull.py); per connection, nats-py's request inbox (the publish probe's replies).
+RUNTIME_SUBSCRIPTIONS_PER_PAIR = 2
+RUNTIME_SUBSCRIPTIONS_SPARE = 1
+
+
+def runtime_subscriptions(pairs: int) -> int:
+    """Subscriptions the runtime may hold on one connection of an app in `pairs` pairs."""
+    return RUNTIME_SUBSCRIPTIONS_PER_PAIR * pairs + RUNTIME_SUBSCRIPTIONS_SPARE
 
 
 # -- storage capacity ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -35,6 +36,7 @@ from jsb_infra.ops.admin_cli import (
     name_problems,
 )
 from jsb_infra.runtime.consumer import (
+    DLQ_BODY_OMITTED,
     DLQ_CONSUMER,
     DLQ_DELIVERY_COUNT,
     DLQ_ERROR,
@@ -64,6 +66,7 @@ class DeadLetter:
     event_type: str
     body: bytes
     msg_id: str = ""  # the dead letter's own `Nats-Msg-Id` (keyed by the app that wrote it)
+    body_omitted: str = ""  # the original body's size when it did not fit the dead letter
 
     @classmethod
     def from_message(cls, message: StoredMessage) -> DeadLetter:
@@ -86,12 +89,15 @@ class DeadLetter:
             event_type=str(event.get("event_type", "?")),
             body=message.data,
             msg_id=h.get(MSG_ID_HEADER, ""),
+            body_omitted=h.get(DLQ_BODY_OMITTED, ""),
         )
 
     def summary(self) -> dict[str, Any]:
         fields = asdict(self)
         fields.pop("body")
         fields.pop("msg_id")
+        if not self.body_omitted:
+            fields.pop("body_omitted")
         return fields
 
 
@@ -112,6 +118,10 @@ def replay_problem(letter: DeadLetter, app: str) -> str | None:
     """Why `letter` must not be replayed, or None. The target must be a subject `app` consumes
     (`<peer>.sync.<app>`): an admin publish could otherwise go anywhere a header says."""
     parts = letter.original_subject.split(".")
+    if letter.body_omitted:
+        return (
+            f"{DLQ_BODY_OMITTED}: the original body ({letter.body_omitted} bytes) did not fit the dead letter"
+        )
     if not letter.original_subject:
         return f"no {DLQ_ORIGINAL_SUBJECT} header"
     if len(parts) != 3 or parts[1] != "sync" or parts[2] != app or parts[0] == app:
@@ -155,10 +165,21 @@ async def replay_one(admin: JetStreamAdmin, stream: str, letter: DeadLetter) -> 
 
 
 # -- commands -------------------------------------------------------------------------------------
+def shown(text: str) -> str:
+    """`text` safe to print to an operator's terminal: control and format characters (escape
+    sequences, line breaks, bidi overrides) as `\\x1b`-style escapes. A dead letter's body, its event
+    type and id, and its error text (a handler's exception may quote the payload) are written by the
+    peer app; printed raw they could rewrite the terminal or forge lines of this listing."""
+    return "".join(
+        ch if unicodedata.category(ch) not in ("Cc", "Cf") else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def _row(letter: DeadLetter) -> str:
     error = letter.error if len(letter.error) <= 60 else letter.error[:57] + "..."
     when = letter.time[:19].replace("T", " ")
-    return (
+    return shown(
         f"{letter.seq:>7}  {when:<19}  {letter.reason:<11} {letter.delivery_count:>4}  "
         f"{letter.original_subject:<24} {letter.event_type:<20} {letter.event_id:<36}  {error}"
     )
@@ -197,8 +218,8 @@ async def cmd_show(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO)
             continue
         print(f"seq {letter.seq} ({letter.time}) on {message.subject}", file=out)
         for key, value in message.headers.items():
-            print(f"  {key}: {value}", file=out)
-        print(f"  body: {message.data.decode(errors='replace')}", file=out)
+            print(shown(f"  {key}: {value}"), file=out)
+        print(f"  body: {shown(message.data.decode(errors='replace'))}", file=out)
     for seq in sorted(missing):
         print(f"seq {seq}: not on {names.dlq_subject(args.app)} in stream {args.stream}", file=sys.stderr)
     return EXIT_FAILED if missing else 0

@@ -13,13 +13,11 @@ the runtime-only install).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shlex
 import stat
 import sys
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import yaml
 
 from jsb_infra.core.outputs import BridgeOutputs
+from jsb_infra.files import replace_file
 from jsb_infra.runtime.config import (
     ENV_APP,
     ENV_BRIDGE_JSON,
@@ -121,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="env", help="default: env (shell exports)")
     parser.add_argument("--name", help="k8s-secret: the Secret's name (default: jsb-<app>)")
     parser.add_argument("--namespace", help="k8s-secret: the Secret's namespace")
-    parser.add_argument("--out", help="write to this file (mode 0600) instead of stdout")
+    parser.add_argument("--out", help="write to this file (mode 0600) instead of stdout (`-`: stdout)")
 
 
 def _documents(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -173,19 +172,7 @@ def write_secret_file(out: Path, text: str) -> None:
     """Write `text` as the whole of `out`, mode 0600, atomically: into a new file beside it (created
     exclusively, never through a link), then renamed over `out` (a rename replaces a link itself, never
     its target). A failure leaves `out` as it was and no temp file behind."""
-    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o600)  # whatever the umask
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.rename(temp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    replace_file(out, text.encode("utf-8"), 0o600)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    if not args.out:
+    if not args.out or args.out == "-":  # `-`: stdout, as for most tools (never a file named `-`)
         sys.stdout.write(text)
         return 0
     out = Path(args.out)

@@ -32,20 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jsb_infra.commands import CommandFailed, run_command
+from jsb_infra.config_load import config_load_time, wait_for_new_config_load
+from jsb_infra.files import replace_file
 
 COMMAND_TIMEOUT = 60.0
 APPLY_TIMEOUT = 30.0
-POLL = 0.1
 
 
 class ShipProblem(RuntimeError):
@@ -114,16 +111,6 @@ def parse_hosts(value: Any, source: str = "hosts") -> list[Host]:
     return hosts
 
 
-def config_load_time(varz: str, timeout: float = 2.0) -> str | None:
-    """The server's `config_load_time` from its /varz; None when it does not answer."""
-    try:
-        with urllib.request.urlopen(varz, timeout=timeout) as reply:
-            value = json.loads(reply.read()).get("config_load_time")
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
-    return str(value) if value else None
-
-
 def _run(host: Host, what: str, argv: tuple[str, ...], include: Path) -> None:
     try:
         run_command([a.replace("{include}", str(include)) for a in argv], COMMAND_TIMEOUT)
@@ -134,9 +121,7 @@ def _run(host: Host, what: str, argv: tuple[str, ...], include: Path) -> None:
 def _place(host: Host, include: Path) -> None:
     if host.path is not None:
         target = Path(host.path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(include.read_bytes())
-        os.replace(tmp, target)  # the server never reads half of it
+        replace_file(target, include.read_bytes())  # the server never reads half of it
         return
     for argv in host.copy:
         _run(host, "copy", argv, include)
@@ -153,19 +138,14 @@ def ship(include: Path, hosts: list[Host], apply_timeout: float = APPLY_TIMEOUT)
             if before is None:
                 raise ShipProblem(f"{host.name}: its monitoring endpoint {host.varz} does not answer")
             _place(host, include)
-            started = time.monotonic()
             _run(host, "reload", host.reload, include)
-            while True:
-                now = config_load_time(host.varz)
-                if now is not None and now != before:
-                    break
-                if time.monotonic() - started > apply_timeout:
-                    raise ShipProblem(
-                        f"{host.name}: the server did not apply the new include within {apply_timeout:.0f}s "
-                        f"(its config_load_time stayed {before}): it refused the config (see its log) and "
-                        "runs the previous one; its file is the new one, so fix the cause before it restarts"
-                    )
-                time.sleep(POLL)
+            now = wait_for_new_config_load(host.varz, before, apply_timeout)
+            if now is None:
+                raise ShipProblem(
+                    f"{host.name}: the server did not apply the new include within {apply_timeout:.0f}s "
+                    f"(its config_load_time stayed {before}): it refused the config (see its log) and "
+                    "runs the previous one; its file is the new one, so fix the cause before it restarts"
+                )
         except ShipProblem as err:
             applied = ", ".join(h.name for h in hosts[:index]) or "none"
             raise ShipProblem(

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
+from jsb_infra.core import jwt_claims
 from jsb_infra.core.outputs import BridgeOutputs
 from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
@@ -84,6 +86,34 @@ def headers_size(headers: Mapping[str, str]) -> int:
     return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
+def creds_payload_limit(credentials: Credentials) -> int:
+    """The `payload` limit of the user JWT in `.creds` credentials (JWT mode); 0 for none (no `.creds`,
+    no limit, or a JWT that cannot be read: the connect reports that)."""
+    text = credentials.creds
+    if credentials.method == "creds_file" and credentials.creds_file:
+        try:
+            text = Path(credentials.creds_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return 0
+    if credentials.method not in ("creds", "creds_file") or not text:
+        return 0
+    try:
+        payload = jwt_claims.decode(jwt_claims.parse_creds(text)[0], verify=False)["nats"].get("payload")
+    except (jwt_claims.JwtError, KeyError, TypeError, AttributeError):
+        return 0
+    return payload if isinstance(payload, int) and payload > 0 else 0
+
+
+def oversize_problem(body: bytes, headers: Mapping[str, str], limit: int) -> str | None:
+    """Why a message cannot be sent under the server's `max_payload` (body and headers together), or
+    None. nats-py checks the body alone; the server answers a bigger message with `-ERR 'Maximum Payload
+    Violation'` and closes the connection, and nats-py then closes the client for good."""
+    size = len(body) + headers_size(headers)
+    if size > limit:
+        return f"{size} bytes (body and headers) exceed the server's max_payload of {limit} bytes"
+    return None
+
+
 class BridgeClient:
     """Connect with `await client.connect()` or `async with BridgeClient(...) as client`."""
 
@@ -141,6 +171,7 @@ class BridgeClient:
         self._puback_inbox: PubAckInbox | None = None
         self._msg_id_header = MSG_ID_HEADER
         self._msg_ids: MsgIds | None = None  # derived from the credentials on first use
+        self._payload_claim: int | None = None  # the user JWT's payload limit (0: none); on first use
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
         self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
 
@@ -204,6 +235,7 @@ class BridgeClient:
         other._nc = self.nc
         other._js = other._nc.jetstream(timeout=other.publish_timeout)
         other._msg_ids = self.msg_ids
+        other._payload_claim = self._payload_claim
         other._connection_owner = self
         return other
 
@@ -242,6 +274,18 @@ class BridgeClient:
         if self._js is None:
             raise RuntimeError("BridgeClient is not connected; call `await client.connect()` first")
         return self._js
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (body and headers) this connection may publish: the server's
+        `max_payload`, or the payload limit of the user JWT in the app's `.creds` when smaller. The
+        server applies that limit without announcing it (its INFO, sent before the client says who it
+        is, carries `max_payload` only) and closes a connection that publishes more. A config-mode
+        account limit (`max_payload` of the app account) is not visible to the client at all."""
+        if self._payload_claim is None:
+            self._payload_claim = creds_payload_limit(self.credentials)
+        limit = self.nc.max_payload
+        return min(limit, self._payload_claim) if self._payload_claim > 0 else limit
 
     @property
     def msg_ids(self) -> MsgIds:
@@ -336,7 +380,11 @@ class BridgeClient:
 
     async def publish_raw(self, subject: str, body: bytes, headers: dict[str, str]) -> PubAck:
         """A JetStream publish retried for `publish_budget` seconds; the headers must carry a stable
-        `Nats-Msg-Id`, so a retry of a publish that was in fact stored is a duplicate, not a second copy."""
+        `Nats-Msg-Id`, so a retry of a publish that was in fact stored is a duplicate, not a second copy.
+        A message over the server's max_payload raises PublishError unsent (`oversize_problem`)."""
+        problem = oversize_problem(body, headers, self.max_payload)
+        if problem:
+            raise PublishError(f"publish to {subject} (msg id {headers.get(self._msg_id_header)}): {problem}")
         return await self._publish_until(subject, body, headers, time.monotonic() + self.publish_budget)
 
     async def _publish_until(
@@ -441,7 +489,7 @@ class BridgeClient:
         """Encode and size-check each event as it is about to be sent (so encoding overlaps the server's
         work on the ones before): an event that cannot be sent gets its error as its result, the others
         still go."""
-        limit = self.nc.max_payload
+        limit = self.max_payload
         header = self._msg_id_header
         header_overhead = headers_size({header: ""})
         msg_id_of = self.msg_ids.event
@@ -450,12 +498,8 @@ class BridgeClient:
                 body = encode(event)
                 msg_id = msg_id_of(event.event_id)  # ASCII: one byte per character
                 headers = {header: msg_id}
-                size = len(body) + header_overhead + len(msg_id)
-                if size > limit:
-                    raise PublishError(
-                        f"event {event.event_id}: {size} bytes (body and headers) exceed the server's "
-                        f"max_payload of {limit} bytes"
-                    )
+                if len(body) + header_overhead + len(msg_id) > limit:
+                    raise PublishError(f"event {event.event_id}: {oversize_problem(body, headers, limit)}")
                 yield body, headers
             except Exception as err:
                 yield err

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
 from jsb_infra.core.outputs import ConsumerOutputs
+from jsb_infra.runtime.client import headers_size, oversize_problem
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, EnvelopeError, Event, decode
 from jsb_infra.runtime.msg_ids import MsgIds
 from jsb_infra.runtime.pull import Puller, PullStats
@@ -42,6 +43,7 @@ DLQ_CONSUMER = "Jsb-Consumer"
 DLQ_ERROR = "Jsb-Error"
 REASON_MAX_DELIVER = "max_deliver"
 REASON_MALFORMED = "malformed"
+DLQ_BODY_OMITTED = "Jsb-Body-Omitted"  # only on a dead letter whose body could not be sent: its size
 MAX_ERROR_HEADER = 512
 
 
@@ -471,7 +473,9 @@ class ConsumerLoop:
         private = self.client.msg_ids.private
         while True:
             try:
-                ack = await self.client.publish_raw(dlq, msg.data, headers)
+                ack = await self.client.publish_raw(
+                    dlq, *fit_dead_letter(msg.data, headers, self.client.max_payload)
+                )
                 if self._dead_letter_stored(ack, private):
                     return True
                 headers, private = self._with_one_off_id(msg, headers, ack), True
@@ -571,6 +575,23 @@ def dlq_headers(msg: Msg, reason: str, error: str) -> dict[str, str]:
         DLQ_CONSUMER: meta.consumer,
         DLQ_ERROR: " ".join(error.split())[:MAX_ERROR_HEADER] or "-",
     }
+
+
+def fit_dead_letter(body: bytes, headers: dict[str, str], limit: int) -> tuple[bytes, dict[str, str]]:
+    """The dead letter as it can be sent under the server's `max_payload` (body and headers together).
+
+    The peer app can store a message so close to that limit that its DLQ headers push the copy over;
+    sent as is, the server would close this app's connection (and nats-py the client) on every
+    redelivery. So the error text is cut to fit first, and a body that still cannot fit is left out,
+    its size in `Jsb-Body-Omitted`: the dead letter still records the message, and replay refuses it.
+    """
+    if oversize_problem(body, headers, limit) is None:
+        return body, headers
+    room = limit - len(body) - headers_size({**headers, DLQ_ERROR: ""})
+    error = headers.get(DLQ_ERROR, "").encode()[: max(room, 0)].decode("utf-8", errors="ignore")
+    if error:
+        return body, {**headers, DLQ_ERROR: error}
+    return b"", {**headers, DLQ_BODY_OMITTED: str(len(body))}
 
 
 # Deprecated: the former name of `ConsumerLoop`, kept as the very same class so that code and type

@@ -62,13 +62,17 @@ async def run_async(args: argparse.Namespace) -> int:
     try:
         bridge = load_bridge(args.bridge, stream=args.stream, app=args.app)
         credentials = load_credentials(credentials=args.credentials, stream=bridge.stream, app=bridge.app)
-        engine = engine_for_url(url)
     except BridgeConfigError as err:
         for problem in err.problems:
             print(f"jsb-infra relay: {problem}", file=sys.stderr)
         return EXIT_INVALID
     except ValueError as err:
         print(f"jsb-infra relay: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        engine = engine_for_url(url)
+    except ValueError as err:
+        print(f"jsb-infra relay: --db: {err}", file=sys.stderr)
         return EXIT_INVALID
     if not args.no_create_schema:
         create_schema(engine)

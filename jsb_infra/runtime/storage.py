@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 metadata = MetaData()
@@ -129,7 +130,12 @@ def engine_for_url(url: str, **options: Any) -> Engine:
         return sqlite_engine(path, **options)
     if url.startswith("sqlite:"):
         raise ValueError(f"database url: use sqlite:///<path> (a file), got {url!r}")
-    return create_engine(url, **options)
+    try:
+        return create_engine(url, **options)
+    except ArgumentError as err:  # not a URL, or a dialect SQLAlchemy does not know
+        raise ValueError(f"database url: {err}") from None
+    except ImportError as err:  # a dialect whose driver is not installed
+        raise ValueError(f"database url: its driver is not installed: {err}") from None
 
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")

@@ -4,8 +4,16 @@ the app accounts and users at once (nats-server re-reads its config on SIGHUP or
 without dropping clients).
 
 Inputs: `path`, `text` (the whole `accounts { ... }` block), `reload` ({command: [argv...]} or
-{signal: HUP, pid_file: PATH}). The file is replaced atomically (a reloading server never reads half
-of it). `read` notices a file edited or removed behind Pulumi's back, so the next `up` writes it again.
+{signal: HUP, pid_file: PATH}, optionally with `varz` and `apply_timeout`). The file is replaced
+atomically (a reloading server never reads half of it). `read` notices a file edited or removed behind
+Pulumi's back, so the next `up` writes it again.
+
+A hook that exits 0 does not mean the server took the file: `nats-server --signal reload` (like a
+SIGHUP) exits 0 on a config the server refuses, which keeps running the previous one. With `varz`
+(the server's monitoring URL) the update counts only once the server's `config_load_time` moves on;
+otherwise it fails naming the cause, and the previous file is put back, so the file matches what the
+server runs (a restart would otherwise refuse to start on it) and the next `up` tries again. Without
+`varz`, `reloaded` says the reload is unconfirmed.
 Delete leaves the file: the servers' config includes it and the deploy user may live in it; remove
 the `include` first, then the file.
 """
@@ -29,16 +37,17 @@ from pulumi.dynamic import (
 )
 
 from jsb_infra.commands import CommandFailed, run_command
+from jsb_infra.config_load import config_load_time, wait_for_new_config_load
+from jsb_infra.core.auth import RELOAD_APPLY_TIMEOUT
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 from jsb_infra.deploy.providers.documents import digest, write_files
+from jsb_infra.files import replace_file
 
-RELOAD_TIMEOUT = 30.0
+RELOAD_TIMEOUT = 30.0  # the hook command's own run time
 
 
-def run_reload(reload: dict[str, Any] | None) -> str:
-    """Run the hook; returns what was done. Raises ProviderError when it fails (the file stays written)."""
-    if not reload:
-        return "no reload hook"
+def run_reload(reload: dict[str, Any]) -> str:
+    """Run the hook; returns what was done. Raises ProviderError when it fails."""
     command = reload.get("command")
     if command:
         try:
@@ -90,8 +99,55 @@ class AccountsIncludeProvider(JsbProvider):
 
     @staticmethod
     def _apply(props: dict[str, Any]) -> dict[str, Any]:
-        write_files({str(props["path"]): props["text"]})
-        return {**props, "written": digest(props["text"]), "reloaded": run_reload(props.get("reload"))}
+        reloaded = apply_and_reload(str(props["path"]), props["text"], props.get("reload"))
+        return {**props, "written": digest(props["text"]), "reloaded": reloaded}
+
+
+def apply_and_reload(path: str, text: str, reload: dict[str, Any] | None) -> str:
+    """Write the include and run the hook; returns what was done. With `varz`, wait until the server
+    shows it applied a new config; when it does not, put the previous file back and raise ProviderError."""
+    if not reload:
+        write_files({path: text})
+        return "no reload hook"
+    varz = reload.get("varz")
+    if not varz:
+        write_files({path: text})
+        return run_reload(reload) + " (not confirmed: no varz)"
+    before = config_load_time(varz)
+    if before is None:
+        raise ProviderError(
+            f"reload.varz: the server's monitoring endpoint {varz} does not answer; nothing written"
+        )
+    target = Path(path)
+    previous = target.read_bytes() if target.is_file() else None
+    write_files({path: text})
+    try:
+        done = run_reload(reload)
+    except ProviderError:
+        _put_back(target, previous)
+        raise
+    timeout = float(reload.get("apply_timeout") or RELOAD_APPLY_TIMEOUT)
+    applied = wait_for_new_config_load(varz, before, timeout)
+    if applied is None:
+        back = _put_back(target, previous)
+        if config_load_time(varz) is None:  # a restart hook whose server did not come back
+            raise ProviderError(
+                f"reload: {varz} stopped answering and did not come back within {timeout:g}s: the server "
+                f"may have failed to start on the new include (see its log); {back}, start it again"
+            )
+        raise ProviderError(
+            f"reload: the server did not apply the new include within {timeout:g}s (config_load_time at "
+            f"{varz} stayed {before}): it refused the config (see its log) and runs the previous one; {back}"
+        )
+    return f"{done}; applied (config_load_time {applied})"
+
+
+def _put_back(target: Path, previous: bytes | None) -> str:
+    """Restore the file the server runs on; says what the file now is."""
+    if previous is None:
+        return f"{target} keeps the new text (there was no previous file)"
+    replace_file(target, previous)
+    return f"{target} is the previous include again"
 
 
 class AccountsInclude(Resource, module="jsb", name="AccountsInclude"):

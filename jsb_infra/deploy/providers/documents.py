@@ -14,7 +14,6 @@ output directory nothing is written.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,6 +30,7 @@ from pulumi.dynamic import (
 
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import JsbProvider, is_unknown, plan_diff
+from jsb_infra.files import replace_file
 
 
 def path_problem(relative: str) -> str | None:
@@ -53,9 +53,7 @@ def write_files(contents: dict[str, str]) -> None:
     for path, text in contents.items():
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)  # readers (a reloading server) never see half a document
+        replace_file(target, text.encode("utf-8"))  # a reloading server never reads half of it
 
 
 def remove_files(paths: list[str], root: str | None = None) -> None:

@@ -1,0 +1,78 @@
+"""The accounts include's reload hook with `varz`, at the edges the e2e test does not reach: a restart
+hook whose server does not come back, a hook that fails, and a monitoring endpoint that does not answer
+before anything is written. Each on a real nats-server that includes the file, through the provider's
+own function; every failure leaves the file the server can start on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jsb_infra.config_load import config_load_time
+from jsb_infra.deploy.providers.accounts_include import apply_and_reload
+from jsb_infra.deploy.providers.base import ProviderError
+from jsb_infra.local.server import LocalNatsServer, free_port, nats_server_binary
+
+GOOD = 'accounts { A { users: [{user: a, password: "a-pw"}] } }\n'
+# nats-server refuses it: a user twice (at start as on reload)
+REFUSED = 'accounts { A { users: [{user: a, password: "a-pw"}] }, B { users: [{user: a, password: "b"}] } }\n'
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[LocalNatsServer, Path, str]]:
+    include = tmp_path / "accounts.conf"
+    include.write_text(GOOD)
+    http = free_port()
+    # include paths are relative to the including file (store_dir/nats-server.conf)
+    config = f'http: "127.0.0.1:{http}"\ninclude "../accounts.conf"\n'
+    with LocalNatsServer(store_dir=tmp_path / "nats", extra_config=config) as server:
+        yield server, include, f"http://127.0.0.1:{http}/varz"
+
+
+def starts_on(server: LocalNatsServer) -> bool:
+    test = subprocess.run([nats_server_binary(), "-t", "-c", str(server.config_file)], capture_output=True)
+    return test.returncode == 0
+
+
+def test_a_restart_hook_whose_server_does_not_come_back_is_named_and_the_file_put_back(served):
+    server, include, varz = served
+    assert server.process is not None
+    stop = {"command": ["kill", str(server.process.pid)], "varz": varz, "apply_timeout": 1}
+    with pytest.raises(ProviderError) as failed:
+        apply_and_reload(str(include), REFUSED, stop)
+    assert "stopped answering" in str(failed.value) and "runs the previous one" not in str(failed.value)
+    assert include.read_text() == GOOD and starts_on(server)
+    # control: the file the hook was given is one the server cannot start on
+    include.write_text(REFUSED)
+    assert not starts_on(server)
+
+
+def test_a_failing_hook_puts_the_previous_file_back(served):
+    _, include, varz = served
+    with pytest.raises(ProviderError, match="reload command 'false' exited with 1"):
+        apply_and_reload(str(include), REFUSED, {"command": ["false"], "varz": varz})
+    assert include.read_text() == GOOD
+
+
+def test_an_endpoint_that_does_not_answer_stops_before_the_file_is_written(served):
+    include = served[1]
+    down = f"http://127.0.0.1:{free_port()}/varz"
+    with pytest.raises(ProviderError, match="does not answer; nothing written"):
+        apply_and_reload(str(include), REFUSED, {"command": ["true"], "varz": down})
+    assert include.read_text() == GOOD
+
+
+def test_an_applied_include_is_confirmed_on_varz(served):
+    server, include, varz = served
+    before = config_load_time(varz)
+    added = GOOD.replace("] } }", '] }, C { users: [{user: c, password: "c-pw"}] } }')
+    assert server.process is not None
+    said = apply_and_reload(
+        str(include), added, {"command": ["kill", "-HUP", str(server.process.pid)], "varz": varz}
+    )
+    assert said.startswith("ran kill; applied (config_load_time ") and config_load_time(varz) != before
+    assert include.read_text() == added
