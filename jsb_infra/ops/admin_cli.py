@@ -34,6 +34,7 @@ ADMIN_ENV = {
     "tls_ca": "JSB_ADMIN_TLS_CA",
     "tls_cert": "JSB_ADMIN_TLS_CERT",
     "tls_key": "JSB_ADMIN_TLS_KEY",
+    "inbox_prefix": "JSB_ADMIN_INBOX_PREFIX",
 }
 
 
