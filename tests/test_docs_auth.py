@@ -236,14 +236,30 @@ async def test_a_preview_with_the_read_only_identities_shows_the_change_and_they
     info = json.loads((await admin.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)).data)
     await admin.close()
     assert info["config"]["name"] == stream  # still there
-    await _readers_see_no_reply_of_others(server.url, work, (preview, lookup), stream)
+    sniffed, errors = await _sniff_while_others_work(
+        server.url, work, (preview, lookup), READ_ONLY_INBOX_PREFIX
+    )
+    assert sniffed == []
+    assert sum('subscription to "_inbox.>"' in e for e in errors) == 2, errors
+    # The control: the same user issued with the old `_INBOX.>` right reads the deploy's message body.
+    shell.run(
+        "nsc add user --account JETSTREAM sniffer --allow-sub '_INBOX.>' --allow-pub '$JS.API.INFO'\n"
+        "nsc generate creds --account JETSTREAM --name sniffer > sniffer.creds"
+    )
+    sniffed, _ = await _sniff_while_others_work(
+        server.url, work, ((work / "sniffer.creds").read_text(),), "_INBOX"
+    )
+    assert base64.b64encode(DEAD_LETTER) in b"".join(sniffed)
 
 
-async def _readers_see_no_reply_of_others(
-    url: str, work: Path, readers: tuple[str, ...], stream: str
-) -> None:
-    """Both read-only identities, subscribed to all they may (and `_INBOX.>`, `>`), receive nothing
-    while the deploy user reads a message body and the system user looks an account JWT up."""
+DEAD_LETTER = b"docs-dead-letter-body"
+
+
+async def _sniff_while_others_work(
+    url: str, work: Path, readers: tuple[str, ...], prefix: str
+) -> tuple[list[bytes], list[str]]:
+    """What these identities receive, subscribed to all they may (and `_INBOX.>`, `>`), while the
+    deploy user reads a message body and the system user looks an account JWT up; and their errors."""
     sniffed: list[bytes] = []
     errors: list[str] = []
 
@@ -256,20 +272,17 @@ async def _readers_see_no_reply_of_others(
     conns = []
     for creds in readers:
         nc = await nats.connect(
-            url,
-            user_credentials=RawCredentials(creds),
-            inbox_prefix=READ_ONLY_INBOX_PREFIX,
-            error_cb=on_error,
+            url, user_credentials=RawCredentials(creds), inbox_prefix=prefix, error_cb=on_error
         )
         for subject in (*READ_ONLY_SUBSCRIBE, "_INBOX.>", ">"):
             await nc.subscribe(subject, cb=on_msg)
         await nc.flush()
         conns.append(nc)
-    body = b"docs-dead-letter-body"
     deploy = await nats.connect(url, user_credentials=str(work / "deploy.creds"))
-    await deploy.jetstream().publish("orders.sync.billing", body)
+    await deploy.jetstream().publish("orders.sync.billing", DEAD_LETTER)
+    stream = "docs-orders-billing"
     got = await deploy.request(f"$JS.API.STREAM.MSG.GET.{stream}", b'{"last_by_subj": "orders.sync.billing"}')
-    assert base64.b64decode(json.loads(got.data)["message"]["data"]) == body
+    assert base64.b64decode(json.loads(got.data)["message"]["data"]) == DEAD_LETTER
     await deploy.close()
     system = await nats.connect(url, user_credentials=str(work / "sys.creds"))
     claims = jc.decode(jc.parse_creds(readers[0])[0], verify=False)
@@ -279,5 +292,4 @@ async def _readers_see_no_reply_of_others(
     for nc in conns:
         await nc.flush()
         await nc.close()
-    assert sniffed == []
-    assert sum('subscription to "_inbox.>"' in e for e in errors) == len(readers), errors
+    return sniffed, errors

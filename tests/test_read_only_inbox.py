@@ -23,7 +23,7 @@ from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_
 from jsb_infra.core.credentials import new_user_keypair
 from jsb_infra.core.names import READ_ONLY_INBOX_PREFIX
 from jsb_infra.core.spec import load_config
-from jsb_infra.deploy.providers.settings import settings_from_config
+from jsb_infra.deploy.providers.settings import ProviderSettingsError, settings_from_config
 from jsb_infra.nats_admin import admin_session
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
@@ -120,3 +120,18 @@ async def test_the_provider_connects_as_the_reader_on_its_prefix_and_as_the_depl
     async with admin_session(conn) as admin_api:
         info = await admin_api.stream_info(STREAM)
     assert info is not None and info["state"]["messages"] == 1
+
+
+def test_an_explicit_inbox_prefix_wins_and_a_bad_one_is_refused_naming_the_field():
+    base = {"jsb:servers": ["nats://127.0.0.1:4222"], "jsb:previewUser": {"user": "preview"}}
+    admin = {"user": "preview", "password": "pv-secret", "inbox_prefix": "_INBOX_mine"}
+    conn = settings_from_config({**base, "jsb:admin": admin}).admin_connection()
+    assert conn.connect_options()["inbox_prefix"] == "_INBOX_mine"
+    for bad in ("_INBOX.>", "two words", "trailing."):
+        settings = settings_from_config({**base, "jsb:admin": {**admin, "inbox_prefix": bad}})
+        with pytest.raises(ProviderSettingsError, match=r"jsb:admin\.inbox_prefix") as err:
+            settings.admin_connection()
+        assert "pv-secret" not in str(err.value)
+    # another user of the account (the deploy) is not the reader: nats-py's default prefix
+    other = settings_from_config({**base, "jsb:admin": {"user": "deploy", "password": "d"}})
+    assert "inbox_prefix" not in other.admin_connection().connect_options()
