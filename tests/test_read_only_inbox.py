@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import nats
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY
 
+from jsb_infra.cli import build_parser
 from jsb_infra.core import accounts
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.credentials import new_user_keypair
@@ -25,6 +28,7 @@ from jsb_infra.core.names import READ_ONLY_INBOX_PREFIX
 from jsb_infra.core.spec import load_config
 from jsb_infra.deploy.providers.settings import ProviderSettingsError, settings_from_config
 from jsb_infra.nats_admin import admin_session
+from jsb_infra.ops import status
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairs.yaml"
 STREAM = "sniffed"
@@ -135,3 +139,38 @@ def test_an_explicit_inbox_prefix_wins_and_a_bad_one_is_refused_naming_the_field
     # another user of the account (the deploy) is not the reader: nats-py's default prefix
     other = settings_from_config({**base, "jsb:admin": {"user": "deploy", "password": "d"}})
     assert "inbox_prefix" not in other.admin_connection().connect_options()
+
+
+@pytest.mark.parametrize("prefix", [READ_ONLY_INBOX_PREFIX, None])
+async def test_an_operator_command_as_the_reader_needs_its_prefix(make_server, prefix):
+    """`jsb-infra status` as the read-only identity answers with `--inbox-prefix _INBOX_jsb_preview`;
+    on the default prefix the server refuses its reply subscription and no answer comes back."""
+    seed, public = new_user_keypair()
+    server = make_server(_layout_conf(public))
+    await _deploy_reads_a_message(server.url)
+    deploy = await nats.connect(server.url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+    await deploy.jetstream().add_consumer(STREAM, durable_name="orders-workers", ack_policy="explicit")
+    await deploy.close()
+    argv = [
+        "status",
+        "--stream",
+        STREAM,
+        "--json",
+        "--server",
+        server.url,
+        "--nkey-seed",
+        seed,
+        "--timeout",
+        "1",
+    ]
+    args = build_parser().parse_args([*argv, *(["--inbox-prefix", prefix] if prefix else [])])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = await status.run_async(args, out)
+    if prefix:
+        assert code == 0, err.getvalue()
+        rows = json.loads(out.getvalue())
+        assert [(row["stream"], row["app"]) for row in rows] == [(STREAM, "orders")], rows
+    else:
+        assert code != 0 and 'subscription to "_inbox.' in err.getvalue(), err.getvalue()
+        assert f"--inbox-prefix (or JSB_ADMIN_INBOX_PREFIX), {READ_ONLY_INBOX_PREFIX}" in err.getvalue()
