@@ -5,7 +5,8 @@ The settings are kept in this module's registry, never on the provider object: t
 pickled into every resource's state (`__provider`), so anything stored on it would land in state.
 
 Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (object: user,
-password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key, inbox_prefix), `jsb:outputDir` (optional),
+password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key, inbox_prefix), `jsb:outputDir`
+(optional), `jsb:previewUser` (the read-only identity: a connection as it gets its own reply prefix),
 `jsb:retryBudget` (how long each management call retries through elections; default 60s),
 `jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s),
 and for JWT mode `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
