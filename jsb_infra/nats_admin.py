@@ -18,6 +18,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -25,6 +26,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, Field
 
+from jsb_infra.core.jwt_claims import creds_inbox_prefix
 from jsb_infra.retry import RetryPolicy, retrying
 
 API = "$JS.API"
@@ -62,6 +64,11 @@ CONSUMER_ALREADY_EXISTS = 10148
 """CONSUMER.CREATE with action create of an existing consumer whose config differs (nats-server 2.15.1)."""
 
 
+INBOX_PREFIX_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
+"""A reply prefix: subject tokens without wildcards or white space (a reply subject is the prefix,
+a dot and a unique token)."""
+
+
 class AdminConnection(BaseModel):
     """How the deploy reaches the server with management rights. Every field but servers is optional."""
 
@@ -76,6 +83,9 @@ class AdminConnection(BaseModel):
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    inbox_prefix: str | None = Field(default=None, pattern=INBOX_PREFIX_PATTERN)
+    """Where this connection's replies arrive; None: nats-py's `_INBOX`, or, with `creds_file`, the
+    read-only identities' own prefix when the user JWT in it allows only that (`inbox_prefix_of`)."""
     timeout: float = 5.0
 
     def connect_options(self) -> dict[str, Any]:
@@ -98,12 +108,25 @@ class AdminConnection(BaseModel):
             opts["nkeys_seed_str"] = self.nkey_seed
         if self.creds_file is not None:
             opts["user_credentials"] = self.creds_file
+        prefix = self.inbox_prefix or self._creds_inbox_prefix()
+        if prefix:
+            opts["inbox_prefix"] = prefix
         if self.tls_ca or self.tls_cert:
             ctx = ssl.create_default_context(cafile=self.tls_ca)
             if self.tls_cert:
                 ctx.load_cert_chain(self.tls_cert, self.tls_key)
             opts["tls"] = ctx
         return opts
+
+    def _creds_inbox_prefix(self) -> str | None:
+        """The reply prefix the user JWT of `creds_file` calls for (None when unreadable: the connect
+        then fails on the same file and says so)."""
+        if self.creds_file is None:
+            return None
+        try:
+            return creds_inbox_prefix(Path(self.creds_file).read_text())
+        except OSError:
+            return None
 
 
 class JetStreamApiError(RuntimeError):

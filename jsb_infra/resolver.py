@@ -25,7 +25,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
 
-from jsb_infra.core.jwt_claims import decode
+from jsb_infra.core.jwt_claims import creds_inbox_prefix, decode
 
 UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
 VARZ_SUBJECT = "$SYS.REQ.SERVER.PING.VARZ"
@@ -51,7 +51,8 @@ def refused(nc: NATS, subject: str) -> bool:
 async def system_session(
     servers: list[str], system_creds: str, tls: Any = None, timeout: float = 5.0
 ) -> AsyncIterator[NATS]:
-    """A connection as the system account's user (`system_creds`: the text of its `.creds`)."""
+    """A connection as the system account's user (`system_creds`: the text of its `.creds`); a
+    lookup-only user gets its replies on the read-only identities' prefix (`inbox_prefix_of`)."""
     refusals: list[str] = []
 
     async def on_error(err: Exception) -> None:
@@ -67,6 +68,9 @@ async def system_session(
     }
     if tls is not None:
         options["tls"] = tls
+    prefix = creds_inbox_prefix(system_creds)
+    if prefix:
+        options["inbox_prefix"] = prefix
     try:
         nc = await nats.connect(**options)
     except Exception as err:

@@ -181,7 +181,9 @@ async def test_a_read_only_nkey_user_reads_the_jetstream_api_and_may_write_nothi
     async def on_error(err: Exception) -> None:
         errors.append(str(err).lower())
 
-    nc = await nats.connect(server.url, nkeys_seed_str=seed, error_cb=on_error)
+    nc = await nats.connect(
+        server.url, nkeys_seed_str=seed, inbox_prefix=names.READ_ONLY_INBOX_PREFIX, error_cb=on_error
+    )
     try:
         reply = await nc.request("$JS.API.STREAM.NAMES", b"", timeout=2)
         assert b"streams" in reply.data  # the JetStream account answers it

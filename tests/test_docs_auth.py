@@ -11,6 +11,8 @@ read-only identities the doc makes shows the pending change, while their writes 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import re
@@ -28,6 +30,7 @@ from nats.aio.client import RawCredentials
 from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.accounts import READ_ONLY_PUBLISH, READ_ONLY_SUBSCRIBE
+from jsb_infra.core.names import READ_ONLY_INBOX_PREFIX
 from jsb_infra.local.server import LocalNatsServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -205,12 +208,23 @@ async def test_a_preview_with_the_read_only_identities_shows_the_change_and_they
         errors.append(str(err).lower())
 
     stream = "docs-orders-billing"
-    nc = await nats.connect(server.url, user_credentials=RawCredentials(preview), error_cb=on_error)
+    assert jc.creds_inbox_prefix(preview) == jc.creds_inbox_prefix(lookup) == READ_ONLY_INBOX_PREFIX
+    nc = await nats.connect(
+        server.url,
+        user_credentials=RawCredentials(preview),
+        inbox_prefix=READ_ONLY_INBOX_PREFIX,
+        error_cb=on_error,
+    )
     assert json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)).data)["config"]
     with pytest.raises(nats.errors.TimeoutError):
         await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=0.5)
     await nc.close()
-    nc = await nats.connect(server.url, user_credentials=RawCredentials(lookup), error_cb=on_error)
+    nc = await nats.connect(
+        server.url,
+        user_credentials=RawCredentials(lookup),
+        inbox_prefix=READ_ONLY_INBOX_PREFIX,
+        error_cb=on_error,
+    )
     token = await resolver.lookup(nc, json.loads(shell.run("nsc describe account JETSTREAM --json"))["sub"])
     assert token
     with pytest.raises(nats.errors.TimeoutError):
@@ -222,3 +236,60 @@ async def test_a_preview_with_the_read_only_identities_shows_the_change_and_they
     info = json.loads((await admin.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)).data)
     await admin.close()
     assert info["config"]["name"] == stream  # still there
+    sniffed, errors = await _sniff_while_others_work(
+        server.url, work, (preview, lookup), READ_ONLY_INBOX_PREFIX
+    )
+    assert sniffed == []
+    assert sum('subscription to "_inbox.>"' in e for e in errors) == 2, errors
+    # The control: the same user issued with the old `_INBOX.>` right reads the deploy's message body.
+    shell.run(
+        "nsc add user --account JETSTREAM sniffer --allow-sub '_INBOX.>' --allow-pub '$JS.API.INFO'\n"
+        "nsc generate creds --account JETSTREAM --name sniffer > sniffer.creds"
+    )
+    sniffed, _ = await _sniff_while_others_work(
+        server.url, work, ((work / "sniffer.creds").read_text(),), "_INBOX"
+    )
+    assert base64.b64encode(DEAD_LETTER) in b"".join(sniffed)
+
+
+DEAD_LETTER = b"docs-dead-letter-body"
+
+
+async def _sniff_while_others_work(
+    url: str, work: Path, readers: tuple[str, ...], prefix: str
+) -> tuple[list[bytes], list[str]]:
+    """What these identities receive, subscribed to all they may (and `_INBOX.>`, `>`), while the
+    deploy user reads a message body and the system user looks an account JWT up; and their errors."""
+    sniffed: list[bytes] = []
+    errors: list[str] = []
+
+    async def on_msg(msg: Any) -> None:
+        sniffed.append(msg.data)
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err).lower())
+
+    conns = []
+    for creds in readers:
+        nc = await nats.connect(
+            url, user_credentials=RawCredentials(creds), inbox_prefix=prefix, error_cb=on_error
+        )
+        for subject in (*READ_ONLY_SUBSCRIBE, "_INBOX.>", ">"):
+            await nc.subscribe(subject, cb=on_msg)
+        await nc.flush()
+        conns.append(nc)
+    deploy = await nats.connect(url, user_credentials=str(work / "deploy.creds"))
+    await deploy.jetstream().publish("orders.sync.billing", DEAD_LETTER)
+    stream = "docs-orders-billing"
+    got = await deploy.request(f"$JS.API.STREAM.MSG.GET.{stream}", b'{"last_by_subj": "orders.sync.billing"}')
+    assert base64.b64decode(json.loads(got.data)["message"]["data"]) == DEAD_LETTER
+    await deploy.close()
+    system = await nats.connect(url, user_credentials=str(work / "sys.creds"))
+    claims = jc.decode(jc.parse_creds(readers[0])[0], verify=False)
+    assert await resolver.lookup(system, claims["nats"].get("issuer_account") or claims["iss"])
+    await system.close()
+    await asyncio.sleep(0.3)
+    for nc in conns:
+        await nc.flush()
+        await nc.close()
+    return sniffed, errors

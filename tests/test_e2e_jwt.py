@@ -497,7 +497,12 @@ async def test_03c_a_preview_with_read_only_identities_shows_a_pending_change_an
     async def on_error(err: Exception) -> None:
         errors.append(str(err).lower())
 
-    nc = await nats.connect(server.url, user_credentials=RawCredentials(reader), error_cb=on_error)
+    nc = await nats.connect(
+        server.url,
+        user_credentials=RawCredentials(reader),
+        inbox_prefix=names.READ_ONLY_INBOX_PREFIX,
+        error_cb=on_error,
+    )
     stream = FIRST["stream"]
     writes = [
         f"$JS.API.STREAM.DELETE.{stream}",
@@ -510,7 +515,12 @@ async def test_03c_a_preview_with_read_only_identities_shows_a_pending_change_an
         with pytest.raises(nats.errors.TimeoutError):
             await nc.request(subject, b"{}", timeout=0.5)
     await nc.close()
-    nc = await nats.connect(server.url, user_credentials=RawCredentials(lookup), error_cb=on_error)
+    nc = await nats.connect(
+        server.url,
+        user_credentials=RawCredentials(lookup),
+        inbox_prefix=names.READ_ONLY_INBOX_PREFIX,
+        error_cb=on_error,
+    )
     assert await resolver.lookup(nc, operator.jetstream_key) == before  # it may read
     time.sleep(1)
     newer = jc.encode(operator.jetstream_claims(), operator.signing_seed)  # would drop our exports

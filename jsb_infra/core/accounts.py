@@ -78,6 +78,10 @@ class DeployUser:
     user: str | None = None
     password_env: str | None = None
 
+    def is_identity(self, user: str | None = None, nkey: str | None = None) -> bool:
+        """Whether a connection as `user` (a user name) or `nkey` (an NKey public key) is this identity."""
+        return bool((self.user and user == self.user) or (self.nkey and nkey == self.nkey))
+
     def conf_entry(self) -> str | None:
         if self.nkey:
             return f"{{nkey: {_q(self.nkey)}}}"
@@ -99,8 +103,9 @@ READ_ONLY_PUBLISH = (
 """The JetStream API requests that only read (account, stream and consumer info and names): every
 request `pulumi preview --refresh` makes. Creating, updating, deleting, purging and message requests
 (`$JS.API.STREAM.MSG.DELETE.*`, `...MSG.GET.*`, `$JS.API.DIRECT.GET.*`) are not in it."""
-READ_ONLY_SUBSCRIBE = ("_INBOX.>",)
-"""Where the answers to those requests come back (the client's reply inboxes)."""
+READ_ONLY_SUBSCRIBE = (f"{names.READ_ONLY_INBOX_PREFIX}.>",)
+"""Where the answers to those requests come back: the read-only identities' own reply prefix, never
+`_INBOX.>`, where the replies to every other user of the account arrive."""
 
 
 def read_only_conf_entry(reader: DeployUser) -> str | None:

@@ -37,6 +37,7 @@ from jsb_infra.core.accounts import (
     READ_ONLY_SUBSCRIBE,
     STANDARD_CONNECTIONS,
 )
+from jsb_infra.core.names import READ_ONLY_INBOX_PREFIX
 from jsb_infra.core.spec import ResolvedAppLimits
 
 HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
@@ -412,7 +413,7 @@ CLAIMS_LOOKUP = "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP"
 
 def read_only_user_claims(name: str, user_key: str, issuer_account: str | None = None) -> dict[str, Any]:
     """A JetStream-account user that may only read stream and consumer info and names (what `pulumi
-    preview --refresh` asks): `accounts.READ_ONLY_PUBLISH`, replies on its inboxes."""
+    preview --refresh` asks): `accounts.READ_ONLY_PUBLISH`, replies on its own inbox prefix only."""
     return user_claims(name, user_key, list(READ_ONLY_PUBLISH), list(READ_ONLY_SUBSCRIBE), issuer_account)
 
 
@@ -420,3 +421,25 @@ def claims_lookup_user_claims(name: str, user_key: str, issuer_account: str | No
     """A system-account user that may only look account JWTs up (`CLAIMS_LOOKUP`): it cannot push
     (`$SYS.REQ.CLAIMS.UPDATE`) or delete one, nor send any other system request."""
     return user_claims(name, user_key, [CLAIMS_LOOKUP], list(READ_ONLY_SUBSCRIBE), issuer_account)
+
+
+def inbox_prefix_of(user_jwt: str) -> str | None:
+    """The reply prefix a connection as this user must set: `READ_ONLY_INBOX_PREFIX` when its JWT
+    allows subscribing there (a read-only identity, whose replies must not come back on `_INBOX`,
+    which it may not subscribe to), None (the client's default) for every other user."""
+    try:
+        claims = decode(user_jwt, verify=False)
+    except JwtError:
+        return None
+    allowed = ((claims.get("nats") or {}).get("sub") or {}).get("allow") or []
+    return READ_ONLY_INBOX_PREFIX if set(READ_ONLY_SUBSCRIBE) <= set(allowed) else None
+
+
+def creds_inbox_prefix(creds: str) -> str | None:
+    """`inbox_prefix_of` the user JWT in a `.creds` text (None when it is not one: the connect that
+    uses it says so)."""
+    try:
+        user_jwt, _ = parse_creds(creds)
+    except JwtError:
+        return None
+    return inbox_prefix_of(user_jwt)

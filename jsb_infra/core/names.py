@@ -31,6 +31,14 @@ def inbox_prefix(app: str) -> str:
     return f"_INBOX_{app}"
 
 
+READ_ONLY_INBOX_PREFIX = "_INBOX_jsb_preview"
+"""The reply prefix of the read-only (preview) identities, the only inboxes they may subscribe to.
+
+Not nats-py's default `_INBOX`: every other user of the account (the deploy user among them) gets its
+replies there, so a reader allowed `_INBOX.>` would receive them (message bodies of `STREAM.MSG.GET`,
+the answers to management calls). A connection as a read-only identity must set this prefix."""
+
+
 def msg_next_subject(stream: str, durable: str) -> str:
     """The subject a pull `fetch` publishes to."""
     return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"

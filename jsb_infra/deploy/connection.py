@@ -70,6 +70,7 @@ class AdminCredentials(TypedDict, total=False):
     tls_ca: AdminField
     tls_cert: AdminField
     tls_key: AdminField
+    inbox_prefix: AdminField
 
 
 SECRET_FIELDS = ("password", "token", "nkey_seed")

@@ -14,6 +14,7 @@ import nats.errors
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
+from jsb_infra.core.names import READ_ONLY_INBOX_PREFIX
 from jsb_infra.core.spec import MAX_NAME_LEN, _check_app_name, _check_nats_name
 from jsb_infra.nats_admin import (
     AdminConnectError,
@@ -34,6 +35,7 @@ ADMIN_ENV = {
     "tls_ca": "JSB_ADMIN_TLS_CA",
     "tls_cert": "JSB_ADMIN_TLS_CERT",
     "tls_key": "JSB_ADMIN_TLS_KEY",
+    "inbox_prefix": "JSB_ADMIN_INBOX_PREFIX",
 }
 
 
@@ -52,7 +54,14 @@ def admin_failure(err: BaseException, timeout: float, seen: ErrorsSeen) -> str:
     if isinstance(err, nats.errors.NoRespondersError):
         return "no responders to the JetStream API: JetStream is not enabled for the admin user's account"
     if isinstance(err, nats.errors.TimeoutError) and seen.denials():
-        return f"the server denied the admin user: {seen.denials()[-1]}; it needs publish rights on $JS.API.>"
+        denial = seen.denials()[-1]
+        if "subscription to" in denial:
+            return (
+                f"the server denied the admin user: {denial}; its replies need a prefix it may subscribe "
+                f"to: --inbox-prefix (or {ADMIN_ENV['inbox_prefix']}), {READ_ONLY_INBOX_PREFIX} for the "
+                "read-only identity"
+            )
+        return f"the server denied the admin user: {denial}; it needs publish rights on $JS.API.>"
     if isinstance(err, nats.errors.TimeoutError):
         return (
             f"no answer from the JetStream API within {timeout}s: the admin user may not be allowed "

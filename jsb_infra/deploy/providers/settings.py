@@ -5,7 +5,8 @@ The settings are kept in this module's registry, never on the provider object: t
 pickled into every resource's state (`__provider`), so anything stored on it would land in state.
 
 Stack config keys (project `jsb`): `jsb:servers` (list of URLs), `jsb:admin` (object: user,
-password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key), `jsb:outputDir` (optional),
+password, token, nkey_seed, creds_file, tls_ca, tls_cert, tls_key, inbox_prefix), `jsb:outputDir`
+(optional), `jsb:previewUser` (the read-only identity: a connection as it gets its own reply prefix),
 `jsb:retryBudget` (how long each management call retries through elections; default 60s),
 `jsb:settleTimeout` (how long a change of replicas or placement may take to become real; default 180s),
 and for JWT mode `jsb:operatorSigningKey` (SO... seed) and `jsb:systemCreds` (.creds text).
@@ -36,11 +37,14 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import nkeys
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from jsb_infra import resolver
+from jsb_infra.core.accounts import DeployUser
 from jsb_infra.core.durations import parse_duration
+from jsb_infra.core.names import READ_ONLY_INBOX_PREFIX
 from jsb_infra.deploy.providers import connection
 from jsb_infra.nats_admin import AdminConnection, JetStreamAdmin
 from jsb_infra.retry import DEFAULT_BUDGET, RetryPolicy
@@ -54,7 +58,18 @@ SETTLE_TIMEOUT_KEY = f"{PROJECT}:settleTimeout"
 DEFAULT_SETTLE_TIMEOUT = 180.0
 OPERATOR_SIGNING_KEY = f"{PROJECT}:operatorSigningKey"
 SYSTEM_CREDS_KEY = f"{PROJECT}:systemCreds"
-ADMIN_FIELDS = ("user", "password", "token", "nkey_seed", "creds_file", "tls_ca", "tls_cert", "tls_key")
+PREVIEW_USER_KEY = f"{PROJECT}:previewUser"
+ADMIN_FIELDS = (
+    "user",
+    "password",
+    "token",
+    "nkey_seed",
+    "creds_file",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "inbox_prefix",
+)
 
 
 class ProviderSettingsError(ValueError):
@@ -134,6 +149,8 @@ class ProviderSettings(BaseModel):
 
     operator_signing_key: Secret | None = None
     system_creds: Secret | None = None
+    reader: DeployUser | None = None
+    """The read-only identity (`jsb:previewUser`): an admin connection as it takes its inbox prefix."""
 
     def signing_seed(self) -> str:
         """The operator signing key (JWT mode); raises with the config key to set when it is missing."""
@@ -171,7 +188,24 @@ class ProviderSettings(BaseModel):
         credentials: dict[str, Any] = {
             name: reveal(f"{self.admin_key}.{name}", value) for name, value in self.admin.items()
         }
-        return AdminConnection(servers=self.servers, **credentials)
+        if "inbox_prefix" not in credentials and self._as_reader(credentials):
+            credentials["inbox_prefix"] = READ_ONLY_INBOX_PREFIX
+        try:
+            return AdminConnection(servers=self.servers, **credentials)
+        except ValidationError as err:  # never echo the values: they may be secret
+            fields = ", ".join(sorted({f"{self.admin_key}.{e['loc'][0]}" for e in err.errors()}))
+            raise ProviderSettingsError(f"invalid: {fields} ({err.errors()[0]['msg']})") from None
+
+    def _as_reader(self, credentials: dict[str, Any]) -> bool:
+        """Whether these admin credentials are the read-only identity's (by user name or NKey)."""
+        if self.reader is None:
+            return False
+        seed = credentials.get("nkey_seed")
+        try:
+            nkey = nkeys.from_seed(seed.encode()).public_key.decode() if seed else None
+        except (nkeys.NkeysError, ValueError):
+            nkey = None  # the connect refuses the seed and says so
+        return self.reader.is_identity(user=credentials.get("user"), nkey=nkey)
 
 
 _lock = threading.Lock()
@@ -213,7 +247,12 @@ def settings_from_config(raw: Any) -> ProviderSettings:
     jwt_secrets = jwt_settings(raw)
     try:
         return ProviderSettings(
-            servers=servers, admin=admin, output_dir=output_dir or None, **timing, **jwt_secrets
+            servers=servers,
+            admin=admin,
+            output_dir=output_dir or None,
+            reader=reader_setting(raw.get(PREVIEW_USER_KEY)),
+            **timing,
+            **jwt_secrets,
         )
     except ValidationError as err:  # never echo the values: they may be secret
         fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in err.errors()}))
@@ -241,6 +280,19 @@ def admin_setting(key: str, value: Any) -> dict[str, Secret]:
         )
     fields = {name: secret_setting(f"{key}.{name}", field) for name, field in admin.items()}
     return {name: field for name, field in fields.items() if field is not None}
+
+
+def reader_setting(value: Any) -> DeployUser | None:
+    """The read-only identity `jsb:previewUser` names (`{user: NAME, ...}` or `{nkey: U...}`); the
+    program checks its shape, so anything else is no identity here."""
+    reader = _decoded(PREVIEW_USER_KEY, value)
+    if not isinstance(reader, dict):
+        return None
+    user, nkey = reader.get("user"), reader.get("nkey")
+    return DeployUser(
+        user=user if isinstance(user, str) and user else None,
+        nkey=nkey if isinstance(nkey, str) and nkey else None,
+    )
 
 
 def jwt_settings(raw: Any) -> dict[str, Secret | None]:
