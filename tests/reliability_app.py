@@ -10,7 +10,8 @@ of it), `claimed` (a relay batch read, nothing published), `mid_batch` (the firs
 PubAck'd, the rest not sent), `published` (a whole batch PubAck'd, not marked sent).
 
 `consume` handles events through an `Inbox`: the handler inserts one `effects` row per call (no unique
-key, so a double application would show), and exits once `effects` holds N rows. Steps:
+key, so a double application would show), and exits once `effects` holds N rows (with `--until-term`:
+on SIGTERM, after a graceful stop). Steps:
 `before_commit` (handler done, transaction not committed), `committed` (committed, not acked).
 
 K counts occurrences of the step in this run. The server connection is open (no auth): what is under
@@ -113,7 +114,7 @@ async def consume(args: argparse.Namespace, crash: Crash) -> None:
     async def apply(event: Event, delivery: Delivery, session: Session) -> None:
         session.execute(effects.insert().values(event_id=event.event_id, order_no=event.payload["order_no"]))
 
-    client = await BridgeClient(bridge).connect()
+    client = await BridgeClient(bridge, reconnect_time_wait=0.2).connect()
     consumer = client.consumer(inbox.handler(apply), batch=50, fetch_timeout=0.2)
     task = asyncio.create_task(consumer.run())
 
@@ -121,7 +122,11 @@ async def consume(args: argparse.Namespace, crash: Crash) -> None:
         with engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(effects)).scalar_one()) >= args.total
 
-    while not await asyncio.to_thread(done):
+    if args.until_term:  # the database may be down: run until told to stop
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    while not args.until_term and not await asyncio.to_thread(done):
         await asyncio.sleep(0.05)
     await consumer.stop()
     await task
@@ -135,6 +140,9 @@ def main() -> None:
     parser.add_argument("--bridge", required=True)
     parser.add_argument("--total", type=int, required=True)
     parser.add_argument("--crash")
+    parser.add_argument(
+        "--until-term", action="store_true", help="consume until SIGTERM, not until N effects"
+    )
     args = parser.parse_args()
     crash = Crash(args.crash)
     asyncio.run(produce(args, crash) if args.mode == "produce" else consume(args, crash))

@@ -1,6 +1,7 @@
-"""`jsb-infra status`: per pair and app, what waits, what is in flight, what was dead-lettered, and when
-the app last pulled or acked. Admin credentials: it reads `CONSUMER.INFO` and `STREAM.INFO` (with a
-`subjects_filter` for the DLQ count), which no app credential may call.
+"""`jsb-infra status`: per pair and app, what waits, what is in flight, what was left after max_deliver,
+what was dead-lettered, and when the app last pulled or acked. Admin credentials: it reads
+`CONSUMER.INFO` and `STREAM.INFO` (with a `subjects_filter` for the DLQ and work-subject counts), which
+no app credential may call.
 """
 
 from __future__ import annotations
@@ -34,15 +35,40 @@ class AppStatus:
     last_delivered: str | None
     last_acked: str | None
     problem: str | None = None
+    # left in the work queue after max_deliver: never acked or termed, never delivered again
+    max_delivered: int | None = None
 
 
-def app_status(stream: str, app: str, consumer: dict[str, Any] | None, dlq_count: int) -> AppStatus:
-    """One row from the durable's CONSUMER.INFO (None: not there) and the DLQ count. Pure."""
+def max_delivered_count(consumer: dict[str, Any], work_count: int | None) -> int | None:
+    """Messages of the durable's work subject still in the stream that the server will not deliver
+    again: in a work-queue stream every message of the subject is either not yet delivered
+    (`num_pending`), delivered and awaiting its answer (`num_ack_pending`), or past max_deliver and never
+    acked or termed. Pure; None when the subject count is unknown. Two reads a moment apart: on a busy
+    durable the count can be off by what moved between them, never below 0."""
+    if work_count is None:
+        return None
+    waiting = int(consumer.get("num_pending", 0)) + int(consumer.get("num_ack_pending", 0))
+    return max(work_count - waiting, 0)
+
+
+def work_subject(consumer: dict[str, Any] | None) -> str | None:
+    """The subject the durable consumes (its filter), from its CONSUMER.INFO."""
+    config = (consumer or {}).get("config") or {}
+    subject = config.get("filter_subject") or next(iter(config.get("filter_subjects") or []), None)
+    return str(subject) if subject else None
+
+
+def app_status(
+    stream: str, app: str, consumer: dict[str, Any] | None, dlq_count: int, work_count: int | None = None
+) -> AppStatus:
+    """One row from the durable's CONSUMER.INFO (None: not there), the DLQ count and the count of its
+    work subject in the stream. Pure."""
     durable = names.durable_name(app)
     if consumer is None:
         return AppStatus(
             stream, app, durable, None, None, None, None, dlq_count, None, None, f"no durable {durable}"
         )
+    stuck = max_delivered_count(consumer, work_count)
     return AppStatus(
         stream=stream,
         app=app,
@@ -54,6 +80,8 @@ def app_status(stream: str, app: str, consumer: dict[str, Any] | None, dlq_count
         dlq=dlq_count,
         last_delivered=(consumer.get("delivered") or {}).get("last_active"),
         last_acked=(consumer.get("ack_floor") or {}).get("last_active"),
+        problem=f"{stuck} past max_deliver: jsb-infra dlq rescue moves them to the DLQ" if stuck else None,
+        max_delivered=stuck,
     )
 
 
@@ -67,13 +95,18 @@ async def pair_status(admin: JetStreamAdmin, stream: str, apps: list[str] | None
         ]
     rows = []
     for app in apps:
-        dlq_subject = names.dlq_subject(app)
-        info = await admin.stream_info_subjects(stream, dlq_subject)
-        dlq_count = int(((info or {}).get("state", {}).get("subjects") or {}).get(dlq_subject, 0))
-        rows.append(
-            app_status(stream, app, await admin.consumer_info(stream, names.durable_name(app)), dlq_count)
-        )
+        dlq_count = await subject_count(admin, stream, names.dlq_subject(app))
+        consumer = await admin.consumer_info(stream, names.durable_name(app))
+        subject = work_subject(consumer)
+        work_count = None if subject is None else await subject_count(admin, stream, subject)
+        rows.append(app_status(stream, app, consumer, dlq_count, work_count))
     return rows
+
+
+async def subject_count(admin: JetStreamAdmin, stream: str, subject: str) -> int:
+    """How many messages of `subject` the stream holds (STREAM.INFO with `subjects_filter`)."""
+    info = await admin.stream_info_subjects(stream, subject)
+    return int(((info or {}).get("state", {}).get("subjects") or {}).get(subject, 0))
 
 
 def _cell(value: Any) -> str:
@@ -85,7 +118,17 @@ def _cell(value: Any) -> str:
 
 
 def render_table(rows: list[AppStatus]) -> str:
-    header = ("stream", "app", "pending", "ack pending", "redelivered", "dlq", "last delivered", "last acked")
+    header = (
+        "stream",
+        "app",
+        "pending",
+        "ack pending",
+        "redelivered",
+        "max delivered",
+        "dlq",
+        "last delivered",
+        "last acked",
+    )
     table = [header] + [
         (
             r.stream,
@@ -93,6 +136,7 @@ def render_table(rows: list[AppStatus]) -> str:
             _cell(r.pending),
             _cell(r.ack_pending),
             _cell(r.redelivered),
+            _cell(r.max_delivered),
             _cell(r.dlq),
             _cell(r.last_delivered),
             _cell(r.last_acked) + (f"  ({r.problem})" if r.problem else ""),
