@@ -11,9 +11,7 @@ reached max_deliver anyway (`status`) and moves it to the DLQ (`dlq rescue`).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import io
 import json
 import signal
 import subprocess
@@ -26,13 +24,14 @@ import pytest
 from conftest import provision
 from reliability_support import business
 from sqlalchemy import func, select
+from test_dlq_status import cli
 
 from jsb_infra.core import names
 from jsb_infra.core.outputs import bridge_outputs
 from jsb_infra.core.spec import parse_pairs
 from jsb_infra.local.postgres import LocalPostgres
 from jsb_infra.local.server import LocalNatsServer
-from jsb_infra.ops import dlq, status
+from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.runtime.storage import create_schema, engine_for_url, inbox_table
 
 APP = str(Path(__file__).with_name("reliability_app.py"))
@@ -72,13 +71,6 @@ async def wait_until(condition, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-def admin_args(url: str, **extra) -> argparse.Namespace:
-    base = dict(server=[url], timeout=5.0, json=True, app=None, seq=None, all=False, dry_run=False)
-    for dest in ("user", "password", "token", "nkey_seed", "creds_file", "tls_ca", "tls_cert", "tls_key"):
-        base[dest] = None
-    return argparse.Namespace(**{**base, **extra})
-
-
 @pytest.fixture
 def outage_postgres():
     """A PostgreSQL of this test's own: its outage must not reach other tests' databases."""
@@ -113,18 +105,12 @@ async def test_pg_outage_and_server_kill_leave_nothing_after_the_last_delivery(o
         left = await subject_count(server.url, pair.stream, WORK_SUBJECT)
         resent = stderr.count("sent the answers to")
         # What the operator sees: status counts what reached max_deliver and is still in the work queue.
-        out = io.StringIO()
-        assert await status.run_async(admin_args(server.url, stream=[pair.stream], app=["billing"]), out) in (
-            0,
-            1,
-        )
-        row = json.loads(out.getvalue())[0]
-        assert row["max_delivered"] == left, (row, left)
+        code, out, _ = await cli(server.url, "status", "--stream", pair.stream, "--app", "billing", "--json")
+        assert json.loads(out)[0]["max_delivered"] == left and code == (1 if left else 0)
 
         # ... and moves it to the DLQ, where `dlq replay` can take it up.
-        out = io.StringIO()
-        rescue = admin_args(server.url, action="rescue", stream=pair.stream, app="billing", json=False)
-        assert await dlq.run_async(rescue, out) == 0, out.getvalue()
+        code, out, _ = await cli(server.url, "dlq", "rescue", "--stream", pair.stream, "--app", "billing")
+        assert code == 0, out
         assert await subject_count(server.url, pair.stream, WORK_SUBJECT) == 0, "the work queue is empty"
         in_dlq = await subject_count(server.url, pair.stream, names.dlq_subject("billing"))
 
@@ -136,25 +122,18 @@ async def test_pg_outage_and_server_kill_leave_nothing_after_the_last_delivery(o
         assert len(applied) == len(set(applied)) == inbox_rows, "an effect applied twice"
         dead = await dead_letter_events(server.url, pair.stream)
         assert len(dead) == in_dlq
-        assert set(applied) | set(dead) == await published_ids(), "every event applied or in the DLQ"
+        assert set(applied) | set(dead) == {f"evt-{n:04d}" for n in range(TOTAL)}, (
+            "every event applied or in the DLQ"
+        )
         report = {"left_before_rescue": left, "applied": len(applied), "dlq": in_dlq, "resends": resent}
         print("max-deliver fault:", report)
     finally:
         server.stop()
 
 
-PUBLISHED: set[str] = set()
-
-
-async def published_ids() -> set[str]:
-    return set(PUBLISHED)
-
-
 async def dead_letter_events(url: str, stream: str) -> list[str]:
     nc = await nats.connect(url)
     try:
-        from jsb_infra.nats_admin import JetStreamAdmin
-
         admin = JetStreamAdmin(nc)
         return [
             json.loads(m.data)["event_id"] async for m in admin.messages(stream, names.dlq_subject("billing"))
@@ -174,7 +153,6 @@ async def faults(server: LocalNatsServer, pg: LocalPostgres, engine, app: subpro
     pg.pause()  # the outage starts before the events arrive: every delivery fails until it ends
     nc = await nats.connect(server.url)
     js = nc.jetstream()
-    PUBLISHED.clear()
     for n in range(TOTAL):
         event_id = f"evt-{n:04d}"
         body = json.dumps(
@@ -191,7 +169,6 @@ async def faults(server: LocalNatsServer, pg: LocalPostgres, engine, app: subpro
             }
         ).encode()
         await js.publish(WORK_SUBJECT, body, headers={"Nats-Msg-Id": event_id})
-        PUBLISHED.add(event_id)
     await nc.close()
 
     # deliveries 1 .. max_deliver - 1 of every event fail on the database
