@@ -28,6 +28,7 @@ from jsb_infra.core.outputs import BridgeOutputs
 from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
 from jsb_infra.runtime.pubacks import PubAckInbox
+from jsb_infra.runtime.pull import PullStats
 
 log = logging.getLogger("jsb_infra.runtime")
 
@@ -201,6 +202,8 @@ class BridgeClient:
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
         self._first_connect_errors: list[Exception] = []  # what the first connect met, in order
         self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
+        # The pull statistics of the consumer loops running on this client (for health and metrics).
+        self.running_pulls: list[PullStats] = []
 
     # -- connection ------------------------------------------------------------------------------
     async def connect(self) -> BridgeClient:
@@ -462,6 +465,13 @@ class BridgeClient:
                 self._publishes_retrying -= 1
                 if self._publishes_retrying == 0:
                     self.publish_failing_since = None
+
+    @property
+    def pull_failing_since(self) -> float | None:
+        """Since when (monotonic) a consumer loop on this client has met only refusals or silence from
+        its durable; None while every running one is answered (or none runs)."""
+        times = [stats.failing_since for stats in self.running_pulls if stats.failing_since is not None]
+        return min(times) if times else None
 
     def _note_puback(self) -> None:
         self.last_puback_at = time.monotonic()

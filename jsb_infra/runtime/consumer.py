@@ -255,6 +255,7 @@ class ConsumerLoop:
         self.stats = ConsumerStats()
         self._puller: Puller | None = None
         self._current: Msg | None = None  # the message being processed
+        self._current_since: float | None = None  # since when (monotonic)
         self._async_idempotency = inspect.iscoroutinefunction(
             self.idempotency.seen
         ) or inspect.iscoroutinefunction(self.idempotency.mark)
@@ -284,6 +285,7 @@ class ConsumerLoop:
         await puller.start()
         nc = self.client.nc
         self._answers_seen_reconnects = nc.stats["reconnects"]
+        self.client.running_pulls.append(puller.stats)
         ticker = asyncio.create_task(self._keep_alive())
         self.started.set()
         buffer = puller.buffer
@@ -295,8 +297,10 @@ class ConsumerLoop:
                     continue
                 if buffer:
                     msg = self._current = buffer.popleft()
+                    self._current_since = time.monotonic()
                     await self._process(msg)
                     self._current = None
+                    self._current_since = None
                     continue
                 if self._stopping and not puller.open_requests:
                     break  # every request has ended: nothing more can come
@@ -306,6 +310,9 @@ class ConsumerLoop:
         finally:
             ticker.cancel()
             self._current = None
+            self._current_since = None
+            with contextlib.suppress(ValueError):
+                self.client.running_pulls.remove(puller.stats)
             await puller.close()
             self._finished.set()
         return self.stats
@@ -321,6 +328,19 @@ class ConsumerLoop:
         self._stop_requested.set()
         if self.started.is_set():
             await self._finished.wait()
+
+    def handling_for(self) -> float:
+        """Seconds the message in hand has been processed (handler, answer, DLQ): 0 when idle. A value
+        that keeps growing is a stalled handler."""
+        since = self._current_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def in_flight(self) -> int:
+        """Messages this loop holds unanswered: the one in hand, the buffered ones and those received
+        but not yet drained from the subscription."""
+        undrained = self._puller.undrained if self._puller is not None else 0
+        return len(self._held()) + undrained
 
     def _held(self) -> list[Msg]:
         """Messages pulled and not yet answered: the one being processed and the buffered ones."""
