@@ -209,3 +209,47 @@ async def test_rescue_never_deletes_the_original_when_its_msg_id_was_taken(open_
     assert await count(url, WORK) == 1, "the original stays in the work queue"
     assert await count(url, names.dlq_subject("billing")) == 0
     assert squat.seq == 2
+
+
+@pytest.mark.parametrize("open_pair", [PAIR], indirect=True)
+async def test_status_prometheus_gauges_follow_the_server_on_every_scrape(open_pair):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, stream = open_pair.url, PAIR["stream"]
+
+    async def scrape() -> dict[str, float]:
+        code, out, _ = await cli(url, "status", "--stream", stream, "--app", "billing", "--prometheus")
+        assert code in (0, 1), out
+        return {
+            s.name: s.value
+            for family in text_string_to_metric_families(out)
+            for s in family.samples
+            if s.labels == {"stream": stream, "app": "billing"}
+        }
+
+    await publish(url, 3)  # no consumer runs: the lag grows on the server
+    first = await scrape()
+    assert first["jsb_status_pending"] == 3 and first["jsb_status_dlq"] == 0
+    assert first["jsb_status_durable_present"] == 1
+
+    client = await BridgeClient(open_pair.bridges["billing"]).connect()
+
+    async def broken(event: Event, delivery: Delivery) -> None:
+        raise RuntimeError("cannot handle")
+
+    consumer = client.consumer(broken, fetch_timeout=0.3)  # max_deliver 1: each goes to the DLQ at once
+    task = asyncio.create_task(consumer.run())
+    for _ in range(100):
+        if consumer.stats.dead_lettered == 3:
+            break
+        await asyncio.sleep(0.05)
+    await consumer.stop()
+    await task
+    await client.close()
+    after = await scrape()
+    assert after["jsb_status_pending"] == 0 and after["jsb_status_dlq"] == 3 == await count(
+        url, "billing.sync.dlq"
+    )
+    assert after["jsb_status_max_delivered"] == 0 and after["jsb_status_ack_pending"] == 0
+    await publish(url, 2, prefix="later")
+    assert (await scrape())["jsb_status_pending"] == 2

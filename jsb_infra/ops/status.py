@@ -150,12 +150,48 @@ def render_table(rows: list[AppStatus]) -> str:
     )
 
 
+# (metric, help, AppStatus field) of the Prometheus exposition
+PROMETHEUS_GAUGES = (
+    ("jsb_status_pending", "Messages of the durable not yet delivered (num_pending)", "pending"),
+    ("jsb_status_ack_pending", "Delivered, not yet acked (num_ack_pending)", "ack_pending"),
+    ("jsb_status_redelivered", "Tracked messages delivered more than once (num_redelivered)", "redelivered"),
+    ("jsb_status_max_delivered", "Left in the work queue after max_deliver", "max_delivered"),
+    ("jsb_status_dlq", "Messages on the app's DLQ subject", "dlq"),
+)
+
+
+def render_prometheus(rows: list[AppStatus]) -> str:
+    """The rows as Prometheus text exposition (one gauge per column, labelled stream and app; a
+    missing durable's values as NaN plus `jsb_status_durable_present 0`). Pure."""
+    lines: list[str] = []
+    for metric, doc, attribute in PROMETHEUS_GAUGES:
+        lines += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
+        for r in rows:
+            value = getattr(r, attribute)
+            lines.append(f"{metric}{_labels(r)} {'NaN' if value is None else value}")
+    lines += [
+        "# HELP jsb_status_durable_present 1 when the app's durable exists",
+        "# TYPE jsb_status_durable_present gauge",
+    ]
+    lines += [f"jsb_status_durable_present{_labels(r)} {0 if r.pending is None else 1}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _labels(row: AppStatus) -> str:
+    return f'{{stream="{row.stream}",app="{row.app}"}}'  # names are checked: no quote or backslash
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="append", required=True, help="a pair's stream, repeatable")
     parser.add_argument(
         "--app", action="append", help="an app, repeatable (default: every <app>-workers durable)"
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the rows as Prometheus text exposition (for a textfile collector or a scrape wrapper)",
+    )
     add_admin_arguments(parser)
 
 
@@ -180,6 +216,8 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_FAILED
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2), file=out)
+    elif getattr(args, "prometheus", False):
+        print(render_prometheus(rows), file=out, end="")
     else:
         print(render_table(rows), file=out)
     for stream in missing:
