@@ -253,3 +253,20 @@ async def test_status_prometheus_gauges_follow_the_server_on_every_scrape(open_p
     assert after["jsb_status_max_delivered"] == 0 and after["jsb_status_ack_pending"] == 0
     await publish(url, 2, prefix="later")
     assert (await scrape())["jsb_status_pending"] == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.last-sync.billing-workers.3.17.42.1733550000000000000.5",
+        "$JS.ACK._.ACCHASH.last-sync.billing-workers.4.17.42.1733550000000000000.5.rnd",
+        "$JS.ACK.hub.ACCHASH.last-sync.billing-workers.1.17.42.1733550000000000000.0",
+    ],
+)
+def test_delivery_count_reads_what_nats_py_reads(reply):
+    from nats.aio.msg import Msg
+
+    from jsb_infra.runtime.consumer import delivery_count
+
+    msg = Msg(None, subject=WORK, reply=reply)  # type: ignore[arg-type]
+    assert delivery_count(msg) == msg.metadata.num_delivered
