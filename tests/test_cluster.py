@@ -189,12 +189,16 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
     billing = await app_client(cluster, pair, "billing").connect()
     received: set[str] = set()
 
+    fresh_at: list[tuple[float, float]] = []  # (handled at, delivered at by the server: wall clock)
+
     async def handle(event: Event, delivery: Delivery) -> None:
         received.add(event.event_id)
+        fresh_at.append((time.monotonic(), delivery.msg.metadata.timestamp.timestamp()))
 
     consumer = billing.consumer(handle, batch=50)
     consuming = asyncio.create_task(consumer.run())
     health = HealthLog(orders)
+    consumer_health = HealthLog(billing)
     publisher = Publisher(orders)
     gaps: list[str] = []
     try:
@@ -219,10 +223,33 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
         assert orders.reconnects == reconnects + 1
         assert cluster.node_of_url(orders.nc.connected_url.geturl()).name != app_node  # type: ignore[union-attr]
         await asyncio.sleep(0.5)
+        # the consuming app's node: unhealthy in every sample while it cannot pull, healthy within a
+        # poll of pulling again (and of its stream's leader answering, when that node led it)
+        consumer_node = cluster.node_of_url(billing.nc.connected_url.geturl()).name  # type: ignore[union-attr]
+        leader = await cluster.wait_for_stream_leader(STREAM)
+        killed_wall = time.time()
+        killed, seen = await kill_and_restart(cluster, consumer_node)
+        resumed = next((at for at, delivered in fresh_at if delivered > killed_wall + 0.05), None)
+        for _ in range(100):
+            if resumed is not None:
+                break
+            await asyncio.sleep(0.1)
+            resumed = next((at for at, delivered in fresh_at if delivered > killed_wall + 0.05), None)
+        assert resumed is not None, "the consumer never pulled again"
+        stalled = consumer_health.between(killed + 0.3, resumed - 0.3)
+        assert [s for s in stalled if s.healthy] == [], stalled
+        able = max(resumed, seen) if consumer_node == leader else resumed
+        back = await consumer_health.healthy_again(able)
+        gaps.append(
+            f"consumer node {consumer_node} (leader: {consumer_node == leader}): pulling again "
+            f"{resumed - killed:.1f}s, healthy {back - killed:.1f}s, {len(stalled)} stalled samples unhealthy"
+        )
+        assert back - able <= 1.5, gaps[-1]
     finally:
         publisher.stop.set()
         await publisher.task
         health.task.cancel()
+        consumer_health.task.cancel()
 
     assert publisher.errors == [], publisher.errors[:3]  # no error reached the app with default settings
     sent = set(publisher.sent)

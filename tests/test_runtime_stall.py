@@ -35,6 +35,7 @@ class Sample:
     http: int
     lag: float | None
     pull_failing: float | None
+    rules_1_to_4: bool  # the control: what the rule said before it looked at the pulls
 
 
 def get_status(url: str) -> int:
@@ -56,9 +57,15 @@ class Sampler:
             report = await health_check(self.client, timeout=1.0)
             http = await asyncio.to_thread(get_status, f"http://127.0.0.1:{self.port}/health")
             lag = self.metrics.registry.get_sample_value("jsb_consumer_lag", self.metrics.labels)
-            self.samples.append(
-                Sample(time.monotonic(), report.healthy, http, lag, report.pull_failing_for_s)
+            before = (
+                report.connection == "connected"
+                and report.rtt_ms is not None
+                and report.jetstream == "ok"
+                and not report.permission_violations
+                and (report.publish_failing_for_s or 0) <= 2.0
             )
+            failing = report.pull_failing_for_s
+            self.samples.append(Sample(time.monotonic(), report.healthy, http, lag, failing, before))
             await asyncio.sleep(POLL)
 
     def between(self, start: float, end: float) -> list[Sample]:
@@ -154,6 +161,8 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
         await asyncio.sleep(2.0)
         gone = sampler.between(deleted + 0.3, time.monotonic())
         assert gone and all(not s.healthy and s.http == 503 for s in gone), gone
+        # control: by rules 1-4 alone (connection, probe, publishes, denials) every one was healthy
+        assert all(s.rules_1_to_4 for s in gone), gone
         assert all(s.lag is None or math.isnan(s.lag) for s in gone), gone
         assert metrics.registry.get_sample_value("jsb_pull_failing_seconds", metrics.labels) > 1.0
         recreated = time.monotonic()
