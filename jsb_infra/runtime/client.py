@@ -469,8 +469,13 @@ class BridgeClient:
     @property
     def pull_failing_since(self) -> float | None:
         """Since when (monotonic) a consumer loop on this client has met only refusals or silence from
-        its durable; None while every running one is answered (or none runs)."""
+        its durable, or reconnected without an answer since; None while every running one is answered
+        (or none runs)."""
         times = [stats.failing_since for stats in self.running_pulls if stats.failing_since is not None]
+        if self._nc is not None and any(
+            stats.seen_reconnects != self._nc.stats["reconnects"] for stats in self.running_pulls
+        ):
+            times.append(time.monotonic())  # reconnected, and the loop has not pulled on it yet
         return min(times) if times else None
 
     def _note_puback(self) -> None:

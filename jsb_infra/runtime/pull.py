@@ -78,6 +78,9 @@ class PullStats:
     # ended with nothing to deliver); None before any answer.
     server_pending: int | None = None
     server_pending_at: float | None = None  # when it was learnt (monotonic)
+    # the connection's reconnect count when the pulls last took note of it: a newer one means pulls
+    # on a new connection that no answer has proven yet
+    seen_reconnects: int = 0
 
 
 class Puller:
@@ -119,7 +122,7 @@ class Puller:
         self._inbox = ""
         self._serial = 0
         self._resume_at = 0.0  # no new request before this (after a refusal)
-        self._reconnects = nc.stats["reconnects"]
+        self._reconnects = self.stats.seen_reconnects = nc.stats["reconnects"]
 
     @property
     def open_requests(self) -> int:
@@ -293,9 +296,11 @@ class Puller:
         self._forget_ended(now)
         reconnects = self.nc.stats["reconnects"]
         silent = self.heartbeat > 0 and now - self._heard_at > 2 * self.heartbeat
+        if reconnects != self._reconnects:
+            self._failing()  # a new connection: unproven until the server answers a pull on it
         if self._open and (silent or reconnects != self._reconnects):
             self._open.clear()
-        self._reconnects = reconnects
+        self._reconnects = self.stats.seen_reconnects = reconnects
         if not self._open and self.requested > 0:
             self.stats.lost += 1
             self._failing()
