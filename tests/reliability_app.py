@@ -30,7 +30,7 @@ from reliability_support import business, effects, orders
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jsb_infra.runtime import BridgeClient, Delivery, Event, load_bridge
+from jsb_infra.runtime import BridgeClient, ConsumerLoop, Delivery, Event, load_bridge
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.outbox import Outbox, OutboxRelay, pending_count
 from jsb_infra.runtime.storage import create_schema, engine_for_url
@@ -54,6 +54,14 @@ class Crash:
     def __call__(self, step: str, _count: int = 0) -> None:
         if self.hit(step):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PlainLastAnswers(ConsumerLoop):
+    """The consumer as it was: a last delivery answered with a plain ack, nothing kept to send again."""
+
+    async def _answer_last_delivery(self, msg: Any, kind: str, payload: bytes) -> bool:
+        await (msg.ack() if kind == "ack" else msg.term())
+        return True
 
 
 class HalfBatchClient(BridgeClient):
@@ -115,7 +123,8 @@ async def consume(args: argparse.Namespace, crash: Crash) -> None:
         session.execute(effects.insert().values(event_id=event.event_id, order_no=event.payload["order_no"]))
 
     client = await BridgeClient(bridge, reconnect_time_wait=0.2).connect()
-    consumer = client.consumer(inbox.handler(apply), batch=50, fetch_timeout=0.2)
+    loop = PlainLastAnswers if args.plain_last_answers else ConsumerLoop
+    consumer = loop(client, inbox.handler(apply), batch=50, fetch_timeout=0.2)
     task = asyncio.create_task(consumer.run())
 
     def done() -> bool:
@@ -142,6 +151,9 @@ def main() -> None:
     parser.add_argument("--crash")
     parser.add_argument(
         "--until-term", action="store_true", help="consume until SIGTERM, not until N effects"
+    )
+    parser.add_argument(
+        "--plain-last-answers", action="store_true", help="the control: the consumer as it was"
     )
     args = parser.parse_args()
     crash = Crash(args.crash)

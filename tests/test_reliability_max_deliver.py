@@ -78,7 +78,13 @@ def outage_postgres():
         yield cluster
 
 
-async def test_pg_outage_and_server_kill_leave_nothing_after_the_last_delivery(outage_postgres, tmp_path):
+@pytest.mark.parametrize("control", [False, True], ids=["consumer", "control-plain-acks"])
+async def test_pg_outage_and_server_kill_leave_nothing_after_the_last_delivery(
+    outage_postgres, tmp_path, control
+):
+    """With the consumer as it is, and as the control with its last answers plain acks as before
+    (which left 47-72 of 100 in the work queue in 5 of 7 runs): either way `status` counts what is
+    left and `rescue` empties the work queue."""
     pair = parse_pairs([PAIR]).pairs[0]
     server = LocalNatsServer(store_dir=tmp_path / "nats").start()
     try:
@@ -91,9 +97,8 @@ async def test_pg_outage_and_server_kill_leave_nothing_after_the_last_delivery(o
         business.create_all(engine)
 
         argv = [sys.executable, APP, "consume", "--db", db, "--bridge", str(bridge_file)]
-        app = subprocess.Popen(
-            [*argv, "--total", str(TOTAL), "--until-term"], stderr=subprocess.PIPE, text=True
-        )
+        argv += ["--total", str(TOTAL), "--until-term"] + (["--plain-last-answers"] if control else [])
+        app = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         try:
             await faults(server, outage_postgres, engine, app)
         finally:
@@ -126,7 +131,9 @@ async def test_pg_outage_and_server_kill_leave_nothing_after_the_last_delivery(o
             "every event applied or in the DLQ"
         )
         report = {"left_before_rescue": left, "applied": len(applied), "dlq": in_dlq, "resends": resent}
-        print("max-deliver fault:", report)
+        print(f"max-deliver fault ({'control' if control else 'consumer'}):", report)
+        if not control:
+            assert resent >= 1, "the consumer sent its last answers again after the reconnect"
     finally:
         server.stop()
 
