@@ -10,7 +10,8 @@ of it), `claimed` (a relay batch read, nothing published), `mid_batch` (the firs
 PubAck'd, the rest not sent), `published` (a whole batch PubAck'd, not marked sent).
 
 `consume` handles events through an `Inbox`: the handler inserts one `effects` row per call (no unique
-key, so a double application would show), and exits once `effects` holds N rows. Steps:
+key, so a double application would show), and exits once `effects` holds N rows (with `--until-term`:
+on SIGTERM, after a graceful stop). Steps:
 `before_commit` (handler done, transaction not committed), `committed` (committed, not acked).
 
 K counts occurrences of the step in this run. The server connection is open (no auth): what is under
@@ -29,7 +30,7 @@ from reliability_support import business, effects, orders
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jsb_infra.runtime import BridgeClient, Delivery, Event, load_bridge
+from jsb_infra.runtime import BridgeClient, ConsumerLoop, Delivery, Event, load_bridge
 from jsb_infra.runtime.inbox import Inbox
 from jsb_infra.runtime.outbox import Outbox, OutboxRelay, pending_count
 from jsb_infra.runtime.storage import create_schema, engine_for_url
@@ -53,6 +54,14 @@ class Crash:
     def __call__(self, step: str, _count: int = 0) -> None:
         if self.hit(step):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PlainLastAnswers(ConsumerLoop):
+    """The consumer as it was: a last delivery answered with a plain ack, nothing kept to send again."""
+
+    async def _answer_last_delivery(self, msg: Any, kind: str, payload: bytes) -> bool:
+        await (msg.ack() if kind == "ack" else msg.term())
+        return True
 
 
 class HalfBatchClient(BridgeClient):
@@ -113,15 +122,20 @@ async def consume(args: argparse.Namespace, crash: Crash) -> None:
     async def apply(event: Event, delivery: Delivery, session: Session) -> None:
         session.execute(effects.insert().values(event_id=event.event_id, order_no=event.payload["order_no"]))
 
-    client = await BridgeClient(bridge).connect()
-    consumer = client.consumer(inbox.handler(apply), batch=50, fetch_timeout=0.2)
+    client = await BridgeClient(bridge, reconnect_time_wait=0.2).connect()
+    loop = PlainLastAnswers if args.plain_last_answers else ConsumerLoop
+    consumer = loop(client, inbox.handler(apply), batch=50, fetch_timeout=0.2)
     task = asyncio.create_task(consumer.run())
 
     def done() -> bool:
         with engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(effects)).scalar_one()) >= args.total
 
-    while not await asyncio.to_thread(done):
+    if args.until_term:  # the database may be down: run until told to stop
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    while not args.until_term and not await asyncio.to_thread(done):
         await asyncio.sleep(0.05)
     await consumer.stop()
     await task
@@ -135,6 +149,12 @@ def main() -> None:
     parser.add_argument("--bridge", required=True)
     parser.add_argument("--total", type=int, required=True)
     parser.add_argument("--crash")
+    parser.add_argument(
+        "--until-term", action="store_true", help="consume until SIGTERM, not until N effects"
+    )
+    parser.add_argument(
+        "--plain-last-answers", action="store_true", help="the control: the consumer as it was"
+    )
     args = parser.parse_args()
     crash = Crash(args.crash)
     asyncio.run(produce(args, crash) if args.mode == "produce" else consume(args, crash))

@@ -195,6 +195,7 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
     consumer = billing.consumer(handle, batch=50)
     consuming = asyncio.create_task(consumer.run())
     health = HealthLog(orders)
+    consumer_health = HealthLog(billing)
     publisher = Publisher(orders)
     gaps: list[str] = []
     try:
@@ -219,10 +220,39 @@ async def test_r3_pair_rides_through_leader_kills_and_the_app_node_kill(nats_clu
         assert orders.reconnects == reconnects + 1
         assert cluster.node_of_url(orders.nc.connected_url.geturl()).name != app_node  # type: ignore[union-attr]
         await asyncio.sleep(0.5)
+        # the consuming app's node: unhealthy in every sample while the server answers none of its
+        # pulls (the truth taken from the puller's own record of answers, not from health), healthy
+        # within a poll once they are answered again (and its stream's leader answers, if it led it)
+        consumer_node = cluster.node_of_url(billing.nc.connected_url.geturl()).name  # type: ignore[union-attr]
+        leader = await cluster.wait_for_stream_leader(STREAM)
+        pulls = consumer.stats.pull
+        answered: list[float] = []  # when an answer to a pull was first seen after the kill
+
+        async def watch_pulls(after: float) -> None:
+            while not answered:
+                if pulls.answered_at is not None and pulls.answered_at > after + 0.3:
+                    answered.append(pulls.answered_at)
+                await asyncio.sleep(0.02)
+
+        killed_at = time.monotonic()
+        watcher = asyncio.create_task(watch_pulls(killed_at))
+        killed, seen = await kill_and_restart(cluster, consumer_node)
+        await asyncio.wait_for(watcher, 30)
+        pulling = answered[0]
+        stalled = consumer_health.between(killed + 0.3, pulling - 0.3)
+        assert [s for s in stalled if s.healthy] == [], stalled
+        able = max(pulling, seen) if consumer_node == leader else pulling
+        back = await consumer_health.healthy_again(able)
+        gaps.append(
+            f"consumer node {consumer_node} (leader: {consumer_node == leader}): pulls answered again "
+            f"{pulling - killed:.1f}s, healthy {back - killed:.1f}s, {len(stalled)} stalled samples unhealthy"
+        )
+        assert back - able <= 1.5, gaps[-1]
     finally:
         publisher.stop.set()
         await publisher.task
         health.task.cancel()
+        consumer_health.task.cancel()
 
     assert publisher.errors == [], publisher.errors[:3]  # no error reached the app with default settings
     sent = set(publisher.sent)

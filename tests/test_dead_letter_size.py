@@ -199,3 +199,40 @@ async def test_jwt_mode_an_event_over_the_users_payload_claim_fails_unsent(
         assert not client.nc.is_closed
         small = await client.publish_event(client.event("order.created", "order", 2, {}))
         assert small.stream == LIMIT_PAIRS[0].stream
+
+
+STREAM_LIMITED = {**PAIR, "stream": "size-stream-sync", "stream_options": {"max_msg_size": 2048}}
+
+
+@pytest.mark.parametrize("provisioned_pair", [STREAM_LIMITED], indirect=True)
+@pytest.mark.parametrize("former", [False, True], ids=["fallback", "control-no-fallback"])
+async def test_a_peer_message_at_the_streams_max_msg_size_is_dead_lettered_without_its_body(
+    provisioned_pair, monkeypatch, former
+):
+    """The stream's `max_msg_size` (2048 here, 16 KiB by default) counts headers too, and the app does not
+    know it: orders stores a malformed body of exactly that size, billing's dead letter of it (the body
+    plus the DLQ headers) is refused by the stream (10054), and goes again at once without the body.
+    Control: without that fallback the dead letter never lands."""
+    if former:
+        monkeypatch.setattr(consumer_module, "is_too_large_for_stream", lambda err: False)
+    pp = provisioned_pair
+    attacker = await nats.connect(
+        pp.url, nkeys_seed_str=pp.seeds[ATTACKER], inbox_prefix=names.inbox_prefix(ATTACKER)
+    )
+    await attacker.jetstream().publish(names.publish_subject(ATTACKER, VICTIM), b"x" * 2048, timeout=5)
+    await attacker.close()
+    billing = await BridgeClient(pp.bridges[VICTIM], Credentials(nkey_seed=pp.seeds[VICTIM])).connect()
+    consumer = billing.consumer(lambda event, delivery: None, fetch_timeout=0.2)
+    task = asyncio.create_task(consumer.run())
+    try:
+        if former:
+            await wait_for(lambda: consumer.stats.dlq_failures >= 1)
+            assert await dead_letters(pp) == []
+            return
+        await wait_for(lambda: consumer.stats.dead_lettered == 1)
+        [letter] = await dead_letters(pp)
+        assert letter.data == b"" and letter.headers[DLQ_BODY_OMITTED] == "2048"
+        assert consumer.stats.dlq_failures == 0
+    finally:
+        task.cancel()
+        await billing.close()

@@ -108,6 +108,8 @@ async def test_always_failing_goes_to_dlq_after_max_deliver(provisioned_pair):
     await consumer.stop()
     await task
     assert counts == [1, 2, 3] == list(range(1, pp.bridges["billing"].consumer.max_deliver + 1))
+    # the ack of the last delivery crossed the account import as a request and came back confirmed
+    assert consumer.stats.final_answers_confirmed == 1 and consumer.stats.final_answers_unconfirmed == 0
     dlq = await dlq_message(pp, "billing.sync.dlq")
     assert dlq.headers[DLQ_REASON] == "max_deliver"
     assert dlq.headers[DLQ_DELIVERY_COUNT] == "3"

@@ -54,6 +54,7 @@ class LocalPostgres:
         default_factory=lambda: {"fsync": "off", "full_page_writes": "off", "max_connections": "50"}
     )
     base_dir: Path | None = field(default=None, init=False)
+    paused: bool = field(default=False, init=False)
 
     @property
     def socket_dir(self) -> Path:
@@ -122,6 +123,11 @@ class LocalPostgres:
                 "--no-sync",
             ]
         )
+        self._start_server(bin_dir, timeout)
+
+    def _start_server(self, bin_dir: Path, timeout: float) -> None:
+        assert self.base_dir is not None
+        data = self.base_dir / "data"
         options = [f"-p {self.port}", "-c listen_addresses=''", f"-k {self.socket_dir}"]
         options += [f"-c {key}={value}" for key, value in self.settings.items()]
         self._run(
@@ -140,11 +146,27 @@ class LocalPostgres:
             ]
         )
 
+    def pause(self) -> None:
+        """Stop the server and keep its data (a database outage for fault tests); `resume()` restarts it."""
+        assert self.base_dir is not None, "not started"
+        self._run(
+            [str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.base_dir / "data"), "-m", "fast", "stop"]
+        )
+        self.paused = True
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start the server `pause()` stopped, with the same settings and data."""
+        assert self.base_dir is not None, "not started"
+        self._start_server(postgres_bin_dir(), timeout)
+        self.paused = False
+
     def stop(self) -> None:
         """Stop the server (immediate: its data is thrown away) and delete the cluster."""
         if self.base_dir is None:
             return
         try:
+            if self.paused:  # nothing runs: only the files are left to delete
+                return
             self._run(
                 [
                     str(postgres_bin_dir() / "pg_ctl"),

@@ -1,4 +1,5 @@
-"""DLQ operations for an operator: list, show, replay and purge one app's dead letters.
+"""DLQ operations for an operator: list, show, replay and purge one app's dead letters, and rescue what
+the server left in the app's work queue after max_deliver (move it to the DLQ).
 
 An app's DLQ subject (`<app>.sync.dlq`) lives in its pair's stream; the runtime consumer parks a
 message there with the original body and headers saying why (`Jsb-Dlq-Reason`, `Jsb-Delivery-Count`,
@@ -35,6 +36,7 @@ from jsb_infra.ops.admin_cli import (
     checked_connection,
     name_problems,
 )
+from jsb_infra.ops.status import max_delivered_count, subject_count, work_subject
 from jsb_infra.runtime.consumer import (
     DLQ_BODY_OMITTED,
     DLQ_CONSUMER,
@@ -43,6 +45,7 @@ from jsb_infra.runtime.consumer import (
     DLQ_ORIGINAL_SUBJECT,
     DLQ_REASON,
     DLQ_STREAM_SEQUENCE,
+    REASON_MAX_DELIVER,
 )
 from jsb_infra.runtime.envelope import MSG_ID_HEADER
 
@@ -164,6 +167,94 @@ async def replay_one(admin: JetStreamAdmin, stream: str, letter: DeadLetter) -> 
     )
 
 
+# -- messages left in the work queue after max_deliver ---------------------------------------------
+RESCUE_ERROR = "left in the work queue after max_deliver on the server; moved by jsb-infra dlq rescue"
+
+
+async def max_delivered_messages(
+    admin: JetStreamAdmin, stream: str, app: str
+) -> tuple[list[StoredMessage], int]:
+    """The messages of `app`'s work subject that the server will never deliver again (for certain),
+    and how many the counts say there are in all (`jsb-infra status`'s max delivered).
+
+    Certain: at or below the durable's ack floor (nothing there awaits an answer), or, while nothing of
+    the durable is in flight (`num_ack_pending` 0), at or below its last delivered sequence. Redelivery
+    comes only from what is in flight, so neither can be delivered again. Others, above the floor while
+    messages are in flight, are found by a later run (or with the app stopped).
+    """
+    consumer = await admin.consumer_info(stream, names.durable_name(app))
+    subject = work_subject(consumer)
+    if consumer is None or subject is None:
+        return [], 0
+    limit = int((consumer.get("ack_floor") or {}).get("stream_seq", 0))
+    if int(consumer.get("num_ack_pending", 0)) == 0:
+        limit = max(limit, int((consumer.get("delivered") or {}).get("stream_seq", 0)))
+    found = []
+    async for message in admin.messages(stream, subject):
+        if message.seq > limit:
+            break
+        found.append(message)
+    total = max_delivered_count(consumer, await subject_count(admin, stream, subject)) or 0
+    return found, max(total, len(found))
+
+
+def rescue_headers(message: StoredMessage, stream: str, app: str, max_deliver: int) -> dict[str, str]:
+    """The DLQ copy's headers, as the consumer writes them for a message past max_deliver."""
+    return {
+        DLQ_REASON: REASON_MAX_DELIVER,
+        DLQ_DELIVERY_COUNT: str(max_deliver),
+        DLQ_ORIGINAL_SUBJECT: message.subject,
+        DLQ_STREAM_SEQUENCE: str(message.seq),
+        DLQ_CONSUMER: names.durable_name(app),
+        DLQ_ERROR: RESCUE_ERROR,
+        MSG_ID_HEADER: rescue_msg_id(stream, message),
+    }
+
+
+def rescue_msg_id(stream: str, message: StoredMessage) -> str:
+    """The `Nats-Msg-Id` of a rescue: fixed per work-queue message, so a rescue run again after an
+    interruption stores the DLQ copy once. Like a replay's, it hashes what the peer app (which wrote the
+    message and shares the stream's dedupe window) never sees, the stored time, so the peer cannot
+    publish the id first and block the rescue."""
+    material = f"{stream}\0{message.seq}\0{message.time}".encode()
+    digest = hashlib.sha256(material).digest()[:16]
+    return "rescue-" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+async def rescue_one(
+    admin: JetStreamAdmin, stream: str, app: str, message: StoredMessage, max_deliver: int
+) -> str:
+    """Copy `message` to `app`'s DLQ subject, check the copy is there, then delete the original."""
+    dlq_subject = names.dlq_subject(app)
+    headers = rescue_headers(message, stream, app, max_deliver)
+    reply = await admin.nc.request(dlq_subject, message.data, timeout=admin.timeout, headers=headers)
+    ack = json.loads(reply.data)
+    if "error" in ack:
+        raise RuntimeError(f"the stream refused the DLQ copy: {ack['error']}")
+    if ack.get("stream") != stream:
+        raise RuntimeError(f"{dlq_subject} is captured by stream {ack.get('stream')!r}, not {stream!r}")
+    if ack.get("duplicate"):
+        # Another message may hold this msg id within the duplicate window (anyone who may publish to
+        # the stream can pick one): the original is deleted only when the DLQ holds this very copy.
+        stored = await admin.get_message(stream, int(ack["seq"]))
+        if (
+            stored is None
+            or stored.subject != dlq_subject
+            or stored.headers.get(DLQ_STREAM_SEQUENCE) != str(message.seq)
+            or stored.data != message.data
+        ):
+            raise RuntimeError(
+                f"msg id {headers[MSG_ID_HEADER]} is taken by stream seq {ack['seq']}, which is not this "
+                "message's DLQ copy; left in the work queue"
+            )
+    await admin.delete_message(stream, message.seq)
+    how = "already copied (duplicate)" if ack.get("duplicate") else "copied"
+    return (
+        f"moved seq {message.seq} ({message.subject}) to {dlq_subject} as stream seq {ack['seq']}, {how}; "
+        "removed"
+    )
+
+
 # -- commands -------------------------------------------------------------------------------------
 def shown(text: str) -> str:
     """`text` safe to print to an operator's terminal: control and format characters (escape
@@ -258,11 +349,52 @@ async def cmd_purge(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO
     return 0
 
 
-COMMANDS = {"list": cmd_list, "show": cmd_show, "replay": cmd_replay, "purge": cmd_purge}
+async def cmd_rescue(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
+    found, total = await max_delivered_messages(admin, args.stream, args.app)
+    if args.seq:
+        found = [m for m in found if m.seq in set(args.seq)]
+    consumer = await admin.consumer_info(args.stream, names.durable_name(args.app)) or {}
+    max_deliver = int((consumer.get("config") or {}).get("max_deliver", 0))
+    failed = False
+    for message in found:
+        if args.dry_run:
+            print(
+                f"would move seq {message.seq} ({message.subject}) to {names.dlq_subject(args.app)}", file=out
+            )
+            continue
+        try:
+            print(await rescue_one(admin, args.stream, args.app, message, max_deliver), file=out)
+        except Exception as err:
+            failed = True
+            print(f"seq {message.seq}: not moved: {err}", file=out)
+    left = total - len(found)
+    if left > 0 and not args.seq:
+        print(
+            f"{left} more past max_deliver cannot be told apart from messages in flight yet: run again "
+            "once the app has answered what it holds (or with the app stopped)",
+            file=out,
+        )
+    if not found and total == 0:
+        print(f"nothing past max_deliver on {args.stream} for {args.app}", file=out)
+    return EXIT_FAILED if failed else 0
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "replay": cmd_replay,
+    "purge": cmd_purge,
+    "rescue": cmd_rescue,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=list(COMMANDS), help="list | show | replay | purge")
+    parser.add_argument(
+        "action",
+        choices=list(COMMANDS),
+        help="list | show | replay | purge | rescue (move what is left in the work queue after max_deliver "
+        "to the DLQ)",
+    )
     parser.add_argument("--stream", required=True, help="the pair's stream")
     parser.add_argument("--app", required=True, help="the app whose DLQ (<app>.sync.dlq) to read")
     parser.add_argument(

@@ -1,6 +1,7 @@
-"""`jsb-infra status`: per pair and app, what waits, what is in flight, what was dead-lettered, and when
-the app last pulled or acked. Admin credentials: it reads `CONSUMER.INFO` and `STREAM.INFO` (with a
-`subjects_filter` for the DLQ count), which no app credential may call.
+"""`jsb-infra status`: per pair and app, what waits, what is in flight, what was left after max_deliver,
+what was dead-lettered, and when the app last pulled or acked. Admin credentials: it reads
+`CONSUMER.INFO` and `STREAM.INFO` (with a `subjects_filter` for the DLQ and work-subject counts), which
+no app credential may call.
 """
 
 from __future__ import annotations
@@ -35,15 +36,40 @@ class AppStatus:
     last_delivered: str | None
     last_acked: str | None
     problem: str | None = None
+    # left in the work queue after max_deliver: never acked or termed, never delivered again
+    max_delivered: int | None = None
 
 
-def app_status(stream: str, app: str, consumer: dict[str, Any] | None, dlq_count: int) -> AppStatus:
-    """One row from the durable's CONSUMER.INFO (None: not there) and the DLQ count. Pure."""
+def max_delivered_count(consumer: dict[str, Any], work_count: int | None) -> int | None:
+    """Messages of the durable's work subject still in the stream that the server will not deliver
+    again: in a work-queue stream every message of the subject is either not yet delivered
+    (`num_pending`), delivered and awaiting its answer (`num_ack_pending`), or past max_deliver and never
+    acked or termed. Pure; None when the subject count is unknown. Two reads a moment apart: on a busy
+    durable the count can be off by what moved between them, never below 0."""
+    if work_count is None:
+        return None
+    waiting = int(consumer.get("num_pending", 0)) + int(consumer.get("num_ack_pending", 0))
+    return max(work_count - waiting, 0)
+
+
+def work_subject(consumer: dict[str, Any] | None) -> str | None:
+    """The subject the durable consumes (its filter), from its CONSUMER.INFO."""
+    config = (consumer or {}).get("config") or {}
+    subject = config.get("filter_subject") or next(iter(config.get("filter_subjects") or []), None)
+    return str(subject) if subject else None
+
+
+def app_status(
+    stream: str, app: str, consumer: dict[str, Any] | None, dlq_count: int, work_count: int | None = None
+) -> AppStatus:
+    """One row from the durable's CONSUMER.INFO (None: not there), the DLQ count and the count of its
+    work subject in the stream. Pure."""
     durable = names.durable_name(app)
     if consumer is None:
         return AppStatus(
             stream, app, durable, None, None, None, None, dlq_count, None, None, f"no durable {durable}"
         )
+    stuck = max_delivered_count(consumer, work_count)
     return AppStatus(
         stream=stream,
         app=app,
@@ -55,6 +81,8 @@ def app_status(stream: str, app: str, consumer: dict[str, Any] | None, dlq_count
         dlq=dlq_count,
         last_delivered=(consumer.get("delivered") or {}).get("last_active"),
         last_acked=(consumer.get("ack_floor") or {}).get("last_active"),
+        problem=f"{stuck} past max_deliver: jsb-infra dlq rescue moves them to the DLQ" if stuck else None,
+        max_delivered=stuck,
     )
 
 
@@ -68,13 +96,18 @@ async def pair_status(admin: JetStreamAdmin, stream: str, apps: list[str] | None
         ]
     rows = []
     for app in apps:
-        dlq_subject = names.dlq_subject(app)
-        info = await admin.stream_info_subjects(stream, dlq_subject)
-        dlq_count = int(((info or {}).get("state", {}).get("subjects") or {}).get(dlq_subject, 0))
-        rows.append(
-            app_status(stream, app, await admin.consumer_info(stream, names.durable_name(app)), dlq_count)
-        )
+        dlq_count = await subject_count(admin, stream, names.dlq_subject(app))
+        consumer = await admin.consumer_info(stream, names.durable_name(app))
+        subject = work_subject(consumer)
+        work_count = None if subject is None else await subject_count(admin, stream, subject)
+        rows.append(app_status(stream, app, consumer, dlq_count, work_count))
     return rows
+
+
+async def subject_count(admin: JetStreamAdmin, stream: str, subject: str) -> int:
+    """How many messages of `subject` the stream holds (STREAM.INFO with `subjects_filter`)."""
+    info = await admin.stream_info_subjects(stream, subject)
+    return int(((info or {}).get("state", {}).get("subjects") or {}).get(subject, 0))
 
 
 def _cell(value: Any) -> str:
@@ -86,7 +119,17 @@ def _cell(value: Any) -> str:
 
 
 def render_table(rows: list[AppStatus]) -> str:
-    header = ("stream", "app", "pending", "ack pending", "redelivered", "dlq", "last delivered", "last acked")
+    header = (
+        "stream",
+        "app",
+        "pending",
+        "ack pending",
+        "redelivered",
+        "max delivered",
+        "dlq",
+        "last delivered",
+        "last acked",
+    )
     table = [header] + [
         (
             r.stream,
@@ -94,6 +137,7 @@ def render_table(rows: list[AppStatus]) -> str:
             _cell(r.pending),
             _cell(r.ack_pending),
             _cell(r.redelivered),
+            _cell(r.max_delivered),
             _cell(r.dlq),
             _cell(r.last_delivered),
             _cell(r.last_acked) + (f"  ({r.problem})" if r.problem else ""),
@@ -107,12 +151,48 @@ def render_table(rows: list[AppStatus]) -> str:
     )
 
 
+# (metric, help, AppStatus field) of the Prometheus exposition
+PROMETHEUS_GAUGES = (
+    ("jsb_status_pending", "Messages of the durable not yet delivered (num_pending)", "pending"),
+    ("jsb_status_ack_pending", "Delivered, not yet acked (num_ack_pending)", "ack_pending"),
+    ("jsb_status_redelivered", "Tracked messages delivered more than once (num_redelivered)", "redelivered"),
+    ("jsb_status_max_delivered", "Left in the work queue after max_deliver", "max_delivered"),
+    ("jsb_status_dlq", "Messages on the app's DLQ subject", "dlq"),
+)
+
+
+def render_prometheus(rows: list[AppStatus]) -> str:
+    """The rows as Prometheus text exposition (one gauge per column, labelled stream and app; a
+    missing durable's values as NaN plus `jsb_status_durable_present 0`). Pure."""
+    lines: list[str] = []
+    for metric, doc, attribute in PROMETHEUS_GAUGES:
+        lines += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
+        for r in rows:
+            value = getattr(r, attribute)
+            lines.append(f"{metric}{_labels(r)} {'NaN' if value is None else value}")
+    lines += [
+        "# HELP jsb_status_durable_present 1 when the app's durable exists",
+        "# TYPE jsb_status_durable_present gauge",
+    ]
+    lines += [f"jsb_status_durable_present{_labels(r)} {0 if r.pending is None else 1}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _labels(row: AppStatus) -> str:
+    return f'{{stream="{row.stream}",app="{row.app}"}}'  # names are checked: no quote or backslash
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="append", required=True, help="a pair's stream, repeatable")
     parser.add_argument(
         "--app", action="append", help="an app, repeatable (default: every <app>-workers durable)"
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the rows as Prometheus text exposition (for a textfile collector or a scrape wrapper)",
+    )
     add_admin_arguments(parser)
 
 
@@ -138,6 +218,8 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_FAILED
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2), file=out)
+    elif getattr(args, "prometheus", False):
+        print(render_prometheus(rows), file=out, end="")
     else:
         print(render_table(rows), file=out)
     for stream in missing:

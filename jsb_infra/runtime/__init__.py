@@ -1,6 +1,13 @@
 """The thin runtime client apps use: configured by the stack's `bridges` output, least privilege only."""
 
-from jsb_infra.runtime.client import BridgeClient, ConnectGaveUp, PublishError
+from jsb_infra.runtime.client import (
+    BridgeClient,
+    ConnectAuthorizationError,
+    ConnectGaveUp,
+    ConnectTLSError,
+    ConnectUnreachableError,
+    PublishError,
+)
 from jsb_infra.runtime.config import (
     BridgeConfigError,
     Credentials,
@@ -25,7 +32,10 @@ from jsb_infra.runtime.pull import PullStats
 __all__ = [
     "BridgeClient",
     "BridgeConfigError",
+    "ConnectAuthorizationError",
     "ConnectGaveUp",
+    "ConnectTLSError",
+    "ConnectUnreachableError",
     "Consumer",
     "ConsumerLoop",
     "ConsumerStats",

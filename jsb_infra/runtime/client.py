@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ from jsb_infra.runtime.config import Credentials
 from jsb_infra.runtime.envelope import MSG_ID_HEADER, Event, encode, new_event
 from jsb_infra.runtime.msg_ids import MsgIds
 from jsb_infra.runtime.pubacks import PubAckInbox
+from jsb_infra.runtime.pull import PullStats
 
 log = logging.getLogger("jsb_infra.runtime")
 
@@ -70,12 +72,70 @@ class PublishError(RuntimeError):
 
 
 class ConnectGaveUp(ConnectionError):
-    """The first connect failed `connect_attempts` times on every server; `client.errors` says why."""
+    """The first connect failed `connect_attempts` times on every server; `client.errors` says why.
+
+    `connect()` raises one of its three subclasses, never this class itself and never a type of
+    nats-py's: catch `ConnectGaveUp` for all of them.
+    """
+
+
+class ConnectAuthorizationError(ConnectGaveUp):
+    """A server answered and refused the credentials ("Authorization Violation", an expired or revoked
+    user, an authentication timeout)."""
+
+
+class ConnectTLSError(ConnectGaveUp):
+    """The TLS handshake failed: the server's certificate is not trusted or does not name the host, the
+    server wants TLS or a client certificate the client does not offer, or the other way round."""
+
+
+class ConnectUnreachableError(ConnectGaveUp):
+    """No server answered: connection refused, no route, DNS failure, or no answer within
+    `connect_timeout`."""
 
 
 class _StopConnecting(Exception):
     """Raised from the error callback to leave nats-py's first-connect loop (deliberately no OSError,
-    which that loop would catch and retry)."""
+    which that loop would catch and retry). Never leaves `connect()`."""
+
+
+AUTHORIZATION_TEXTS = ("authorization violation", "authentication", "user authentication expired",
+                       "account authentication expired", "user authentication revoked")  # fmt: skip
+TLS_TEXTS = ("tls", "ssl", "certificate", "handshake")
+
+
+# When the tries of one connect met several kinds of error, the most telling one names the failure: a
+# refused login, else a failed handshake (a server that refuses a missing client certificate may also
+# just drop the connection: "Connection lost"), else no answer.
+FAILURE_PRIORITY: list[type[ConnectGaveUp]] = [
+    ConnectUnreachableError,
+    ConnectTLSError,
+    ConnectAuthorizationError,
+]
+
+
+def connect_failure_type(err: BaseException | None, tls: bool = False) -> type[ConnectGaveUp]:
+    """The public exception for one error a first connect met (`tls`: the client uses TLS).
+
+    nats-py reports a refusal of the credentials as `nats.errors.Error("nats: 'Authorization
+    Violation'")` (the server's `-ERR` line, not always its `AuthorizationError`), a failed handshake
+    as an `ssl.SSLError` or an `Error` naming TLS, and no answer as an `OSError` or a timeout. A server
+    that accepted the TCP connection and then dropped it during the login ("connection reset", "broken
+    pipe", "Connection lost"; the reset can discard the refusal's text, a race nats-py loses now and
+    then) refused the client: its TLS (a missing client certificate under TLS 1.3 shows so) when
+    the client uses TLS, else its credentials.
+    """
+    if err is None:
+        return ConnectUnreachableError
+    text = str(err).lower()
+    if isinstance(err, nats.errors.AuthorizationError) or any(t in text for t in AUTHORIZATION_TEXTS):
+        return ConnectAuthorizationError
+    if isinstance(err, ssl.SSLError) or any(t in text for t in TLS_TEXTS):
+        return ConnectTLSError
+    dropped = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, nats.errors.UnexpectedEOF)
+    if isinstance(err, dropped) or "connection lost" in text:
+        return ConnectTLSError if tls else ConnectAuthorizationError
+    return ConnectUnreachableError
 
 
 def headers_size(headers: Mapping[str, str]) -> int:
@@ -173,7 +233,10 @@ class BridgeClient:
         self._msg_ids: MsgIds | None = None  # derived from the credentials on first use
         self._payload_claim: int | None = None  # the user JWT's payload limit (0: none); on first use
         self._first_connect_failures: int | None = None  # counted only while the first connect runs
+        self._first_connect_errors: list[Exception] = []  # what the first connect met, in order
         self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
+        # The pull statistics of the consumer loops running on this client (for health and metrics).
+        self.running_pulls: list[PullStats] = []
 
     # -- connection ------------------------------------------------------------------------------
     async def connect(self) -> BridgeClient:
@@ -187,6 +250,7 @@ class BridgeClient:
         # nats-py tries each server max_reconnect_attempts + 1 times, but reads 0 as "forever"; the
         # error callback therefore also counts the failures and gives up itself (connect_attempts=1).
         self._first_connect_failures = 0
+        self._first_connect_errors = []
         try:
             await nc.connect(
                 self.bridge.servers,
@@ -202,14 +266,8 @@ class BridgeClient:
                 connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
                 **self.credentials.connect_options(),
             )
-        except (_StopConnecting, nats.errors.NoServersError) as err:
-            self._closing = True
-            await nc.close()
-            last = self.errors[-1] if self.errors else err
-            raise ConnectGaveUp(
-                f"could not connect to {', '.join(self.bridge.servers)} as {self.credentials.describe()} "
-                f"after {self.connect_attempts} attempt(s) per server: {last!r}"
-            ) from None
+        except Exception as err:  # whatever nats-py raised (or our _StopConnecting): one public type
+            raise await self._first_connect_failed(nc, err) from None
         finally:
             self._first_connect_failures = None
         self._nc = nc
@@ -218,6 +276,31 @@ class BridgeClient:
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
         log.info("connected to %s as %s (%s)", self._nc.connected_url, self.name, self.credentials.describe())
         return self
+
+    async def _first_connect_failed(self, nc: NATS, err: Exception) -> ConnectGaveUp:
+        """Close what the failed first connect left and say why in a public exception.
+
+        The error callback must stop raising `_StopConnecting` before the close: closing calls it again
+        for a failed flush, and the exception would escape from here (nats-py's private type, seen in
+        about one of three refused logins). The close is bounded: after a failed TLS handshake
+        nats-py's close never returns."""
+        self._first_connect_failures = None
+        self._closing = True
+        try:
+            # Bounded: after a failed TLS handshake nats-py's close waits forever for the transport.
+            await asyncio.wait_for(nc.close(), timeout=self.connect_timeout)
+        except Exception as close_err:  # nothing to keep open; the connect's error is the one to report
+            log.debug("close after a failed connect: %r", close_err)
+        seen = [e for e in self._first_connect_errors if not isinstance(e, _StopConnecting)]
+        if not isinstance(err, (_StopConnecting, nats.errors.NoServersError)):
+            seen.append(err)
+        tls = self.credentials.tls is not None or any(u.startswith("tls://") for u in self.bridge.servers)
+        ranked = [(FAILURE_PRIORITY.index(connect_failure_type(e, tls)), i, e) for i, e in enumerate(seen)]
+        rank, _, telling = max(ranked, default=(0, 0, None))  # the most telling kind, its latest error
+        return FAILURE_PRIORITY[rank](
+            f"could not connect to {', '.join(self.bridge.servers)} as {self.credentials.describe()} "
+            f"after {self.connect_attempts} attempt(s) per server: {telling!r}"
+        )
 
     def sharing(self, bridge: BridgeOutputs, **options: Any) -> BridgeClient:
         """A client for another pair of the same app, on this client's connection.
@@ -316,6 +399,7 @@ class BridgeClient:
         if self._user_error_cb is not None:
             await self._user_error_cb(err)
         if self._first_connect_failures is not None:
+            self._first_connect_errors.append(err)
             self._first_connect_failures += 1
             if self._first_connect_failures >= self.connect_attempts * len(self.bridge.servers):
                 raise _StopConnecting()  # leaves nats-py's retry loop; connect() reports it
@@ -440,6 +524,18 @@ class BridgeClient:
                 self._publishes_retrying -= 1
                 if self._publishes_retrying == 0:
                     self.publish_failing_since = None
+
+    @property
+    def pull_failing_since(self) -> float | None:
+        """Since when (monotonic) a consumer loop on this client has met only refusals or silence from
+        its durable, or reconnected without an answer since; None while every running one is answered
+        (or none runs)."""
+        times = [stats.failing_since for stats in self.running_pulls if stats.failing_since is not None]
+        if self._nc is not None and any(
+            stats.seen_reconnects != self._nc.stats["reconnects"] for stats in self.running_pulls
+        ):
+            times.append(time.monotonic())  # reconnected, and the loop has not pulled on it yet
+        return min(times) if times else None
 
     def _note_puback(self) -> None:
         self.last_puback_at = time.monotonic()

@@ -9,7 +9,11 @@ The rule (`health_check`): healthy when all of
 2. the stream's leader answered the probe within `timeout` (`jetstream == "ok"`);
 3. no publish has been retrying without a PubAck for longer than `stall_after` seconds (a leader that
    still answers but cannot commit, such as one that lost its quorum and has not yet stepped down);
-4. no permission violation within the last `violation_window` seconds.
+4. no permission violation within the last `violation_window` seconds;
+5. every consumer loop running on this client has its pulls answered: one whose requests met a
+   refusal (no durable or no consumer leader: 503, 409) or silence (requests that ended unanswered,
+   missed heartbeats, a reconnect) since the server last answered it (a message, a heartbeat, an
+   expiry) makes the app unhealthy at once, and the next answer makes it healthy again.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class HealthReport:
     jetstream: str = "not checked"  # "ok", or why the stream's leader did not answer the probe
     last_puback_age_s: float | None = None  # since this client's last PubAck (None: none yet)
     publish_failing_for_s: float | None = None  # publishes retrying without a PubAck this long
+    pull_failing_for_s: float | None = None  # a running consumer's pulls unanswered this long
     reconnects: int = 0
     permission_violations: list[str] = field(default_factory=list)  # those within the window
     permission_violations_total: int = 0  # since the client was created
@@ -113,11 +118,14 @@ async def health_check(
     failing_for = None if client.publish_failing_since is None else now - client.publish_failing_since
     puback_age = None if client.last_puback_at is None else now - client.last_puback_at
     stalled = failing_for is not None and failing_for > stall_after
+    pull_since = client.pull_failing_since
+    pull_failing_for = None if pull_since is None else now - pull_since
     return HealthReport(
         healthy=state == "connected"
         and rtt_ms is not None
         and jetstream == "ok"
         and not stalled
+        and pull_failing_for is None
         and not violations,
         connection=state,
         rtt_ms=rtt_ms,
@@ -126,6 +134,7 @@ async def health_check(
         jetstream=jetstream,
         last_puback_age_s=None if puback_age is None else round(puback_age, 3),
         publish_failing_for_s=None if failing_for is None else round(failing_for, 3),
+        pull_failing_for_s=None if pull_failing_for is None else round(pull_failing_for, 3),
         reconnects=client.reconnects,
         permission_violations=violations,
         permission_violations_total=client.permission_violation_count,

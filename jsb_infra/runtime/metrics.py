@@ -6,6 +6,8 @@
   query, at most every `backlog_interval` seconds, in a worker thread);
 - `metrics.instrument(handler)` wraps the consumer handler to time it and to take the consumer lag
   from the delivered message's own metadata (`num_pending` in its ack subject: no management call);
+  a watched consumer's pulls refresh it too (each drained delivery, 0 after a pull that ended empty),
+  and it reads NaN while disconnected or while the pulls go unanswered: never a stale figure;
 - `metrics.track_publishes(client)` counts the client's publishes to its peer (wrapping this client
   object's `publish_raw` and `publish_batch`).
 `await metrics.serve(port)` answers `GET /metrics` and `GET /health` (200 when connected, else 503,
@@ -13,7 +15,8 @@ with the health check as JSON) for an app that has no HTTP server of its own.
 
 Names (all labelled `stream`, `app`): jsb_events_published_total, jsb_events_publish_failed_total,
 jsb_events_handled_total{outcome=ack|nak|dlq|term|duplicate}, jsb_handler_failures_total,
-jsb_handler_seconds (histogram), jsb_consumer_lag, jsb_connection_up, jsb_connection_state{state},
+jsb_handler_seconds (histogram), jsb_consumer_lag, jsb_consumer_in_flight, jsb_handler_running_seconds,
+jsb_pull_failing_seconds, jsb_connection_up, jsb_connection_state{state},
 jsb_reconnects_total, jsb_permission_violations_total, jsb_outbox_backlog,
 jsb_outbox_published_total, jsb_outbox_failed_total, jsb_outbox_republished_total.
 """
@@ -22,17 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from jsb_infra.runtime.consumer import Consumer, Delivery, Handler
 from jsb_infra.runtime.envelope import Event
 from jsb_infra.runtime.health import _connection_state, health_check
+from jsb_infra.runtime.pull import LOST_GRACE_S
 
 if TYPE_CHECKING:
     from nats.js.api import PubAck
@@ -78,12 +83,8 @@ class BridgeMetrics(Collector):
         self._handler_failures = Counter(
             "jsb_handler_failures", "Handler calls that raised", names, registry=self.registry
         )
-        self._lag = Gauge(
-            "jsb_consumer_lag",
-            "Messages waiting behind the last delivered one (num_pending of its delivery metadata)",
-            names,
-            registry=self.registry,
-        )
+        # num_pending of the newest instrumented delivery, and when it came (monotonic)
+        self._delivery_pending: tuple[int, float] | None = None
         self.registry.register(self)
 
     def watch(
@@ -100,10 +101,9 @@ class BridgeMetrics(Collector):
         """`handler`, timed, with the consumer lag read from each delivery's metadata."""
         histogram = self._handler_seconds.labels(**self.labels)
         failures = self._handler_failures.labels(**self.labels)
-        lag = self._lag.labels(**self.labels)
 
         async def timed(event: Event, delivery: Delivery) -> None:
-            lag.set(delivery.msg.metadata.num_pending)
+            self._delivery_pending = (delivery.msg.metadata.num_pending, time.monotonic())
             started = time.perf_counter()
             try:
                 await handler(event, delivery)
@@ -172,8 +172,67 @@ class BridgeMetrics(Collector):
         yield violations
         if self.consumer is not None or self.inbox is not None:
             yield self._handled()
+        yield from self._consumer_gauges(values, state == "connected")
         if self.relay is not None:
             yield from self._relay_metrics(values)
+
+    def consumer_lag(self, connected: bool) -> float | None:
+        """What waits on the server for this app's durable, as the server last said it: the newest of
+        the watched consumer's pull answers (a delivery's num_pending, 0 after a pull that ended
+        empty) and the instrumented deliveries' num_pending. NaN (unknown) while disconnected or while
+        the consumer's pulls go unanswered or it stopped asking (a stalled handler), so it is never a
+        stale figure; None when nothing tells."""
+        known: list[tuple[float, int]] = []
+        if self._delivery_pending is not None:
+            known.append((self._delivery_pending[1], self._delivery_pending[0]))
+        pull = self.consumer.stats.pull if self.consumer is not None else None
+        if pull is not None and pull.server_pending is not None and pull.server_pending_at is not None:
+            known.append((pull.server_pending_at, pull.server_pending))
+        if not known and pull is None:
+            return None
+        if not connected or (pull is not None and pull.failing_since is not None) or not known:
+            return math.nan
+        learnt_at, pending = max(known)
+        if self.consumer is not None and time.monotonic() - learnt_at > self._lag_max_age(self.consumer):
+            return math.nan  # nothing from the server for longer than an idle pull takes: unknown
+        return float(pending)
+
+    @staticmethod
+    def _lag_max_age(consumer: Consumer) -> float:
+        """An answered pull ends within `fetch_timeout`: a figure twice as old (plus the grace after
+        which a request counts as lost) means the consumer stopped asking, e.g. a stalled handler."""
+        return 2 * consumer.fetch_timeout + LOST_GRACE_S
+
+    def _consumer_gauges(self, values: list[str], connected: bool) -> Iterator[Metric]:
+        lag = self.consumer_lag(connected)
+        if lag is not None:
+            family = self._family(
+                GaugeMetricFamily,
+                "jsb_consumer_lag",
+                "Messages of the durable not yet delivered, as the server last said (NaN: unknown now)",
+            )
+            family.add_metric(values, lag)
+            yield family
+        consumer = self.consumer
+        if consumer is None:
+            return
+        failing_since = consumer.stats.pull.failing_since
+        for name, doc, value in (
+            ("jsb_consumer_in_flight", "Messages this consumer holds unanswered", float(consumer.in_flight)),
+            (
+                "jsb_handler_running_seconds",
+                "How long the message in hand has been processed (0: idle); growing means stalled",
+                consumer.handling_for(),
+            ),
+            (
+                "jsb_pull_failing_seconds",
+                "How long the durable's pulls have met only refusals or silence (0: answered)",
+                0.0 if failing_since is None else time.monotonic() - failing_since,
+            ),
+        ):
+            family = self._family(GaugeMetricFamily, name, doc)
+            family.add_metric(values, value)
+            yield family
 
     def _handled(self) -> Metric:
         values = list(self.labels.values())

@@ -70,6 +70,17 @@ class PullStats:
     errors: int = 0  # 400 and any other status, and requests that could not be sent
     lost: int = 0  # times requests were given up as lost (a reconnect, a restarted server)
     last_status: str = ""  # e.g. "409 Consumer Deleted"
+    # Health of the pulls (monotonic times): since when requests meet refusals or silence (None while
+    # they are answered), and when the server last answered one (a message, a heartbeat, an expiry).
+    failing_since: float | None = None
+    answered_at: float | None = None
+    # The durable's num_pending as the server last told it (a delivery's metadata; 0 when a pull
+    # ended with nothing to deliver); None before any answer.
+    server_pending: int | None = None
+    server_pending_at: float | None = None  # when it was learnt (monotonic)
+    # the connection's reconnect count when the pulls last took note of it: a newer one means pulls
+    # on a new connection that no answer has proven yet
+    seen_reconnects: int = 0
 
 
 class Puller:
@@ -111,11 +122,16 @@ class Puller:
         self._inbox = ""
         self._serial = 0
         self._resume_at = 0.0  # no new request before this (after a refusal)
-        self._reconnects = nc.stats["reconnects"]
+        self._reconnects = self.stats.seen_reconnects = nc.stats["reconnects"]
 
     @property
     def open_requests(self) -> int:
         return len(self._open)
+
+    @property
+    def undrained(self) -> int:
+        """What arrived and is not yet drained into `buffer` (deliveries, and the odd status)."""
+        return self._sub._pending_queue.qsize() if self._sub is not None else 0
 
     async def start(self) -> None:
         self._inbox = f"{self.inbox_prefix}.{NUID().next().decode()}"
@@ -156,9 +172,28 @@ class Puller:
             self.requested -= self.batch
             self.stats.errors += 1
             self._resume_at = time.monotonic() + self.retry_wait
+            self._failing()
             log.warning(
                 "pull from %s: request not sent (%r); next in %.1fs", self.durable, err, self.retry_wait
             )
+
+    # -- health -----------------------------------------------------------------------------------
+    def _answered(self) -> None:
+        stats = self.stats
+        stats.answered_at = time.monotonic()
+        stats.failing_since = None
+
+    def _failing(self) -> None:
+        if self.stats.failing_since is None:
+            self.stats.failing_since = time.monotonic()
+
+    def _note_pending(self, msg: Msg) -> None:
+        """The server's count of what waits behind `msg` (its ack subject; parsed once per drain)."""
+        try:
+            self.stats.server_pending = msg.metadata.num_pending
+        except Exception:  # not a JetStream ack subject: nothing to learn
+            return
+        self.stats.server_pending_at = time.monotonic()
 
     def _settle(self) -> None:
         """Nothing owed any more: every open request is done."""
@@ -177,10 +212,14 @@ class Puller:
         queue = sub._pending_queue
         if queue.empty():
             return
+        delivered = self.stats.delivered
         while not queue.empty():
             self._take(queue.get_nowait())
             queue.task_done()
         self._heard_at = time.monotonic()
+        if self.stats.delivered != delivered:
+            self._answered()
+            self._note_pending(self.buffer[-1])
         self._settle()
 
     def _take(self, msg: Msg) -> None:
@@ -197,6 +236,7 @@ class Puller:
         code = headers.get("Status", "")
         if code == STATUS_HEARTBEAT:
             self.stats.heartbeats += 1
+            self._answered()
             return
         description = headers.get("Description", "")
         self.stats.last_status = f"{code} {description}".strip()
@@ -216,7 +256,12 @@ class Puller:
             self.requested -= self.batch  # refused on arrival: nothing of it came
         if code in (STATUS_NO_MESSAGES, STATUS_REQUEST_TIMEOUT):
             self.stats.expired += 1
+            self._answered()
+            if open_request and pending is not None and int(pending) == self.batch:
+                self.stats.server_pending = 0  # a whole request ended empty: nothing was waiting
+                self.stats.server_pending_at = time.monotonic()
             return
+        self._failing()
         if code == STATUS_CONFLICT:
             self.stats.conflicts += 1
             if description == LEADERSHIP_CHANGE:
@@ -251,11 +296,14 @@ class Puller:
         self._forget_ended(now)
         reconnects = self.nc.stats["reconnects"]
         silent = self.heartbeat > 0 and now - self._heard_at > 2 * self.heartbeat
+        if reconnects != self._reconnects:
+            self._failing()  # a new connection: unproven until the server answers a pull on it
         if self._open and (silent or reconnects != self._reconnects):
             self._open.clear()
-        self._reconnects = reconnects
+        self._reconnects = self.stats.seen_reconnects = reconnects
         if not self._open and self.requested > 0:
             self.stats.lost += 1
+            self._failing()
             log.warning(
                 "pull from %s: %d message(s) requested never came and the requests are over (a reconnect "
                 "or a restarted server?); pulling anew",
@@ -293,8 +341,12 @@ class Puller:
         getter = asyncio.ensure_future(queue.get())
         await asyncio.wait((getter,), timeout=timeout)
         if getter.done():
-            self._take(getter.result())
+            msg = getter.result()
+            self._take(msg)
             queue.task_done()
+            if msg.reply:
+                self._answered()
+                self._note_pending(msg)
             self.drain()
             self._heard_at = time.monotonic()
             self._settle()
