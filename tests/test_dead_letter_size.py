@@ -39,6 +39,8 @@ PAIR = {
     "stream": "size-sync",
     "apps": ["orders", "billing"],
     "consumer": {"max_deliver": 2, "backoff": ["200ms"]},
+    # messages up to the server's max_payload (1 MiB): the stream's own bound set above it, few of them
+    "stream_options": {"max_msg_size": 2 * 1024 * 1024, "max_msgs_per_subject": 10},
 }
 ATTACKER, VICTIM = "orders", "billing"
 # The DLQ headers billing adds to orders' message, with an empty error text: what a dead letter of it
@@ -201,7 +203,11 @@ async def test_jwt_mode_an_event_over_the_users_payload_claim_fails_unsent(
         assert small.stream == LIMIT_PAIRS[0].stream
 
 
-STREAM_LIMITED = {**PAIR, "stream": "size-stream-sync", "stream_options": {"max_msg_size": 2048}}
+STREAM_LIMITED = {
+    **PAIR,
+    "stream": "size-stream-sync",
+    "stream_options": {"max_msg_size": 2048, "max_msgs_per_subject": 10},
+}
 
 
 @pytest.mark.parametrize("provisioned_pair", [STREAM_LIMITED], indirect=True)

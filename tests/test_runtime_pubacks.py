@@ -60,3 +60,42 @@ async def test_request_returns_the_pubacks_and_times_out_only_the_unanswered_one
         inbox.close()
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("former", [False, True], ids=["refused-at-once", "control-nats-py-raises"])
+async def test_a_publish_the_stream_refuses_fails_at_once_with_the_servers_error(
+    make_server: Callable[..., LocalNatsServer], monkeypatch: pytest.MonkeyPatch, former: bool
+) -> None:
+    """A full subject (discard new per subject: 10077) and a message over max_msg_size (10054) are
+    answered with an error PubAck: the request fails at once with that error. Control: the former code
+    handed the error document to nats-py's `APIError.from_error`, which raises instead of returning, so
+    the answer was lost and the publish waited for its timeout."""
+    if former:
+        from jsb_infra.runtime import pubacks
+
+        monkeypatch.setattr(pubacks, "api_error", nats.js.errors.APIError.from_error)
+    server = make_server()
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().add_stream(
+            name="S",
+            subjects=["s.>"],
+            discard="new",
+            max_msgs_per_subject=1,
+            discard_new_per_subject=True,
+            max_msg_size=64,
+        )
+        inbox = await PubAckInbox(nc, "_INBOX").start()
+        assert (await inbox.request("s.a", b"first", {}, 2.0)).seq == 1
+        for subject, body, code in (("s.a", b"second", 10077), ("s.b", b"x" * 100, 10054)):
+            started = time.monotonic()
+            if former:
+                with pytest.raises(nats.errors.TimeoutError):
+                    await inbox.request(subject, body, {}, 0.5)
+                continue
+            with pytest.raises(nats.js.errors.APIError) as refused:
+                await inbox.request(subject, body, {}, 2.0)
+            assert refused.value.err_code == code and time.monotonic() - started < 0.5
+        inbox.close()
+    finally:
+        await nc.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -116,8 +117,20 @@ class PubAckInbox:
             future.set_exception(nats.js.errors.Error(f"PubAck is not JSON: {err}"))
             return
         if "error" in resp:
-            future.set_exception(nats.js.errors.APIError.from_error(resp["error"]))
+            future.set_exception(api_error(resp["error"]))
         elif resp.keys() <= _PLAIN_PUBACK_FIELDS:
             future.set_result(PubAck(**resp))
         else:
             future.set_result(PubAck.from_response(resp))
+
+
+def api_error(error: dict[str, Any]) -> nats.js.errors.APIError:
+    """The nats-py exception of a JetStream error document (`{"code": 400, "err_code": 10077, ...}`).
+    nats-py's `APIError.from_error` raises it rather than returning it: called inside the answer
+    callback, the exception went to the connection's error callback and the publish waited for its
+    timeout (and was retried for the whole publish budget) instead of failing at once."""
+    try:
+        nats.js.errors.APIError.from_error(error)
+    except nats.js.errors.APIError as err:
+        return err
+    return nats.js.errors.APIError(**error)  # nats-py returned instead: the same error, built here
