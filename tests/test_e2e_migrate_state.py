@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -443,7 +444,13 @@ async def test_05_up_writes_nothing_to_jetstream_and_keeps_every_key(story, stac
     assert outputs["layout"].value == "app-pair"
     old_outputs = story.stack_outputs()
     assert outputs["bridges"].value == old_outputs["bridges"]
-    assert outputs["accounts_conf"].value == old_outputs["accounts_conf"]
+    # The include is today's rendering (this version adds the app accounts' limits and the JetStream
+    # account's reservations) of the very same users: every app keeps the key it had.
+    keys = {app: entry["public_key"] for app, entry in story.keys().items()}
+    assert outputs["accounts_conf"].value == render_accounts_conf(account_layout(PAIRS), keys, DEPLOY)
+    assert set(re.findall(r'nkey: "(U[A-Z2-7]{55})"', outputs["accounts_conf"].value)) == set(
+        re.findall(r'nkey: "(U[A-Z2-7]{55})"', old_outputs["accounts_conf"])
+    )
 
 
 async def test_05b_up_with_refresh_reads_and_writes_nothing(stack, server, memo):

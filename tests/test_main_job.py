@@ -60,7 +60,17 @@ def test_up_then_down_provisions_and_leaves_nothing_running(tmp_path: Path) -> N
     # accounts include names the deploy user.
     state = root / ".jsb"
     shown = subprocess.run(
-        ["pulumi", "up", "--yes", "--json", "--stack", "dev"],
+        # the stack config `make up` ran with: the committed file, jsb:servers set from JSB_DEV_PORT
+        [
+            "pulumi",
+            "up",
+            "--yes",
+            "--json",
+            "--stack",
+            "dev",
+            "--config-file",
+            str(state / "Pulumi.dev.yaml"),
+        ],
         cwd=root,
         env={
             **env,
