@@ -138,6 +138,17 @@ def connect_failure_type(err: BaseException | None, tls: bool = False) -> type[C
     return ConnectUnreachableError
 
 
+def said_by_server(err: BaseException) -> bool:
+    """Whether `err` carries the server's refusal (an authorization or TLS error text) rather than a
+    dropped connection that `connect_failure_type` only infers one from."""
+    text = str(err).lower()
+    return (
+        isinstance(err, (nats.errors.AuthorizationError, ssl.SSLError))
+        or any(t in text for t in AUTHORIZATION_TEXTS)
+        or any(t in text for t in TLS_TEXTS)
+    )
+
+
 def headers_size(headers: Mapping[str, str]) -> int:
     """Bytes the header block takes on the wire (`NATS/1.0` line, `Key: value` lines, blank line).
 
@@ -295,8 +306,13 @@ class BridgeClient:
         if not isinstance(err, (_StopConnecting, nats.errors.NoServersError)):
             seen.append(err)
         tls = self.credentials.tls is not None or any(u.startswith("tls://") for u in self.bridge.servers)
-        ranked = [(FAILURE_PRIORITY.index(connect_failure_type(e, tls)), i, e) for i, e in enumerate(seen)]
-        rank, _, telling = max(ranked, default=(0, 0, None))  # the most telling kind, its latest error
+        # The most telling kind; within it the server's own words (a dropped connection is only taken
+        # for a refusal), then the latest error.
+        ranked = [
+            (FAILURE_PRIORITY.index(connect_failure_type(e, tls)), said_by_server(e), i, e)
+            for i, e in enumerate(seen)
+        ]
+        rank, _, _, telling = max(ranked, default=(0, False, 0, None))
         return FAILURE_PRIORITY[rank](
             f"could not connect to {', '.join(self.bridge.servers)} as {self.credentials.describe()} "
             f"after {self.connect_attempts} attempt(s) per server: {telling!r}"
