@@ -11,6 +11,11 @@ and publishes events with ids orders could guess. Controls put the former scheme
 same attack drops the dead letter and the event. The operator's `dlq replay` (to a subject orders
 publishes to) gets the same attack and control. Last, the `Nats-Expected-Last-Subject-Sequence` leak,
 measured and pinned (it cannot be closed by permissions or stream settings).
+
+Each attack runs in both modes, on the layout as deployed: config mode (the rendered `accounts.conf`
+loaded as is, apps with NKeys) and JWT mode (an operator-mode server with a full resolver, the accounts
+and users issued and pushed by the JWT-mode providers, apps connecting with their `.creds`; there the
+attacker also knows billing's user and account public keys and JWTs, and tries ids keyed by each).
 """
 
 from __future__ import annotations
@@ -20,15 +25,26 @@ import hmac
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import nats
 import nkeys
 import pytest
+from conftest import ADMIN_PASSWORD, ADMIN_USER, pair_server_config, provision
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.js.api import PubAck
+from operator_support import Operator, issue_layout
 
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core import names
+from jsb_infra.core.credentials import new_user_keypair, public_key_of
+from jsb_infra.core.outputs import BridgeOutputs, bridge_outputs
+from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.local.server import LocalNatsServer
 from jsb_infra.nats_admin import JetStreamAdmin
 from jsb_infra.ops import dlq
 from jsb_infra.runtime import BridgeClient, Credentials
@@ -44,11 +60,15 @@ from jsb_infra.runtime.msg_ids import (
     credential_secret,
 )
 
-PAIR = {
-    "stream": "preempt-sync",
-    "apps": ["orders", "billing"],
-    "consumer": {"max_deliver": 2, "backoff": ["1s", "1s"]},
-}
+PAIR = parse_pairs(
+    [
+        {
+            "stream": "preempt-sync",
+            "apps": ["orders", "billing"],
+            "consumer": {"max_deliver": 2, "backoff": ["1s", "1s"]},
+        }
+    ]
+).pairs[0]
 ATTACKER, VICTIM = "orders", "billing"
 MALFORMED = b"not an envelope"
 LOOKAHEAD = 40  # sequences past the last one seen, pre-empted as well
@@ -70,37 +90,101 @@ class PredictableIds(MsgIds):
         return f"dlq:{stream}:{sequence}"
 
 
-def victim_client(pp, ids: MsgIds | None = None) -> BridgeClient:
-    client = BridgeClient(
-        pp.bridges[VICTIM], Credentials(nkey_seed=pp.seeds[VICTIM]), reconnect_time_wait=0.2
+@dataclass
+class Deployed:
+    """The pair as deployed in one mode: each app's credentials as the deployment hands them to it, how
+    the admin connects, and what of billing's identity is public (what the attacker may know)."""
+
+    server: LocalNatsServer
+    pair: Pair
+    credentials: dict[str, Credentials]
+    admin_options: dict[str, Any]
+    public: list[bytes]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def bridges(self) -> dict[str, BridgeOutputs]:
+        return {app: bridge_outputs(self.pair, app, [self.url]) for app in self.pair.apps}
+
+    async def admin(self) -> NATS:
+        return await nats.connect(self.url, **self.admin_options)
+
+
+def config_mode(make_server: Callable[..., LocalNatsServer]) -> Deployed:
+    """The rendered `accounts.conf` loaded as is; each app an NKey user (public: its public key)."""
+    seeds = {app: new_user_keypair()[0] for app in PAIR.apps}
+    return Deployed(
+        make_server(pair_server_config(PAIR, seeds)),
+        PAIR,
+        {app: Credentials(nkey_seed=seed) for app, seed in seeds.items()},
+        {"user": ADMIN_USER, "password": ADMIN_PASSWORD},
+        [public_key_of(seeds[VICTIM]).encode()],
     )
+
+
+async def jwt_mode(make_server: Callable[..., LocalNatsServer], resolver_dir: Path) -> Deployed:
+    """An operator-mode server with a full resolver; the JWT-mode providers issue and push the layout;
+    each app gets its `.creds` (public: its user and account keys and JWTs)."""
+    operator = Operator()
+    server = make_server(operator.server_config(resolver_dir))
+    issued = await asyncio.to_thread(issue_layout, server.url, operator, [PAIR])
+    victim = issued.apps[VICTIM]
+    return Deployed(
+        server,
+        PAIR,
+        {app: Credentials(creds=issued.creds(app)) for app in PAIR.apps},
+        {"user_credentials": RawCredentials(operator.deploy_creds)},
+        [victim[key].encode() for key in ("user_key", "account_key", "user_jwt", "jwt")],
+    )
+
+
+@pytest.fixture(params=["config", "jwt"])
+async def deployed(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., LocalNatsServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Deployed:
+    """The pair with its stream and consumers, in config mode or JWT mode."""
+    if request.param == "jwt":
+        world = await jwt_mode(make_server, tmp_path_factory.mktemp("resolver"))
+    else:
+        world = config_mode(make_server)
+    await provision(world.url, PAIR, world.admin_options)
+    return world
+
+
+def victim_client(pp: Deployed, ids: MsgIds | None = None) -> BridgeClient:
+    client = BridgeClient(pp.bridges[VICTIM], pp.credentials[VICTIM], reconnect_time_wait=0.2)
     if ids is not None:
         client._msg_ids = ids  # the control: the former scheme put back
     return client
 
 
-async def connect_attacker(pp) -> NATS:
+async def connect_attacker(pp: Deployed) -> NATS:
     return await nats.connect(
-        pp.url, nkeys_seed_str=pp.seeds[ATTACKER], inbox_prefix=names.inbox_prefix(ATTACKER)
+        pp.url, **pp.credentials[ATTACKER].connect_options(), inbox_prefix=names.inbox_prefix(ATTACKER)
     )
 
 
-def derivable_ids(pp, stream: str, sequences: range, seen: list[str]) -> list[str]:
+def derivable_ids(pp: Deployed, stream: str, sequences: range, seen: list[str]) -> list[str]:
     """Every id the attacker can build: the former formats, the bare numbers, what it saw, and today's
-    scheme keyed by its own credential and by what it knows of billing (its public key)."""
-    own = MsgIds.for_credentials(Credentials(nkey_seed=pp.seeds[ATTACKER]))
-    public = nkeys.from_seed(pp.seeds[VICTIM].encode()).public_key
-    by_public = MsgIds(hmac.digest(b"nkey\0" + public, KEY_CONTEXT, "sha256"))
+    scheme keyed by its own credential and by whatever it knows of billing (public keys, JWTs), taken
+    as the secret bare and the way a seed is."""
+    own = MsgIds.for_credentials(pp.credentials[ATTACKER])
+    by_public = [
+        MsgIds(hmac.digest(secret, KEY_CONTEXT, "sha256"))
+        for value in pp.public
+        for secret in (value, b"nkey\0" + value)
+    ]
+    guesses = [own, *by_public]
     ids = list(seen)
     for seq in sequences:
-        ids += [
-            f"dlq:{stream}:{seq}",
-            str(seq),
-            own.dead_letter(stream, seq),
-            by_public.dead_letter(stream, seq),
-        ]
+        ids += [f"dlq:{stream}:{seq}", str(seq), *(g.dead_letter(stream, seq) for g in guesses)]
     for event_id in seen:
-        ids += [own.event(event_id), by_public.event(event_id)]
+        ids += [g.event(event_id) for g in guesses]
     return list(dict.fromkeys(ids))
 
 
@@ -125,7 +209,7 @@ async def observe(attacker: NATS, stream: str) -> list[str]:
     return seen
 
 
-async def dead_letters(pp) -> list:
+async def dead_letters(pp: Deployed) -> list:
     admin = await pp.admin()
     try:
         return [m async for m in JetStreamAdmin(admin).messages(pp.pair.stream, names.dlq_subject(VICTIM))]
@@ -140,7 +224,7 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def attack_dead_letter(pp, ids: MsgIds | None) -> tuple[int, list]:
+async def attack_dead_letter(pp: Deployed, ids: MsgIds | None) -> tuple[int, list]:
     """Run the whole attack against billing's dead-letter path; returns (the malformed message's seq,
     billing's dead letters for it)."""
     stream = pp.pair.stream
@@ -168,36 +252,33 @@ async def attack_dead_letter(pp, ids: MsgIds | None) -> tuple[int, list]:
     return ack.seq, letters
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
-async def test_dead_letter_lands_whatever_ids_the_peer_publishes_first(provisioned_pair):
-    seq, letters = await attack_dead_letter(provisioned_pair, None)
+async def test_dead_letter_lands_whatever_ids_the_peer_publishes_first(deployed):
+    seq, letters = await attack_dead_letter(deployed, None)
     assert [m.data for m in letters] == [MALFORMED], "the dead letter was suppressed"
     [letter] = letters
     # stored under its own keyed id at the first attempt, not rescued by the one-off fallback
     assert letter.headers[MSG_ID_HEADER].startswith(DEAD_LETTER_PREFIX)
-    assert letter.headers[MSG_ID_HEADER] == victim_client(provisioned_pair).msg_ids.dead_letter(
-        provisioned_pair.pair.stream, seq
+    assert letter.headers[MSG_ID_HEADER] == victim_client(deployed).msg_ids.dead_letter(
+        deployed.pair.stream, seq
     )
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
-async def test_control_former_ids_and_trusted_duplicates_lose_the_dead_letter(provisioned_pair):
+async def test_control_former_ids_and_trusted_duplicates_lose_the_dead_letter(deployed):
     """The former scheme (`dlq:<stream>:<seq>`, a duplicate PubAck taken as stored): the attack works:
     the original is acked and no dead letter of it is in the stream."""
-    _, letters = await attack_dead_letter(provisioned_pair, PredictableIds(private=True))
+    _, letters = await attack_dead_letter(deployed, PredictableIds(private=True))
     assert letters == []
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
-async def test_a_duplicate_of_an_id_others_can_write_is_not_taken_as_stored(provisioned_pair):
+async def test_a_duplicate_of_an_id_others_can_write_is_not_taken_as_stored(deployed):
     """The duplicate handling on its own: with the former, predictable ids the attacker's copy takes the
     id, the PubAck says duplicate, and the dead letter goes out again under a one-off id."""
-    _, letters = await attack_dead_letter(provisioned_pair, PredictableIds(private=False))
+    _, letters = await attack_dead_letter(deployed, PredictableIds(private=False))
     assert [m.data for m in letters] == [MALFORMED]
     assert letters[0].headers[MSG_ID_HEADER].startswith(ONE_OFF_PREFIX)
 
 
-async def attack_events(pp, ids: MsgIds | None) -> list[PubAck | BaseException]:
+async def attack_events(pp: Deployed, ids: MsgIds | None) -> list[PubAck | BaseException]:
     """The attacker pre-publishes the ids of billing's next events (guessable event ids); billing then
     publishes them, one alone and two in a batch (the outbox relay's path)."""
     stream = pp.pair.stream
@@ -218,7 +299,7 @@ async def attack_events(pp, ids: MsgIds | None) -> list[PubAck | BaseException]:
     return [single, *batch]
 
 
-async def delivered_event_ids(pp) -> list[str]:
+async def delivered_event_ids(pp: Deployed) -> list[str]:
     admin = await pp.admin()
     try:
         subject = names.publish_subject(VICTIM, ATTACKER)
@@ -229,18 +310,16 @@ async def delivered_event_ids(pp) -> list[str]:
         await admin.close()
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
-async def test_events_land_whatever_ids_the_peer_publishes_first(provisioned_pair):
-    acks = await attack_events(provisioned_pair, None)
+async def test_events_land_whatever_ids_the_peer_publishes_first(deployed):
+    acks = await attack_events(deployed, None)
     assert all(isinstance(a, PubAck) and not a.duplicate for a in acks), acks
-    assert await delivered_event_ids(provisioned_pair) == ["invoice-1", "invoice-2", "invoice-3"]
+    assert await delivered_event_ids(deployed) == ["invoice-1", "invoice-2", "invoice-3"]
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
-async def test_control_event_ids_as_msg_ids_lose_the_events(provisioned_pair):
-    acks = await attack_events(provisioned_pair, PredictableIds(private=True))
+async def test_control_event_ids_as_msg_ids_lose_the_events(deployed):
+    acks = await attack_events(deployed, PredictableIds(private=True))
     assert all(isinstance(a, PubAck) and a.duplicate for a in acks), acks
-    assert await delivered_event_ids(provisioned_pair) == []
+    assert await delivered_event_ids(deployed) == []
 
 
 def test_ids_are_stable_per_app_and_differ_between_apps_and_kinds():
@@ -299,13 +378,12 @@ async def last_sequence_probe(attacker: NATS, subject: str) -> str:
     return json.loads(reply.data).get("error", {}).get("description", "stored")
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
-async def test_expected_last_subject_sequence_names_the_peers_last_sequence(provisioned_pair):
+async def test_expected_last_subject_sequence_names_the_peers_last_sequence(deployed):
     """Measured, not closed (docs/permissions.md): a publish to the app's own subject with
     `Nats-Expected-Last-Subject-Sequence-Subject: <peer subject>` is refused, and the refusal names that
     subject's last sequence. No subject permission or stream setting filters a header. Within the
     pair's stream only: the subject of another stream is not seen."""
-    pp = provisioned_pair
+    pp = deployed
     billing = await victim_client(pp).connect()
     event = await billing.publish("invoice.created", "invoice", 1, None)
     letter = await billing.publish_raw(names.dlq_subject(VICTIM), b"dead", {MSG_ID_HEADER: "x"})
@@ -329,14 +407,13 @@ def former_replay_id(stream: str, letter: dlq.DeadLetter) -> str:
     return f"replay:{stream}:{letter.seq}"
 
 
-@pytest.mark.parametrize("provisioned_pair", [PAIR], indirect=True)
 @pytest.mark.parametrize("scheme", ["hashed", "control-former"])
-async def test_dlq_replay_lands_whatever_ids_the_peer_publishes_first(provisioned_pair, monkeypatch, scheme):
+async def test_dlq_replay_lands_whatever_ids_the_peer_publishes_first(deployed, monkeypatch, scheme):
     """`jsb-infra dlq replay` republishes a dead letter of billing to orders.sync.billing: a subject
     orders publishes to, in the stream whose dedupe window orders shares. orders pre-publishes every
     replay id it can build; the replay is still stored. Control: the former `replay:<stream>:<seq>`
     comes back duplicate, and the dead letter is removed without its event being replayed."""
-    pp = provisioned_pair
+    pp = deployed
     stream = pp.pair.stream
     if scheme == "control-former":
         monkeypatch.setattr(dlq, "replay_msg_id", former_replay_id)
