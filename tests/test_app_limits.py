@@ -18,7 +18,7 @@ import contextlib
 import json
 import re
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from jsb_infra.core import names
 from jsb_infra.core.accounts import account_layout, render_accounts_conf
 from jsb_infra.core.credentials import new_user_keypair, public_key_of
 from jsb_infra.core.documents import render_documents
-from jsb_infra.core.spec import AppLimits, ConfigError, parse_config, parse_pairs
+from jsb_infra.core.spec import AppLimits, ConfigError, Pair, parse_config, parse_pairs
 from jsb_infra.deploy.app_accounts import AppAccountsArgs
 from jsb_infra.deploy.providers.jwt_accounts import AppAccountJwtProvider
 from jsb_infra.deploy.stack_settings import parse_stack_settings
@@ -69,19 +69,29 @@ class RawClient:
 
     @classmethod
     async def open(cls, port: int, seed: str, user_jwt: str | None) -> RawClient:
+        client, connect = await cls.dial(port, seed, user_jwt)
+        client.writer.write(connect)
+        return client
+
+    @classmethod
+    async def dial(cls, port: int, seed: str, user_jwt: str | None) -> tuple[RawClient, bytes]:
+        """The socket, past the server's INFO, and the signed CONNECT it is waiting for (not sent)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         info = json.loads((await reader.readline()).decode().split(" ", 1)[1])
         keys = nkeys.from_seed(seed.encode())
         signature = base64.urlsafe_b64encode(keys.sign(info["nonce"].encode())).decode().rstrip("=")
         identity = {"jwt": user_jwt} if user_jwt else {"nkey": keys.public_key.decode()}
         connect = {**identity, "sig": signature, "verbose": False, "protocol": 1, "headers": True}
-        writer.write(f"CONNECT {json.dumps(connect)}\r\n".encode())
-        return cls(reader, writer)
+        return cls(reader, writer), f"CONNECT {json.dumps(connect)}\r\n".encode()
 
     async def ping(self, within: float = 10.0) -> bool:
         """True when the server answers PONG; False when it closes the connection. Every `-ERR` on
         the way is kept in `errors`."""
         self.writer.write(b"PING\r\n")
+        return await self.answer(within)
+
+    async def answer(self, within: float = 10.0) -> bool:
+        """Reads up to the server's PONG to a PING already written: `ping`'s answer."""
         try:
             while True:
                 line = await asyncio.wait_for(self.reader.readline(), timeout=within)
@@ -152,9 +162,11 @@ def _monitored(http_port: int) -> str:
     return f'http: "127.0.0.1:{http_port}"\n'
 
 
-def _server_config(http_port: int, seeds: dict[str, str], limits: AppLimits) -> str:
-    """The rendered `accounts.conf` of PAIRS with `limits`, every app with its NKey user; monitored."""
-    layout = account_layout(PAIRS, app_limits=limits)
+def _server_config(
+    http_port: int, seeds: dict[str, str], limits: AppLimits, pairs: Sequence[Pair] = PAIRS
+) -> str:
+    """The rendered `accounts.conf` of `pairs` with `limits`, every app with its NKey user; monitored."""
+    layout = account_layout(pairs, app_limits=limits)
     keys = {app: public_key_of(seed) for app, seed in seeds.items()}
     return _monitored(http_port) + render_accounts_conf(layout, keys, DEPLOY)
 
@@ -228,6 +240,36 @@ async def _flood_connections(world: Deployment, app: str, tries: int) -> tuple[l
     return kept, refused
 
 
+async def _burst(world: Deployment, app: str, tries: int) -> tuple[list[RawClient], list[bytes]]:
+    """`tries` connections with `app`'s key arriving together: every socket is opened and past the
+    server's INFO first, then all their CONNECTs (each with a PING) are written at once. Returns
+    those the server answered (kept open) and the errors of those it closed."""
+    dialed = await asyncio.gather(
+        *(RawClient.dial(world.port, world.seeds[app], world.user_jwts.get(app)) for _ in range(tries))
+    )
+    for client, connect in dialed:
+        client.writer.write(connect + b"PING\r\n")
+    clients = [client for client, _ in dialed]
+    answered = await asyncio.gather(*(client.answer() for client in clients))
+    refused: list[bytes] = []
+    for client, ok in zip(clients, answered, strict=True):
+        if not ok:
+            refused.extend(client.errors or [b"closed without -ERR"])
+            client.close()
+    return [client for client, ok in zip(clients, answered, strict=True) if ok], refused
+
+
+async def _still_open(clients: list[RawClient]) -> tuple[list[RawClient], list[bytes]]:
+    """After a second: those of `clients` the server still answers, and the errors it sent the
+    ones it has closed since it admitted them."""
+    await asyncio.sleep(1.0)
+    answered = await asyncio.gather(*(client.ping(within=5.0) for client in clients))
+    closed = [
+        error for client, ok in zip(clients, answered, strict=True) if not ok for error in client.errors
+    ]
+    return [client for client, ok in zip(clients, answered, strict=True) if ok], closed
+
+
 async def _publish_and_count(world: Deployment, app: str, stream: str) -> int:
     """`app` connects with the ordinary client and publishes one message to its own subject; returns
     how many messages its stream then holds."""
@@ -242,26 +284,107 @@ async def _publish_and_count(world: Deployment, app: str, stream: str) -> int:
     return await world.stream_messages(stream)
 
 
+# nats-server (v2.15.1) checks an account's connection limit and counts the new connection in two
+# steps (server/client.go `registerWithAccount`: `MaxTotalConnectionsReached`, then `addClient`), so
+# CONNECTs processed together can all pass the check: a burst can get past the limit. Measured here:
+# at most 3 over (8 of 5 admitted). In JWT mode, connections that arrive while the server loads the
+# account (before its limits are set) are admitted too, and the loader then closes the newest over the
+# limit; the excess of the plain race is kept (on one server nothing prunes it). Either way the account
+# refuses every new connection once it is at its limit.
+MEASURED_OVERSHOOT = 3
+
+
+async def _assert_at_limit(
+    world: Deployment, app: str, limit: int, tried: int, kept: list[RawClient], refused: list[bytes]
+) -> list[RawClient]:
+    """What the server enforces on `tried` concurrent connections of `app`: about `limit` in (at
+    most MEASURED_OVERSHOOT over), the rest refused with the limit's error; a second later the
+    server holds what still answers, and refuses any new connection. Returns those still open."""
+    assert limit <= len(kept) <= limit + MEASURED_OVERSHOOT, f"{len(kept)} of {tried} got in; limit {limit}"
+    assert len(kept) + len(refused) == tried
+    assert all(TOO_MANY_CONNECTIONS in error for error in refused), set(refused)
+    still, closed = await _still_open(kept)
+    assert all(TOO_MANY_CONNECTIONS in error for error in closed), set(closed)
+    assert len(still) >= limit, "the server closed connections within the limit"
+    assert world.connz(app)["num_connections"] == len(still), "the server holds what no client has"
+    more, refused_more = await _flood_connections(world, app, 2)
+    assert (more, len(refused_more)) == ([], 2), "a connection got in over the limit after the burst"
+    return still
+
+
 async def test_connections_of_one_app_stop_at_its_limit_and_other_apps_still_connect(deploy):
     world = await deploy(LIMITED)
     kept, refused = await _flood_connections(world, ATTACKER, CONNECTIONS_TRIED)
     try:
-        limit = LIMITED.connections
-        assert len(kept) == limit, f"{len(kept)} of {CONNECTIONS_TRIED} connections got in; limit {limit}"
-        assert len(refused) == CONNECTIONS_TRIED - limit
-        assert all(TOO_MANY_CONNECTIONS in error for error in refused), set(refused)
-        assert world.connz(ATTACKER)["num_connections"] == limit, "the server holds more than the limit"
+        kept = await _assert_at_limit(world, ATTACKER, LIMITED.connections, CONNECTIONS_TRIED, kept, refused)
         # every other app still connects and publishes, the attacker's peer included
         assert await _publish_and_count(world, "b", "a-b") == 1
         assert await _publish_and_count(world, "d", "c-d") == 1
-        # an override: app c gets its own limit
-        c_kept, c_refused = await _flood_connections(world, "c", OVERRIDE_CONNECTIONS + 3)
-        assert (len(c_kept), len(c_refused)) == (OVERRIDE_CONNECTIONS, 3)
-        for client in c_kept:
+        # an override: app c gets its own limit (its first connections: in JWT mode the server loads
+        # c's account during this burst)
+        tried = OVERRIDE_CONNECTIONS + 3
+        c_kept, c_refused = await _flood_connections(world, "c", tried)
+        for client in await _assert_at_limit(world, "c", OVERRIDE_CONNECTIONS, tried, c_kept, c_refused):
             client.close()
     finally:
         for client in kept:
             client.close()
+
+
+BURST_PAIRS = parse_pairs([{"stream": f"s{i}", "apps": [f"x{i}", f"y{i}"]} for i in range(10)]).pairs
+BURST_LIMIT = 5
+BURST_TRIES = 8
+BURST_RESTARTS = 100
+
+
+async def test_a_burst_on_a_fresh_server_can_get_past_the_limit_and_the_server_keeps_the_excess(make_server):
+    """Pins a nats-server race (v2.15.1): server/client.go `registerWithAccount` checks
+    `MaxTotalConnectionsReached` under the account's read lock, lets go of it, and only then
+    `addClient` counts the connection; CONNECTs processed together can all pass the check. On one
+    server nothing closes the excess afterwards (the account prunes connections over its limit only
+    when its limits are updated, or in a cluster when another server reports its count).
+
+    20 apps, each limited to 5, each sent a burst of 8 at once, on a freshly started server running
+    16 Go threads (where it was measured most often: about one start in five has an app over its
+    limit), restarting until one app holds more than 5. When no burst in BURST_RESTARTS starts gets
+    past, nats-server has fixed the race: then tighten the connection tests (`_assert_at_limit`) and
+    the limits section of docs/permissions.md."""
+    seeds = {app: new_user_keypair()[0] for pair in BURST_PAIRS for app in pair.apps}
+    http_port = free_port()
+    limits = AppLimits(connections=BURST_LIMIT)
+    server = make_server(_server_config(http_port, seeds, limits, BURST_PAIRS))
+    accounts = {a.app: a.account for a in account_layout(BURST_PAIRS).apps}
+    world = Deployment(server, http_port, seeds, {}, accounts, {})
+    over: dict[str, list[RawClient]] = {}
+    # as on a 16-core host (Go runs one thread per core): more CONNECTs processed in parallel
+    server.env["GOMAXPROCS"] = "16"
+    starts = 0
+    while not over and starts < BURST_RESTARTS:
+        starts += 1
+        server.stop()
+        server.start()
+        bursts = await asyncio.gather(*(_burst(world, app, BURST_TRIES) for app in seeds))
+        for app, (kept, refused) in zip(seeds, bursts, strict=True):
+            assert len(kept) + len(refused) == BURST_TRIES
+            assert all(TOO_MANY_CONNECTIONS in error for error in refused), set(refused)
+            if len(kept) > BURST_LIMIT:
+                over[app] = kept
+            else:
+                for client in kept:
+                    client.close()
+    assert over, f"no burst got past the limit in {starts} fresh starts: has nats-server fixed the race?"
+    try:
+        for app, kept in over.items():
+            still, closed = await _still_open(kept)
+            assert (len(still), closed) == (len(kept), []), "the server closed the excess"
+            assert world.connz(app)["num_connections"] == len(kept) > BURST_LIMIT
+            # over the limit, the account refuses every new connection
+            more, refused = await _flood_connections(world, app, 2)
+            assert (more, len(refused)) == ([], 2)
+    finally:
+        for kept in over.values():
+            for client in kept:
+                client.close()
 
 
 async def test_control_without_limits_one_app_takes_every_connection_it_asks_for(deploy):
