@@ -589,7 +589,13 @@ async def test_jwt_limits_are_held_as_issued_and_a_change_is_an_update_the_serve
     unchanged, changed, outs = await asyncio.to_thread(update)
     assert (unchanged, changed) == (False, True)
     assert jc.decode(outs["user_jwt"])["nats"]["subs"] == LIMITED.subscriptions
-    kept, refused = await _flood_connections(world, ATTACKER, 6)
+    # one at a time: a concurrent burst can pass the limit by a few (see _assert_at_limit), which is
+    # not what this test is about
+    kept, refused = [], []
+    for _ in range(6):
+        more, errors = await _flood_connections(world, ATTACKER, 1)
+        kept += more
+        refused += errors
     try:
         assert (len(kept), len(refused)) == (3, 3), "the lowered connection limit is not in force"
     finally:
