@@ -16,6 +16,7 @@ from jsb_infra.config_load import config_load_time
 from jsb_infra.deploy.providers.accounts_include import apply_and_reload
 from jsb_infra.deploy.providers.base import ProviderError
 from jsb_infra.local.server import LocalNatsServer, free_port, nats_server_binary
+from jsb_infra.ops.ship_include import Host, ShipProblem, ship
 
 GOOD = 'accounts { A { users: [{user: a, password: "a-pw"}] } }\n'
 # nats-server refuses it: a user twice (at start as on reload)
@@ -49,6 +50,24 @@ def test_a_restart_hook_whose_server_does_not_come_back_is_named_and_the_file_pu
     # control: the file the hook was given is one the server cannot start on
     include.write_text(REFUSED)
     assert not starts_on(server)
+
+
+def test_a_rollout_whose_restart_leaves_a_host_down_says_so_and_stops_there(served, tmp_path):
+    """The multi-host rollout tells the same truth: a host whose restart never brings the server back
+    is reported as down, not as running the previous config, and the next host is not touched."""
+    server, include, varz = served
+    assert server.process is not None
+    staged = tmp_path / "staged.conf"
+    staged.write_text(GOOD)
+    down = Host("h1", ("kill", str(server.process.pid)), varz, path=str(include))
+    untouched = tmp_path / "h2.conf"
+    nxt = Host("h2", ("true",), varz, path=str(untouched))
+    with pytest.raises(ShipProblem) as failed:
+        ship(staged, [down, nxt], apply_timeout=1)
+    assert "h1:" in str(failed.value) and "stopped answering" in str(failed.value)
+    assert "runs the previous one" not in str(failed.value) and "not touched: h2" in str(failed.value)
+    assert not untouched.exists()
+    assert config_load_time(varz) is None  # the server is down indeed
 
 
 def test_a_failing_hook_puts_the_previous_file_back(served):

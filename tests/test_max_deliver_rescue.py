@@ -299,3 +299,16 @@ def test_delivery_count_reads_what_nats_py_reads(reply):
 
     msg = Msg(None, subject=WORK, reply=reply)  # type: ignore[arg-type]
     assert delivery_count(msg) == msg.metadata.num_delivered
+
+
+def test_prometheus_labels_of_a_durable_name_with_a_quote_still_parse():
+    """Without --app, status takes app names from any `*-workers` durable on the server, which the CLI
+    never checked: the exposition must stay parseable whatever the name holds."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from jsb_infra.ops.status import AppStatus, render_prometheus
+
+    odd = 'a"x\\y'
+    row = AppStatus("s", odd, f"{odd}-workers", 1, 0, 0, 0, 2, None, None, max_delivered=0)
+    samples = [s for f in text_string_to_metric_families(render_prometheus([row])) for s in f.samples]
+    assert samples and all(s.labels == {"stream": "s", "app": odd} for s in samples)

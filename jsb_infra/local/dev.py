@@ -29,6 +29,7 @@ import yaml
 from jsb_infra.core.accounts import DeployUser, account_layout, render_accounts_conf
 from jsb_infra.core.names import app_account
 from jsb_infra.core.spec import Pair, parse_pairs
+from jsb_infra.files import replace_file
 from jsb_infra.local.server import LocalNatsServer
 
 # The project dir (Pulumi.yaml); tests point it at a throwaway copy.
@@ -289,9 +290,8 @@ def write_app_files(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
     for app, creds in outputs.get("credentials", {}).items():
         cpath = out_dir / "credentials" / f"{app}.json"
         cpath.parent.mkdir(parents=True, exist_ok=True)
-        cpath.touch(mode=0o600)
-        cpath.chmod(0o600)  # also when an older file was there: it holds the app's seed
-        cpath.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
+        # it holds the app's seed: mode 0600, never written through a link planted there
+        replace_file(cpath, (json.dumps(creds, indent=2, sort_keys=True) + "\n").encode("utf-8"), 0o600)
         written.append(cpath)
     return written
 

@@ -140,6 +140,12 @@ def ship(include: Path, hosts: list[Host], apply_timeout: float = APPLY_TIMEOUT)
             _place(host, include)
             _run(host, "reload", host.reload, include)
             now = wait_for_new_config_load(host.varz, before, apply_timeout)
+            if now is None and config_load_time(host.varz) is None:
+                raise ShipProblem(
+                    f"{host.name}: {host.varz} stopped answering and did not come back within "
+                    f"{apply_timeout:.0f}s: the server may have failed to start on the new include (see "
+                    "its log)"
+                )
             if now is None:
                 raise ShipProblem(
                     f"{host.name}: the server did not apply the new include within {apply_timeout:.0f}s "

@@ -179,7 +179,13 @@ def render_prometheus(rows: list[AppStatus]) -> str:
 
 
 def _labels(row: AppStatus) -> str:
-    return f'{{stream="{row.stream}",app="{row.app}"}}'  # names are checked: no quote or backslash
+    # the app's name may come from any `*-workers` durable on the server, never checked by the CLI
+    return f'{{stream="{_label_value(row.stream)}",app="{_label_value(row.app)}"}}'
+
+
+def _label_value(text: str) -> str:
+    """A Prometheus label value: backslash, double quote and line feed escaped (exposition format)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
