@@ -24,7 +24,7 @@ def config_load_time(varz: str, timeout: float = 2.0) -> str | None:
     try:
         with urllib.request.urlopen(varz, timeout=timeout) as reply:
             value = json.loads(reply.read()).get("config_load_time")
-    except (OSError, urllib.error.URLError, ValueError):
+    except (OSError, ValueError):  # URLError is an OSError
         return None
     return str(value) if value else None
 

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
 
 from jsb_infra.core.jwt_claims import creds_inbox_prefix, decode
+from jsb_infra.nats_admin import ErrorsSeen
 
 UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
 VARZ_SUBJECT = "$SYS.REQ.SERVER.PING.VARZ"
@@ -36,7 +37,7 @@ class ResolverError(RuntimeError):
     """The resolver refused or did not answer; the message names the account, never a secret."""
 
 
-_REFUSED: weakref.WeakKeyDictionary[NATS, list[str]] = weakref.WeakKeyDictionary()
+_REFUSED: weakref.WeakKeyDictionary[NATS, ErrorsSeen] = weakref.WeakKeyDictionary()
 """Per system session, the server's permission refusals (`-ERR 'Permissions Violation for Publish
 to "..."'`, which nats-py hands the error callback, not the request): a lookup the user may not send
 times out exactly like one for an account the resolver does not hold."""
@@ -44,7 +45,9 @@ times out exactly like one for an account the resolver does not hold."""
 
 def refused(nc: NATS, subject: str) -> bool:
     """Whether the server refused this session a publish to `subject`."""
-    return any(f'publish to "{subject.lower()}"' in text for text in _REFUSED.get(nc, []))
+    seen = _REFUSED.get(nc)
+    wanted = f'publish to "{subject.lower()}"'
+    return seen is not None and any(wanted in str(err).lower() for err in seen.errors)
 
 
 @asynccontextmanager
@@ -53,18 +56,13 @@ async def system_session(
 ) -> AsyncIterator[NATS]:
     """A connection as the system account's user (`system_creds`: the text of its `.creds`); a
     lookup-only user gets its replies on the read-only identities' prefix (`inbox_prefix_of`)."""
-    refusals: list[str] = []
-
-    async def on_error(err: Exception) -> None:
-        if "permissions violation" in str(err).lower():
-            refusals.append(str(err).lower())
-
+    seen = ErrorsSeen()
     options: dict[str, Any] = {
         "servers": servers,
         "user_credentials": RawCredentials(system_creds),
         "connect_timeout": timeout,
         "allow_reconnect": False,
-        "error_cb": on_error,
+        "error_cb": seen.record,
     }
     if tls is not None:
         options["tls"] = tls
@@ -78,7 +76,7 @@ async def system_session(
             f"cannot connect to {', '.join(servers)} as the system account's user "
             f"({type(err).__name__}: {err}); check jsb:systemCreds and jsb:servers"
         ) from None
-    _REFUSED[nc] = refusals
+    _REFUSED[nc] = seen
     try:
         yield nc
     finally:

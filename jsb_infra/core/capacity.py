@@ -58,11 +58,12 @@ def isolation_problems(pair: Pair) -> list[str]:
         problems.append(f"{where}: max_msgs_per_subject -1: one subject can fill the stream")
     if opts.max_msg_size == UNLIMITED and opts.max_bytes != UNLIMITED:
         problems.append(f"{where}: max_msg_size -1: one subject's messages are not bounded in size")
-    max_bytes = stream_max_bytes(pair)
-    if not problems and max_bytes != UNLIMITED and max_bytes < derived_max_bytes(opts, pair.subjects()):
+    derived = derived_max_bytes(opts, pair.subjects())
+    max_bytes = opts.max_bytes if opts.max_bytes is not None else derived  # stream_max_bytes, derived once
+    if not problems and max_bytes != UNLIMITED and max_bytes < derived:
         problems.append(
             f"{where}: max_bytes {max_bytes} is less than its subjects' bounds "
-            f"({derived_max_bytes(opts, pair.subjects())}): one subject can fill the stream and lock the "
+            f"({derived}): one subject can fill the stream and lock the "
             "others out (refused, not evicted)"
         )
     per_subject_total = opts.max_msgs_per_subject * len(pair.subjects())
@@ -180,7 +181,8 @@ def capacity_report(pairs: Iterable[Pair], capacity: Capacity | None) -> Capacit
 
 
 def capacity_problems(pairs: Sequence[Pair], capacity: Capacity | None) -> list[str]:
-    return capacity_report(pairs, capacity).problems()
+    """What `capacity_report(...).problems()` says, without the isolation caveats it does not read."""
+    return CapacityReport(tuple(reservations(pairs)), capacity).problems()
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import pulumi
 from jsb_infra.core.durations import parse_duration
 from jsb_infra.core.servers import check_servers
 from jsb_infra.core.spec import ConfigError
-from jsb_infra.deploy.providers.settings import ADMIN_FIELDS, REFERENCE_KINDS
+from jsb_infra.deploy.providers.settings import ADMIN_FIELDS, is_reference
 from jsb_infra.deploy.stack_settings import read_servers
 
 
@@ -75,11 +75,6 @@ class AdminCredentials(TypedDict, total=False):
 
 SECRET_FIELDS = ("password", "token", "nkey_seed")
 """The admin fields that hold a secret; the rest (user name, file paths) are plain values."""
-
-
-def is_reference(value: Any) -> bool:
-    """Whether an admin field names where its value is read (`{"env": ...}` / `{"file": ...}`)."""
-    return isinstance(value, Mapping) and len(value) == 1 and set(value) <= set(REFERENCE_KINDS)
 
 
 @dataclass(frozen=True)

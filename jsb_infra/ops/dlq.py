@@ -112,9 +112,13 @@ def replay_msg_id(stream: str, letter: DeadLetter) -> str:
     would come back `duplicate` and the dead letter be removed unreplayed. The id therefore hashes what
     the peer never sees: the dead letter's own id (keyed by the app that wrote it) and stored time.
     """
-    material = f"{stream}\0{letter.seq}\0{letter.msg_id}\0{letter.time}".encode()
-    digest = hashlib.sha256(material).digest()[:16]
-    return "replay-" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return _hashed_id("replay", stream, letter.seq, letter.msg_id, letter.time)
+
+
+def _hashed_id(prefix: str, *parts: object) -> str:
+    """`<prefix>-` and 128 bits of SHA-256 over `parts`: a msg id fixed by what it hashes."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:16]
+    return f"{prefix}-" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def replay_problem(letter: DeadLetter, app: str) -> str | None:
@@ -173,9 +177,10 @@ RESCUE_ERROR = "left in the work queue after max_deliver on the server; moved by
 
 async def max_delivered_messages(
     admin: JetStreamAdmin, stream: str, app: str
-) -> tuple[list[StoredMessage], int]:
+) -> tuple[list[StoredMessage], int, dict[str, Any] | None]:
     """The messages of `app`'s work subject that the server will never deliver again (for certain),
-    and how many the counts say there are in all (`jsb-infra status`'s max delivered).
+    how many the counts say there are in all (`jsb-infra status`'s max delivered), and the durable's
+    info they were read from.
 
     Certain: at or below the durable's ack floor (nothing there awaits an answer), or, while nothing of
     the durable is in flight (`num_ack_pending` 0), at or below its last delivered sequence. Redelivery
@@ -185,7 +190,7 @@ async def max_delivered_messages(
     consumer = await admin.consumer_info(stream, names.durable_name(app))
     subject = work_subject(consumer)
     if consumer is None or subject is None:
-        return [], 0
+        return [], 0, consumer
     limit = int((consumer.get("ack_floor") or {}).get("stream_seq", 0))
     if int(consumer.get("num_ack_pending", 0)) == 0:
         limit = max(limit, int((consumer.get("delivered") or {}).get("stream_seq", 0)))
@@ -195,7 +200,7 @@ async def max_delivered_messages(
             break
         found.append(message)
     total = max_delivered_count(consumer, await subject_count(admin, stream, subject)) or 0
-    return found, max(total, len(found))
+    return found, max(total, len(found)), consumer
 
 
 def rescue_headers(message: StoredMessage, stream: str, app: str, max_deliver: int) -> dict[str, str]:
@@ -216,9 +221,7 @@ def rescue_msg_id(stream: str, message: StoredMessage) -> str:
     interruption stores the DLQ copy once. Like a replay's, it hashes what the peer app (which wrote the
     message and shares the stream's dedupe window) never sees, the stored time, so the peer cannot
     publish the id first and block the rescue."""
-    material = f"{stream}\0{message.seq}\0{message.time}".encode()
-    digest = hashlib.sha256(material).digest()[:16]
-    return "rescue-" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return _hashed_id("rescue", stream, message.seq, message.time)
 
 
 async def rescue_one(
@@ -350,11 +353,11 @@ async def cmd_purge(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO
 
 
 async def cmd_rescue(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
-    found, total = await max_delivered_messages(admin, args.stream, args.app)
+    found, total, consumer = await max_delivered_messages(admin, args.stream, args.app)
     if args.seq:
-        found = [m for m in found if m.seq in set(args.seq)]
-    consumer = await admin.consumer_info(args.stream, names.durable_name(args.app)) or {}
-    max_deliver = int((consumer.get("config") or {}).get("max_deliver", 0))
+        wanted = set(args.seq)
+        found = [m for m in found if m.seq in wanted]
+    max_deliver = int(((consumer or {}).get("config") or {}).get("max_deliver", 0))
     failed = False
     for message in found:
         if args.dry_run:

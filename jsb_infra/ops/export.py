@@ -168,13 +168,6 @@ def out_problem(out: Path) -> str | None:
     return None
 
 
-def write_secret_file(out: Path, text: str) -> None:
-    """Write `text` as the whole of `out`, mode 0600, atomically: into a new file beside it (created
-    exclusively, never through a link), then renamed over `out` (a rename replaces a link itself, never
-    its target). A failure leaves `out` as it was and no temp file behind."""
-    replace_file(out, text.encode("utf-8"), 0o600)
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of `jsb-infra export`: 0, or 2 with one `field: rule` line per problem."""
     try:
@@ -193,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot export:\n  {refusal}", file=sys.stderr)
         return 2
     try:
-        write_secret_file(out, text)
+        # whole or not at all, mode 0600, never through a link (jsb_infra.files)
+        replace_file(out, text.encode("utf-8"), 0o600)
     except OSError as err:
         print(f"cannot export:\n  --out: cannot write {str(out)!r}: {err.strerror or err}", file=sys.stderr)
         return 2

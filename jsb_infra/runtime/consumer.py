@@ -465,7 +465,7 @@ class ConsumerLoop:
     async def _failed(self, msg: Msg, event_id: str, err: Exception) -> None:
         """A failed delivery: nak for the backoff's redelivery, or dead-letter the last one."""
         count = msg.metadata.num_delivered
-        if count >= self.bridge.consumer.max_deliver:
+        if is_last_delivery(self.bridge.consumer, count):
             await self._dead_letter(msg, REASON_MAX_DELIVER, f"{type(err).__name__}: {err}")
             return
         delay = nak_delay_ns(self.bridge.consumer, count)
@@ -634,7 +634,7 @@ class ConsumerLoop:
         counts as stored only when no one but this app can have written that id (`_dead_letter_stored`),
         else the dead letter goes out again under a one-off id (`_with_one_off_id`).
         """
-        last_delivery = msg.metadata.num_delivered >= self.bridge.consumer.max_deliver
+        last_delivery = is_last_delivery(self.bridge.consumer, msg.metadata.num_delivered)
         pause = self.dlq_retry_wait
         headers = {**headers, MSG_ID_HEADER: self._dead_letter_id(msg)}
         private = self.client.msg_ids.private

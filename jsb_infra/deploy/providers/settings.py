@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,17 @@ Secret = str | SecretRef
 """A secret setting: its value (which the engine keeps in the state), or where to read it."""
 
 
+def is_reference(value: Any) -> bool:
+    """Whether a setting names where its value is read (`{"env": ...}` / `{"file": ...}`)."""
+    return isinstance(value, Mapping) and len(value) == 1 and set(value) <= set(REFERENCE_KINDS)
+
+
 def secret_setting(where: str, value: Any) -> Secret | None:
     """A secret setting's value, or its `{env: NAME}` / `{file: PATH}` reference, checked for shape
     (never read here: a run that does not need it must not fail for it). Never repeats a value."""
     if value is None or isinstance(value, str):
         return value or None
-    if isinstance(value, dict) and len(value) == 1 and set(value) <= set(REFERENCE_KINDS):
+    if is_reference(value):
         (kind, target), *_ = value.items()
         if isinstance(target, str) and target.strip():
             return SecretRef(**{kind: target})
