@@ -301,9 +301,14 @@ def test_node_loss_one_down_still_provisions_two_down_fails_in_one_line_and_a_re
     assert "Traceback" not in line and len(line.splitlines()) == 1, line
     assert re.search(r"STREAM\.(INFO|CREATE)\.shipping-billing-sync kept failing for 3s", line), line
     assert "re-running is safe" in line
+    # Both come back together, as an operator restoring the cluster would. Waiting for n2 alone to
+    # turn healthy beside n1 timed out once in CI (a consumer group "not current: group node
+    # unhealthy" for 30 s); how one node heals is not what this test is about.
     for name in ("n2", "n3"):
-        cluster.start_node(name)
+        cluster.start_node(name, wait_healthy=None)
     cluster.wait_for_meta_leader()
+    for name in ("n1", "n2", "n3"):
+        cluster.wait_healthy(name, timeout=60)
     provisioned = provision(host, other)  # the re-run completes what the failed one began
     assert provisioned.stream[1]["config"]["num_replicas"] == 3
     asyncio.run(cluster.wait_for_current(STREAM, 3, DURABLES, timeout=30))  # the first pair caught up
