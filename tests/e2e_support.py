@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -117,14 +117,16 @@ def offline_env(scratch: Path, bin_dir: Path, passphrase: str) -> dict[str, str]
     }
 
 
-def local_stack(scratch: Path, name: str, passphrase: str) -> auto.Stack:
+def local_stack(
+    scratch: Path, name: str, passphrase: str, env: Mapping[str, str] | None = None
+) -> auto.Stack:
     """A new stack `name` of a copy of the project (under `scratch`) on a local file backend, run by the
-    CLI the tests use."""
+    CLI the tests use, with `env` added to its offline environment."""
     bin_dir = pulumi_bin_dir()
     project = copy_project(scratch / "project")
     options = auto.LocalWorkspaceOptions(
         work_dir=str(project),
-        env_vars=offline_env(scratch, bin_dir, passphrase),
+        env_vars={**offline_env(scratch, bin_dir, passphrase), **(env or {})},
         pulumi_home=str(scratch / "home"),
         pulumi_command=pulumi_command(bin_dir, scratch),
     )
@@ -160,6 +162,46 @@ def run_cli(stack: auto.Stack, *args: str) -> str:
         [*args, "--stack", stack.name], workspace.work_dir, workspace.env_vars
     )
     return result.stdout
+
+
+def preview_copy(stack: auto.Stack, passphrase: str, env: Mapping[str, str]) -> Callable[..., str]:
+    """`python -m jsb_infra.ops.preview_state --stack <stack>`: the stack copied into `<stack>-preview`
+    with every secret redacted, under its own `passphrase`. Returns a runner of `pulumi <args> --stack
+    <stack>-preview` in the stack's project with exactly `env` (the preview job's environment) and that
+    passphrase; it returns stdout and fails the test on a non-zero exit."""
+    work = Path(stack.workspace.work_dir)
+    made = subprocess.run(
+        [sys.executable, "-m", "jsb_infra.ops.preview_state", "--stack", stack.name],
+        cwd=work,
+        env={**env, "JSB_PREVIEW_PASSPHRASE": passphrase},
+        text=True,
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    on_copy = {**env, "PULUMI_CONFIG_PASSPHRASE": passphrase}
+
+    def pulumi(*args: str) -> str:
+        result = subprocess.run(
+            ["pulumi", *args, "--stack", f"{stack.name}-preview"],
+            cwd=work,
+            env=on_copy,
+            text=True,
+            capture_output=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    return pulumi
+
+
+def ensure_nsc() -> Path:
+    """`scripts/ensure-nsc` (builds nsc v2.15.0 from the Go module proxy once): the nsc binary; a
+    failure fails the test."""
+    result = subprocess.run([str(REPO / "scripts" / "ensure-nsc")], capture_output=True, text=True, cwd=REPO)
+    path = Path(result.stdout.strip()) if result.stdout.strip() else None
+    if result.returncode != 0 or path is None or not path.exists():
+        pytest.fail(f"nsc is missing and scripts/ensure-nsc failed:\n{result.stderr}", pytrace=False)
+    return path
 
 
 def server_with_reader(

@@ -24,7 +24,7 @@ from typing import Any
 
 import nats
 import pytest
-from e2e_support import REPO, copy_project, pulumi_bin_dir
+from e2e_support import REPO, copy_project, ensure_nsc, pulumi_bin_dir
 from nats.aio.client import RawCredentials
 
 from jsb_infra import resolver
@@ -36,7 +36,6 @@ from jsb_infra.local.server import LocalNatsServer, free_port
 pytestmark = pytest.mark.e2e
 
 DOC = REPO / "docs" / "auth.md"
-ENSURE_NSC = REPO / "scripts" / "ensure-nsc"
 BLOCK = re.compile(r"<!-- docs-test: (\w+) -->\n```bash\n(.*?)```", re.DOTALL)
 
 
@@ -47,11 +46,7 @@ def doc_blocks() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def nsc_dir() -> Path:
-    result = subprocess.run([str(ENSURE_NSC)], capture_output=True, text=True, cwd=REPO)
-    path = Path(result.stdout.strip()) if result.stdout.strip() else None
-    if result.returncode != 0 or path is None or not path.exists():
-        pytest.fail(f"nsc is missing and scripts/ensure-nsc failed:\n{result.stderr}", pytrace=False)
-    return path.parent
+    return ensure_nsc().parent
 
 
 class Shell:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,11 +25,9 @@ import nkeys
 import pulumi.automation as auto
 import pytest
 from e2e_support import (
-    REPO,
-    copy_project,
-    offline_env,
-    pulumi_bin_dir,
-    pulumi_command,
+    ensure_nsc,
+    local_stack,
+    preview_copy,
     run_cli,
     set_plain_config,
 )
@@ -60,7 +57,6 @@ FIRST: dict[str, Any] = {
     "consumer": CONSUMER,
 }
 SECOND: dict[str, Any] = {**FIRST, "stream": "jwt-audit-ledger", "apps": ["audit", "ledger"]}
-ENSURE_NSC = REPO / "scripts" / "ensure-nsc"
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
@@ -86,25 +82,12 @@ def server(operator: Operator, scratch: Path) -> Iterator[LocalNatsServer]:
 
 @pytest.fixture(scope="module")
 def nsc() -> Path:
-    """`scripts/ensure-nsc` (builds nsc v2.15.0 from the Go module proxy once); a failure fails the test."""
-    result = subprocess.run([str(ENSURE_NSC)], capture_output=True, text=True, cwd=REPO)
-    path = Path(result.stdout.strip()) if result.stdout.strip() else None
-    if result.returncode != 0 or path is None or not path.exists():
-        pytest.fail(f"nsc is missing and scripts/ensure-nsc failed:\n{result.stderr}", pytrace=False)
-    return path
+    return ensure_nsc()
 
 
 @pytest.fixture(scope="module")
 def stack(operator: Operator, server: LocalNatsServer, scratch: Path) -> auto.Stack:
-    bin_dir = pulumi_bin_dir()
-    project = copy_project(scratch / "project")
-    options = auto.LocalWorkspaceOptions(
-        work_dir=str(project),
-        env_vars=offline_env(scratch, bin_dir, PASSPHRASE),
-        pulumi_home=str(scratch / "home"),
-        pulumi_command=pulumi_command(bin_dir, scratch),
-    )
-    stack = auto.create_or_select_stack(stack_name=STACK, work_dir=str(project), opts=options)
+    stack = local_stack(scratch, STACK, PASSPHRASE)
     _, deploy = operator.write_creds(scratch / "creds")
     signing_key_file(scratch).write_text(operator.signing_seed + "\n")
     configure(stack, server, operator, [FIRST, SECOND], scratch / "out")
@@ -423,29 +406,7 @@ def issued_creds(claims: dict[str, Any], seed: str, signing_seed: str) -> str:
 def preview_of_a_copy_without_secrets(stack: auto.Stack, env: dict[str, str]) -> str:
     """`python -m jsb_infra.ops.preview_state` copies the stack with every seed redacted; its preview,
     under its own passphrase, with `env`'s identities; asserts no seed of the stack is in the copy."""
-    work = Path(stack.workspace.work_dir)
-    env = {**env, "JSB_PREVIEW_PASSPHRASE": "jwt-preview-passphrase"}
-    made = subprocess.run(
-        [sys.executable, "-m", "jsb_infra.ops.preview_state", "--stack", STACK],
-        cwd=work,
-        env=env,
-        text=True,
-        capture_output=True,
-    )
-    assert made.returncode == 0, made.stderr
-    copy = {**env, "PULUMI_CONFIG_PASSPHRASE": "jwt-preview-passphrase"}
-
-    def pulumi(*args: str) -> str:
-        result = subprocess.run(
-            ["pulumi", *args, "--stack", f"{STACK}-preview"],
-            cwd=work,
-            env=copy,
-            text=True,
-            capture_output=True,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
+    pulumi = preview_copy(stack, "jwt-preview-passphrase", env)
     seeds = [jc.parse_creds(entry["creds"])[1] for entry in credentials(stack).values()]
     assert seeds and not [seed for seed in seeds if seed in pulumi("stack", "export", "--show-secrets")]
     return pulumi("preview", "--refresh", "--diff")

@@ -19,8 +19,6 @@ import asyncio
 import hashlib
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,8 @@ import pulumi.automation as auto
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, DEPLOY, DEPLOY_PASSWORD_ENV
 from e2e_support import (
-    copy_project,
-    offline_env,
-    pulumi_bin_dir,
-    pulumi_command,
+    local_stack,
+    preview_copy,
     run_cli,
     server_with_reader,
     set_admin,
@@ -77,17 +73,7 @@ def server(scratch: Path) -> Iterator[LocalNatsServer]:
 
 @pytest.fixture(scope="module")
 def stack(scratch: Path, server: LocalNatsServer) -> auto.Stack:
-    bin_dir = pulumi_bin_dir()
-    project = copy_project(scratch / "project")
-    env = offline_env(scratch, bin_dir, PASSPHRASE)
-    env.update({USER_ENV: ADMIN_USER, PASSWORD_ENV: ADMIN_PASSWORD})
-    options = auto.LocalWorkspaceOptions(
-        work_dir=str(project),
-        env_vars=env,
-        pulumi_home=str(scratch / "home"),
-        pulumi_command=pulumi_command(bin_dir, scratch),
-    )
-    stack = auto.create_or_select_stack(stack_name=STACK, work_dir=str(project), opts=options)
+    stack = local_stack(scratch, STACK, PASSPHRASE, {USER_ENV: ADMIN_USER, PASSWORD_ENV: ADMIN_PASSWORD})
     set_plain_config(
         stack,
         {
@@ -312,16 +298,6 @@ def test_05b_a_preview_stack_without_secrets_previews_the_same_change(stack, scr
     """`python -m jsb_infra.ops.preview_state`: the state copied into `<stack>-preview` with every
     secret redacted and its own passphrase; previewed with the read-only identity, it shows the
     pending change, and nothing in it (decrypted) is a seed."""
-    env = {**stack.workspace.env_vars, "JSB_PREVIEW_PASSPHRASE": "preview-only-passphrase"}
-    work = Path(stack.workspace.work_dir)
-    made = subprocess.run(
-        [sys.executable, "-m", "jsb_infra.ops.preview_state", "--stack", STACK],
-        cwd=work,
-        env=env,
-        text=True,
-        capture_output=True,
-    )
-    assert made.returncode == 0, made.stderr
     seeds = [
         e["seed"]
         for e in json.loads(
@@ -329,24 +305,8 @@ def test_05b_a_preview_stack_without_secrets_previews_the_same_change(stack, scr
         ).values()
     ]
     assert len(seeds) == 2 and all(seed in exported(stack) for seed in seeds)  # the control
-    preview_env = {
-        **env,
-        "PULUMI_CONFIG_PASSPHRASE": "preview-only-passphrase",
-        USER_ENV: READER.user or "",
-        PASSWORD_ENV: READER_PASSWORD,
-    }
-
-    def on_preview(*args: str) -> str:
-        result = subprocess.run(
-            ["pulumi", *args, "--stack", f"{STACK}-preview"],
-            cwd=work,
-            env=preview_env,
-            text=True,
-            capture_output=True,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
+    preview_env = {**stack.workspace.env_vars, USER_ENV: READER.user or "", PASSWORD_ENV: READER_PASSWORD}
+    on_preview = preview_copy(stack, "preview-only-passphrase", preview_env)
     state = on_preview("stack", "export", "--show-secrets")
     assert not [seed for seed in seeds if seed in state] and ADMIN_PASSWORD not in state
     assert state.count('\\"redacted\\"') >= 3  # the two seeds and the credentials output

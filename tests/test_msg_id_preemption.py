@@ -24,7 +24,6 @@ import asyncio
 import hmac
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
 from nats.js.api import PubAck
 from operator_support import Operator, issue_layout
+from reliability_support import wait_for
 
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core import names
@@ -215,13 +215,6 @@ async def dead_letters(pp: Deployed) -> list:
         return [m async for m in JetStreamAdmin(admin).messages(pp.pair.stream, names.dlq_subject(VICTIM))]
     finally:
         await admin.close()
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached within the timeout"
-        await asyncio.sleep(0.02)
 
 
 async def attack_dead_letter(pp: Deployed, ids: MsgIds | None) -> tuple[int, list]:

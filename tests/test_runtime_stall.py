@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
+from reliability_support import wait_for
 
 from jsb_infra.core.topology import consumer_configs
 from jsb_infra.local.server import free_port
@@ -91,13 +92,6 @@ async def server_pending(pp) -> int:
         await admin.close()
 
 
-async def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair):
     pp = provisioned_pair
     orders = await BridgeClient(pp.bridges["orders"], Credentials(nkey_seed=pp.seeds["orders"])).connect()
@@ -128,7 +122,7 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
         # flowing: the lag is the server's pending within one scrape
         for i in range(5):
             await orders.publish("order.created", "order", i, {"i": i})
-        await until(lambda: len(handled) == 5)
+        await wait_for(lambda: len(handled) == 5)
         await asyncio.sleep(0.7)  # one empty pull ends: nothing waits
         assert lag() == await server_pending(pp) == 0
 
@@ -145,7 +139,7 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
         in_flight = metrics.registry.get_sample_value("jsb_consumer_in_flight", metrics.labels)
         assert in_flight is not None and in_flight >= 5, in_flight
         gate.set()
-        await until(lambda: len(handled) == 25)
+        await wait_for(lambda: len(handled) == 25)
         await asyncio.sleep(0.7)
         assert lag() == await server_pending(pp) == 0
         assert metrics.registry.get_sample_value("jsb_handler_running_seconds", metrics.labels) == 0
@@ -160,7 +154,7 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
             await orders.publish("order.created", "order", 200 + i, {"i": i})
         await asyncio.sleep(2.0)
         # at least three samples while the durable is gone (a sample takes longer on a loaded machine)
-        await until(lambda: len(sampler.between(deleted + 0.3, time.monotonic())) >= 3)
+        await wait_for(lambda: len(sampler.between(deleted + 0.3, time.monotonic())) >= 3)
         gone = sampler.between(deleted + 0.3, time.monotonic())
         assert gone and all(not s.healthy and s.http == 503 for s in gone), gone
         # control: by rules 1-4 alone (connection, probe, publishes, denials) every one was healthy
@@ -173,7 +167,7 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
         await admin.close()
         back = await sampler.healthy_after(recreated)
         assert back <= 0.5 + 2 * POLL + 0.5, f"healthy {back:.2f}s after the durable came back"
-        await until(lambda: len(handled) == 32)
+        await wait_for(lambda: len(handled) == 32)
         await asyncio.sleep(0.7)
         assert lag() == await server_pending(pp) == 0
 
@@ -188,7 +182,7 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
         assert down and all(not s.healthy and s.http in (503, 0) for s in down), down
         back = await sampler.healthy_after(started)
         await orders.publish("order.created", "order", 300, {"i": 300})
-        await until(lambda: len(handled) == 33)
+        await wait_for(lambda: len(handled) == 33)
     finally:
         sampler.task.cancel()
         gate.set()
