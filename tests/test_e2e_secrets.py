@@ -306,7 +306,12 @@ def test_05b_a_preview_stack_without_secrets_previews_the_same_change(stack, scr
     ]
     assert len(seeds) == 2 and all(seed in exported(stack) for seed in seeds)  # the control
     preview_env = {**stack.workspace.env_vars, USER_ENV: READER.user or "", PASSWORD_ENV: READER_PASSWORD}
+    # A link planted where the copy's state file used to be written (a fixed name) gets nothing.
+    victim = scratch / "victim.txt"
+    victim.write_text("the victim's content\n")
+    (Path(stack.workspace.work_dir) / f".{STACK}-preview.import.json").symlink_to(victim)
     on_preview = preview_copy(stack, "preview-only-passphrase", preview_env)
+    assert victim.read_text() == "the victim's content\n"
     state = on_preview("stack", "export", "--show-secrets")
     assert not [seed for seed in seeds if seed in state] and ADMIN_PASSWORD not in state
     assert state.count('\\"redacted\\"') >= 3  # the two seeds and the credentials output

@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,12 @@ def mirror(source: str, target: str, cwd: Path, env: Mapping[str, str], target_p
     deployment, count = preview_deployment(
         exported, project, source, target, {"type": "passphrase", "state": {"salt": salt}}
     )
-    state = cwd / f".{target}.import.json"
+    # A new file of its own (O_EXCL): a link planted at a fixed name would be followed.
+    fd, name = tempfile.mkstemp(prefix=f".{target}.import.", suffix=".json", dir=cwd)
+    state = Path(name)
     try:
-        state.write_text(json.dumps(deployment))
+        with os.fdopen(fd, "w") as out:
+            json.dump(deployment, out)
         _pulumi(["stack", "import", "--file", str(state), "--stack", target], cwd, target_env)
     finally:
         state.unlink(missing_ok=True)
