@@ -121,7 +121,10 @@ def _run(host: Host, what: str, argv: tuple[str, ...], include: Path) -> None:
 def _place(host: Host, include: Path) -> None:
     if host.path is not None:
         target = Path(host.path)
-        replace_file(target, include.read_bytes())  # the server never reads half of it
+        try:
+            replace_file(target, include.read_bytes())  # the server never reads half of it
+        except OSError as err:
+            raise ShipProblem(f"{host.name}: cannot write {target}: {err.strerror or err}") from None
         return
     for argv in host.copy:
         _run(host, "copy", argv, include)
