@@ -6,7 +6,9 @@ own function; every failure leaves the file the server can start on.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +97,61 @@ def test_an_applied_include_is_confirmed_on_varz(served):
     )
     assert said.startswith("ran kill; applied (config_load_time ") and config_load_time(varz) != before
     assert include.read_text() == added
+
+
+def test_a_host_whose_file_cannot_be_written_is_named_and_no_host_is_reloaded(served, tmp_path):
+    """A `path` host whose directory is missing: the rollout stops there naming it and where things
+    stand, sends no reload, and leaves the next host's file unwritten (not a bare OSError)."""
+    server, _, varz = served
+    assert server.process is not None
+    before = config_load_time(varz)
+    staged = tmp_path / "staged.conf"
+    staged.write_text(GOOD)
+    hup = ("kill", "-HUP", str(server.process.pid))
+    untouched = tmp_path / "h2.conf"
+    hosts = [
+        Host("h1", hup, varz, path=str(tmp_path / "missing" / "accounts.conf")),
+        Host("h2", hup, varz, path=str(untouched)),
+    ]
+    with pytest.raises(ShipProblem) as failed:
+        ship(staged, hosts, apply_timeout=1)
+    said = str(failed.value)
+    assert said.startswith("h1: cannot write ") and "applied on: none; not touched: h2" in said, said
+    assert not untouched.exists() and config_load_time(varz) == before  # no host was reloaded
+
+
+def test_the_rollout_hook_runs_for_its_command_timeout_and_its_account_reaches_the_up(served, tmp_path):
+    """`ship_include` as the reload command, against a host that refuses the include: with a
+    `command_timeout` that covers the rollout the `up` fails with the rollout's own account (which
+    host, what was applied, what was not touched); the control, a timeout shorter than the rollout
+    (as the fixed 30 s was against the default 30 s per host), stops it and says how to give it longer."""
+    server, include, varz = served
+    assert server.process is not None
+    before = config_load_time(varz)
+    staged, untouched, hosts = tmp_path / "staged.conf", tmp_path / "h2.conf", tmp_path / "hosts.json"
+    hup = ["kill", "-HUP", str(server.process.pid)]
+    hosts.write_text(
+        json.dumps(
+            [
+                {"name": "h1", "path": str(include), "reload": hup, "varz": varz},
+                {"name": "h2", "path": str(untouched), "reload": ["true"], "varz": varz},
+            ]
+        )
+    )
+    rollout = [sys.executable, "-m", "jsb_infra.ops.ship_include", "--include", str(staged)]
+    rollout += ["--hosts", str(hosts), "--apply-timeout", "2"]
+
+    with pytest.raises(ProviderError) as cut:
+        apply_and_reload(str(staged), REFUSED, {"command": rollout, "command_timeout": 1})
+    assert "did not finish within 1s and was stopped" in str(cut.value), cut.value
+    assert "jsb:auth.reload.command_timeout gives it longer" in str(cut.value)
+
+    with pytest.raises(ProviderError) as refused:
+        apply_and_reload(str(staged), REFUSED, {"command": rollout, "command_timeout": 30})
+    said = str(refused.value)
+    assert "h1: the server did not apply the new include within 2s" in said, said
+    assert "applied on: none; not touched: h2" in said
+    assert not untouched.exists()
+    assert (
+        config_load_time(varz) == before and starts_on(server) is False
+    )  # runs the old config; its file is the new one

@@ -55,6 +55,11 @@ def test_a_reload_confirmed_on_varz_carries_its_url_and_time_to_the_provider():
         "varz": varz,
         "apply_timeout": 90.0,
     }
+    auth = parse_auth({"reload": {"command": ["ship"], "command_timeout": 600}})
+    assert auth.reload is not None and auth.reload.as_input() == {
+        "command": ["ship"],
+        "command_timeout": 600.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -78,6 +83,18 @@ def test_a_reload_confirmed_on_varz_carries_its_url_and_time_to_the_provider():
         (
             {"reload": {"command": ["x"], "varz": "http://h/varz", "apply_timeout": 0}},
             "jsb:auth.reload.apply_timeout: must be a number of seconds",
+        ),
+        (
+            {"reload": {"signal": "HUP", "pid_file": "/p", "command_timeout": 60}},
+            "jsb:auth.reload.command_timeout: only with command",
+        ),
+        (
+            {"reload": {"command": ["x"], "command_timeout": "10m"}},
+            "jsb:auth.reload.command_timeout: must be a number of seconds in (0, 3600]",
+        ),
+        (
+            {"reload": {"command": ["x"], "command_timeout": 0}},
+            "jsb:auth.reload.command_timeout: must be a number of seconds in (0, 3600]",
         ),
         ({"mode": "jwt"}, "jsb:auth.jetstream_account: required in mode jwt"),
         ({"mode": "jwt", "jetstream_account": "U" + ACCOUNT[1:]}, "jsb:auth.jetstream_account: required"),

@@ -26,19 +26,22 @@ ACCOUNT_PUBLIC_KEY = re.compile(r"^A[A-Z2-7]{55}$")
 CONFIG_FIELDS = {"mode", "accounts_file", "reload"}
 JWT_FIELDS = {"mode", "jetstream_account", "signing_keys", "adopt", "rotate"}
 RELOAD_CHECK_FIELDS = {"varz", "apply_timeout"}
-RELOAD_FIELDS = {"command", "signal", "pid_file"} | RELOAD_CHECK_FIELDS
+RELOAD_FIELDS = {"command", "command_timeout", "signal", "pid_file"} | RELOAD_CHECK_FIELDS
 
 
 RELOAD_APPLY_TIMEOUT = 30.0
+RELOAD_COMMAND_TIMEOUT = 30.0  # the hook command's own run time, unless `command_timeout` says
 
 
 @dataclass(frozen=True)
 class Reload:
     """What makes the servers re-read the accounts include: a command, or a signal to a pid file.
     With `varz` (the server's monitoring URL) the reload counts only once the server shows it applied
-    the new config, within `apply_timeout` seconds."""
+    the new config, within `apply_timeout` seconds. A command may run for `command_timeout` seconds
+    (a multi-host rollout needs its copies, reloads and checks of every host to fit)."""
 
     command: tuple[str, ...] = ()
+    command_timeout: float | None = None
     signal: str | None = None
     pid_file: str | None = None
     varz: str | None = None
@@ -50,6 +53,8 @@ class Reload:
             if self.command
             else {"signal": self.signal, "pid_file": self.pid_file}
         )
+        if self.command_timeout is not None:
+            how["command_timeout"] = self.command_timeout
         if self.varz:
             how.update(varz=self.varz, apply_timeout=self.apply_timeout)
         return how
@@ -90,8 +95,8 @@ def _reload(value: Any, problems: list[str]) -> Reload | None:
         return None
     if not isinstance(value, dict) or not set(value) - RELOAD_CHECK_FIELDS or set(value) - RELOAD_FIELDS:
         problems.append(
-            f"{where}: must be {{command: [argv...]}} or {{signal: HUP, pid_file: PATH}}, "
-            "optionally with varz and apply_timeout"
+            f"{where}: must be {{command: [argv...], command_timeout: SECONDS}} or "
+            "{signal: HUP, pid_file: PATH}, optionally with varz and apply_timeout"
         )
         return None
     count = len(problems)
@@ -101,13 +106,26 @@ def _reload(value: Any, problems: list[str]) -> Reload | None:
     value = {key: item for key, item in value.items() if key not in RELOAD_CHECK_FIELDS}
     if "command" in value:
         command = value["command"]
-        if set(value) != {"command"}:
+        if set(value) - {"command_timeout"} != {"command"}:
             problems.append(f"{where}: give either command or signal/pid_file, not both")
             return None
         if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
             problems.append(f"{where}.command: must be a non-empty list of arguments (no shell)")
             return None
-        return Reload(command=tuple(command), **check)
+        limit = value.get("command_timeout")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 3600
+        ):
+            problems.append(
+                f"{where}.command_timeout: must be a number of seconds in (0, 3600], got {limit!r}"
+            )
+            return None
+        return Reload(
+            command=tuple(command), command_timeout=None if limit is None else float(limit), **check
+        )
+    if "command_timeout" in value:
+        problems.append(f"{where}.command_timeout: only with command (how long the command may run)")
+        return None
     name, pid_file = value.get("signal", "HUP"), value.get("pid_file")
     if not isinstance(name, str) or not hasattr(signal, f"SIG{name.upper().removeprefix('SIG')}"):
         problems.append(f"{where}.signal: must be a signal name such as HUP, got {name!r}")

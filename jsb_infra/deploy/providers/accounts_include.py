@@ -3,7 +3,8 @@ servers read it, and runs the reload hook after it changed, so `pulumi up` next 
 the app accounts and users at once (nats-server re-reads its config on SIGHUP or `--signal reload`,
 without dropping clients).
 
-Inputs: `path`, `text` (the whole `accounts { ... }` block), `reload` ({command: [argv...]} or
+Inputs: `path`, `text` (the whole `accounts { ... }` block), `reload` ({command: [argv...]}, with an
+optional `command_timeout` in seconds (default 30), or
 {signal: HUP, pid_file: PATH}, optionally with `varz` and `apply_timeout`). The file is replaced
 atomically (a reloading server never reads half of it). `read` notices a file edited or removed behind
 Pulumi's back, so the next `up` writes it again.
@@ -38,12 +39,10 @@ from pulumi.dynamic import (
 
 from jsb_infra.commands import CommandFailed, run_command
 from jsb_infra.config_load import config_load_time, wait_for_new_config_load
-from jsb_infra.core.auth import RELOAD_APPLY_TIMEOUT
+from jsb_infra.core.auth import RELOAD_APPLY_TIMEOUT, RELOAD_COMMAND_TIMEOUT
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 from jsb_infra.deploy.providers.documents import digest, write_files
 from jsb_infra.files import replace_file
-
-RELOAD_TIMEOUT = 30.0  # the hook command's own run time
 
 
 def run_reload(reload: dict[str, Any]) -> str:
@@ -51,9 +50,10 @@ def run_reload(reload: dict[str, Any]) -> str:
     command = reload.get("command")
     if command:
         try:
-            run_command(command, RELOAD_TIMEOUT)
+            run_command(command, float(reload.get("command_timeout") or RELOAD_COMMAND_TIMEOUT))
         except CommandFailed as err:
-            raise ProviderError(f"reload {err}") from None
+            hint = " (jsb:auth.reload.command_timeout gives it longer)" if err.timed_out else ""
+            raise ProviderError(f"reload {err}{hint}") from None
         return f"ran {command[0]}"
     pid_file, name = reload.get("pid_file"), reload.get("signal") or "HUP"
     try:
