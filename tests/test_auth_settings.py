@@ -234,10 +234,11 @@ def test_the_preview_user_is_checked_like_the_deploy_user_and_rendered_read_only
         ({"user": "pv"}, "jsb:previewUser.password_env: required with user"),
         ({"nkey": "nope"}, "jsb:previewUser.nkey: must be an NKey user public key"),
         ({"user": "pv", "nkey": "U" + "A" * 55}, "jsb:previewUser: give exactly one of nkey or user"),
+        ({"foo": 1}, "(the read-only identity a preview connects as; nothing secret)"),
     ):
         with pytest.raises(ConfigError) as err:
             parse_stack_settings(pairs, servers, preview_user=bad)
-        assert rule in str(err.value)
+        assert rule in str(err.value) and "deploy's identity" not in str(err.value)
     with pytest.raises(ConfigError, match="jsb:previewUser: must be another user than jsb:deployUser"):
         same = {"user": "pv", "password_env": "PV"}
         parse_stack_settings(pairs, servers, deploy_user=same, preview_user=same)

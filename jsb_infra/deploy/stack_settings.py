@@ -134,14 +134,19 @@ def _check_jetstream_account(value: Any, problems: list[str]) -> str:
     return str(value)
 
 
-def _check_deploy_user(value: Any, problems: list[str]) -> DeployUser | None:
-    key = f"{CONFIG_NAMESPACE}:deployUser"
+def _check_deploy_user(
+    value: Any,
+    problems: list[str],
+    key: str = f"{CONFIG_NAMESPACE}:deployUser",
+    role: str = "the deploy's identity in the JetStream account",
+) -> DeployUser | None:
+    """`jsb:deployUser` (or another identity of the JetStream account, named `key`, that is `role`)."""
     if value is None or value is UNREADABLE:
         return None
     if not isinstance(value, dict) or set(value) - {"nkey", "user", "password_env"}:
         problems.append(
-            f"{key}: must be {{nkey: U...}} or {{user: NAME, password_env: VAR}} (the deploy's identity in "
-            f"the JetStream account; nothing secret), got {value!r}"
+            f"{key}: must be {{nkey: U...}} or {{user: NAME, password_env: VAR}} ({role}; nothing "
+            f"secret), got {value!r}"
         )
         return None
     nkey, user, env = value.get("nkey"), value.get("user"), value.get("password_env")
@@ -197,9 +202,7 @@ def _check_reader(value: Any, problems: list[str]) -> DeployUser | None:
     key = f"{CONFIG_NAMESPACE}:previewUser"
     if value is None or value is UNREADABLE:
         return None
-    found: list[str] = []
-    reader = _check_deploy_user(value, found)
-    problems.extend(p.replace(f"{CONFIG_NAMESPACE}:deployUser", key) for p in found)
+    reader = _check_deploy_user(value, problems, key, "the read-only identity a preview connects as")
     if reader is not None and reader.user and not reader.password_env:
         problems.append(f"{key}.password_env: required with user (the variable the server reads)")
         return None
@@ -240,11 +243,7 @@ def parse_stack_settings(
     deploy = _check_deploy_user(deploy_user, problems)
     checked_auth = _check_auth(auth, problems)
     reader = _check_reader(preview_user, problems)
-    if (
-        reader is not None
-        and deploy is not None
-        and (reader.nkey or reader.user) == (deploy.nkey or deploy.user)
-    ):
+    if reader is not None and deploy is not None and deploy.is_identity(user=reader.user, nkey=reader.nkey):
         problems.append(
             f"{CONFIG_NAMESPACE}:previewUser: must be another user than {CONFIG_NAMESPACE}:deployUser "
             "(one name, one set of rights)"
