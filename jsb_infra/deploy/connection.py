@@ -39,7 +39,12 @@ import pulumi
 from jsb_infra.core.durations import parse_duration
 from jsb_infra.core.servers import check_servers
 from jsb_infra.core.spec import ConfigError
-from jsb_infra.deploy.providers.settings import ADMIN_FIELDS, is_reference
+from jsb_infra.deploy.providers.settings import (
+    ADMIN_FIELDS,
+    ProviderSettingsError,
+    is_reference,
+    secret_setting,
+)
 from jsb_infra.deploy.stack_settings import read_servers
 
 
@@ -157,14 +162,13 @@ class Connection:
 
 
 def _reference_problems(label: str, admin: Mapping[str, Any]) -> list[str]:
-    """A mapping given for an admin field must be exactly one reference to a non-empty name."""
+    """A mapping given for an admin field must be a reference the providers can read: the shape the
+    provider host checks (`secret_setting`), refused here, before anything is registered."""
     problems = []
     for name, value in admin.items():
-        if not isinstance(value, Mapping):
-            continue
-        target = next(iter(value.values()), None) if is_reference(value) else None
-        if not (isinstance(target, str) and target.strip()):
-            problems.append(
-                f"{label}.admin.{name}: must be the value, {{'env': 'VARIABLE'}} or {{'file': 'PATH'}}"
-            )
+        if isinstance(value, Mapping):
+            try:
+                secret_setting(f"{label}.admin.{name}", value)
+            except ProviderSettingsError as err:
+                problems.append(str(err))
     return problems
