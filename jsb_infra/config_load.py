@@ -29,14 +29,35 @@ def config_load_time(varz: str, timeout: float = 2.0) -> str | None:
     return str(value) if value else None
 
 
-def wait_for_new_config_load(varz: str, before: str, timeout: float) -> str | None:
+class NotApplied(RuntimeError):
+    """The server did not show the new config in time; the message says which way. `down`: its
+    monitoring endpoint stopped answering (a restart that did not come back); otherwise it answered
+    with the old `config_load_time` (it refused the config and runs the previous one)."""
+
+    def __init__(self, message: str, down: bool):
+        super().__init__(message)
+        self.down = down
+
+
+def confirm_reload(varz: str, before: str, timeout: float) -> str:
     """Poll /varz until `config_load_time` differs from `before` (a restart's brief silence is waited
-    out); returns the new value, or None when it stayed `before` for `timeout` seconds."""
+    out); returns the new value. Raises NotApplied after `timeout` seconds, judged by the last poll."""
     started = time.monotonic()
     while True:
         now = config_load_time(varz)
         if now is not None and now != before:
             return now
         if time.monotonic() - started > timeout:
-            return None
+            break
         time.sleep(POLL)
+    if now is None:
+        raise NotApplied(
+            f"{varz} stopped answering and did not come back within {timeout:g}s: the server may have "
+            "failed to start on the new include (see its log)",
+            down=True,
+        )
+    raise NotApplied(
+        f"the server did not apply the new include within {timeout:g}s (config_load_time at {varz} "
+        f"stayed {before}): it refused the config (see its log) and runs the previous one",
+        down=False,
+    )

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jsb_infra.commands import CommandFailed, run_command
-from jsb_infra.config_load import config_load_time, wait_for_new_config_load
+from jsb_infra.config_load import NotApplied, config_load_time, confirm_reload
 from jsb_infra.files import replace_file
 
 COMMAND_TIMEOUT = 60.0
@@ -142,19 +142,11 @@ def ship(include: Path, hosts: list[Host], apply_timeout: float = APPLY_TIMEOUT)
                 raise ShipProblem(f"{host.name}: its monitoring endpoint {host.varz} does not answer")
             _place(host, include)
             _run(host, "reload", host.reload, include)
-            now = wait_for_new_config_load(host.varz, before, apply_timeout)
-            if now is None and config_load_time(host.varz) is None:
-                raise ShipProblem(
-                    f"{host.name}: {host.varz} stopped answering and did not come back within "
-                    f"{apply_timeout:.0f}s: the server may have failed to start on the new include (see "
-                    "its log)"
-                )
-            if now is None:
-                raise ShipProblem(
-                    f"{host.name}: the server did not apply the new include within {apply_timeout:.0f}s "
-                    f"(its config_load_time stayed {before}): it refused the config (see its log) and "
-                    "runs the previous one; its file is the new one, so fix the cause before it restarts"
-                )
+            try:
+                now = confirm_reload(host.varz, before, apply_timeout)
+            except NotApplied as err:
+                kept = "" if err.down else "; its file is the new one, so fix the cause before it restarts"
+                raise ShipProblem(f"{host.name}: {err}{kept}") from None
         except ShipProblem as err:
             applied = ", ".join(h.name for h in hosts[:index]) or "none"
             raise ShipProblem(

@@ -38,7 +38,7 @@ from pulumi.dynamic import (
 )
 
 from jsb_infra.commands import CommandFailed, run_command
-from jsb_infra.config_load import config_load_time, wait_for_new_config_load
+from jsb_infra.config_load import NotApplied, config_load_time, confirm_reload
 from jsb_infra.core.auth import RELOAD_APPLY_TIMEOUT, RELOAD_COMMAND_TIMEOUT
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 from jsb_infra.deploy.providers.documents import digest, write_files
@@ -127,18 +127,11 @@ def apply_and_reload(path: str, text: str, reload: dict[str, Any] | None) -> str
         _put_back(target, previous)
         raise
     timeout = float(reload.get("apply_timeout") or RELOAD_APPLY_TIMEOUT)
-    applied = wait_for_new_config_load(varz, before, timeout)
-    if applied is None:
+    try:
+        applied = confirm_reload(varz, before, timeout)
+    except NotApplied as err:
         back = _put_back(target, previous)
-        if config_load_time(varz) is None:  # a restart hook whose server did not come back
-            raise ProviderError(
-                f"reload: {varz} stopped answering and did not come back within {timeout:g}s: the server "
-                f"may have failed to start on the new include (see its log); {back}, start it again"
-            )
-        raise ProviderError(
-            f"reload: the server did not apply the new include within {timeout:g}s (config_load_time at "
-            f"{varz} stayed {before}): it refused the config (see its log) and runs the previous one; {back}"
-        )
+        raise ProviderError(f"reload: {err}; {back}" + (", start it again" if err.down else "")) from None
     return f"{done}; applied (config_load_time {applied})"
 
 
