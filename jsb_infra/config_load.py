@@ -15,18 +15,36 @@ import json
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 POLL = 0.1
 
 
-def config_load_time(varz: str, timeout: float = 2.0) -> str | None:
-    """The server's `config_load_time` from its /varz; None when it does not answer."""
+def read_varz(varz: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The server's /varz; None when it does not answer."""
     try:
         with urllib.request.urlopen(varz, timeout=timeout) as reply:
-            value = json.loads(reply.read()).get("config_load_time")
+            value = json.loads(reply.read())
     except (OSError, ValueError):  # URLError is an OSError
         return None
+    return value if isinstance(value, dict) else None
+
+
+def load_time(answer: dict[str, Any] | None) -> str | None:
+    """A /varz answer's `config_load_time`; None without an answer."""
+    value = (answer or {}).get("config_load_time")
     return str(value) if value else None
+
+
+def config_load_time(varz: str, timeout: float = 2.0) -> str | None:
+    """The server's `config_load_time` from its /varz; None when it does not answer."""
+    return load_time(read_varz(varz, timeout))
+
+
+def jetstream_store(answer: dict[str, Any]) -> tuple[int, int]:
+    """A /varz answer's JetStream store limits (max_storage, max_memory); 0 when it has no JetStream."""
+    config = (answer.get("jetstream") or {}).get("config") or {}
+    return int(config.get("max_storage") or 0), int(config.get("max_memory") or 0)
 
 
 class NotApplied(RuntimeError):

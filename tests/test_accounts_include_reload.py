@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,59 @@ def test_the_rollout_hook_runs_for_its_command_timeout_and_its_account_reaches_t
     assert (
         config_load_time(varz) == before and starts_on(server) is False
     )  # runs the old config; its file is the new one
+
+
+STORE = 10 * 1024 * 1024  # the server's max_file_store
+
+
+def jetstream_include(max_file: int) -> str:
+    return (
+        f"accounts {{ JS {{ jetstream: {{max_file: {max_file}, max_bytes_required: true}}, "
+        'users: [{user: js, password: "js-pw"}] } }\n'
+    )
+
+
+def account_storage_limit(http: int) -> int:
+    """The JetStream account's storage limit as the server runs it (/jsz)."""
+    answer = json.loads(
+        urllib.request.urlopen(f"http://127.0.0.1:{http}/jsz?accounts=true", timeout=2).read()
+    )
+    [account] = [a for a in answer["account_details"] if a["name"] == "JS"]
+    return int(account["reserved_storage"])
+
+
+@pytest.fixture
+def jetstream_served(tmp_path: Path) -> Iterator[tuple[LocalNatsServer, Path, str, int]]:
+    include = tmp_path / "accounts.conf"
+    include.write_text(jetstream_include(1_000_000))
+    http = free_port()
+    config = f'http: "127.0.0.1:{http}"\ninclude "../accounts.conf"\n'
+    with LocalNatsServer(store_dir=tmp_path / "nats", extra_config=config, max_file_store=STORE) as server:
+        yield server, include, f"http://127.0.0.1:{http}/varz", http
+
+
+def test_a_capacity_above_the_servers_store_is_refused_before_the_include_is_written(jetstream_served):
+    """nats-server reloads an account limit above its store 'successfully' (config_load_time moves)
+    but keeps the previous limit, and its next start exits ("insufficient storage resources"). So a
+    declared capacity above the store is refused, naming it, with nothing written; the control shows
+    the same include applied without the check: 'applied', and the server still on the old limit."""
+    server, include, varz, http = jetstream_served
+    assert server.process is not None
+    hup = {"command": ["kill", "-HUP", str(server.process.pid)], "varz": varz, "apply_timeout": 5}
+    before, too_big = config_load_time(varz), jetstream_include(10 * STORE)
+    with pytest.raises(ProviderError) as refused:
+        apply_and_reload(str(include), too_big, hup, {"file": 10 * STORE})
+    said = str(refused.value)
+    assert f"capacity.file: {10 * STORE} bytes is more than server" in said and f"({STORE} bytes)" in said, (
+        said
+    )
+    assert said.endswith("nothing written")
+    assert include.read_text() == jetstream_include(1_000_000) and config_load_time(varz) == before
+
+    fits = jetstream_include(STORE // 2)
+    assert "applied (config_load_time" in apply_and_reload(str(include), fits, hup, {"file": STORE // 2})
+    assert account_storage_limit(http) == STORE // 2
+
+    # control: without a declared capacity the reload "applies" and the server keeps the old limit
+    assert "applied (config_load_time" in apply_and_reload(str(include), too_big, hup)
+    assert account_storage_limit(http) == STORE // 2

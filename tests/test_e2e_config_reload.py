@@ -252,6 +252,26 @@ async def test_an_include_the_server_refuses_fails_up_and_the_server_keeps_a_fil
         include.write_bytes(running)
 
 
+async def test_a_capacity_above_the_servers_store_fails_up_and_nothing_is_written(stack, server, include):
+    """`jsb:capacity` is the JetStream account's limit; above the server's store, a reload keeps the
+    previous limit while config_load_time moves (the varz check alone would say "applied") and the next
+    start exits. The include's resource reads the store from the same /varz and refuses first."""
+    varz, pid_file = varz_of(server), include.parent / "nats-server.pid"
+    running, loaded = include.read_bytes(), config_load_time(varz)
+    configure(stack, server, include, PAIR, {"signal": "HUP", "pid_file": str(pid_file), "varz": varz})
+    set_plain_config(stack, {"jsb:capacity": {"file": 2**50}})
+    try:
+        with pytest.raises(auto.CommandError) as failed:
+            stack.up(color="never")
+    finally:
+        stack.remove_config("jsb:capacity")
+    assert f"capacity.file: {2**50} bytes is more than server" in str(failed.value), str(failed.value)[-2000:]
+    assert "nothing written" in str(failed.value)
+    assert include.read_bytes() == running and config_load_time(varz) == loaded
+    nc = await connect_app(stack, server, "orders")
+    await nc.close()
+
+
 async def test_a_change_runs_the_reload_command_and_the_server_applies_it(stack, server, include):
     pid_file = include.parent / "nats-server.pid"
     varz = varz_of(server)

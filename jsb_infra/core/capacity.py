@@ -206,6 +206,21 @@ class JetStreamLimits:
         parts.append(f"max_bytes_required: {'true' if self.max_bytes_required else 'false'}")
         return "{" + ", ".join(parts) + "}"
 
+    def beyond_store(self, server: str, max_storage: int, max_memory: int) -> list[str]:
+        """`capacity.<storage>: ...` for each limit above `server`'s JetStream store (a store of 0 or
+        less is unknown). nats-server gives no JetStream to such an account (measured on 2.15.1:
+        "insufficient storage resources"): JWT mode disables it for the account, a config reload keeps
+        the previous limits and the next start of the server exits."""
+        return [
+            f"capacity.{storage}: {limit} bytes is more than server {server}'s JetStream store "
+            f"({store} bytes)"
+            for storage, limit, store in (
+                ("file", self.max_file, max_storage),
+                ("memory", self.max_mem, max_memory),
+            )
+            if 0 < store < limit
+        ]
+
     def claims(self) -> dict[str, Any]:
         """The same as JWT account limits (nats-io/jwt v2 `JetStreamLimits`)."""
         out: dict[str, Any] = {"disk_storage": self.max_file, "mem_storage": self.max_mem}

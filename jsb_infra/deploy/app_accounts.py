@@ -171,7 +171,9 @@ class AppAccounts(pulumi.ComponentResource):
         self.documents = ServerDocuments(
             f"{resource_name}-server-documents", documents, output_dir=args.output_dir, opts=child
         )
-        accounts_include(args.auth, self.accounts_conf, prefix=resource_name, opts=child)
+        accounts_include(
+            args.auth, self.accounts_conf, prefix=resource_name, capacity=args.capacity, opts=child
+        )
         # Nothing registered: the accounts include and the permissions of a fleet are hundreds of
         # kilobytes, stored and walked on every run; they are attributes a program exports as it needs.
         self.register_outputs({})

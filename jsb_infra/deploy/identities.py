@@ -10,6 +10,7 @@ import pulumi
 
 from jsb_infra.core.accounts import AccountLayout
 from jsb_infra.core.auth import AuthSettings
+from jsb_infra.core.spec import Capacity
 from jsb_infra.deploy.providers.accounts_include import AccountsInclude
 from jsb_infra.deploy.providers.jwt_accounts import AccountSigningKey, AppAccountJwt, JetStreamAccountJwt
 
@@ -73,15 +74,19 @@ def accounts_include(
     auth: AuthSettings,
     text: pulumi.Input[str],
     prefix: str,
+    capacity: Capacity | None = None,
     opts: pulumi.ResourceOptions | None = None,
 ) -> AccountsInclude | None:
-    """Config mode with `accounts_file`: the include written there, and the reload hook run."""
+    """Config mode with `accounts_file`: the include written there, and the reload hook run (which
+    refuses a declared `capacity` above the server's store, when it can read the store)."""
     if auth.mode != "config" or not auth.accounts_file:
         return None
+    declared = capacity.model_dump(exclude_none=True) if capacity else None
     return AccountsInclude(
         f"{prefix}-include",
         auth.accounts_file,
         text,
         auth.reload.as_input() if auth.reload else None,
+        capacity=declared or None,
         opts=opts,
     )

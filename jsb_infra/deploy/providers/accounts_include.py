@@ -38,8 +38,9 @@ from pulumi.dynamic import (
 )
 
 from jsb_infra.commands import CommandFailed, run_command
-from jsb_infra.config_load import NotApplied, config_load_time, confirm_reload
+from jsb_infra.config_load import NotApplied, confirm_reload, jetstream_store, load_time, read_varz
 from jsb_infra.core.auth import RELOAD_APPLY_TIMEOUT, RELOAD_COMMAND_TIMEOUT
+from jsb_infra.core.capacity import JetStreamLimits
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
 from jsb_infra.deploy.providers.documents import digest, write_files
 from jsb_infra.files import replace_file
@@ -99,12 +100,17 @@ class AccountsIncludeProvider(JsbProvider):
 
     @staticmethod
     def _apply(props: dict[str, Any]) -> dict[str, Any]:
-        reloaded = apply_and_reload(str(props["path"]), props["text"], props.get("reload"))
+        reloaded = apply_and_reload(
+            str(props["path"]), props["text"], props.get("reload"), props.get("capacity")
+        )
         return {**props, "written": digest(props["text"]), "reloaded": reloaded}
 
 
-def apply_and_reload(path: str, text: str, reload: dict[str, Any] | None) -> str:
-    """Write the include and run the hook; returns what was done. With `varz`, wait until the server
+def apply_and_reload(
+    path: str, text: str, reload: dict[str, Any] | None, capacity: dict[str, int] | None = None
+) -> str:
+    """Write the include and run the hook; returns what was done. With `varz`, first refuse a declared
+    `capacity` ({file, memory} bytes) above the server's JetStream store, then wait until the server
     shows it applied a new config; when it does not, put the previous file back and raise ProviderError."""
     if not reload:
         write_files({path: text})
@@ -113,11 +119,23 @@ def apply_and_reload(path: str, text: str, reload: dict[str, Any] | None) -> str
     if not varz:
         write_files({path: text})
         return run_reload(reload) + " (not confirmed: no varz)"
-    before = config_load_time(varz)
-    if before is None:
+    answer = read_varz(varz)
+    before = load_time(answer)
+    if answer is None or before is None:
         raise ProviderError(
             f"reload.varz: the server's monitoring endpoint {varz} does not answer; nothing written"
         )
+    if capacity:
+        # Pulumi passes numbers as floats.
+        limits = JetStreamLimits(
+            max_file=int(capacity.get("file") or -1), max_mem=int(capacity.get("memory") or -1)
+        )
+        for problem in limits.beyond_store(str(answer.get("server_name") or varz), *jetstream_store(answer)):
+            raise ProviderError(
+                f"{problem}: on reload the server would keep the previous limits (and say it reloaded), "
+                "and its next start would exit. Declare at most the server's store (jsb:capacity); "
+                "nothing written"
+            )
     target = Path(path)
     previous = target.read_bytes() if target.is_file() else None
     write_files({path: text})
@@ -155,7 +173,16 @@ class AccountsInclude(Resource, module="jsb", name="AccountsInclude"):
         path: str,
         text: pulumi.Input[str],
         reload: dict[str, Any] | None = None,
+        capacity: dict[str, int] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props = {"path": path, "text": text, "reload": reload, "written": None, "reloaded": None}
+        props: dict[str, Any] = {
+            "path": path,
+            "text": text,
+            "reload": reload,
+            "written": None,
+            "reloaded": None,
+        }
+        if capacity:  # only when declared: a stack without one keeps its inputs as they were
+            props["capacity"] = capacity
         super().__init__(AccountsIncludeProvider(), resource_name, props, opts)

@@ -41,6 +41,7 @@ from jsb_infra import resolver
 from jsb_infra.core import jwt_claims as jc
 from jsb_infra.core.accounts import DEFAULT_APP_LIMITS
 from jsb_infra.core.auth import ACCOUNT_PUBLIC_KEY
+from jsb_infra.core.capacity import JetStreamLimits
 from jsb_infra.core.spec import ResolvedAppLimits
 from jsb_infra.deploy.providers import settings
 from jsb_infra.deploy.providers.base import JsbProvider, ProviderError, is_unknown, plan_diff
@@ -94,23 +95,17 @@ async def _refuse_limits_beyond_the_stores(nc: Any, token: str) -> None:
     on nats-server 2.15.1: "Error configuring jetstream for account ...: insufficient storage
     resources", then no responders), which would stop every pair: refuse such a JWT before the push."""
     limits = (jc.decode(token, verify=False).get("nats") or {}).get("limits") or {}
-    wanted = {
-        "disk_storage": int(limits.get("disk_storage", -1)),
-        "mem_storage": int(limits.get("mem_storage", -1)),
-    }
-    if all(v < 0 for v in wanted.values()):
+    wanted = JetStreamLimits(
+        max_file=int(limits.get("disk_storage", -1)), max_mem=int(limits.get("mem_storage", -1))
+    )
+    if wanted.max_file < 0 and wanted.max_mem < 0:
         return
     for server, (max_storage, max_memory) in sorted((await resolver.jetstream_stores(nc)).items()):
-        for claim, store, field_name in (
-            ("disk_storage", max_storage, "file"),
-            ("mem_storage", max_memory, "memory"),
-        ):
-            if 0 < store < wanted[claim]:
-                raise ProviderError(
-                    f"capacity.{field_name}: {wanted[claim]} bytes is more than server {server}'s JetStream "
-                    f"store ({store} bytes); the server would disable JetStream for the account and every "
-                    "pair would stop. Declare at most the smallest server's store (jsb:capacity)"
-                )
+        for problem in wanted.beyond_store(server, max_storage, max_memory):
+            raise ProviderError(
+                f"{problem}; the server would disable JetStream for the account and every pair would "
+                "stop. Declare at most the smallest server's store (jsb:capacity)"
+            )
 
 
 async def _lookup(account_key: str) -> str | None:
