@@ -330,8 +330,10 @@ async def cmd_replay(admin: JetStreamAdmin, args: argparse.Namespace, out: TextI
         msg_id = replay_msg_id(args.stream, letter)
         if args.dry_run:
             print(
-                f"would replay seq {letter.seq} (event {letter.event_id}) to {letter.original_subject} "
-                f"with {MSG_ID_HEADER} {msg_id}, then remove it",
+                shown(
+                    f"would replay seq {letter.seq} (event {letter.event_id}) to {letter.original_subject} "
+                    f"with {MSG_ID_HEADER} {msg_id}, then remove it"
+                ),
                 file=out,
             )
             continue
@@ -346,9 +348,11 @@ async def cmd_replay(admin: JetStreamAdmin, args: argparse.Namespace, out: TextI
 async def cmd_purge(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
     for letter in await _selected(admin, args):
         if args.dry_run:
-            print(f"would remove seq {letter.seq} (event {letter.event_id}, {letter.reason})", file=out)
+            print(
+                shown(f"would remove seq {letter.seq} (event {letter.event_id}, {letter.reason})"), file=out
+            )
         elif await admin.delete_message(args.stream, letter.seq):
-            print(f"removed seq {letter.seq} (event {letter.event_id})", file=out)
+            print(shown(f"removed seq {letter.seq} (event {letter.event_id})"), file=out)
     return 0
 
 
