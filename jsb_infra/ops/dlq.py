@@ -358,6 +358,12 @@ async def cmd_purge(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO
 
 async def cmd_rescue(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
     found, total, consumer = await max_delivered_messages(admin, args.stream, args.app)
+    if consumer is None:
+        print(
+            f"jsb-infra dlq: --app: no durable {names.durable_name(args.app)!r} on stream {args.stream!r}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if args.seq:
         wanted = set(args.seq)
         found = [m for m in found if m.seq in wanted]
