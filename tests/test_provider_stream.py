@@ -542,3 +542,32 @@ def test_a_bound_that_would_delete_stored_messages_fails_the_preview(
     allowed = inputs(stream_options=bounded, allow_destroy_with_messages=True)
     host.change(P, id_, outs, allowed)
     assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"
+
+
+@pytest.mark.parametrize("limit", ["max_msgs", "max_bytes"])
+def test_a_whole_stream_bound_with_discard_old_that_would_delete_messages_fails_the_preview(
+    host: ProviderHost, server: LocalNatsServer, limit: str
+) -> None:
+    """With discard old, the server deletes the stream's oldest messages at once when max_msgs or
+    max_bytes drops below what it holds: the preview and the update refuse, naming the bound; allowed,
+    the update really deletes them (the control: the guard is what kept them)."""
+    id_, outs = host.up(P, inputs(stream_options=OLD_UNBOUNDED))
+    publish(server.url, "orders.sync.billing", 7)
+    held = info(server.url)
+    assert held is not None and held["state"]["bytes"] % 7 == 0, "seven messages of one size"
+    bound = 4 if limit == "max_msgs" else held["state"]["bytes"] // 7 * 4  # what 4 of them take
+    bounded = {**OLD_UNBOUNDED, limit: bound}
+    unit = "messages" if limit == "max_msgs" else "bytes"
+    refusal = f"the stream holds {held['state'][unit]} {unit}, {limit} {bound} with discard old"
+    with pytest.raises(ProviderCallError) as err:
+        host.diff(P, id_, outs, host.checked(P, inputs(stream_options=bounded), outs))
+    assert refusal in err.value.details and "allow_destroy_with_messages" in err.value.details
+    with pytest.raises(ProviderCallError) as err:  # the update itself checks again
+        host.update(P, id_, outs, host.checked(P, inputs(stream_options=bounded), outs))
+    assert refusal in err.value.details
+    assert subject_counts(server.url) == {"orders.sync.billing": 7}, "nothing was written"
+
+    allowed = inputs(stream_options=bounded, allow_destroy_with_messages=True)
+    _, updated = host.change(P, id_, outs, allowed)
+    assert updated["config"][limit] == bound
+    assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"
