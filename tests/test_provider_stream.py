@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import nats
 import pytest
 from provider_host import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
     UNKNOWN,
     ProviderCallError,
     ProviderHost,
@@ -571,3 +580,49 @@ def test_a_whole_stream_bound_with_discard_old_that_would_delete_messages_fails_
     _, updated = host.change(P, id_, outs, allowed)
     assert updated["config"][limit] == bound
     assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"
+
+
+@contextlib.contextmanager
+def subject_count_requests(url: str) -> Iterator[list[str]]:
+    """The `subjects_filter` of every STREAM.INFO asked for the stream while in the block, as an admin
+    subscribed to the API subject sees the provider's requests."""
+    seen: list[str] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    async def spy() -> None:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+
+        async def note(msg: Any) -> None:
+            seen.append((json.loads(msg.data) if msg.data else {}).get("subjects_filter", ""))
+
+        await nc.subscribe(f"$JS.API.STREAM.INFO.{STREAM}", cb=note)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        await nc.flush()
+        await nc.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(spy(),))
+    thread.start()
+    assert ready.wait(5)
+    try:
+        yield seen
+    finally:
+        time.sleep(0.1)  # the last requests reach the subscriber
+        stop.set()
+        thread.join()
+
+
+def test_only_a_change_of_a_limit_counts_the_subjects(host: ProviderHost, server: LocalNatsServer) -> None:
+    """A change that cannot delete messages by its limits (here the description) is diffed and written
+    without the per-subject count; the control, a max_msgs change, still asks for it in both."""
+    id_, outs = host.up(P, inputs())
+    with subject_count_requests(server.url) as seen:
+        _, outs = host.change(P, id_, outs, inputs(stream_options={"description": "the orders pair"}))
+    assert ">" not in seen and seen, seen
+    assert outs["config"]["description"] == "the orders pair"
+    with subject_count_requests(server.url) as seen:
+        _, outs = host.change(P, id_, outs, inputs(stream_options={"max_msgs": 1000}))
+    assert seen.count(">") == 2, "the diff's and the update's guard"
+    assert outs["config"]["max_msgs"] == 1000
