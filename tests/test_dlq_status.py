@@ -189,6 +189,9 @@ async def test_bad_operator_input_is_refused_before_touching_the_stream(open_pai
     assert code == 1 and "--stream: no stream 'nope'" in err
     code, _, err = await cli(url, "status", "--stream", "dlq-sync", "--app", "ghost")
     assert code == 1
+    code, out, err = await cli(url, "dlq", "rescue", "--stream", "dlq-sync", "--app", "ghost")
+    assert code == 1 and "--app: no durable 'ghost-workers' on stream 'dlq-sync'" in err
+    assert "nothing past max_deliver" not in out  # it looked at no work queue: not an all-clear
     args = build_parser().parse_args(["status", "--stream", "dlq-sync"])
     with contextlib.redirect_stderr(io.StringIO()) as err_out:
         assert await status.run_async(args, io.StringIO()) == 2

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import nats
 import pytest
 from provider_host import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
     UNKNOWN,
     ProviderCallError,
     ProviderHost,
@@ -542,3 +551,78 @@ def test_a_bound_that_would_delete_stored_messages_fails_the_preview(
     allowed = inputs(stream_options=bounded, allow_destroy_with_messages=True)
     host.change(P, id_, outs, allowed)
     assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"
+
+
+@pytest.mark.parametrize("limit", ["max_msgs", "max_bytes"])
+def test_a_whole_stream_bound_with_discard_old_that_would_delete_messages_fails_the_preview(
+    host: ProviderHost, server: LocalNatsServer, limit: str
+) -> None:
+    """With discard old, the server deletes the stream's oldest messages at once when max_msgs or
+    max_bytes drops below what it holds: the preview and the update refuse, naming the bound; allowed,
+    the update really deletes them (the control: the guard is what kept them)."""
+    id_, outs = host.up(P, inputs(stream_options=OLD_UNBOUNDED))
+    publish(server.url, "orders.sync.billing", 7)
+    held = info(server.url)
+    assert held is not None and held["state"]["bytes"] % 7 == 0, "seven messages of one size"
+    bound = 4 if limit == "max_msgs" else held["state"]["bytes"] // 7 * 4  # what 4 of them take
+    bounded = {**OLD_UNBOUNDED, limit: bound}
+    unit = "messages" if limit == "max_msgs" else "bytes"
+    refusal = f"the stream holds {held['state'][unit]} {unit}, {limit} {bound} with discard old"
+    with pytest.raises(ProviderCallError) as err:
+        host.diff(P, id_, outs, host.checked(P, inputs(stream_options=bounded), outs))
+    assert refusal in err.value.details and "allow_destroy_with_messages" in err.value.details
+    with pytest.raises(ProviderCallError) as err:  # the update itself checks again
+        host.update(P, id_, outs, host.checked(P, inputs(stream_options=bounded), outs))
+    assert refusal in err.value.details
+    assert subject_counts(server.url) == {"orders.sync.billing": 7}, "nothing was written"
+
+    allowed = inputs(stream_options=bounded, allow_destroy_with_messages=True)
+    _, updated = host.change(P, id_, outs, allowed)
+    assert updated["config"][limit] == bound
+    assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"
+
+
+@contextlib.contextmanager
+def subject_count_requests(url: str) -> Iterator[list[str]]:
+    """The `subjects_filter` of every STREAM.INFO asked for the stream while in the block, as an admin
+    subscribed to the API subject sees the provider's requests."""
+    seen: list[str] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    async def spy() -> None:
+        nc = await nats.connect(url, user=ADMIN_USER, password=ADMIN_PASSWORD)
+
+        async def note(msg: Any) -> None:
+            seen.append((json.loads(msg.data) if msg.data else {}).get("subjects_filter", ""))
+
+        await nc.subscribe(f"$JS.API.STREAM.INFO.{STREAM}", cb=note)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        await nc.flush()
+        await nc.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(spy(),))
+    thread.start()
+    assert ready.wait(5)
+    try:
+        yield seen
+    finally:
+        time.sleep(0.1)  # the last requests reach the subscriber
+        stop.set()
+        thread.join()
+
+
+def test_only_a_change_of_a_limit_counts_the_subjects(host: ProviderHost, server: LocalNatsServer) -> None:
+    """A change that cannot delete messages by its limits (here the description) is diffed and written
+    without the per-subject count; the control, a max_msgs change, still asks for it in both."""
+    id_, outs = host.up(P, inputs())
+    with subject_count_requests(server.url) as seen:
+        _, outs = host.change(P, id_, outs, inputs(stream_options={"description": "the orders pair"}))
+    assert ">" not in seen and seen, seen
+    assert outs["config"]["description"] == "the orders pair"
+    with subject_count_requests(server.url) as seen:
+        _, outs = host.change(P, id_, outs, inputs(stream_options={"max_msgs": 1000}))
+    assert seen.count(">") == 2, "the diff's and the update's guard"
+    assert outs["config"]["max_msgs"] == 1000

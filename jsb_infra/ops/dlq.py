@@ -330,8 +330,10 @@ async def cmd_replay(admin: JetStreamAdmin, args: argparse.Namespace, out: TextI
         msg_id = replay_msg_id(args.stream, letter)
         if args.dry_run:
             print(
-                f"would replay seq {letter.seq} (event {letter.event_id}) to {letter.original_subject} "
-                f"with {MSG_ID_HEADER} {msg_id}, then remove it",
+                shown(
+                    f"would replay seq {letter.seq} (event {letter.event_id}) to {letter.original_subject} "
+                    f"with {MSG_ID_HEADER} {msg_id}, then remove it"
+                ),
                 file=out,
             )
             continue
@@ -346,14 +348,22 @@ async def cmd_replay(admin: JetStreamAdmin, args: argparse.Namespace, out: TextI
 async def cmd_purge(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
     for letter in await _selected(admin, args):
         if args.dry_run:
-            print(f"would remove seq {letter.seq} (event {letter.event_id}, {letter.reason})", file=out)
+            print(
+                shown(f"would remove seq {letter.seq} (event {letter.event_id}, {letter.reason})"), file=out
+            )
         elif await admin.delete_message(args.stream, letter.seq):
-            print(f"removed seq {letter.seq} (event {letter.event_id})", file=out)
+            print(shown(f"removed seq {letter.seq} (event {letter.event_id})"), file=out)
     return 0
 
 
 async def cmd_rescue(admin: JetStreamAdmin, args: argparse.Namespace, out: TextIO) -> int:
     found, total, consumer = await max_delivered_messages(admin, args.stream, args.app)
+    if consumer is None:
+        print(
+            f"jsb-infra dlq: --app: no durable {names.durable_name(args.app)!r} on stream {args.stream!r}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if args.seq:
         wanted = set(args.seq)
         found = [m for m in found if m.seq in wanted]

@@ -1,7 +1,7 @@
 """`jsb-infra status`: per pair and app, what waits, what is in flight, what was left after max_deliver,
 what was dead-lettered, and when the app last pulled or acked. Admin credentials: it reads
-`CONSUMER.INFO` and `STREAM.INFO` (with a `subjects_filter` for the DLQ and work-subject counts), which
-no app credential may call.
+`CONSUMER.INFO` per app and one `STREAM.INFO` per stream (with a `subjects_filter` of `>`, for the DLQ
+and work-subject counts), which no app credential may call.
 """
 
 from __future__ import annotations
@@ -86,8 +86,11 @@ def app_status(
     )
 
 
-async def pair_status(admin: JetStreamAdmin, stream: str, apps: list[str] | None) -> list[AppStatus]:
-    """Rows for `apps`, or for every durable named `<app>-workers` on the stream."""
+async def pair_status(
+    admin: JetStreamAdmin, stream: str, apps: list[str] | None, counts: SubjectCounts
+) -> list[AppStatus]:
+    """Rows for `apps`, or for every durable named `<app>-workers` on the stream; `counts`: the
+    stream's messages per subject (`stream_subject_counts`)."""
     if apps is None:
         apps = [
             n.removesuffix(DURABLE_SUFFIX)
@@ -96,10 +99,10 @@ async def pair_status(admin: JetStreamAdmin, stream: str, apps: list[str] | None
         ]
     rows = []
     for app in apps:
-        dlq_count = await subject_count(admin, stream, names.dlq_subject(app))
+        dlq_count = await counts.of(names.dlq_subject(app))
         consumer = await admin.consumer_info(stream, names.durable_name(app))
         subject = work_subject(consumer)
-        work_count = None if subject is None else await subject_count(admin, stream, subject)
+        work_count = None if subject is None else await counts.of(subject)
         rows.append(app_status(stream, app, consumer, dlq_count, work_count))
     return rows
 
@@ -108,6 +111,33 @@ async def subject_count(admin: JetStreamAdmin, stream: str, subject: str) -> int
     """How many messages of `subject` the stream holds (STREAM.INFO with `subjects_filter`)."""
     info = await admin.stream_info_subjects(stream, subject)
     return int(((info or {}).get("state", {}).get("subjects") or {}).get(subject, 0))
+
+
+@dataclass(frozen=True)
+class SubjectCounts:
+    """A stream's messages per subject, read once for every row of the stream."""
+
+    admin: JetStreamAdmin
+    stream: str
+    subjects: dict[str, int]
+    complete: bool  # False: the server sent one page of a longer list
+
+    async def of(self, subject: str) -> int:
+        """What `subject_count` reads: the map's count (a wildcard is no key of it, so 0), or asked
+        alone when the subject may be on a page the server did not send."""
+        if subject in self.subjects or self.complete:
+            return self.subjects.get(subject, 0)
+        return await subject_count(self.admin, self.stream, subject)
+
+
+async def stream_subject_counts(admin: JetStreamAdmin, stream: str) -> SubjectCounts | None:
+    """Every subject's count in one STREAM.INFO (`subjects_filter` `>`), or None without the stream.
+    The server pages a long list (`total` subjects, at most `limit` of them sent)."""
+    info = await admin.stream_info_subjects(stream, ">")
+    if info is None:
+        return None
+    subjects = {s: int(n) for s, n in ((info.get("state") or {}).get("subjects") or {}).items()}
+    return SubjectCounts(admin, stream, subjects, int(info.get("total", 0)) <= len(subjects))
 
 
 def _cell(value: Any) -> str:
@@ -215,10 +245,11 @@ async def run_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         async with admin_session(conn, hint=admin_cli.ADMIN_HINT, seen=seen) as admin:
             for stream in args.stream:
-                if await admin.stream_info(stream) is None:
+                counts = await stream_subject_counts(admin, stream)
+                if counts is None:
                     missing.append(stream)
                     continue
-                rows += await pair_status(admin, stream, args.app)
+                rows += await pair_status(admin, stream, args.app, counts)
     except admin_cli.ADMIN_FAILURES as err:
         print(f"jsb-infra status: {admin_cli.admin_failure(err, conn.timeout, seen)}", file=sys.stderr)
         return EXIT_FAILED

@@ -224,6 +224,11 @@ def limit_losses(info: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return losses
 
 
+LIMIT_FIELDS = frozenset({"max_msgs_per_subject", "max_msgs", "max_bytes", "discard"})
+"""The fields `limit_losses` reads: an update that changes none of them deletes nothing by its limits,
+so the subject counts are read, and the guard run, only when one of them changes."""
+
+
 def limits_guard(spec: StreamSpec, info: dict[str, Any]) -> None:
     """Refuse an update that would delete stored messages, unless `allow_destroy_with_messages`."""
     losses = limit_losses(info, spec.config)
@@ -317,7 +322,7 @@ class StreamProvider(JsbProvider):
         if plan.replaces:
             self._guard_replace(old, new, plan.replaces)
             being_replaced(old.connection, f"stream {old.name}", f"stream {new.name}")
-        elif known and plan.config:
+        elif known and LIMIT_FIELDS & plan.config.keys():
             info = self.run(_info_with_subjects(old.connection, old.name))
             if info is not None:
                 limits_guard(new, info)  # fail the preview, not the `up`
@@ -467,10 +472,12 @@ async def _apply_update(
 ) -> dict[str, Any]:
     """Send the live config with the managed fields laid over it (the server treats an update as a
     replacement; fields jsb-infra does not manage stay as they are), unless the new limits would delete
-    stored messages (`limits_guard`). A change of replicas or placement is waited for until the stream
-    and its consumers report the new peers current. Returns the info."""
-    counted = await js.stream_info_subjects(spec.name, ">")
-    limits_guard(spec, counted or existing)
+    stored messages (`limits_guard`, when a `LIMIT_FIELDS` field changes). A change of replicas or
+    placement is waited for until the stream and its consumers report the new peers current. Returns
+    the info."""
+    if LIMIT_FIELDS & changes.keys():
+        counted = await js.stream_info_subjects(spec.name, ">")
+        limits_guard(spec, counted or existing)
     config = read_modify_write(existing["config"], spec.config, changes)
     await replication.update_stream(js, existing["config"], config, spec.settle_timeout)
     info = await js.stream_info(spec.name)
