@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -580,6 +581,33 @@ def test_a_whole_stream_bound_with_discard_old_that_would_delete_messages_fails_
     _, updated = host.change(P, id_, outs, allowed)
     assert updated["config"][limit] == bound
     assert subject_counts(server.url) == {"orders.sync.billing": 4}, "the server deleted the oldest 3"
+
+
+def test_a_max_age_below_the_oldest_messages_age_fails_the_preview(
+    host: ProviderHost, server: LocalNatsServer
+) -> None:
+    """A lowered max_age expires every message older than it at once, whatever the discard policy: the
+    preview and the update refuse, naming the oldest message's age and the bound; allowed, the server
+    really expires them (the control: the guard is what kept them)."""
+    id_, outs = host.up(P, inputs())
+    publish(server.url, "orders.sync.billing", 3)
+    time.sleep(2.2)
+    aged = {"max_age": "1s", "duplicate_window": "1s"}
+    with pytest.raises(ProviderCallError) as err:
+        host.diff(P, id_, outs, host.checked(P, inputs(stream_options=aged), outs))
+    assert re.search(r"the oldest message is [23]s old, max_age 1s", err.value.details), err.value.details
+    with pytest.raises(ProviderCallError) as err:  # the update itself checks again
+        host.update(P, id_, outs, host.checked(P, inputs(stream_options=aged), outs))
+    assert "max_age 1s" in err.value.details
+    assert subject_counts(server.url) == {"orders.sync.billing": 3}, "nothing was written"
+
+    host.change(P, id_, outs, inputs(stream_options=aged, allow_destroy_with_messages=True))
+    deadline = time.monotonic() + 5
+    while (
+        (held := info(server.url)) is not None and held["state"]["messages"] and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert held is not None and held["state"]["messages"] == 0, "the server expired all three"
 
 
 @contextlib.contextmanager

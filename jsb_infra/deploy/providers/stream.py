@@ -35,6 +35,7 @@ from pulumi.dynamic import (
 
 from jsb_infra import replication
 from jsb_infra.core import names
+from jsb_infra.core.durations import format_duration
 from jsb_infra.core.spec import Pair
 from jsb_infra.core.topology import (
     dlq_keeper_config,
@@ -61,6 +62,7 @@ from jsb_infra.deploy.providers.base import (
     preview_adoption,
     read_modify_write,
     recorded_unset,
+    server_time,
     stored_live,
     unset_values,
     with_defaults,
@@ -204,9 +206,22 @@ def limit_losses(info: dict[str, Any], config: dict[str, Any]) -> list[str]:
     Measured on nats-server 2.15.1: a lowered `max_msgs_per_subject` deletes each subject's oldest
     messages down to it at once, even with discard new; with discard old a lowered `max_bytes` or
     `max_msgs` deletes the oldest messages too. With discard new, a stream already over its new
-    `max_bytes` or `max_msgs` keeps its messages and refuses publishes until it is below."""
+    `max_bytes` or `max_msgs` keeps its messages and refuses publishes until it is below. A `max_age`
+    below the oldest message's age expires it at once, whatever the discard policy (the age is taken
+    on the server's clock: its answer's `ts` against the stream's `first_ts`)."""
     state = info.get("state") or {}
     losses = []
+    max_age = int(config.get("max_age", 0))
+    if max_age > 0 and int(state.get("messages", 0)) > 0:
+        try:
+            age = server_time(str(info["ts"])) - server_time(str(state["first_ts"]))
+        except (KeyError, ValueError):
+            age = None
+        if age is not None and age.total_seconds() * 1e9 > max_age:
+            losses.append(
+                f"the oldest message is {format_duration(int(age.total_seconds()) * 10**9)} old, "
+                f"max_age {format_duration(max_age)}"
+            )
     per_subject = int(config.get("max_msgs_per_subject", -1))
     if per_subject > 0:
         over = {s: n for s, n in (state.get("subjects") or {}).items() if int(n) > per_subject}
@@ -224,7 +239,7 @@ def limit_losses(info: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return losses
 
 
-LIMIT_FIELDS = frozenset({"max_msgs_per_subject", "max_msgs", "max_bytes", "discard"})
+LIMIT_FIELDS = frozenset({"max_msgs_per_subject", "max_msgs", "max_bytes", "discard", "max_age"})
 """The fields `limit_losses` reads: an update that changes none of them deletes nothing by its limits,
 so the subject counts are read, and the guard run, only when one of them changes."""
 
