@@ -14,7 +14,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -160,13 +159,11 @@ def headers_size(headers: Mapping[str, str]) -> int:
 def creds_payload_limit(credentials: Credentials) -> int:
     """The `payload` limit of the user JWT in `.creds` credentials (JWT mode); 0 for none (no `.creds`,
     no limit, or a JWT that cannot be read: the connect reports that)."""
-    text = credentials.creds
-    if credentials.method == "creds_file" and credentials.creds_file:
-        try:
-            text = Path(credentials.creds_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return 0
-    if credentials.method not in ("creds", "creds_file") or not text:
+    try:
+        text = credentials.creds_text()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    if not text:
         return 0
     try:
         payload = jwt_claims.decode(jwt_claims.parse_creds(text)[0], verify=False)["nats"].get("payload")
