@@ -52,6 +52,14 @@ async def work_queue_is_empty(pp, durable: str) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
+async def stored_on(pp, subject: str) -> int:
+    """Messages the stream holds on `subject`."""
+    admin = await pp.admin()
+    info = await admin.jetstream().stream_info(pp.pair.stream, subjects_filter=subject)
+    await admin.close()
+    return (info.state.subjects or {}).get(subject, 0)
+
+
 async def dlq_message(pp, subject: str):
     admin = await pp.admin()
     msg = await admin.jetstream().get_last_msg(pp.pair.stream, subject)
@@ -172,6 +180,39 @@ async def test_without_dlq_the_message_is_terminated_with_a_log_line(provisioned
     assert any("DLQ is off; terminating" in r.getMessage() for r in caplog.records)
     assert billing.permission_violations == []
     assert await work_queue_is_empty(pp, "billing-workers")
+
+
+@pytest.mark.parametrize("provisioned_pair", [NO_DLQ], indirect=True)
+async def test_without_dlq_the_last_delivery_is_terminated_for_sure(provisioned_pair):
+    """A handler that fails every delivery: the last one (2/2) is terminated by a request the server
+    confirms (the garbage test above terminates a first delivery with a plain `+TERM`), counted once,
+    and the message leaves the work queue."""
+    pp = provisioned_pair
+    orders = await app_client(pp, "orders").connect()
+    billing = await app_client(pp, "billing").connect()
+    counts: list[int] = []
+
+    async def always_fail(event: Event, delivery: Delivery) -> None:
+        counts.append(delivery.count)
+        raise ValueError("cannot bill")
+
+    work = pp.bridges["billing"].consume_subject
+    await orders.publish("order.created", "order", 1, {})
+    assert await stored_on(pp, work) == 1  # the control of the count below
+    consumer = billing.consumer(always_fail, fetch_timeout=0.5)
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: consumer.stats.terminated == 1)
+    await asyncio.sleep(0.3)  # a third delivery would show up here
+    await consumer.stop()
+    await task
+    await orders.close()
+    await billing.close()
+    assert counts == [1, 2] == list(range(1, pp.bridges["billing"].consumer.max_deliver + 1))
+    stats = consumer.stats
+    assert (stats.final_answers_confirmed, stats.final_answers_unconfirmed) == (1, 0)
+    assert (stats.terminated, stats.naked, stats.dead_lettered) == (1, 1, 0)
+    assert await work_queue_is_empty(pp, "billing-workers")
+    assert await stored_on(pp, work) == 0
 
 
 @pytest.mark.parametrize("provisioned_pair", [SHORT], indirect=True)

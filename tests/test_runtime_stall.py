@@ -195,3 +195,88 @@ async def test_health_and_lag_follow_the_server_through_stalls(provisioned_pair)
     assert disagree == [], disagree[:3]
     unhealthy = sum(not s.healthy for s in sampler.samples)
     print(f"stall: {unhealthy}/{len(sampler.samples)} samples unhealthy; healthy {back:.2f}s after restart")
+
+
+async def test_lag_of_an_instrumented_handler_is_the_pulls_figure(provisioned_pair):
+    """`metrics.instrument` and `watch` together: while the 2nd message of a batch of 5 is handled, the
+    gauge is the server's num_pending (the pull noted the batch's newest delivery on draining it), not
+    the handled message's own num_pending (3: the rest of its batch), which `instrument` records after
+    the pull's figure. The control: a rule taking the newer of both figures read that 3."""
+    pp = provisioned_pair
+    orders = await BridgeClient(pp.bridges["orders"], Credentials(nkey_seed=pp.seeds["orders"])).connect()
+    billing = await BridgeClient(pp.bridges["billing"], Credentials(nkey_seed=pp.seeds["billing"])).connect()
+    for i in range(5):
+        await orders.publish("order.created", "order", i, {"i": i})
+    in_second, gate = asyncio.Event(), asyncio.Event()
+    own_pending: list[int] = []
+
+    async def handle(event: Event, delivery: Delivery) -> None:
+        own_pending.append(delivery.msg.metadata.num_pending)
+        if len(own_pending) == 2:
+            in_second.set()
+            await gate.wait()
+
+    metrics = BridgeMetrics(billing)
+    consumer = billing.consumer(metrics.instrument(handle), batch=5, fetch_timeout=0.5)
+    metrics.watch(consumer=consumer)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(in_second.wait(), timeout=10)
+        waiting = await server_pending(pp)
+        lag = metrics.registry.get_sample_value("jsb_consumer_lag", metrics.labels)
+        assert waiting == 0  # the whole batch was delivered
+        assert lag == waiting
+        assert own_pending == [4, 3]  # control: the handled delivery's own figure, recorded last
+    finally:
+        gate.set()
+        await consumer.stop()
+        await task
+        await billing.close()
+        await orders.close()
+    assert consumer.stats.acked == 5
+
+
+async def test_metrics_see_a_reconnect_the_busy_loop_has_not_noticed(provisioned_pair):
+    """The server restarted while the handler holds a message: the loop notices the reconnect only when
+    it next pulls, yet `/metrics` says at once what `health_check` says: the pulls are unproven (pull
+    failing, lag unknown). The control: the pull's own record still reads answered, with a lag figure
+    young enough to be reported."""
+    pp = provisioned_pair
+    orders = await BridgeClient(pp.bridges["orders"], Credentials(nkey_seed=pp.seeds["orders"])).connect()
+    billing = BridgeClient(
+        pp.bridges["billing"], Credentials(nkey_seed=pp.seeds["billing"]), reconnect_time_wait=0.2
+    )
+    await billing.connect()
+    await orders.publish("order.created", "order", 1, {})
+    in_handler, gate = asyncio.Event(), asyncio.Event()
+
+    async def handle(event: Event, delivery: Delivery) -> None:
+        in_handler.set()
+        await gate.wait()
+
+    fetch_timeout = 2.0
+    metrics = BridgeMetrics(billing)
+    consumer = billing.consumer(metrics.instrument(handle), batch=5, fetch_timeout=fetch_timeout)
+    metrics.watch(consumer=consumer)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(in_handler.wait(), timeout=10)
+        reconnects = billing.reconnects
+        await asyncio.to_thread(pp.server.stop, True)
+        await asyncio.to_thread(pp.server.start)
+        await until(lambda: billing.reconnects > reconnects and billing.nc.is_connected)
+        report = await health_check(billing, timeout=1.0)
+        failing = metrics.registry.get_sample_value("jsb_pull_failing_seconds", metrics.labels)
+        lag = metrics.registry.get_sample_value("jsb_consumer_lag", metrics.labels)
+        pull = consumer.stats.pull
+        assert pull.failing_since is None and pull.server_pending_at is not None  # control
+        assert time.monotonic() - pull.server_pending_at < 2 * fetch_timeout + 1.0  # control
+        assert report.pull_failing_for_s is not None and not report.healthy, report
+        assert failing is not None and failing > 0, failing
+        assert lag is not None and math.isnan(lag), lag
+    finally:
+        gate.set()
+        await consumer.stop()
+        await task
+        await billing.close()
+        await orders.close()

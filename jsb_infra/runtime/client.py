@@ -14,7 +14,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -99,8 +98,9 @@ class _StopConnecting(Exception):
     which that loop would catch and retry). Never leaves `connect()`."""
 
 
-AUTHORIZATION_TEXTS = ("authorization violation", "authentication", "user authentication expired",
-                       "account authentication expired", "user authentication revoked")  # fmt: skip
+# "authentication" also covers "user authentication expired", "account authentication expired" and
+# "user authentication revoked"
+AUTHORIZATION_TEXTS = ("authorization violation", "authentication")
 TLS_TEXTS = ("tls", "ssl", "certificate", "handshake")
 
 
@@ -160,13 +160,11 @@ def headers_size(headers: Mapping[str, str]) -> int:
 def creds_payload_limit(credentials: Credentials) -> int:
     """The `payload` limit of the user JWT in `.creds` credentials (JWT mode); 0 for none (no `.creds`,
     no limit, or a JWT that cannot be read: the connect reports that)."""
-    text = credentials.creds
-    if credentials.method == "creds_file" and credentials.creds_file:
-        try:
-            text = Path(credentials.creds_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return 0
-    if credentials.method not in ("creds", "creds_file") or not text:
+    try:
+        text = credentials.creds_text()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    if not text:
         return 0
     try:
         payload = jwt_claims.decode(jwt_claims.parse_creds(text)[0], verify=False)["nats"].get("payload")
@@ -243,8 +241,8 @@ class BridgeClient:
         self._msg_id_header = MSG_ID_HEADER
         self._msg_ids: MsgIds | None = None  # derived from the credentials on first use
         self._payload_claim: int | None = None  # the user JWT's payload limit (0: none); on first use
-        self._first_connect_failures: int | None = None  # counted only while the first connect runs
-        self._first_connect_errors: list[Exception] = []  # what the first connect met, in order
+        # what the first connect met, in order; None when no first connect runs (nothing is counted)
+        self._first_connect_errors: list[Exception] | None = None
         self._connection_owner: BridgeClient | None = None  # set on a client made by `sharing`
         # The pull statistics of the consumer loops running on this client (for health and metrics).
         self.running_pulls: list[PullStats] = []
@@ -260,7 +258,6 @@ class BridgeClient:
         nc = NATS()
         # nats-py tries each server max_reconnect_attempts + 1 times, but reads 0 as "forever"; the
         # error callback therefore also counts the failures and gives up itself (connect_attempts=1).
-        self._first_connect_failures = 0
         self._first_connect_errors = []
         try:
             await nc.connect(
@@ -280,7 +277,7 @@ class BridgeClient:
         except Exception as err:  # whatever nats-py raised (or our _StopConnecting): one public type
             raise await self._first_connect_failed(nc, err) from None
         finally:
-            self._first_connect_failures = None
+            self._first_connect_errors = None
         self._nc = nc
         self._closing = False
         nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
@@ -295,14 +292,14 @@ class BridgeClient:
         for a failed flush, and the exception would escape from here (nats-py's private type, seen in
         about one of three refused logins). The close is bounded: after a failed TLS handshake
         nats-py's close never returns."""
-        self._first_connect_failures = None
+        errors, self._first_connect_errors = self._first_connect_errors or [], None
         self._closing = True
         try:
             # Bounded: after a failed TLS handshake nats-py's close waits forever for the transport.
             await asyncio.wait_for(nc.close(), timeout=self.connect_timeout)
         except Exception as close_err:  # nothing to keep open; the connect's error is the one to report
             log.debug("close after a failed connect: %r", close_err)
-        seen = [e for e in self._first_connect_errors if not isinstance(e, _StopConnecting)]
+        seen = [e for e in errors if not isinstance(e, _StopConnecting)]
         if not isinstance(err, (_StopConnecting, nats.errors.NoServersError)):
             seen.append(err)
         tls = self.credentials.tls is not None or any(u.startswith("tls://") for u in self.bridge.servers)
@@ -414,10 +411,10 @@ class BridgeClient:
             log.warning("%s: connection error: %r", self.name, err)
         if self._user_error_cb is not None:
             await self._user_error_cb(err)
-        if self._first_connect_failures is not None:
-            self._first_connect_errors.append(err)
-            self._first_connect_failures += 1
-            if self._first_connect_failures >= self.connect_attempts * len(self.bridge.servers):
+        errors = self._first_connect_errors
+        if errors is not None:
+            errors.append(err)
+            if len(errors) >= self.connect_attempts * len(self.bridge.servers):
                 raise _StopConnecting()  # leaves nats-py's retry loop; connect() reports it
 
     async def _on_disconnected(self) -> None:

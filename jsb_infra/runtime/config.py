@@ -262,6 +262,15 @@ class Credentials:
             return "token"
         return "none"
 
+    def creds_text(self) -> str | None:
+        """The `.creds` document of JWT mode (`creds`, else `creds_file` read); None under any other
+        method. Raises OSError or UnicodeDecodeError when the file cannot be read."""
+        if self.creds:
+            return self.creds
+        if self.method == "creds_file" and self.creds_file:
+            return Path(self.creds_file).read_text(encoding="utf-8")
+        return None
+
     def describe(self) -> str:
         """The method, a public identity and the TLS in use, never a secret."""
         if self.creds:

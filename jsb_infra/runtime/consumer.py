@@ -616,9 +616,10 @@ class ConsumerLoop:
             error,
         )
         if is_last_delivery(self.bridge.consumer, meta.num_delivered):
-            await self._answer_last_delivery(msg, "term", TERM_PAYLOAD)
-            self.stats.terminated += 1
-        elif await self._answer(msg, "term", msg.term()):
+            terminated = await self._answer_last_delivery(msg, "term", TERM_PAYLOAD)
+        else:
+            terminated = await self._answer(msg, "term", msg.term())
+        if terminated:
             self.stats.terminated += 1
 
     async def _publish_to_dlq(self, msg: Msg, dlq: str, headers: dict[str, str]) -> bool:

@@ -6,8 +6,8 @@
   query, at most every `backlog_interval` seconds, in a worker thread);
 - `metrics.instrument(handler)` wraps the consumer handler to time it and to take the consumer lag
   from the delivered message's own metadata (`num_pending` in its ack subject: no management call);
-  a watched consumer's pulls refresh it too (each drained delivery, 0 after a pull that ended empty),
-  and it reads NaN while disconnected or while the pulls go unanswered: never a stale figure;
+  a watched consumer's pulls give it instead (the newest drained delivery, 0 after a pull that ended
+  empty), and it reads NaN while disconnected or while the pulls go unanswered: never a stale figure;
 - `metrics.track_publishes(client)` counts the client's publishes to its peer (wrapping this client
   object's `publish_raw` and `publish_batch`).
 `await metrics.serve(port)` answers `GET /metrics` and `GET /health` (200 when connected, else 503,
@@ -177,22 +177,22 @@ class BridgeMetrics(Collector):
             yield from self._relay_metrics(values)
 
     def consumer_lag(self, connected: bool) -> float | None:
-        """What waits on the server for this app's durable, as the server last said it: the newest of
-        the watched consumer's pull answers (a delivery's num_pending, 0 after a pull that ended
-        empty) and the instrumented deliveries' num_pending. NaN (unknown) while disconnected or while
-        the consumer's pulls go unanswered or it stopped asking (a stalled handler), so it is never a
-        stale figure; None when nothing tells."""
-        known: list[tuple[float, int]] = []
-        if self._delivery_pending is not None:
-            known.append((self._delivery_pending[1], self._delivery_pending[0]))
+        """What waits on the server for this app's durable, as the server last said it: the watched
+        consumer's pull answers (the newest drained delivery's num_pending, 0 after a pull that ended
+        empty), else the instrumented deliveries' num_pending. A pull drains a batch before its first
+        message is handled, so a delivery's own figure (older than the batch's newest) never overrides
+        the pull's. NaN (unknown) while disconnected or while the consumer's pulls go unanswered or it
+        stopped asking (a stalled handler), so it is never a stale figure; None when nothing tells."""
+        known: tuple[int, float] | None = self._delivery_pending
         pull = self.consumer.stats.pull if self.consumer is not None else None
         if pull is not None and pull.server_pending is not None and pull.server_pending_at is not None:
-            known.append((pull.server_pending_at, pull.server_pending))
-        if not known and pull is None:
+            known = (pull.server_pending, pull.server_pending_at)
+        if known is None and pull is None:
             return None
-        if not connected or (pull is not None and pull.failing_since is not None) or not known:
+        failing = self.consumer is not None and self.consumer.client.pull_failing_since is not None
+        if not connected or failing or known is None:
             return math.nan
-        learnt_at, pending = max(known)
+        pending, learnt_at = known
         if self.consumer is not None and time.monotonic() - learnt_at > self._lag_max_age(self.consumer):
             return math.nan  # nothing from the server for longer than an idle pull takes: unknown
         return float(pending)
@@ -216,7 +216,7 @@ class BridgeMetrics(Collector):
         consumer = self.consumer
         if consumer is None:
             return
-        failing_since = consumer.stats.pull.failing_since
+        failing_since = consumer.client.pull_failing_since
         for name, doc, value in (
             ("jsb_consumer_in_flight", "Messages this consumer holds unanswered", float(consumer.in_flight)),
             (

@@ -51,16 +51,14 @@ def credential_secret(credentials: Credentials) -> bytes | None:
     Raises ValueError when a `.creds` file or text cannot be read (the connect would fail on it too).
     """
     method = credentials.method
-    if method == "creds" and credentials.creds:
-        return _creds_seed(credentials.creds)
+    try:
+        creds = credentials.creds_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"creds_file: cannot read {credentials.creds_file!r}: {err}") from None
+    if creds is not None:
+        return _creds_seed(creds)
     if method == "nkey" and credentials.nkey_seed:
         return b"nkey\0" + credentials.nkey_seed.encode()
-    if method == "creds_file" and credentials.creds_file:
-        try:
-            text = Path(credentials.creds_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"creds_file: cannot read {credentials.creds_file!r}: {err}") from None
-        return _creds_seed(text)
     if method == "user/password" and credentials.password:
         return b"user\0" + (credentials.user or "").encode() + b"\0" + credentials.password.encode()
     if method == "token" and credentials.token:

@@ -122,7 +122,7 @@ class Puller:
         self._inbox = ""
         self._serial = 0
         self._resume_at = 0.0  # no new request before this (after a refusal)
-        self._reconnects = self.stats.seen_reconnects = nc.stats["reconnects"]
+        self.stats.seen_reconnects = nc.stats["reconnects"]
 
     @property
     def open_requests(self) -> int:
@@ -296,11 +296,12 @@ class Puller:
         self._forget_ended(now)
         reconnects = self.nc.stats["reconnects"]
         silent = self.heartbeat > 0 and now - self._heard_at > 2 * self.heartbeat
-        if reconnects != self._reconnects:
+        reconnected = reconnects != self.stats.seen_reconnects
+        if reconnected:
             self._failing()  # a new connection: unproven until the server answers a pull on it
-        if self._open and (silent or reconnects != self._reconnects):
+        if self._open and (silent or reconnected):
             self._open.clear()
-        self._reconnects = self.stats.seen_reconnects = reconnects
+        self.stats.seen_reconnects = reconnects
         if not self._open and self.requested > 0:
             self.stats.lost += 1
             self._failing()
