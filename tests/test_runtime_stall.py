@@ -264,7 +264,7 @@ async def test_metrics_see_a_reconnect_the_busy_loop_has_not_noticed(provisioned
         reconnects = billing.reconnects
         await asyncio.to_thread(pp.server.stop, True)
         await asyncio.to_thread(pp.server.start)
-        await until(lambda: billing.reconnects > reconnects and billing.nc.is_connected)
+        await wait_for(lambda: billing.reconnects > reconnects and billing.nc.is_connected)
         report = await health_check(billing, timeout=1.0)
         failing = metrics.registry.get_sample_value("jsb_pull_failing_seconds", metrics.labels)
         lag = metrics.registry.get_sample_value("jsb_consumer_lag", metrics.labels)
