@@ -73,12 +73,12 @@ async def settled(url: str) -> None:
     raise AssertionError(f"not settled: {info}")
 
 
-async def kill_after_acks(open_pair, loop: type[ConsumerLoop]) -> tuple[int, dict]:
+async def kill_after_acks(open_pair, loop: type[ConsumerLoop], prefix: str = "e") -> tuple[int, dict]:
     """Consume EVENTS last deliveries; SIGKILL the server right after the acks of all but the last,
     restart it after the ack wait; returns what is left in the work queue and the consumer's stats."""
     server: LocalNatsServer = open_pair.server
     url = open_pair.url
-    await publish(url, EVENTS)
+    await publish(url, EVENTS, prefix)
     client = await BridgeClient(open_pair.bridges["billing"], reconnect_time_wait=0.1).connect()
     handled: list[str] = []
 
@@ -117,9 +117,12 @@ async def test_acks_of_last_deliveries_survive_a_server_killed_before_writing_th
 
 @pytest.mark.parametrize("open_pair", [PAIR], indirect=True)
 async def test_control_without_the_resend_the_killed_server_keeps_them(open_pair, tmp_path):
-    left, stats = await kill_after_acks(open_pair, PlainLastAnswers)
-    assert stats["resent"] == 0
-    assert left > 0, "the kill did not lose any ack: this control proves nothing"
+    for attempt in range(3):  # the kill races the server's write of the acks: it may lose none
+        left, stats = await kill_after_acks(open_pair, PlainLastAnswers, prefix=f"try{attempt}")
+        assert stats["resent"] == 0
+        if left:
+            break
+    assert left > 0, "the kill did not lose any ack in 3 tries: this control proves nothing"
     code, out, _ = await cli(
         open_pair.url, "status", "--stream", PAIR["stream"], "--app", "billing", "--json"
     )
